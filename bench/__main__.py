@@ -1,0 +1,20 @@
+"""``python -m bench engine [options]``: run a benchmark and print its figures."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import engine
+
+BENCHMARKS = {"engine": engine.main}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)
+        sys.exit(2)
+    BENCHMARKS[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""CPU per turn of the engine, next to a bare aiohttp client making the same HTTP calls.
+
+Each turn is what a support bot does most: the customer asks about an order, the model calls
+``lookup_order``, the tool runs, the model streams an answer. The fake provider runs in a child
+process at zero latency, so this process's CPU time is the client side only: the engine's (SSE
+parsing, tool dispatch, history, persistence) or the bare client's.
+
+    python -m bench engine [--turns 5000] [--concurrency 10] [--turns-per-conversation 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from supportbot.config import Config, DatabaseSettings, FileOrders, FlowSettings, LLMSettings
+from supportbot.events import TurnFailed
+from supportbot.runtime import Runtime, open_runtime
+from supportbot.store.memory import MemoryStore
+from supportbot.testing import FakeLLMServer, tool_then_text
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "supportbot" / "examples"
+QUESTION = "Hi, where is my order A1001? It should have arrived by now."
+ANSWER = "Your order A1001 has shipped with DHL and should arrive on 3 December. You can track it with the link above."
+SYSTEM = "You are the support assistant of Acme Outdoor. Be brief, use tools, never invent order data."
+
+
+# -- the fake provider in its own process ---------------------------------------------------------------
+
+
+def _serve_fake(port_queue: Any, stop: Any) -> None:
+    async def main() -> None:
+        server = FakeLLMServer(mode="openai", record=False)
+        server.responder = tool_then_text("lookup_order", {"order_id": "A1001"}, ANSWER)
+        await server.start()
+        port_queue.put(server.base_url)
+        await asyncio.to_thread(stop.wait)
+        await server.close()
+
+    asyncio.run(main())
+
+
+class FakeProcess:
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._queue = ctx.Queue()
+        self._stop = ctx.Event()
+        self._process = ctx.Process(target=_serve_fake, args=(self._queue, self._stop), daemon=True)
+
+    def __enter__(self) -> str:
+        self._process.start()
+        return str(self._queue.get(timeout=30))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(timeout=10)
+
+
+# -- measurement -----------------------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Result:
+    name: str
+    turns: int
+    cpu_ms_per_turn: float
+    wall_s: float
+    rss_samples: list[float]
+    errors: int
+
+
+async def drive(
+    name: str, turns: int, per_conversation: int, concurrency: int, conversation: Callable[[int], Awaitable[int]]
+) -> Result:
+    """Run ``turns`` turns as conversations of ``per_conversation`` turns, ``concurrency`` at a time."""
+    conversations = turns // per_conversation
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(conversations):
+        queue.put_nowait(i)
+    errors = 0
+    done = 0
+    samples: list[float] = []
+    step = max(conversations // 10, 1)
+
+    async def worker() -> None:
+        nonlocal errors, done
+        while not queue.empty():
+            i = queue.get_nowait()
+            errors += await conversation(i)
+            done += 1
+            if done % step == 0:
+                samples.append(rss_mb())
+
+    gc.collect()
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    n = conversations * per_conversation
+    return Result(name, n, cpu / n * 1000, wall, samples, errors)
+
+
+# -- the bare client -----------------------------------------------------------------------------------
+
+
+async def bare_turns(
+    session: aiohttp.ClientSession, url: str, tools: list[dict[str, Any]], per_conversation: int
+) -> int:
+    """A minimal hand-written bot: the same two streamed requests per turn, history in a list, no persistence."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+    errors = 0
+    for _ in range(per_conversation):
+        messages.append({"role": "user", "content": QUESTION})
+        calls, text = await bare_request(session, url, messages, tools)
+        if not calls:
+            errors += 1
+            continue
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        for call in calls:
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call["id"],
+                    "content": '{"order_id":"A1001","status":"shipped","eta":"2026-12-03"}',
+                }
+            )
+        calls, text = await bare_request(session, url, messages, tools)
+        messages.append({"role": "assistant", "content": text})
+        errors += int(not text)
+    return errors
+
+
+async def bare_request(
+    session: aiohttp.ClientSession, url: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str]:
+    body = {
+        "model": "m",
+        "messages": messages,
+        "tools": tools,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "max_tokens": 1024,
+    }
+    calls: dict[int, dict[str, Any]] = {}
+    text: list[str] = []
+    async with session.post(
+        url, data=json.dumps(body), headers={"Content-Type": "application/json", "Authorization": "Bearer bench"}
+    ) as resp:
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                for choice in data.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        text.append(delta["content"])
+                    for tc in delta.get("tool_calls") or ():
+                        call = calls.setdefault(
+                            tc.get("index", 0),
+                            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                        )
+                        call["id"] = tc.get("id") or call["id"]
+                        fn = tc.get("function") or {}
+                        call["function"]["name"] += fn.get("name") or ""
+                        call["function"]["arguments"] += fn.get("arguments") or ""
+    return list(calls.values()), "".join(text)
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+def bench_config(base_url: str, db_path: Path) -> Config:
+    return Config(
+        llm=LLMSettings(base_url=base_url, api_key="bench"),  # type: ignore[arg-type]
+        database=DatabaseSettings(url=f"sqlite+aiosqlite:///{db_path}"),
+        flows=FlowSettings(dir=EXAMPLES / "flows", default="order_status"),
+        orders=FileOrders(source="file", path=EXAMPLES / "orders.yaml"),
+    )
+
+
+async def engine_turns(runtime: Runtime, per_conversation: int, forget: bool) -> int:
+    engine = runtime.engine
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation, _ = await engine.start_conversation(customer, channel="bench")
+    errors = 0
+    for _ in range(per_conversation):
+        tools_ran = 0
+        async for event in engine.run_turn(conversation.id, QUESTION):
+            if isinstance(event, TurnFailed):
+                errors += 1
+            elif event.type == "tool_call_finished":
+                tools_ran += 1
+        errors += int(tools_ran != 1)
+    if forget and isinstance(runtime.store, MemoryStore):
+        runtime.store.forget(conversation.id)
+    return errors
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    results = []
+    with FakeProcess() as base_url, tempfile.TemporaryDirectory() as tmp:
+        url = base_url.rstrip("/") + "/chat/completions"
+        for persist in (True, False):
+            config = bench_config(base_url, Path(tmp) / f"bench-{persist}.db")
+            store = None if persist else MemoryStore()
+            runtime = await open_runtime(config, store=store)
+            try:
+                tools = runtime.engine._tool_schemas(runtime.flows.get("order_status"))
+                await drive(
+                    "warm-up",
+                    50,
+                    args.turns_per_conversation,
+                    args.concurrency,
+                    lambda _i, runtime=runtime: engine_turns(runtime, args.turns_per_conversation, True),
+                )
+                name = "engine + SQLite" if persist else "engine, no persistence"
+                results.append(
+                    await drive(
+                        name,
+                        args.turns,
+                        args.turns_per_conversation,
+                        args.concurrency,
+                        lambda _i, runtime=runtime: engine_turns(runtime, args.turns_per_conversation, True),
+                    )
+                )
+            finally:
+                await runtime.aclose()
+        async with aiohttp.ClientSession() as session:
+            await drive(
+                "warm-up",
+                50,
+                args.turns_per_conversation,
+                args.concurrency,
+                lambda _i: bare_turns(session, url, tools, args.turns_per_conversation),
+            )
+            results.insert(
+                0,
+                await drive(
+                    "bare aiohttp client",
+                    args.turns,
+                    args.turns_per_conversation,
+                    args.concurrency,
+                    lambda _i: bare_turns(session, url, tools, args.turns_per_conversation),
+                ),
+            )
+    return results
+
+
+def report(results: list[Result]) -> str:
+    bare = results[0].cpu_ms_per_turn
+    lines = [f"{'':26}{'turns':>7}{'CPU ms/turn':>13}{'ratio':>7}{'wall s':>8}{'errors':>8}  RSS MB (every 10%)"]
+    for r in results:
+        rss = " ".join(f"{x:.0f}" for x in r.rss_samples)
+        lines.append(
+            f"{r.name:26}{r.turns:>7}{r.cpu_ms_per_turn:>13.3f}{r.cpu_ms_per_turn / bare:>7.2f}"
+            f"{r.wall_s:>8.1f}{r.errors:>8}  {rss}"
+        )
+    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, RSS flat")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--turns", type=int, default=5000)
+    parser.add_argument("--turns-per-conversation", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(
+        f"pid {os.getpid()}: {args.turns} turns, {args.turns_per_conversation} per conversation, "
+        f"{args.concurrency} at a time",
+        flush=True,
+    )
+    print(report(asyncio.run(run(args))))

@@ -1,0 +1,403 @@
+"""The ``supportbot`` command line: validate, chat, db, llm, tickets.
+
+Every command exits 0 on success and non-zero with a one-line reason (or the list of config
+problems) on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from supportbot._version import __version__
+from supportbot.config import Config, load_config
+from supportbot.errors import SupportbotError
+from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
+from supportbot.runtime import NO_MODEL, Runtime, load_tools_and_flows, open_runtime
+from supportbot.store.base import StoredMessage, Ticket
+from supportbot.terminal import safe
+
+T = TypeVar("T")
+DEMO_CUSTOMER = "ana@example.com"
+
+
+def _run(main: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command; turn supportbot errors into a clean message and exit code 1."""
+
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(main(*args, **kwargs))
+        except SupportbotError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except SupportbotError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Configuration file (default: $SUPPORTBOT_CONFIG, then ./config.yaml, then built-in defaults).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="supportbot")
+def main() -> None:
+    """supportbot: an LLM customer-support agent with YAML flows, Python tools and real persistence."""
+
+
+@main.command()
+@config_option
+def validate(config_path: str | None) -> None:
+    """Check the configuration, the flows and the tools; print what would run."""
+    config = _config(config_path)
+    try:
+        tools, flows = load_tools_and_flows(config)
+    except SupportbotError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"config: {config.source or 'built-in defaults'}")
+    click.echo(
+        f"model: {config.llm.model} at {config.llm.base_url} (api key {'set' if config.llm.api_key else 'NOT set'})"
+    )
+    click.echo(f"database: {config.redacted_dump()['database']['url']}")
+    click.echo(f"tools: {', '.join(sorted(tools.names()))}")
+    for name in sorted(flows):
+        flow = flows[name]
+        default = " (default)" if name == config.flows.default else ""
+        click.echo(
+            f"flow {name}{default}: tools {', '.join(flow.tools) or '-'}; handoffs {', '.join(flow.handoffs) or '-'}"
+        )
+    for warning in config.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    click.echo("OK")
+
+
+# -- chat --------------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--flow", default=None, help="Flow to start in (default: flows.default).")
+@click.option("--customer", "email", default=None, help="Chat as this customer (treated as verified).")
+@click.option("--demo", is_flag=True, help="Use the offline demo model instead of the configured one.")
+@_run
+async def chat(config_path: str | None, flow: str | None, email: str | None, demo: bool) -> None:
+    """Talk to a flow in the terminal; replies stream as they are generated. Reads piped stdin too."""
+    config = _config(config_path)
+    runtime = await open_runtime(config, demo=demo)
+    try:
+        await _chat(runtime, flow=flow, email=email or (DEMO_CUSTOMER if demo else None), demo=demo)
+    finally:
+        await runtime.aclose()
+
+
+async def _chat(runtime: Runtime, *, flow: str | None, email: str | None, demo: bool) -> None:
+    interactive = sys.stdin.isatty()
+    store = runtime.store
+    customer = await store.get_or_create_customer(email=email, verified=email is not None)
+    conversation, greeting = await runtime.engine.start_conversation(customer, channel="terminal", flow=flow)
+    if demo:
+        click.secho("Offline demo model: replies are rule-based, not an LLM.", fg="yellow", err=True)
+    if not runtime.has_model:
+        click.secho(NO_MODEL.format(base_url=runtime.config.llm.base_url), fg="yellow", err=True)
+    click.secho(
+        f"conversation {conversation.id} · flow {conversation.flow} · customer {customer.display_name}"
+        f"{' (verified)' if customer.verified else ''} · Ctrl-D to end",
+        dim=True,
+        err=True,
+    )
+    if greeting:
+        click.echo(f"bot: {safe(greeting)}")
+    while True:
+        if interactive:
+            click.echo("you: ", nl=False)
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            break
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        if not runtime.has_model:
+            click.secho("(no model connected; see above)", fg="yellow", err=True)
+            continue
+        await _print_turn(runtime, conversation.id, text)
+    click.secho(
+        f"\nconversation {conversation.id} saved; see `supportbot tickets list` for its tickets.", dim=True, err=True
+    )
+
+
+async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None:
+    started = False
+    async for event in runtime.engine.run_turn(conversation_id, text):
+        if isinstance(event, TextDelta):
+            if not started:
+                click.echo("bot: ", nl=False)
+                started = True
+            click.echo(safe(event.text), nl=False)
+        elif isinstance(event, ToolCallStarted):
+            click.secho(f"  ⚙ {event.name}({safe(event.arguments)})", dim=True, err=True)
+        elif isinstance(event, ToolCallFinished):
+            mark = "✗" if event.is_error else "✓"
+            click.secho(
+                f"  {mark} {event.name} → {safe(_shorten(event.result))} ({event.duration_ms:.0f} ms)",
+                dim=True,
+                err=True,
+            )
+        elif isinstance(event, Handoff):
+            where = "a human agent" if event.target == "human" else f"flow '{event.target}'"
+            ticket = f" (ticket #{event.ticket_id})" if event.ticket_id else ""
+            click.secho(f"  → handed over to {where}{ticket}", fg="cyan", err=True)
+        elif isinstance(event, TurnFinished):
+            if started:
+                click.echo()
+            elif not event.text:
+                click.secho("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
+            click.secho(
+                f"  [{event.usage.input_tokens}+{event.usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
+                dim=True,
+                err=True,
+            )
+        elif isinstance(event, TurnFailed):
+            if started:
+                click.echo()
+            click.echo(f"bot: {safe(event.fallback_text)}")
+            click.secho(f"  model failed: {safe(event.reason)}", fg="red", err=True)
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- db, llm -------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@config_option
+@_run
+async def db_upgrade(config_path: str | None) -> None:
+    """Create the database or migrate it to this version's schema."""
+    from supportbot.store.migrate import current_revision, upgrade
+
+    config = _config(config_path)
+    await upgrade(config.database.url)
+    click.echo(f"database {config.database.url} is at revision {await current_revision(config.database.url)}")
+
+
+@main.group()
+def llm() -> None:
+    """The model endpoint."""
+
+
+@llm.command("check")
+@config_option
+@_run
+async def llm_check(config_path: str | None) -> None:
+    """Probe the endpoint: a plain streamed answer, then a streamed tool call."""
+    from supportbot.llm.check import check_endpoint
+
+    config = _config(config_path)
+    report = await check_endpoint(config.llm)
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+# -- tickets -------------------------------------------------------------------------------------------
+
+TICKET_COLUMNS = ("id", "status", "priority", "kind", "channel", "flow", "created_at", "subject", "conversation_id")
+
+
+@main.group()
+def tickets() -> None:
+    """Tickets the bot opened, with the conversations behind them."""
+
+
+@tickets.command("list")
+@config_option
+@click.option("--status", type=click.Choice(["open", "pending", "solved", "closed"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option("--limit", type=int, default=100, show_default=True)
+@_run
+async def tickets_list(config_path: str | None, status: str | None, fmt: str, limit: int) -> None:
+    """List tickets, newest first."""
+    from supportbot.store.sql import SQLStore
+
+    config = _config(config_path)
+    store = await SQLStore.open(config.database.url)
+    try:
+        found = await store.list_tickets(status=status, limit=limit)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+    rows = [_ticket_row(t) for t in found]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=TICKET_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        click.echo(_table(rows, TICKET_COLUMNS) if rows else "no tickets")
+
+
+@tickets.command("show")
+@config_option
+@click.argument("ticket_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@_run
+async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> None:
+    """Show a ticket, its history and the whole conversation behind it, tool calls included."""
+    from supportbot.store.sql import SQLStore
+
+    config = _config(config_path)
+    store = await SQLStore.open(config.database.url)
+    try:
+        ticket = await store.get_ticket(ticket_id)
+        if ticket is None:
+            raise click.ClickException(f"no ticket #{ticket_id}; `supportbot tickets list` shows the existing ones")
+        events = await store.ticket_events(ticket_id)
+        messages = await store.list_messages(ticket.conversation_id) if ticket.conversation_id else []
+        conversation = await store.get_conversation(ticket.conversation_id) if ticket.conversation_id else None
+    finally:
+        await store.close()
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "ticket": _ticket_row(ticket),
+                    "events": [_jsonable(asdict(e)) for e in events],
+                    "conversation": _jsonable(asdict(conversation)) if conversation else None,
+                    "messages": [_message_json(m) for m in messages],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"Ticket #{ticket.id}: {safe(ticket.subject)}")
+    click.echo(
+        f"  status {ticket.status} · priority {ticket.priority} · kind {ticket.kind} · channel "
+        f"{ticket.channel or '-'} · flow {ticket.flow or '-'} · assignee {ticket.assignee or '-'}"
+    )
+    click.echo(f"  created {_when(ticket.created_at)} · updated {_when(ticket.updated_at)}")
+    if ticket.description:
+        click.echo("  " + safe(ticket.description).replace("\n", "\n  "))
+    if events:
+        click.echo("\nHistory:")
+        for e in events:
+            click.echo(f"  {_when(e.created_at)}  {e.actor}: {e.action} {safe(e.detail)}".rstrip())
+    if conversation is not None:
+        click.echo(
+            f"\nConversation {conversation.id} ({conversation.channel}, {conversation.status}, "
+            f"{conversation.turns} turns, {conversation.input_tokens}+{conversation.output_tokens} tokens, "
+            f"${conversation.cost_usd:.5f}):"
+        )
+        for m in messages:
+            click.echo(_transcript_line(m))
+
+
+def _transcript_line(m: StoredMessage) -> str:
+    when = m.created_at.strftime("%H:%M:%S")
+    if m.role == "tool":
+        mark = "error" if m.status == "error" else m.status
+        return f"  {when}  tool {m.tool_name} [{mark}] → {safe(_shorten(m.content or '', 400))}"
+    who = {"user": "customer", "assistant": "bot", "system": "system"}.get(m.role, m.role)
+    if m.kind == "human":
+        who = f"human ({m.author or 'operator'})"
+    elif m.kind != "normal":
+        who = f"bot ({m.kind})"
+    lines = []
+    if m.content:
+        status = f" [{m.status}]" if m.status not in ("ok",) else ""
+        lines.append(f"  {when}  {who}{status}: " + safe(m.content).replace("\n", "\n      "))
+    for call in m.tool_calls:
+        lines.append(
+            f"  {when}  {who} calls {call.name}({safe(call.arguments)})"
+            + (" [awaiting customer's yes]" if m.status == "pending" else "")
+        )
+    if m.role == "assistant" and m.usage is not None:
+        lines.append(
+            f"            {m.model or ''} · {m.usage.input_tokens}+{m.usage.output_tokens} tokens · "
+            f"${m.cost_usd:.5f} · {m.latency_ms or 0:.0f} ms"
+        )
+    return "\n".join(lines)
+
+
+def _ticket_row(t: Ticket) -> dict[str, Any]:
+    row: dict[str, Any] = _jsonable(asdict(t))
+    return {k: row.get(k) for k in TICKET_COLUMNS} | {k: v for k, v in row.items() if k not in TICKET_COLUMNS}
+
+
+def _message_json(m: StoredMessage) -> dict[str, Any]:
+    data: dict[str, Any] = _jsonable(asdict(m))
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _csv_cell(value: Any) -> Any:
+    # A cell starting with = + - @ is a formula to a spreadsheet; prefix it so it stays text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[safe(str(_short_cell(row.get(c)))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _short_cell(value: Any) -> Any:
+    if value is None:
+        return "-"
+    if isinstance(value, str) and "T" in value and value[:4].isdigit():
+        return value[:16].replace("T", " ")
+    return _shorten(value, 60) if isinstance(value, str) else value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,466 @@
+"""The configuration file's schema (pydantic) and its loader.
+
+Defaults come from the default model's card (gemini-3.1-flash-live-preview). Every model
+forbids unknown keys so a typo is reported, not ignored. ``load_config`` finds the file
+(``-c``, ``$SUPPORTBOT_CONFIG``, ``./config.yaml``, else the embedded defaults), expands
+``${VAR}`` / ``${VAR:-default}``, validates, and reports every problem at once as
+``config.yaml:12: llm.max_tokens: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+
+from supportbot._yaml import (
+    Problems,
+    YamlDocument,
+    YamlPath,
+    YamlSyntaxError,
+    dotted,
+    is_secret_name,
+    load_yaml,
+    validation_problems,
+)
+from supportbot.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.core.today/llm/gemini/v1beta/openai"
+DEFAULT_MODEL = "gemini-3.1-flash-live-preview"
+MAX_OUTPUT_TOKENS = 65_536
+CONTEXT_WINDOW = 131_072
+API_KEY_ENV = "SUPPORTBOT_LLM_API_KEY"
+CONFIG_ENV = "SUPPORTBOT_CONFIG"
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLE_FLOWS_DIR = EXAMPLES_DIR / "flows"
+EXAMPLE_ORDERS_FILE = EXAMPLES_DIR / "orders.yaml"
+
+FLOW_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_REDACTED = "**********"
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+@")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() of any section never show a secret (api keys, tokens, passwords in URLs).
+        for name, value in super().__repr_args__():
+            yield name, _redact(name, value)
+
+
+class Pricing(_Section):
+    """US dollars per one million tokens."""
+
+    input_per_mtok: float = Field(0.75, ge=0)
+    output_per_mtok: float = Field(4.50, ge=0)
+    audio_input_per_mtok: float = Field(3.00, ge=0)
+
+
+class RetrySettings(_Section):
+    max_retries: int = Field(2, ge=0, le=10)
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(8.0, ge=0)
+
+
+class TimeoutSettings(_Section):
+    connect_s: float = Field(10.0, gt=0)
+    first_byte_s: float = Field(60.0, gt=0)
+    between_chunks_s: float = Field(30.0, gt=0)
+    total_s: float = Field(300.0, gt=0)
+
+
+class LLMSettings(_Section):
+    """The OpenAI-compatible chat-completions endpoint and the default sampling settings.
+
+    ``api_key`` is None when no key is set (an empty value counts as none).
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr | None = None
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    stream: bool = True
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(0.95, ge=0, le=1)
+    max_tokens: int = Field(1024, ge=1, le=MAX_OUTPUT_TOKENS)
+    context_window: int = Field(CONTEXT_WINDOW, ge=1024, le=CONTEXT_WINDOW)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    pricing: Pricing = Pricing()
+    retries: RetrySettings = RetrySettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    extra_headers: dict[str, str] = {}
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            shown = _URL_PASSWORD.sub(r"\1***@", value)
+            raise ValueError(
+                f"{shown!r} is not an http(s) URL; write the endpoint's base, e.g. {DEFAULT_BASE_URL} "
+                "or http://127.0.0.1:11434/v1"
+            )
+        return value
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///supportbot.db"
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _looks_like_url(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError(
+                "not a database URL; write e.g. sqlite+aiosqlite:///supportbot.db or postgresql+asyncpg://user@host/db"
+            )
+        return value
+
+
+class FlowSettings(_Section):
+    dir: Path = EXAMPLE_FLOWS_DIR
+    default: str = Field("general", pattern=FLOW_NAME_PATTERN)
+
+
+class ToolSettings(_Section):
+    modules: list[str] = []
+    timeout_s: float = Field(15.0, gt=0, description="default per-tool timeout")
+
+
+class SqlOrders(_Section):
+    """Orders in a SQL table: the store's own ``orders`` table unless ``url``/``table`` say otherwise."""
+
+    source: Literal["sql"]
+    url: str | None = None
+    table: str = "orders"
+    id_column: str = "order_id"
+    email_column: str = "customer_email"
+
+
+class HttpOrders(_Section):
+    """Orders from the shop's HTTP API: GET ``url_template`` with ``{order_id}`` filled in."""
+
+    source: Literal["http"]
+    url_template: str
+    headers: dict[str, str] = {}
+    email_field: str = "customer_email"
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url_template")
+    @classmethod
+    def _has_placeholder(cls, value: str) -> str:
+        if "{order_id}" not in value or not re.match(r"^https?://", value):
+            raise ValueError(
+                # The value is not shown: shop URLs often carry an access key in the query string.
+                "must be an http(s) URL containing {order_id}, e.g. https://shop.example/api/orders/{order_id}"
+            )
+        return value
+
+
+class FileOrders(_Section):
+    """Orders in a CSV or YAML file (demos and tests)."""
+
+    source: Literal["file"]
+    path: Path = EXAMPLE_ORDERS_FILE
+    id_field: str = "order_id"
+    email_field: str = "customer_email"
+
+
+OrderSettings = SqlOrders | HttpOrders | FileOrders
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class LimitSettings(_Section):
+    max_message_chars: int = Field(8000, ge=1)
+    max_image_bytes: int = Field(5_000_000, ge=1)
+    max_images_per_message: int = Field(4, ge=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    redact_pii: bool = True
+
+
+def _default_orders() -> OrderSettings:
+    return FileOrders(source="file", path=EXAMPLE_ORDERS_FILE)
+
+
+class Config(_Section):
+    """The whole configuration.
+
+    Attributes:
+        source: the file it came from (None for the embedded defaults); set by ``load_config``,
+            never read from the file.
+    """
+
+    __hidden_keys__: ClassVar[frozenset[str]] = frozenset({"source"})
+
+    company: dict[str, Any] = {
+        "name": "Acme Outdoor",
+        "website": "https://acme.example",
+        "support_email": "help@acme.example",
+    }
+    llm: LLMSettings = LLMSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    flows: FlowSettings = FlowSettings()
+    tools: ToolSettings = ToolSettings()
+    orders: OrderSettings = Field(default_factory=_default_orders, discriminator="source")
+    server: ServerSettings = ServerSettings()
+    connectors: dict[str, dict[str, Any]] = {}
+    admin: dict[str, Any] = {}
+    limits: LimitSettings = LimitSettings()
+    logging: LoggingSettings = LoggingSettings()
+    source: Path | None = None
+
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Things that load but deserve the operator's attention (e.g. no API key), one message each."""
+        return self._warnings
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """The effective settings as JSON-able data, with every secret replaced by ``**********``."""
+        dumped: dict[str, Any] = _redact("", self.model_dump(mode="json"))
+        return dumped
+
+
+# Why a limit exists, shown after "70000 is more than 65536".
+_REASONS: dict[YamlPath, str] = {
+    ("llm", "max_tokens"): "the model's output limit",
+    ("llm", "context_window"): "the model's context window",
+    ("llm", "temperature"): "the highest temperature the API accepts",
+    ("llm", "top_p"): "top_p is a probability",
+}
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Find, read and validate the configuration.
+
+    Args:
+        path: the file to read (``-c``); a missing file is an error. When None:
+            ``$SUPPORTBOT_CONFIG``, then ``./config.yaml`` if it exists, else the embedded defaults
+            (the example flows and demo orders shipped with supportbot, ``./supportbot.db``).
+        env: the environment for ``${VAR}`` expansion and the lookup above (default ``os.environ``).
+
+    Returns:
+        The configuration, with relative paths resolved against the file's directory.
+
+    Raises:
+        ConfigError: listing every problem, one per line, as ``file:line: key: problem; fix``.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    file, display = _find_file(path, environ)
+    if file is None:
+        return _embedded_defaults(environ)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{display}: the file is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{display}: cannot read the configuration ({exc.strerror}); check the path and permissions"
+        ) from None
+    try:
+        doc = load_yaml(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError(f"{display}:{exc.line}: invalid YAML: {exc.problem}; check indentation and quoting") from None
+    data = {} if doc.data is None else doc.data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{display}:{doc.line(())}: the file must be a mapping of sections (company:, llm:, database:, ...), "
+            f"got {'a list' if isinstance(data, list) else 'a single value'}"
+        )
+
+    problems = Problems()
+    warnings: list[str] = []
+    expander = _Expander(environ, doc, display, problems, warnings)
+    expanded = expander.expand(data, ())
+    for key in Config.__hidden_keys__ & set(expanded):
+        problems.add(display, doc.line((key,)), key, f"unknown key {key!r}; remove it")
+        del expanded[key]
+    _default_api_key(expanded, environ)
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        validation_problems(
+            exc, Config, file=display, doc=doc, problems=problems, reasons=_REASONS, skip=expander.failed
+        )
+        problems.raise_if_any()
+        raise  # unreachable: a ValidationError always has at least one error
+    problems.raise_if_any()
+    config = _resolve_paths(config, file.parent).model_copy(update={"source": file})
+    if config.llm.api_key is None and not any("llm.api_key" in w for w in warnings):
+        warnings.append(f"{display}:{doc.line(('llm', 'api_key'))}: llm.api_key: no API key is set, so {_NO_KEY}")
+    config._warnings = tuple(warnings)
+    return config
+
+
+_NO_KEY = (
+    f"requests go to the model without a key; a local server may not need one, but hosted APIs refuse them. "
+    f"export {API_KEY_ENV}=<your key>, or run with --demo to try supportbot offline"
+)
+
+
+def _find_file(path: str | Path | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
+    if path is not None:
+        given, how = Path(path), ""
+    elif env.get(CONFIG_ENV):
+        given, how = Path(env[CONFIG_ENV]), f"${CONFIG_ENV}"
+    elif Path("config.yaml").is_file():
+        given, how = Path("config.yaml"), ""
+    else:
+        return None, ""
+    file = given.expanduser()
+    if not file.is_file():
+        what = "is not a file" if file.exists() else "does not exist"
+        source = f" (named by {how})" if how else ""
+        raise ConfigError(
+            f"{given}: the configuration file{source} {what}; check the path, or run `supportbot init` to create one"
+        )
+    return file.absolute(), str(given)
+
+
+def _embedded_defaults(env: Mapping[str, str]) -> Config:
+    key = env.get(API_KEY_ENV, "")
+    config = Config(llm=LLMSettings(api_key=SecretStr(key) if key.strip() else None))
+    if config.llm.api_key is None:
+        config._warnings = (f"llm.api_key: no API key is set, so {_NO_KEY}",)
+    return config
+
+
+def _default_api_key(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # Without an api_key line the key still comes from the environment: api_key: ${SUPPORTBOT_LLM_API_KEY:-}.
+    key = env.get(API_KEY_ENV, "")
+    llm = data.get("llm")
+    if not key.strip() or (llm is not None and not isinstance(llm, dict)):
+        return
+    if llm is None:
+        data["llm"] = {"api_key": key}
+    else:
+        llm.setdefault("api_key", key)
+
+
+_VAR = re.compile(
+    r"(?P<escape>\$\$\{)"
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"
+    r"|(?P<bad>\$\{)"
+)
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+
+
+class _Expander:
+    """``${VAR}``, ``${VAR:-default}`` and ``$${`` (a literal ``${``) in every string value."""
+
+    def __init__(
+        self, env: Mapping[str, str], doc: YamlDocument, file: str, problems: Problems, warnings: list[str]
+    ) -> None:
+        self.env = env
+        self.doc = doc
+        self.file = file
+        self.problems = problems
+        self.warnings = warnings
+        self.failed: list[YamlPath] = []
+
+    def expand(self, value: Any, path: YamlPath, *, lenient: bool = False) -> Any:
+        if isinstance(value, str):
+            return self._string(value, path, lenient=lenient)
+        if isinstance(value, list):
+            return [self.expand(item, (*path, i), lenient=lenient) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            if len(path) == 2 and path[0] == "connectors" and "enabled" in value:
+                # A disabled connector may name secrets that are not exported (yet): no error for those.
+                enabled = self.expand(value["enabled"], (*path, "enabled"))
+                lenient = lenient or not (enabled is True or str(enabled).strip().lower() in _TRUE_WORDS)
+            return {k: self.expand(v, (*path, k), lenient=lenient) for k, v in value.items()}
+        return value
+
+    def _string(self, text: str, path: YamlPath, *, lenient: bool) -> str:
+        is_api_key = path == ("llm", "api_key")
+
+        def replace(match: re.Match[str]) -> str:
+            if match["escape"]:
+                return "${"
+            if match["bad"]:
+                self._fail(path, "'${' starts no valid variable; write ${NAME} or ${NAME:-default}, or $${ for '${'")
+                return ""
+            name, default = match["name"], match["default"]
+            value = self.env.get(name)
+            if default is not None:
+                return value if value else default  # like the shell: unset or empty takes the default
+            if value is not None:
+                return value
+            if is_api_key:
+                where = f"{self.file}:{self.doc.line(path)}"
+                self.warnings.append(f"{where}: llm.api_key: environment variable {name} is not set, so {_NO_KEY}")
+            elif not lenient:
+                self._fail(path, f"environment variable {name} is not set; export it or write ${{{name}:-default}}")
+            return ""
+
+        return _VAR.sub(replace, text)
+
+    def _fail(self, path: YamlPath, message: str) -> None:
+        self.problems.add(self.file, self.doc.line(path), dotted(path), message)
+        self.failed.append(path)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make relative paths (flows.dir, orders.path, sqlite files) relative to the config file's directory."""
+    flows = config.flows.model_copy(update={"dir": _under(base, config.flows.dir)})
+    database = config.database.model_copy(update={"url": _sqlite_under(base, config.database.url)})
+    orders: OrderSettings = config.orders
+    if isinstance(orders, FileOrders):
+        orders = orders.model_copy(update={"path": _under(base, orders.path)})
+    elif isinstance(orders, SqlOrders) and orders.url is not None:
+        orders = orders.model_copy(update={"url": _sqlite_under(base, orders.url)})
+    return config.model_copy(update={"flows": flows, "database": database, "orders": orders})
+
+
+def _under(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _sqlite_under(base: Path, url: str) -> str:
+    match = re.match(r"^(sqlite(?:\+\w+)?:///)([^?]*)(\?.*)?$", url)
+    if not match:
+        return url
+    prefix, file, query = match.group(1), match.group(2), match.group(3) or ""
+    if not file or file.startswith((":memory:", "file:")) or Path(file).is_absolute():
+        return url
+    return f"{prefix}{_under(base, Path(file))}{query}"
+
+
+def _redact(name: object, value: Any) -> Any:
+    """Replace secrets in ``value`` (found under ``name``) by ``**********``, recursively."""
+    if value is None or value == "":
+        return value
+    if isinstance(value, SecretStr):
+        return value
+    if is_secret_name(name) and not isinstance(value, dict | list | bool):
+        return _REDACTED
+    if isinstance(value, dict):
+        if isinstance(name, str) and name.endswith("headers"):
+            return dict.fromkeys(value, _REDACTED)  # header values are credentials more often than not
+        return {k: _redact(k, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(name, v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value

@@ -1,0 +1,533 @@
+"""The engine: one customer turn of a conversation, from the stored message to the stored reply.
+
+``Engine.run_turn`` is an async generator of ``supportbot.events`` events. It holds the
+conversation's lock for the whole turn, stores the customer's message before calling the
+model, loops model → tools → model up to the flow's limit, and stores every message with its
+tokens, cost and latency. When the model fails after its retries the customer gets a polite
+fallback and an escalation ticket is opened: a turn never ends in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from supportbot.config import Config
+from supportbot.confirm import DECLINED, confirmation_prompt, is_yes
+from supportbot.errors import LLMError, SupportbotError
+from supportbot.events import (
+    Event,
+    Handoff,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
+from supportbot.flows import Flow, Flows, TemplateContext
+from supportbot.history import fit, to_chat_messages
+from supportbot.llm.base import LLM, Completion, LLMRequest, TextChunk
+from supportbot.messages import ChatMessage, ImagePart, ToolCall, Usage
+from supportbot.pricing import cost_usd
+from supportbot.store.base import Conversation, Customer, NewMessage, Store, StoredMessage
+from supportbot.tools import ToolContext, ToolRegistry, ToolResult
+from supportbot.tools.orders import OrderSource
+
+log = logging.getLogger("supportbot.engine")
+
+TRANSFER_PREFIX = "transfer_to_"
+HISTORY_LIMIT = 400
+FALLBACK_TEXT = (
+    "I'm sorry, I can't answer right now because of a technical problem on our side. "
+    "I've passed your message to our support team (ticket #{ticket}), and a person will get back to you."
+)
+LIMIT_TEXT = (
+    "This conversation needs a person's attention, so I've passed it to our support team "
+    "(ticket #{ticket}). Someone will get back to you here."
+)
+TOO_LONG_TEXT = (
+    "Your message is too long for me to handle ({length} characters; the limit is {limit}). "
+    "Could you shorten it or split it into a few messages?"
+)
+_CONTROL = {c: None for c in range(32) if c not in (9, 10, 13)} | {0x7F: None}
+
+
+def clean_text(text: str) -> str:
+    """Customer text as stored and sent: NFC, no NUL or other control characters, no lone surrogates."""
+    text = text.translate(_CONTROL)
+    text = text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+    return unicodedata.normalize("NFC", text)
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(kw_only=True)
+class _Turn:
+    """What one running turn knows; lives only while the turn runs."""
+
+    conversation: Conversation
+    customer: Customer
+    flow: Flow
+    history: list[ChatMessage]
+    seq: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    text: str = ""
+
+
+class Engine:
+    """Runs conversations: flows, tools, the model and the store wired together.
+
+    Args:
+        config: the loaded configuration.
+        flows: the loaded flows.
+        tools: the registry holding every tool a flow may name.
+        llm: the model client.
+        store: persistence.
+        http: a shared HTTP session handed to tools.
+        orders: the order source handed to tools.
+        clock: returns the current time (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        flows: Flows,
+        tools: ToolRegistry,
+        llm: LLM,
+        store: Store,
+        http: aiohttp.ClientSession,
+        orders: OrderSource,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.flows = flows
+        self.tools = tools
+        self.llm = llm
+        self.store = store
+        self.http = http
+        self.orders = orders
+        self.clock = clock
+        self._schemas: dict[str, list[dict[str, Any]]] = {}
+
+    # -- conversations ---------------------------------------------------------------------------
+
+    async def start_conversation(
+        self, customer: Customer, *, channel: str, flow: str | None = None
+    ) -> tuple[Conversation, str | None]:
+        """Open a conversation and store the flow's greeting, if it has one. Returns both."""
+        chosen = self.flows.get(flow or self.config.flows.default)
+        conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
+        greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen))
+        if greeting:
+            await self.store.add_messages(
+                conversation.id, [NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name)]
+            )
+        return conversation, greeting
+
+    # -- one turn --------------------------------------------------------------------------------
+
+    async def run_turn(
+        self, conversation_id: str, text: str, *, images: Sequence[ImagePart] = ()
+    ) -> AsyncIterator[Event]:
+        """Answer one customer message, yielding events as the reply streams.
+
+        The message is stored before anything else happens; if storing fails, the error
+        propagates and the channel must not acknowledge the message.
+        """
+        async with self.store.lock(conversation_id):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None:
+                raise SupportbotError(f"no conversation {conversation_id!r}; start one with Engine.start_conversation")
+            text = clean_text(text)
+            limit = self.config.limits.max_message_chars
+            if len(text) > limit:
+                async for event in self._refuse(
+                    conversation, text, images, TOO_LONG_TEXT.format(length=len(text), limit=limit)
+                ):
+                    yield event
+                return
+            stored = await self.store.list_messages(conversation_id, last=HISTORY_LIMIT)
+            await self.store.add_messages(
+                conversation_id,
+                [NewMessage(role="user", content=text, images=tuple(images), flow=conversation.flow)],
+            )
+            if conversation.status != "bot":
+                if conversation.status == "human":
+                    # A person has this conversation: the message is stored for them; the bot stays silent.
+                    yield TurnFinished(text="", message_id=None)
+                    return
+                conversation = await self.store.update_conversation(conversation_id, status="bot")
+            customer = await self.store.get_customer(conversation.customer_id)
+            if customer is None:
+                raise SupportbotError(f"conversation {conversation_id!r} names a missing customer")
+            turn = _Turn(
+                conversation=conversation,
+                customer=customer,
+                flow=self.flows.get(conversation.flow),
+                history=to_chat_messages(stored),
+            )
+            yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
+            async for event in self._resolve_pending(turn, stored, text):
+                yield event
+            turn.history.append(ChatMessage(role="user", content=text, images=tuple(images)))
+            async for event in self._loop(turn):
+                yield event
+
+    async def _refuse(
+        self, conversation: Conversation, text: str, images: Sequence[ImagePart], reply: str
+    ) -> AsyncIterator[Event]:
+        """Store a message the bot will not process (nothing is lost) and tell the customer why."""
+        saved = await self.store.add_messages(
+            conversation.id,
+            [
+                NewMessage(role="user", content=text, images=tuple(images), status="error", flow=conversation.flow),
+                NewMessage(role="assistant", content=reply, kind="notice", flow=conversation.flow),
+            ],
+        )
+        yield TextDelta(text=reply, seq=0)
+        yield TurnFinished(text=reply, message_id=saved[-1].id)
+
+    async def _loop(self, turn: _Turn) -> AsyncIterator[Event]:
+        limits = turn.flow.limits
+        if turn.conversation.turns >= limits.max_turns or turn.conversation.cost_usd >= limits.max_cost_usd:
+            reason = (
+                f"conversation reached the flow's limit of {limits.max_turns} turns"
+                if turn.conversation.turns >= limits.max_turns
+                else f"conversation cost reached the flow's limit of ${limits.max_cost_usd:.2f}"
+            )
+            async for event in self._escalate_to_human(turn, reason):
+                yield event
+            return
+        for _ in range(limits.max_tool_rounds + 1):
+            started = time.perf_counter()
+            completion: Completion | None = None
+            try:
+                async for chunk in self.llm.stream(self._request(turn)):
+                    if isinstance(chunk, TextChunk):
+                        turn.text += chunk.text
+                        yield TextDelta(text=chunk.text, seq=turn.seq)
+                        turn.seq += 1
+                    else:
+                        completion = chunk
+                if completion is None:
+                    raise LLMError("the model client ended without a completion")
+            except LLMError as exc:
+                async for event in self._fail(turn, str(exc)):
+                    yield event
+                return
+            latency_ms = (time.perf_counter() - started) * 1000
+            message = completion.message
+            cost = cost_usd(completion.usage, self.config.llm.pricing)
+            turn.usage += completion.usage
+            turn.cost += cost
+            record = NewMessage(
+                role="assistant",
+                content=message.content,
+                tool_calls=message.tool_calls,
+                extra=message.extra,
+                flow=turn.flow.name,
+                model=completion.model or self._model(turn.flow),
+                usage=completion.usage,
+                cost_usd=cost,
+                latency_ms=latency_ms,
+            )
+            if not message.tool_calls:
+                saved = await self.store.add_messages(turn.conversation.id, [record])
+                yield TurnFinished(
+                    text=turn.text,
+                    message_id=saved[0].id,
+                    usage=turn.usage,
+                    cost_usd=turn.cost,
+                    latency_ms=latency_ms,
+                )
+                return
+            held = [c for c in message.tool_calls if c.name in turn.flow.confirm]
+            if held:
+                record = dataclasses.replace(record, status="pending")
+            saved = await self.store.add_messages(turn.conversation.id, [record])
+            turn.history.append(message)
+            runnable = [c for c in message.tool_calls if c not in held]
+            async for event in self._run_calls(turn, runnable):
+                yield event
+            if held:
+                prompt = confirmation_prompt(held)
+                saved = await self.store.add_messages(
+                    turn.conversation.id,
+                    [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],
+                )
+                yield TextDelta(text=prompt, seq=turn.seq)
+                yield TurnFinished(
+                    text=turn.text + prompt,
+                    message_id=saved[0].id,
+                    usage=turn.usage,
+                    cost_usd=turn.cost,
+                    awaiting_confirmation=True,
+                )
+                return
+        async for event in self._fail(turn, f"the model was still calling tools after {limits.max_tool_rounds} rounds"):
+            yield event
+
+    # -- tools -----------------------------------------------------------------------------------
+
+    async def _run_calls(self, turn: _Turn, calls: Sequence[ToolCall]) -> AsyncIterator[Event]:
+        """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers."""
+        if not calls:
+            return
+        for call in calls:
+            yield ToolCallStarted(call_id=call.id, name=call.name, arguments=call.arguments)
+        if len(calls) == 1:
+            results = [await self._run_call(turn, calls[0])]
+        else:
+            results = list(await asyncio.gather(*(self._run_call(turn, c) for c in calls)))
+        records = []
+        for call, result in zip(calls, results, strict=True):
+            records.append(
+                NewMessage(
+                    role="tool",
+                    content=result.content,
+                    tool_call_id=call.id,
+                    tool_name=call.name,
+                    status="error" if result.is_error else "ok",
+                    flow=turn.flow.name,
+                    latency_ms=result.duration_ms,
+                )
+            )
+            turn.history.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=result.content))
+        await self.store.add_messages(turn.conversation.id, records)
+        for call, result in zip(calls, results, strict=True):
+            yield ToolCallFinished(
+                call_id=call.id,
+                name=call.name,
+                result=result.content,
+                is_error=result.is_error,
+                duration_ms=result.duration_ms,
+            )
+            if result.handoff is not None:
+                yield await self._apply_handoff(turn, result)
+
+    async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
+        started = time.perf_counter()
+        if call.name.startswith(TRANSFER_PREFIX):
+            target = call.name.removeprefix(TRANSFER_PREFIX)
+            if target not in turn.flow.handoffs:
+                return _error(f"transfer to '{target}' is not possible from this conversation", started)
+            return ToolResult(
+                content=f"Transferred to {target}. Continue helping the customer.",
+                is_error=False,
+                handoff=target,
+                data={"reason": _argument(call, "reason")},
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        if call.name not in turn.flow.tools:
+            return _error(
+                f"tool '{call.name}' is not available in this conversation; available: "
+                + ", ".join(sorted(turn.flow.tools)),
+                started,
+            )
+        if call.name in turn.flow.confirm and not await self.store.claim_tool_run(turn.conversation.id, call.id):
+            return _error("this call was already run once; it is not run again", started)
+        context = ToolContext(
+            customer=turn.customer,
+            conversation=turn.conversation,
+            channel=turn.conversation.channel,
+            flow=turn.flow.name,
+            store=self.store,
+            config=self.config,
+            http=self.http,
+            orders=self.orders,
+            tool_call_id=call.id,
+        )
+        return await self.tools.call(call, context, timeout=self.config.tools.timeout_s)
+
+    async def _apply_handoff(self, turn: _Turn, result: ToolResult) -> Handoff:
+        target = result.handoff or "human"
+        data = result.data if isinstance(result.data, dict) else {}
+        if target == "human":
+            ticket = data.get("ticket_id")
+            return Handoff(
+                target="human",
+                reason=str(data.get("reason", "")),
+                ticket_id=ticket if isinstance(ticket, int) else None,
+            )
+        turn.conversation = await self.store.update_conversation(turn.conversation.id, flow=target)
+        turn.flow = self.flows.get(target)
+        return Handoff(target=target, reason=str(data.get("reason") or ""))
+
+    async def _resolve_pending(self, turn: _Turn, stored: Sequence[StoredMessage], reply: str) -> AsyncIterator[Event]:
+        """Run, or decline, the tool calls that waited for this customer reply."""
+        pending = next((m for m in reversed(stored) if m.role == "assistant" and m.status == "pending"), None)
+        if pending is None:
+            return
+        answered = {m.tool_call_id for m in stored if m.role == "tool"}
+        waiting = [c for c in pending.tool_calls if c.id not in answered]
+        if is_yes(reply):
+            await self.store.set_message_status(pending.id, "ok")
+            async for event in self._run_calls(turn, waiting):
+                yield event
+        else:
+            await self.store.set_message_status(pending.id, "declined")
+            await self.store.add_messages(
+                turn.conversation.id,
+                [
+                    NewMessage(
+                        role="tool",
+                        content=DECLINED,
+                        tool_call_id=c.id,
+                        tool_name=c.name,
+                        status="declined",
+                        flow=turn.flow.name,
+                    )
+                    for c in waiting
+                ],
+            )
+            for c in waiting:
+                turn.history.append(ChatMessage(role="tool", tool_call_id=c.id, name=c.name, content=DECLINED))
+        # The results were appended after the call in ``turn.history``; rebuild so each follows its call.
+        turn.history = to_chat_messages(await self.store.list_messages(turn.conversation.id, last=HISTORY_LIMIT))
+        if turn.history and turn.history[-1].role == "user":
+            turn.history.pop()  # the reply itself; run_turn appends it
+
+    # -- failure paths ---------------------------------------------------------------------------
+
+    async def _fail(self, turn: _Turn, reason: str) -> AsyncIterator[Event]:
+        """The model could not answer: store what streamed, reply with the fallback, open one escalation ticket."""
+        log.warning("turn failed in conversation %s: %s", turn.conversation.id, reason)
+        ticket = await self._escalation_ticket(turn, reason)
+        fallback = FALLBACK_TEXT.format(ticket=ticket)
+        records = []
+        if turn.text:
+            records.append(NewMessage(role="assistant", content=turn.text, status="interrupted", flow=turn.flow.name))
+        records.append(NewMessage(role="assistant", content=fallback, kind="fallback", flow=turn.flow.name))
+        saved = await self.store.add_messages(turn.conversation.id, records)
+        yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)
+
+    async def _escalate_to_human(self, turn: _Turn, reason: str) -> AsyncIterator[Event]:
+        ticket = await self._escalation_ticket(turn, reason)
+        await self.store.update_conversation(turn.conversation.id, status="human")
+        text = LIMIT_TEXT.format(ticket=ticket)
+        saved = await self.store.add_messages(
+            turn.conversation.id, [NewMessage(role="assistant", content=text, kind="notice", flow=turn.flow.name)]
+        )
+        yield Handoff(target="human", reason=reason, ticket_id=ticket)
+        yield TextDelta(text=text, seq=turn.seq)
+        yield TurnFinished(text=text, message_id=saved[0].id)
+
+    async def _escalation_ticket(self, turn: _Turn, reason: str) -> int:
+        """The conversation's open escalation ticket, or a new one: an outage makes one ticket, not one per message."""
+        for ticket in await self.store.list_tickets(conversation_id=turn.conversation.id, status="open"):
+            if ticket.kind == "escalation":
+                await self.store.update_ticket(ticket.id, actor="bot", note=f"again: {reason}")
+                return ticket.id
+        last_user = next((m.content for m in reversed(turn.history) if m.role == "user"), "") or ""
+        ticket = await self.store.create_ticket(
+            subject=f"Bot could not answer: {reason}"[:200],
+            description=f"The customer wrote:\n\n{last_user}",
+            kind="escalation",
+            priority="high",
+            conversation_id=turn.conversation.id,
+            customer_id=turn.customer.id,
+            channel=turn.conversation.channel,
+            flow=turn.flow.name,
+            actor="bot",
+        )
+        return ticket.id
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _template_context(self, conversation: Conversation, customer: Customer, flow: Flow) -> TemplateContext:
+        return TemplateContext(
+            company=self.config.company,
+            customer=customer,
+            channel=conversation.channel,
+            now=self.clock(),
+            conversation_id=conversation.id,
+            flow=flow,
+        )
+
+    def _request(self, turn: _Turn) -> LLMRequest:
+        flow = turn.flow
+        llm = self.config.llm
+        system = ChatMessage(
+            role="system",
+            content=flow.render_system_prompt(self._template_context(turn.conversation, turn.customer, flow)),
+        )
+        overrides = flow.model
+        max_tokens = overrides.max_tokens or llm.max_tokens
+        tools = self._tool_schemas(flow)
+        tool_tokens = len(json.dumps(tools)) // 3 if tools else 0
+        budget = llm.context_window - max_tokens - tool_tokens
+        return LLMRequest(
+            messages=fit(system, turn.history, budget=budget),
+            tools=tools,
+            model=self._model(flow),
+            temperature=overrides.temperature if overrides.temperature is not None else llm.temperature,
+            top_p=overrides.top_p if overrides.top_p is not None else llm.top_p,
+            max_tokens=max_tokens,
+            reasoning_effort=overrides.reasoning_effort or llm.reasoning_effort,
+            json_mode=overrides.json_mode,
+        )
+
+    def _model(self, flow: Flow) -> str:
+        return flow.model.model or self.config.llm.model
+
+    def _tool_schemas(self, flow: Flow) -> list[dict[str, Any]]:
+        schemas = self._schemas.get(flow.name)
+        if schemas is None:
+            schemas = list(self.tools.schemas(flow.tools))
+            for target in flow.handoffs:
+                schemas.append(_transfer_schema(self.flows.get(target)))
+            self._schemas[flow.name] = schemas
+        return schemas
+
+
+def _transfer_schema(target: Flow) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": TRANSFER_PREFIX + target.name,
+            "description": f"Hand the conversation to the '{target.name}' specialist: {target.description}",
+            "parameters": {
+                "type": "object",
+                "properties": {"reason": {"type": "string", "description": "Why the customer needs this."}},
+                "required": [],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def _argument(call: ToolCall, name: str) -> str:
+    try:
+        value = json.loads(call.arguments or "{}").get(name, "")
+    except (ValueError, AttributeError):
+        return ""
+    return str(value)
+
+
+def _error(message: str, started: float) -> ToolResult:
+    return ToolResult(
+        content=message, is_error=True, handoff=None, data=None, duration_ms=(time.perf_counter() - started) * 1000
+    )

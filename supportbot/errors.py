@@ -1,0 +1,93 @@
+"""The exceptions supportbot raises, split by who must act.
+
+::
+
+    SupportbotError
+    ├── ConfigError            the operator must fix a file, a flow or a tool signature
+    ├── LLMError               the model provider failed (after retries, where retrying made sense)
+    │   ├── LLMHTTPError       a non-2xx answer, or an error object inside a 200 stream
+    │   ├── LLMTimeout         connect, first byte or between-chunk timeout
+    │   ├── LLMConnectionError the connection could not be made or broke
+    │   └── LLMProtocolError   the answer does not follow the chat-completions wire format
+    ├── StorageError           the database is unreachable or refused a write
+    └── ConnectorError         a channel (Slack, email, widget) failed
+
+``ToolRetry`` is not an error of supportbot: a tool raises it to tell the model what to do
+differently ("order ids look like A1001"), and the model gets the message as the tool result.
+"""
+
+from __future__ import annotations
+
+
+class SupportbotError(Exception):
+    """Root of every error supportbot raises on purpose."""
+
+
+class ConfigError(SupportbotError):
+    """A configuration file, a flow or a tool definition is wrong; the message says where and how to fix it."""
+
+
+class LLMError(SupportbotError):
+    """The model provider could not produce an answer.
+
+    Attributes:
+        retryable: whether the same request may succeed if sent again later.
+    """
+
+    retryable: bool = False
+
+
+class LLMHTTPError(LLMError):
+    """The provider answered with an error status or an error object inside the stream."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: object = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class LLMTimeout(LLMError):
+    """The provider did not connect, did not start answering, or stalled between chunks in time."""
+
+    retryable = True
+
+
+class LLMConnectionError(LLMError):
+    """The connection to the provider could not be opened or broke before the answer was complete."""
+
+    retryable = True
+
+
+class LLMProtocolError(LLMError):
+    """The provider's answer is not valid chat-completions output (bad SSE, bad JSON, stream cut short)."""
+
+
+class StorageError(SupportbotError):
+    """The database could not be reached or refused an operation."""
+
+
+class ConnectorError(SupportbotError):
+    """A channel connector failed to receive or deliver a message."""
+
+
+class ToolRetry(Exception):
+    """Raised by a tool to send the model a correction instead of a result.
+
+    Example::
+
+        raise ToolRetry("order ids look like A1001")
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

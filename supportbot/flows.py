@@ -1,0 +1,498 @@
+"""Flows: one YAML file each, loaded and checked once, then frozen.
+
+A flow names what the model may do (``tools``), what needs the customer's yes (``confirm``),
+where the conversation may go (``handoffs``) and what the model is told (``system_prompt``,
+a sandboxed Jinja template). ``load_flows`` checks every file of a directory and reports every
+problem at once, e.g. ``flows/returns.yaml:7: tools[1]: unknown tool 'lookup_ordr'; did you
+mean 'lookup_order'?``, so a running server never meets a bad flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
+
+from jinja2 import Template, TemplateSyntaxError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from supportbot._yaml import (
+    Problems,
+    YamlDocument,
+    YamlPath,
+    YamlSyntaxError,
+    did_you_mean,
+    load_yaml,
+    validation_problems,
+)
+from supportbot.config import FLOW_NAME_PATTERN, MAX_OUTPUT_TOKENS
+from supportbot.errors import ConfigError
+from supportbot.store.base import Customer
+from supportbot.templating import check_template, compile_template, template_line
+
+TRANSFER_PREFIX = "transfer_to_"
+"""``handoffs: [returns]`` gives the model a tool ``transfer_to_returns``, described by the target's description."""
+
+CONTEXT_NAMES = ("company", "customer", "channel", "now", "conversation_id", "flow")
+"""The variables a flow template may use."""
+
+
+class TemplateCustomer(Protocol):
+    """What a template may read about the customer (``supportbot.store.base.Customer`` fits)."""
+
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def verified(self) -> bool: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def first_name(self) -> str | None: ...
+
+
+class NamedFlow(Protocol):
+    """Anything with a flow's name and description (a ``Flow``, a ``FlowInfo``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FlowInfo:
+    """The ``flow`` variable of a template: only data, never the ``Flow`` object and its methods."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TemplateContext:
+    """The data a flow template renders with. Customer text is only ever data here, never template source.
+
+    Attributes:
+        company: the config's free-form ``company`` section.
+        customer: the customer as the channel verified them.
+        channel: ``web``, ``slack``, ``email``, ``cli``...
+        now: the current time (timezone-aware).
+        conversation_id: the conversation's id.
+        flow: the flow (only its name and description reach the template); None means the
+            rendering flow itself.
+    """
+
+    company: Mapping[str, Any]
+    customer: TemplateCustomer
+    channel: str
+    now: datetime
+    conversation_id: str
+    flow: NamedFlow | None = None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOverrides(_Section):
+    """Per-flow model settings; None keeps the value of the config's ``llm`` section."""
+
+    model: str | None = Field(None, min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_OUTPUT_TOKENS)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    json_mode: bool = False
+
+
+class FlowLimits(_Section):
+    """Per-conversation caps; reaching one ends the bot's part with a handoff to a human."""
+
+    max_tool_rounds: int = Field(6, ge=1, le=50)
+    max_turns: int = Field(40, ge=1)
+    max_cost_usd: float = Field(0.50, ge=0)
+
+
+class _FlowFile(_Section):
+    name: str = Field(pattern=FLOW_NAME_PATTERN)
+    description: str = Field(min_length=1)
+    model: ModelOverrides = ModelOverrides()
+    tools: list[str] = []
+    confirm: list[str] = []
+    handoffs: list[str] = []
+    greeting: str | None = None
+    system_prompt: str = Field(min_length=1)
+    limits: FlowLimits = FlowLimits()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Flow:
+    """One loaded flow: frozen data plus its compiled templates.
+
+    Constructing one directly compiles the templates (a syntax error raises ``ConfigError``);
+    ``load_flows`` / ``Flow.from_dict`` check everything else first.
+
+    Attributes:
+        source: the file it came from, as shown in messages (None when built in code).
+        template_lines: line of each template's first line in ``source`` (for error messages).
+    """
+
+    name: str
+    description: str
+    system_prompt: str
+    model: ModelOverrides = field(default_factory=ModelOverrides)
+    tools: tuple[str, ...] = ()
+    confirm: tuple[str, ...] = ()
+    handoffs: tuple[str, ...] = ()
+    greeting: str | None = None
+    limits: FlowLimits = field(default_factory=FlowLimits)
+    source: str | None = None
+    template_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _system_template: Template = field(init=False, repr=False, compare=False)
+    _greeting_template: Template | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        templates: dict[str, Template | None] = {"system_prompt": None, "greeting": None}
+        for key, text in (("system_prompt", self.system_prompt), ("greeting", self.greeting)):
+            if text is None:
+                continue
+            try:
+                templates[key] = compile_template(text)
+            except TemplateSyntaxError as exc:
+                raise ConfigError(
+                    f"{self._where(key, exc.lineno)}: {key}: {(exc.message or '').rstrip('.')}; fix the Jinja markup"
+                ) from None
+        object.__setattr__(self, "_system_template", templates["system_prompt"])
+        object.__setattr__(self, "_greeting_template", templates["greeting"])
+
+    @property
+    def transfer_tools(self) -> tuple[str, ...]:
+        """The generated tool names for ``handoffs`` (``transfer_to_returns``...)."""
+        return tuple(TRANSFER_PREFIX + target for target in self.handoffs)
+
+    def render_system_prompt(self, ctx: TemplateContext) -> str:
+        """Render the system prompt for one turn.
+
+        Raises:
+            ConfigError: the template failed for this context (e.g. an undefined value in a branch
+                the load-time trial render did not take); the message names file and line.
+        """
+        return self._render(self._system_template, "system_prompt", ctx)
+
+    def render_greeting(self, ctx: TemplateContext) -> str | None:
+        """Render the greeting, or None when the flow has none (or it renders to blank)."""
+        if self._greeting_template is None:
+            return None
+        text = self._render(self._greeting_template, "greeting", ctx).strip()
+        return text or None
+
+    def variables(self, ctx: TemplateContext) -> dict[str, Any]:
+        """The template variables for ``ctx`` (exactly ``CONTEXT_NAMES``)."""
+        return {
+            "company": ctx.company,
+            "customer": ctx.customer,
+            "channel": ctx.channel,
+            "now": ctx.now,
+            "conversation_id": ctx.conversation_id,
+            "flow": FlowInfo(name=(ctx.flow or self).name, description=(ctx.flow or self).description),
+        }
+
+    def _render(self, template: Template, key: str, ctx: TemplateContext) -> str:
+        try:
+            return template.render(self.variables(ctx))
+        except Exception as exc:
+            raise ConfigError(f"{self._where(key, template_line(exc))}: {key}: cannot render: {exc}") from exc
+
+    def _where(self, key: str, line: int | None) -> str:
+        start = self.template_lines.get(key)
+        where = self.source or f"flow {self.name!r}"
+        return f"{where}:{start + (line or 1) - 1}" if start is not None else where
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        tool_names: Collection[str] | None = None,
+        company: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Flow:
+        """Validate one flow given as data (handoff targets are not checked: they live in other files).
+
+        Args:
+            data: the flow's keys, as in a flow file.
+            tool_names: the registered tools; None skips the tool checks.
+            company: the config's ``company`` for the trial render; None uses placeholder values.
+            source: the name to show in error messages.
+
+        Raises:
+            ConfigError: every problem, one per line.
+        """
+        problems = Problems()
+        flow = _check(dict(data), None, source or "<flow>", tool_names, company, problems)
+        problems.raise_if_any()
+        if flow is None:  # only when problems were found, which raised above
+            raise ConfigError(f"{source or '<flow>'}: the flow is invalid")
+        return flow
+
+
+class Flows(Mapping[str, Flow]):
+    """The loaded flows by name, frozen, with the default flow that new conversations start in.
+
+    ``flows["returns"]`` raises ``KeyError`` for an unknown name; ``flows.get(name)`` falls back
+    to the default flow (a conversation stored under a flow that has since been removed
+    continues in the default one) instead of returning None.
+    """
+
+    __slots__ = ("_by_name", "_default")
+
+    def __init__(self, flows: Iterable[Flow], *, default: str | None = None) -> None:
+        by_name: dict[str, Flow] = {}
+        for flow in flows:
+            if flow.name in by_name:
+                raise ConfigError(f"flow {flow.name!r} is defined twice; give each flow a unique name")
+            by_name[flow.name] = flow
+        if not by_name:
+            raise ConfigError("no flows; add at least one flow file")
+        missing = [f"{f.name} -> {t}" for f in by_name.values() for t in f.handoffs if t not in by_name]
+        if missing:
+            raise ConfigError(f"handoffs name flows that do not exist: {', '.join(missing)}; add them or fix the names")
+        if default is None:
+            default = "general" if "general" in by_name else min(by_name)
+        elif default not in by_name:
+            raise ConfigError(
+                f"flows.default: no flow named {default!r}{did_you_mean(default, by_name)}; "
+                f"use one of {', '.join(sorted(by_name))}"
+            )
+        self._by_name: Mapping[str, Flow] = MappingProxyType(by_name)
+        self._default = default
+
+    def __getitem__(self, name: str) -> Flow:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"Flows({sorted(self._by_name)!r}, default={self._default!r})"
+
+    @property
+    def default_name(self) -> str:
+        """The name of the flow new conversations start in."""
+        return self._default
+
+    @property
+    def default(self) -> Flow:
+        """The flow new conversations start in."""
+        return self._by_name[self._default]
+
+    # Unlike Mapping.get this never returns None: every caller needs *a* flow to run.
+    def get(self, name: str | None, default: Flow | None = None) -> Flow:  # type: ignore[override]
+        """The flow named ``name``; else ``default`` if given; else the default flow."""
+        found = self._by_name.get(name) if name is not None else None
+        return found or default or self.default
+
+
+def load_flows(
+    directory: Path,
+    *,
+    tool_names: Collection[str],
+    company: Mapping[str, Any] | None = None,
+    default: str | None = None,
+) -> Flows:
+    """Load and check every ``*.yaml`` / ``*.yml`` flow file in ``directory``.
+
+    Args:
+        directory: the flows directory (``config.flows.dir``).
+        tool_names: the names of the registered tools (the registry's ``names()``).
+        company: the config's ``company``, used for the trial render of the templates.
+        default: the flow new conversations start in (``config.flows.default``); None picks
+            ``general`` if it exists, else the first name.
+
+    Raises:
+        ConfigError: listing every problem of every file, one per line, as
+            ``flows/returns.yaml:7: tools[1]: unknown tool 'lookup_ordr'; did you mean 'lookup_order'?``.
+    """
+    directory = Path(directory)
+    shown = _display(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{shown}: the flows directory does not exist; create it or set flows.dir in the config")
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        raise ConfigError(f"{shown}: no flow files (*.yaml) here; add one (see the example flows) or set flows.dir")
+    problems = Problems()
+    parsed: list[tuple[str, YamlDocument, Flow | None]] = []
+    first_seen: dict[str, str] = {}
+    for path in files:
+        file = _display(path)
+        try:
+            doc = load_yaml(path.read_text(encoding="utf-8"))
+        except YamlSyntaxError as exc:
+            problems.add(file, exc.line, "", f"invalid YAML: {exc.problem}; check indentation and quoting")
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.add(file, None, "", f"cannot read the flow file ({exc}); check the file and its permissions")
+            continue
+        flow = _check(doc.data, doc, file, tool_names, company, problems)
+        name = doc.data.get("name") if isinstance(doc.data, dict) else None
+        if isinstance(name, str):
+            if name in first_seen:
+                problems.add(
+                    file,
+                    doc.line(("name",)),
+                    "name",
+                    f"flow {name!r} is already defined in {first_seen[name]}; give each flow a unique name",
+                )
+            else:
+                first_seen[name] = f"{file}:{doc.line(('name',))}"
+        parsed.append((file, doc, flow))
+    for file, doc, _ in parsed:
+        own = doc.data.get("name") if isinstance(doc.data, dict) else None
+        for index, target in _strings(doc.data, "handoffs"):
+            if target != own and target not in first_seen:
+                problems.add(
+                    file,
+                    doc.line(("handoffs", index)),
+                    f"handoffs[{index}]",
+                    f"unknown flow {target!r}"
+                    + (did_you_mean(target, first_seen) or f"; flows in {shown}: {', '.join(sorted(first_seen))}"),
+                )
+    if default is not None and default not in first_seen:
+        problems.add(
+            shown,
+            None,
+            "flows.default",
+            f"no flow named {default!r}{did_you_mean(default, first_seen)}; use one of {', '.join(sorted(first_seen))}",
+        )
+    problems.raise_if_any()
+    return Flows([flow for _, _, flow in parsed if flow is not None], default=default)
+
+
+# Why a limit exists, shown after "70000 is more than 65536".
+_REASONS: dict[YamlPath, str] = {("model", "max_tokens"): "the model's output limit"}
+
+
+def _check(
+    data: Any,
+    doc: YamlDocument | None,
+    file: str,
+    tool_names: Collection[str] | None,
+    company: Mapping[str, Any] | None,
+    problems: Problems,
+) -> Flow | None:
+    """Every check of one flow that needs no other file; the Flow, or None if anything is wrong."""
+
+    def line(path: tuple[str | int, ...]) -> int | None:
+        return doc.line(path) if doc is not None else None
+
+    if not isinstance(data, dict):
+        problems.add(file, line(()), "", "a flow file must be a mapping with name:, description:, system_prompt:")
+        return None
+    before = len(problems.items)
+    spec: _FlowFile | None = None
+    try:
+        spec = _FlowFile.model_validate(data)
+    except ValidationError as exc:
+        validation_problems(exc, _FlowFile, file=file, doc=doc, problems=problems, reasons=_REASONS)
+
+    def add(path: tuple[str | int, ...], key: str, message: str) -> None:
+        problems.add(file, line(path), key, message)
+
+    tools = _strings(data, "tools")
+    listed = {name for _, name in tools}
+    known = set(tool_names) if tool_names is not None else None
+    seen: set[str] = set()
+    for index, name in tools:
+        if name.startswith(TRANSFER_PREFIX):
+            target = name.removeprefix(TRANSFER_PREFIX)
+            message = f"{name!r} is generated from handoffs; remove it here and list {target!r} under handoffs"
+            add(("tools", index), f"tools[{index}]", message)
+        elif known is not None and name not in known:
+            hint = did_you_mean(name, known) or f"; registered tools: {', '.join(sorted(known)) or 'none'}"
+            add(("tools", index), f"tools[{index}]", f"unknown tool {name!r}{hint}")
+        if name in seen:
+            add(("tools", index), f"tools[{index}]", f"{name!r} is listed twice; keep one")
+        seen.add(name)
+    for index, name in _strings(data, "confirm"):
+        if name not in listed:
+            add(("confirm", index), f"confirm[{index}]", f"{name!r} is not in tools; add it to tools or remove it here")
+    for index, target in _strings(data, "handoffs"):
+        if target == data.get("name"):
+            add(("handoffs", index), f"handoffs[{index}]", "a flow cannot hand off to itself; remove it")
+    samples = _samples(company, data)
+    for key in ("system_prompt", "greeting"):
+        source = data.get(key)
+        if isinstance(source, str):
+            start = doc.value_line((key,)) if doc is not None else None
+            for offset, message in check_template(source, samples)[1]:
+                problems.add(file, start + offset - 1 if start is not None else None, key, message)
+    if spec is None or len(problems.items) > before:
+        return None
+    return Flow(
+        name=spec.name,
+        description=spec.description.strip(),
+        system_prompt=spec.system_prompt,
+        model=spec.model,
+        tools=tuple(spec.tools),
+        confirm=tuple(spec.confirm),
+        handoffs=tuple(spec.handoffs),
+        greeting=spec.greeting,
+        limits=spec.limits,
+        source=file,
+        template_lines={
+            k: doc.value_line((k,)) for k in ("system_prompt", "greeting") if k in data and doc is not None
+        },
+    )
+
+
+def _strings(data: Any, key: str) -> list[tuple[int, str]]:
+    """The string items of the list ``data[key]`` with their indexes (wrong types are pydantic's to report)."""
+    items = data.get(key) if isinstance(data, dict) else None
+    return [(i, v) for i, v in enumerate(items) if isinstance(v, str)] if isinstance(items, list) else []
+
+
+class _AnyCompany(dict[str, Any]):
+    """Trial-render stand-in when no company section is known: every key has a value."""
+
+    def __missing__(self, key: str) -> str:
+        return "Example"
+
+
+def _samples(company: Mapping[str, Any] | None, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Variables for trial renders: a verified and an anonymous customer on each channel."""
+    name, description = data.get("name"), data.get("description")
+    flow = FlowInfo(name=name if isinstance(name, str) else "flow", description=str(description or ""))
+    customers = [
+        Customer(id="sample-verified", name="Ana Example", email="ana@example.com", verified=True),
+        Customer(id="sample-anonymous"),
+    ]
+    now = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+    return [
+        {
+            "company": company if company is not None else _AnyCompany(),
+            "customer": customer,
+            "channel": channel,
+            "now": now,
+            "conversation_id": "sample-conversation",
+            "flow": flow,
+        }
+        for customer in customers
+        for channel in ("web", "slack", "email", "cli")
+    ]
+
+
+def _display(path: Path) -> str:
+    """A path as short as possible for messages: relative to the working directory when inside it."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,115 @@
+"""From stored messages to the ``messages`` array a model sees, fitted into the context window.
+
+Rules:
+- Only what the model should see goes in: confirmation prompts, fallback replies, notices and
+  refused customer messages are for the customer only.
+- Every tool call is followed by its result, whatever order the results were stored in (a call
+  that waited for the customer's yes gets its result after the customer's reply was stored).
+  A call whose result is missing (a crash mid-tool) gets an explicit "no result" result, so the
+  request stays valid.
+- The oldest turns are dropped first; a tool call is never separated from its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from supportbot.messages import ChatMessage
+from supportbot.store.base import StoredMessage
+
+_HIDDEN_KINDS = frozenset({"confirmation", "fallback", "notice"})
+_IMAGE_TOKENS = 1100  # OpenAI high-detail worst case; Gemini charges 258 per tile, so this over-counts
+_MESSAGE_OVERHEAD = 4
+MISSING_RESULT = "No result: the tool call was interrupted before it finished."
+
+
+def to_chat_messages(stored: Sequence[StoredMessage]) -> list[ChatMessage]:
+    """Turn a conversation's stored messages into model messages, tool results placed after their calls."""
+    results: dict[str, StoredMessage] = {}
+    for m in stored:
+        if m.role == "tool" and m.tool_call_id is not None and m.status != "pending":
+            results[m.tool_call_id] = m
+    out: list[ChatMessage] = []
+    for m in stored:
+        if m.kind in _HIDDEN_KINDS or m.role == "tool":
+            continue
+        if m.role == "user":
+            if m.status == "error":
+                continue
+            out.append(ChatMessage(role="user", content=m.content or "", images=m.images))
+        elif m.role == "assistant":
+            if not m.tool_calls and not m.content:
+                continue
+            out.append(ChatMessage(role="assistant", content=m.content, tool_calls=m.tool_calls, extra=m.extra))
+            for call in m.tool_calls:
+                result = results.get(call.id)
+                out.append(
+                    ChatMessage(
+                        role="tool",
+                        tool_call_id=call.id,
+                        name=call.name,
+                        content=result.content if result is not None and result.content is not None else MISSING_RESULT,
+                    )
+                )
+    return out
+
+
+def estimate_tokens(message: ChatMessage) -> int:
+    """A deliberately high estimate (about 3 characters a token) so a request never overflows the window."""
+    chars = len(message.content or "")
+    for call in message.tool_calls:
+        chars += len(call.name) + len(call.arguments) + 24
+    return chars // 3 + _MESSAGE_OVERHEAD + _IMAGE_TOKENS * len(message.images)
+
+
+def _turns(messages: Sequence[ChatMessage]) -> list[list[ChatMessage]]:
+    """Split at each user message: a turn is a user message and everything the bot did after it."""
+    turns: list[list[ChatMessage]] = []
+    for m in messages:
+        if m.role == "user" or not turns:
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    return turns
+
+
+def _blocks(turn: list[ChatMessage]) -> list[list[ChatMessage]]:
+    """Split a turn into pieces that can be dropped alone: an assistant message with its tool results."""
+    blocks: list[list[ChatMessage]] = []
+    for m in turn:
+        if m.role == "tool" and blocks:
+            blocks[-1].append(m)
+        else:
+            blocks.append([m])
+    return blocks
+
+
+def fit(system: ChatMessage, messages: Sequence[ChatMessage], *, budget: int) -> list[ChatMessage]:
+    """The system prompt and as much recent history as fits in ``budget`` tokens.
+
+    Whole turns go first, oldest first. If the newest turn alone is still too large, its oldest
+    tool rounds go next (its user message stays). The result never starts with a tool result.
+    """
+    remaining = budget - estimate_tokens(system)
+    turns = _turns(messages)
+    sizes = [sum(estimate_tokens(m) for m in t) for t in turns]
+    total = sum(sizes)
+    start = 0
+    while total > remaining and start < len(turns) - 1:
+        total -= sizes[start]
+        start += 1
+    kept = turns[start:]
+    if total > remaining and kept:
+        last = kept[-1]
+        head, blocks = ([last[0]], _blocks(last[1:])) if last[0].role == "user" else ([], _blocks(last))
+        block_sizes = [sum(estimate_tokens(m) for m in b) for b in blocks]
+        size = sum(block_sizes) + sum(estimate_tokens(m) for m in head)
+        i = 0
+        while size > remaining and i < len(blocks) - 1:
+            size -= block_sizes[i]
+            i += 1
+        kept = [head + [m for b in blocks[i:] for m in b]]
+    out = [system]
+    for t in kept:
+        out.extend(t)
+    return out

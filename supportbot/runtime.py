@@ -1,0 +1,74 @@
+"""Everything a running supportbot holds, opened and closed together: store, model, tools, flows, engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from supportbot.config import Config
+from supportbot.engine import Engine
+from supportbot.flows import Flows, load_flows
+from supportbot.llm.base import LLM
+from supportbot.llm.client import OpenAICompatibleLLM
+from supportbot.llm.demo import DemoLLM
+from supportbot.store.base import Store
+from supportbot.store.sql import SQLStore
+from supportbot.tools import ToolRegistry, default_registry
+from supportbot.tools.orders import OrderSource, make_order_source
+
+NO_MODEL = (
+    "No model is connected: set SUPPORTBOT_LLM_API_KEY (or llm.api_key in config.yaml) to the key of "
+    "{base_url}, or run with --demo to try the offline demo model."
+)
+
+
+def load_tools_and_flows(config: Config) -> tuple[ToolRegistry, Flows]:
+    """The tool registry (built-ins plus ``tools.modules``) and the validated flows; raises ConfigError."""
+    tools = default_registry(default_timeout=config.tools.timeout_s)
+    tools.load_modules(config.tools.modules)  # the working directory is on the import path
+    if Path("tools").is_dir():
+        tools.load_directory("tools")
+    flows = load_flows(config.flows.dir, tool_names=tools.names(), company=config.company, default=config.flows.default)
+    return tools, flows
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    config: Config
+    tools: ToolRegistry
+    flows: Flows
+    store: Store
+    llm: LLM
+    http: aiohttp.ClientSession
+    orders: OrderSource
+    engine: Engine
+
+    @property
+    def has_model(self) -> bool:
+        return isinstance(self.llm, DemoLLM) or self.config.llm.api_key is not None
+
+    async def aclose(self) -> None:
+        await self.orders.aclose()
+        await self.llm.aclose()
+        await self.http.close()
+        await self.store.close()
+
+
+async def open_runtime(
+    config: Config, *, demo: bool = False, llm: LLM | None = None, store: Store | None = None
+) -> Runtime:
+    """Open the store (creating a new database), the HTTP session, the order source and the model client.
+
+    ``llm`` and ``store`` replace the configured ones (tests, benchmarks, embedding).
+    """
+    tools, flows = load_tools_and_flows(config)
+    store = store or await SQLStore.open(config.database.url)
+    http = aiohttp.ClientSession()
+    orders = make_order_source(config.orders, database_url=config.database.url, http=http)
+    model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm, session=http))
+    engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
+    return Runtime(
+        config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders, engine=engine
+    )

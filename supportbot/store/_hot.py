@@ -1,0 +1,355 @@
+"""The store's hot path, run on the database drivers themselves.
+
+Every turn reads the conversation and its history and stores three or four batches of
+messages. Through SQLAlchemy's asyncio layer each of those costs 0.4-1 ms of CPU: aiosqlite
+makes a thread hop per cursor call (cursor, execute, fetch, close, commit), and asyncpg pays a
+round trip each for BEGIN, every statement and COMMIT. Here each operation costs one hop or one
+round trip:
+
+* SQLite: the whole transaction runs as one function in aiosqlite's worker thread, on the
+  sqlite3 connection (``Connection._execute``, aiosqlite's own way of running its calls).
+* PostgreSQL: one statement in autocommit mode; ``add_messages`` is a single ``WITH … UPDATE …
+  INSERT … SELECT FROM unnest(…)`` statement, atomic by itself.
+
+Connections come from the store's SQLAlchemy pool (so the PRAGMAs, codecs and ``search_path``
+are the same). Values are cleaned and encoded the way the SQLAlchemy column types do it, so
+rows written here read back identically through SQLAlchemy and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from supportbot.messages import ImagePart, ToolCall, Usage
+from supportbot.store.base import Conversation, ConversationStatus, Customer, NewMessage, StoredMessage
+from supportbot.store.models import clean_text, json_dumps
+
+__all__ = ["PostgresHotPath", "SQLiteHotPath", "conversation", "customer", "message", "message_values"]
+
+CUSTOMER_COLS = "id, email, name, external_id, verified, created_at"
+CONV_COLS = (
+    "id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, cost_usd, created_at, updated_at"
+)
+MSG_COLS = (
+    "id, conversation_id, created_at, role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, "
+    "status, flow, model, input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms, "
+    "author"
+)
+_INSERT_COLS = (
+    "conversation_id, role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, status, flow, model, "
+    "input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms, author, created_at"
+)
+
+
+def _clean(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def message_values(m: NewMessage) -> tuple[Any, ...]:
+    """The columns of a new message from ``role`` to ``author``, cleaned and JSON-encoded."""
+    usage = m.usage
+    return (
+        m.role,
+        _clean(m.content),
+        # Empty lists/dicts are stored as NULL: nothing to serialize or parse for most messages.
+        json_dumps([{"url": i.url, "detail": i.detail} for i in m.images]) if m.images else None,
+        json_dumps([{"id": c.id, "name": c.name, "arguments": c.arguments, "extra": c.extra} for c in m.tool_calls])
+        if m.tool_calls
+        else None,
+        _clean(m.tool_call_id),
+        _clean(m.tool_name),
+        json_dumps(m.extra) if m.extra else None,
+        m.kind,
+        m.status,
+        _clean(m.flow),
+        _clean(m.model),
+        usage.input_tokens if usage else None,
+        usage.output_tokens if usage else None,
+        usage.audio_input_tokens if usage else None,
+        usage.reasoning_tokens if usage else None,
+        float(m.cost_usd),
+        m.latency_ms,
+        _clean(m.author),
+    )
+
+
+def customer(row: Sequence[Any]) -> Customer:
+    return Customer(id=row[0], email=row[1], name=row[2], external_id=row[3], verified=bool(row[4]),
+                    created_at=row[5])  # fmt: skip
+
+
+def conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        id=row[0], customer_id=row[1], channel=row[2], flow=row[3], status=row[4], turns=row[5],
+        input_tokens=row[6], output_tokens=row[7], cost_usd=row[8], created_at=row[9], updated_at=row[10],
+    )  # fmt: skip
+
+
+def message(row: Sequence[Any]) -> StoredMessage:
+    """A message from its ``MSG_COLS`` row, with timestamps and JSON already decoded."""
+    images, tool_calls, extra, input_tokens = row[5], row[6], row[9], row[14]
+    return StoredMessage(
+        id=row[0],
+        conversation_id=row[1],
+        created_at=row[2],
+        role=row[3],
+        content=row[4],
+        images=tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images) if images else (),
+        tool_calls=tuple(
+            ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {})
+            for c in tool_calls
+        )
+        if tool_calls
+        else (),
+        tool_call_id=row[7],
+        tool_name=row[8],
+        extra=extra or {},
+        kind=row[10],
+        status=row[11],
+        flow=row[12],
+        model=row[13],
+        usage=None
+        if input_tokens is None
+        else Usage(
+            input_tokens=input_tokens,
+            output_tokens=row[15] or 0,
+            audio_input_tokens=row[16] or 0,
+            reasoning_tokens=row[17] or 0,
+        ),
+        cost_usd=row[18],
+        latency_ms=row[19],
+        author=row[20],
+    )
+
+
+def totals(messages: Sequence[NewMessage]) -> tuple[int, int, int, float]:
+    """What a batch adds to its conversation: turns (user messages), input and output tokens, cost."""
+    turns = input_tokens = output_tokens = 0
+    cost = 0.0
+    for m in messages:
+        turns += m.role == "user"
+        if m.usage is not None:
+            input_tokens += m.usage.input_tokens
+            output_tokens += m.usage.output_tokens
+        cost += m.cost_usd
+    return turns, input_tokens, output_tokens, cost
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+def _sqlite_time(value: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME text form (always with microseconds), in UTC.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _sqlite_parse(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _sqlite_json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
+    values = list(row)
+    values[2] = _sqlite_parse(values[2])
+    for i in (5, 6, 9):
+        values[i] = _sqlite_json(values[i])
+    return message(values)
+
+
+def _sqlite_conversation(row: Sequence[Any]) -> Conversation:
+    values = list(row)
+    values[9], values[10] = _sqlite_parse(values[9]), _sqlite_parse(values[10])
+    return conversation(values)
+
+
+def _in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
+    try:
+        result = work(db, *args)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return result
+
+
+class SQLiteHotPath:
+    """Each method takes the aiosqlite connection and runs one transaction in its worker thread."""
+
+    async def _run(self, driver: Any, work: Any, *args: Any) -> Any:
+        return await driver._execute(_in_transaction, driver._conn, work, *args)
+
+    async def get_customer(self, driver: Any, customer_id: str) -> Customer | None:
+        rows = await self._run(driver, _fetch, f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?", (customer_id,))
+        if not rows:
+            return None
+        values = list(rows[0])
+        values[5] = _sqlite_parse(values[5])
+        return customer(values)
+
+    async def get_conversation(self, driver: Any, conversation_id: str) -> Conversation | None:
+        rows = await self._run(driver, _fetch, f"SELECT {CONV_COLS} FROM conversations WHERE id = ?",
+                               (conversation_id,))  # fmt: skip
+        return _sqlite_conversation(rows[0]) if rows else None
+
+    async def update_conversation(
+        self,
+        driver: Any,
+        conversation_id: str,
+        flow: str | None,
+        status: ConversationStatus | None,
+        turns: int,
+        now: datetime,
+    ) -> Conversation | None:
+        rows = await self._run(driver, _fetch,
+            "UPDATE conversations SET flow = coalesce(?, flow), status = coalesce(?, status), turns = turns + ?, "
+            f"updated_at = ? WHERE id = ? RETURNING {CONV_COLS}",
+            (flow, status, turns, _sqlite_time(now), conversation_id),
+        )  # fmt: skip
+        return _sqlite_conversation(rows[0]) if rows else None
+
+    async def list_messages(self, driver: Any, conversation_id: str, last: int | None) -> list[StoredMessage]:
+        args: tuple[Any, ...]
+        if last is None:
+            sql, args = f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+        else:
+            sql = f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? ORDER BY id DESC LIMIT ?"
+            args = (conversation_id, last)
+        rows = await self._run(driver, _fetch, sql, args)
+        if last is not None:
+            rows.reverse()
+        return [_sqlite_message(row) for row in rows]
+
+    async def add_messages(
+        self, driver: Any, conversation_id: str, messages: Sequence[NewMessage], now: datetime
+    ) -> list[int] | None:
+        """Insert and add to the totals; None when the conversation does not exist."""
+        rows = [message_values(m) for m in messages]
+        return await self._run(driver, _sqlite_add, conversation_id, totals(messages), rows, _sqlite_time(now))  # type: ignore[no-any-return]
+
+    async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
+        return await self._run(driver, _sqlite_claim, conversation_id, tool_call_id, _sqlite_time(now))  # type: ignore[no-any-return]
+
+
+def _fetch(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
+    return db.execute(sql, args).fetchall()
+
+
+_SQLITE_INSERT = f"INSERT INTO messages ({_INSERT_COLS}) VALUES ({', '.join('?' * 20)})"
+
+
+def _sqlite_add(
+    db: sqlite3.Connection,
+    conversation_id: str,
+    batch: tuple[int, int, int, float],
+    rows: list[tuple[Any, ...]],
+    now: str,
+) -> list[int] | None:
+    # The UPDATE goes first: it finds a missing conversation and takes the write lock at once.
+    cursor = db.execute(
+        "UPDATE conversations SET turns = turns + ?, input_tokens = input_tokens + ?, "
+        "output_tokens = output_tokens + ?, cost_usd = cost_usd + ?, updated_at = ? WHERE id = ?",
+        (*batch, now, conversation_id),
+    )
+    if cursor.rowcount != 1:
+        return None
+    ids = []
+    for row in rows:
+        cursor.execute(_SQLITE_INSERT, (conversation_id, *row, now))
+        ids.append(int(cursor.lastrowid or 0))
+    return ids
+
+
+def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: str, now: str) -> bool:
+    cursor = db.execute(
+        "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        (conversation_id, tool_call_id, now),
+    )
+    return cursor.rowcount == 1
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+_PG_ADD = f"""
+WITH conv AS (
+    UPDATE conversations SET turns = turns + $2, input_tokens = input_tokens + $3,
+        output_tokens = output_tokens + $4, cost_usd = cost_usd + $5, updated_at = $6
+    WHERE id = $1 RETURNING id
+)
+INSERT INTO messages ({_INSERT_COLS})
+SELECT conv.id, v.role, v.content, v.images::json, v.tool_calls::json, v.tool_call_id, v.tool_name, v.extra::json,
+       v.kind, v.status, v.flow, v.model, v.input_tokens, v.output_tokens, v.audio_input_tokens, v.reasoning_tokens,
+       v.cost_usd, v.latency_ms, v.author, $6
+FROM conv, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                  $14::text[], $15::text[], $16::text[], $17::text[], $18::int[], $19::int[], $20::int[], $21::int[],
+                  $22::float8[], $23::float8[], $24::text[])
+     WITH ORDINALITY AS v(role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, status, flow, model,
+                          input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms,
+                          author, ord)
+ORDER BY v.ord
+RETURNING id
+"""
+
+
+class PostgresHotPath:
+    """Each method takes the asyncpg connection and makes one round trip (autocommit)."""
+
+    async def get_customer(self, driver: Any, customer_id: str) -> Customer | None:
+        row = await driver.fetchrow(f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = $1", customer_id)
+        return None if row is None else customer(row)
+
+    async def get_conversation(self, driver: Any, conversation_id: str) -> Conversation | None:
+        row = await driver.fetchrow(f"SELECT {CONV_COLS} FROM conversations WHERE id = $1", conversation_id)
+        return None if row is None else conversation(row)
+
+    async def update_conversation(
+        self,
+        driver: Any,
+        conversation_id: str,
+        flow: str | None,
+        status: ConversationStatus | None,
+        turns: int,
+        now: datetime,
+    ) -> Conversation | None:
+        row = await driver.fetchrow(
+            "UPDATE conversations SET flow = coalesce($1, flow), status = coalesce($2, status), turns = turns + $3, "
+            f"updated_at = $4 WHERE id = $5 RETURNING {CONV_COLS}",
+            flow, status, turns, now, conversation_id,
+        )  # fmt: skip
+        return None if row is None else conversation(row)
+
+    async def list_messages(self, driver: Any, conversation_id: str, last: int | None) -> list[StoredMessage]:
+        if last is None:
+            rows = await driver.fetch(f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 ORDER BY id",
+                                      conversation_id)  # fmt: skip
+        else:
+            rows = await driver.fetch(
+                f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2",
+                conversation_id, last,
+            )  # fmt: skip
+            rows.reverse()
+        return [message(row) for row in rows]
+
+    async def add_messages(
+        self, driver: Any, conversation_id: str, messages: Sequence[NewMessage], now: datetime
+    ) -> list[int] | None:
+        """Insert and add to the totals in one statement; None when the conversation does not exist."""
+        columns = list(zip(*(message_values(m) for m in messages), strict=True))
+        rows = await driver.fetch(_PG_ADD, conversation_id, *totals(messages), now, *columns)
+        if not rows:
+            return None
+        return sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
+
+    async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
+        status = await driver.execute(
+            "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            conversation_id, tool_call_id, now,
+        )  # fmt: skip
+        return bool(status == "INSERT 0 1")

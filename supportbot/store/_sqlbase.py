@@ -1,0 +1,138 @@
+"""What every part of ``SQLStore`` shares: the engine and the error-translating transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, nullcontext
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+from sqlalchemy.util import greenlet_spawn
+
+from supportbot.store._engine import storage_error
+from supportbot.store._hot import PostgresHotPath, SQLiteHotPath
+
+try:  # the errors the drivers raise on the hot path (which bypasses SQLAlchemy's wrapping)
+    import asyncpg
+
+    _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+        sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+    )  # fmt: skip
+    # After these the connection is fine (a refused statement); after the others it may be dead.
+    _KEEP_AFTER: tuple[type[BaseException], ...] = (sqlite3.Error, asyncpg.IntegrityConstraintViolationError)
+except ImportError:  # pragma: no cover - asyncpg is a dependency, but SQLite works without it
+    _DRIVER_ERRORS = (sqlite3.Error, OSError)
+    _KEEP_AFTER = (sqlite3.Error,)
+
+HOT_CONNECTIONS = 4
+"""PostgreSQL connections kept for the hot path (each call holds one for a single round trip)."""
+
+__all__ = ["HOT_CONNECTIONS", "HotPool", "SQLBase", "now"]
+
+
+def now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class SQLBase:
+    """Holds the engine; ``_begin`` opens a transaction whose database errors become ``StorageError``."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self._url = url
+        # An in-memory SQLite database is one shared connection: transactions must take turns on it.
+        self._serial = asyncio.Lock() if isinstance(engine.pool, StaticPool) else None
+        # INSERT ... ON CONFLICT DO NOTHING (both databases have it, each under its own construct).
+        postgres = engine.dialect.name == "postgresql"
+        self._insert: Callable[..., Any] = postgresql.insert if postgres else sqlite.insert
+        self._hot: SQLiteHotPath | PostgresHotPath = PostgresHotPath() if postgres else SQLiteHotPath()
+        self._hot_pool = HotPool(engine, HOT_CONNECTIONS if postgres else 1, discard_broken=postgres)
+
+    @asynccontextmanager
+    async def _begin(self, doing: str, *, write_first: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A transaction; a database error inside becomes ``StorageError`` naming ``doing``.
+
+        ``write_first`` is for transactions that read and then write: SQLite then takes the write
+        lock up front (``BEGIN IMMEDIATE``) instead of failing with "database is locked" when it
+        would have to upgrade a read snapshot that another writer has meanwhile changed.
+        """
+        try:
+            async with self._serial or nullcontext(), self._engine.begin() as connection:
+                if write_first and connection.dialect.name == "sqlite":
+                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            raise storage_error(exc, self._url, doing) from exc
+
+    @asynccontextmanager
+    async def _driver(self, doing: str) -> AsyncIterator[Any]:
+        """A driver connection (aiosqlite or asyncpg) for the hot path in ``_hot``; errors become ``StorageError``."""
+        async with self._serial or nullcontext():
+            connection = await self._hot_pool.acquire(doing)
+            broken = False
+            try:
+                yield connection
+            except _DRIVER_ERRORS as exc:
+                broken = not isinstance(exc, _KEEP_AFTER)
+                raise storage_error(exc, self._url, doing) from exc
+            except Exception:
+                raise
+            except BaseException:  # cancelled mid-call: the connection's state is unknown
+                broken = True
+                raise
+            finally:
+                await self._hot_pool.release(connection, broken=broken)
+
+
+class HotPool:
+    """A few driver connections held out of SQLAlchemy's pool for the hot path.
+
+    Taking one is a list pop instead of two greenlet round trips through SQLAlchemy's pool.
+    SQLite gets one connection (its worker thread runs one transaction at a time anyway);
+    PostgreSQL up to ``size``. A connection that failed is given back to SQLAlchemy to close.
+    """
+
+    def __init__(self, engine: AsyncEngine, size: int, *, discard_broken: bool) -> None:
+        self._engine = engine
+        self._free: list[PoolProxiedConnection] = []
+        self._held: dict[int, PoolProxiedConnection] = {}
+        self._slots = asyncio.Semaphore(size)
+        self._discard_broken = discard_broken
+
+    async def acquire(self, doing: str) -> Any:
+        await self._slots.acquire()
+        try:
+            proxied = self._free.pop() if self._free else await self._engine.raw_connection()
+        except BaseException as exc:
+            self._slots.release()
+            if isinstance(exc, SQLAlchemyError | OSError):
+                raise storage_error(exc, self._engine.url, doing) from exc
+            raise
+        driver = proxied.driver_connection
+        self._held[id(driver)] = proxied
+        return driver
+
+    async def release(self, driver: Any, *, broken: bool) -> None:
+        proxied = self._held.pop(id(driver))
+        try:
+            if broken and self._discard_broken:
+                await greenlet_spawn(proxied.invalidate)
+                await greenlet_spawn(proxied.close)
+            else:
+                self._free.append(proxied)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Give every idle connection back to SQLAlchemy's pool (call before disposing the engine)."""
+        free, self._free = self._free, []
+        for proxied in free:
+            await greenlet_spawn(proxied.close)

@@ -1,0 +1,263 @@
+"""What the engine and the tools need from storage: records and the ``Store`` protocol.
+
+The engine never sees ORM rows; a store returns these frozen records. ``supportbot.store.sql``
+implements the protocol on SQLAlchemy (SQLite or PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from supportbot.messages import ImagePart, Role, ToolCall, Usage
+
+ConversationStatus = Literal["bot", "human", "closed"]
+"""``bot``: the bot answers; ``human``: handed to a person, the bot stays silent; ``closed``."""
+
+MessageKind = Literal["normal", "greeting", "confirmation", "fallback", "human", "notice"]
+"""``normal`` and ``greeting`` and ``human`` (an operator's reply) are shown to the model;
+``confirmation`` (the engine asking the customer to approve a tool call), ``fallback`` (the reply
+sent when the model failed) and ``notice`` are shown to the customer only."""
+
+MessageStatus = Literal["ok", "error", "pending", "declined", "interrupted"]
+"""``error``: a tool result that is an error; ``pending``: a tool call waiting for the customer's
+yes; ``declined``: a tool call the customer refused; ``interrupted``: a stream cut short."""
+
+TicketStatus = Literal["open", "pending", "solved", "closed"]
+TicketPriority = Literal["low", "normal", "high", "urgent"]
+TicketKind = Literal["request", "handoff", "escalation"]
+"""``request``: the bot's ``create_ticket``; ``handoff``: the conversation went to a human;
+``escalation``: opened by the engine itself when the model failed or a limit was hit."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Customer:
+    """A person who writes to support. ``verified`` is true only when the channel proved who they are."""
+
+    id: str
+    email: str | None = None
+    name: str | None = None
+    external_id: str | None = None
+    verified: bool = False
+    created_at: datetime | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.email or "customer"
+
+    @property
+    def first_name(self) -> str | None:
+        return self.name.split()[0] if self.name and self.name.split() else None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Conversation:
+    id: str
+    customer_id: str
+    channel: str
+    flow: str
+    status: ConversationStatus = "bot"
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewMessage:
+    """A message to store. ``usage``, ``cost_usd`` and ``latency_ms`` belong to assistant messages."""
+
+    role: Role
+    content: str | None = None
+    images: tuple[ImagePart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    kind: MessageKind = "normal"
+    status: MessageStatus = "ok"
+    flow: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    author: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredMessage(NewMessage):
+    id: int
+    conversation_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ticket:
+    id: int
+    subject: str
+    description: str = ""
+    status: TicketStatus = "open"
+    priority: TicketPriority = "normal"
+    kind: TicketKind = "request"
+    conversation_id: str | None = None
+    customer_id: str | None = None
+    channel: str | None = None
+    flow: str | None = None
+    assignee: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TicketEvent:
+    """One change to a ticket (created, status changed, note, reply), with who made it."""
+
+    id: int
+    ticket_id: int
+    actor: str
+    action: str
+    detail: str = ""
+    created_at: datetime | None = None
+
+
+class Store(Protocol):
+    """Persistence as the engine and the built-in tools use it.
+
+    Every method is atomic. ``add_messages`` also adds the messages' tokens and cost to the
+    conversation's totals in the same transaction.
+    """
+
+    async def get_or_create_customer(
+        self,
+        *,
+        email: str | None = None,
+        external_id: str | None = None,
+        name: str | None = None,
+        verified: bool = False,
+    ) -> Customer: ...
+    async def get_customer(self, customer_id: str) -> Customer | None: ...
+
+    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation: ...
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        flow: str | None = None,
+        status: ConversationStatus | None = None,
+        count_turn: bool = False,
+    ) -> Conversation: ...
+    async def list_conversations(self, *, customer_id: str | None = None, limit: int = 50) -> list[Conversation]: ...
+
+    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]: ...
+    async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]: ...
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None: ...
+
+    async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
+        """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
+        ...
+
+    def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold while a turn runs: one turn at a time per conversation, across workers where the database allows."""
+        ...
+
+    async def create_ticket(
+        self,
+        *,
+        subject: str,
+        description: str = "",
+        kind: TicketKind = "request",
+        priority: TicketPriority = "normal",
+        conversation_id: str | None = None,
+        customer_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+    ) -> Ticket: ...
+    async def get_ticket(self, ticket_id: int) -> Ticket | None: ...
+    async def list_tickets(
+        self, *, status: TicketStatus | None = None, conversation_id: str | None = None, limit: int = 100
+    ) -> list[Ticket]: ...
+    async def update_ticket(
+        self,
+        ticket_id: int,
+        *,
+        actor: str,
+        status: TicketStatus | None = None,
+        priority: TicketPriority | None = None,
+        assignee: str | None = None,
+        note: str | None = None,
+    ) -> Ticket: ...
+    async def ticket_events(self, ticket_id: int) -> list[TicketEvent]: ...
+
+    async def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InboxItem:
+    """An inbound channel message as stored before the channel was acknowledged.
+
+    ``status``: ``received`` until the engine has taken it, then what the caller sets
+    (e.g. ``done`` or ``failed``).
+    """
+
+    id: int
+    channel: str
+    external_id: str
+    payload: Any
+    status: str = "received"
+    conversation_id: str | None = None
+    created_at: datetime | None = None
+
+
+OutboxStatus = Literal["pending", "sent", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxItem:
+    """A reply waiting to be (or already) delivered to a channel; ``external_id`` is the channel's id for it."""
+
+    id: int
+    channel: str
+    payload: Any
+    status: OutboxStatus = "pending"
+    attempts: int = 0
+    conversation_id: str | None = None
+    message_id: int | None = None
+    external_id: str | None = None
+    created_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class Mailboxes(Protocol):
+    """The durable inbox and outbox that make channel delivery exactly-once (DESIGN §3, §5).
+
+    A connector stores an inbound message with ``inbox_add`` *before* acknowledging it to the
+    channel (None means the channel redelivered a message already stored), and delivers replies
+    from the outbox, marking each sent once.
+    """
+
+    async def inbox_add(
+        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
+    ) -> int | None: ...
+    async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None: ...
+    async def inbox_pending(self, channel: str | None = None, *, limit: int = 100) -> list[InboxItem]: ...
+
+    async def outbox_add(
+        self, channel: str, payload: Any, *, conversation_id: str | None = None, message_id: int | None = None
+    ) -> int: ...
+    async def outbox_pending(self, channel: str, limit: int = 100) -> list[OutboxItem]: ...
+    async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
+        """Mark a reply delivered; False if it was already marked (another worker sent it)."""
+        ...
+
+    async def outbox_mark_failed(self, outbox_id: int, *, give_up: bool = False) -> int:
+        """Count a failed delivery attempt; ``give_up`` marks it ``failed`` for good. Returns the attempts so far."""
+        ...

@@ -1,0 +1,259 @@
+"""A store that keeps everything in process memory and forgets it on exit.
+
+For benchmarks (the engine's own cost with persistence switched off) and for embedding the
+engine where another system keeps the transcript. Not for production: nothing survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from supportbot.errors import StorageError
+from supportbot.store.base import (
+    Conversation,
+    ConversationStatus,
+    Customer,
+    MessageStatus,
+    NewMessage,
+    StoredMessage,
+    Ticket,
+    TicketEvent,
+    TicketKind,
+    TicketPriority,
+    TicketStatus,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryStore:
+    """Implements ``supportbot.store.base.Store`` on dicts. Conversations may be dropped with ``forget``."""
+
+    def __init__(self) -> None:
+        self._customers: dict[str, Customer] = {}
+        self._conversations: dict[str, Conversation] = {}
+        self._messages: dict[str, list[StoredMessage]] = {}
+        self._tool_runs: set[tuple[str, str]] = set()
+        self._tickets: dict[int, Ticket] = {}
+        self._events: dict[int, list[TicketEvent]] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._ids = itertools.count(1)
+
+    async def close(self) -> None:
+        return None
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop a finished conversation's messages (keeps a long benchmark's memory flat)."""
+        self._messages.pop(conversation_id, None)
+        self._conversations.pop(conversation_id, None)
+
+    async def get_or_create_customer(
+        self,
+        *,
+        email: str | None = None,
+        external_id: str | None = None,
+        name: str | None = None,
+        verified: bool = False,
+    ) -> Customer:
+        email = email.lower() if email else None
+        for c in self._customers.values():
+            if (email and c.email == email) or (external_id and c.external_id == external_id):
+                return c
+        customer = Customer(
+            id=uuid.uuid4().hex, email=email, name=name, external_id=external_id, verified=verified, created_at=_now()
+        )
+        self._customers[customer.id] = customer
+        return customer
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        return self._customers.get(customer_id)
+
+    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation:
+        now = _now()
+        conv = Conversation(
+            id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
+        )
+        self._conversations[conv.id] = conv
+        self._messages[conv.id] = []
+        return conv
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        return self._conversations.get(conversation_id)
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        flow: str | None = None,
+        status: ConversationStatus | None = None,
+        count_turn: bool = False,
+    ) -> Conversation:
+        conv = self._conversation(conversation_id)
+        conv = dataclasses.replace(
+            conv,
+            flow=flow or conv.flow,
+            status=status or conv.status,
+            turns=conv.turns + int(count_turn),
+            updated_at=_now(),
+        )
+        self._conversations[conversation_id] = conv
+        return conv
+
+    async def list_conversations(self, *, customer_id: str | None = None, limit: int = 50) -> list[Conversation]:
+        found = [c for c in self._conversations.values() if customer_id in (None, c.customer_id)]
+        return sorted(found, key=lambda c: c.updated_at or _now(), reverse=True)[:limit]
+
+    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+        conv = self._conversation(conversation_id)
+        now = _now()
+        stored = [
+            StoredMessage(
+                **{f.name: getattr(m, f.name) for f in dataclasses.fields(NewMessage)},
+                id=next(self._ids),
+                conversation_id=conversation_id,
+                created_at=now,
+            )
+            for m in messages
+        ]
+        self._messages[conversation_id].extend(stored)
+        inp = sum(m.usage.input_tokens for m in messages if m.usage)
+        out = sum(m.usage.output_tokens for m in messages if m.usage)
+        self._conversations[conversation_id] = dataclasses.replace(
+            conv,
+            turns=conv.turns + sum(m.role == "user" for m in messages),
+            input_tokens=conv.input_tokens + inp,
+            output_tokens=conv.output_tokens + out,
+            cost_usd=conv.cost_usd + sum(m.cost_usd for m in messages),
+            updated_at=now,
+        )
+        return stored
+
+    async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
+        messages = self._messages.get(conversation_id, [])
+        return list(messages[-last:] if last else messages)
+
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
+        for messages in self._messages.values():
+            for i, m in enumerate(messages):
+                if m.id == message_id:
+                    messages[i] = dataclasses.replace(m, status=status)
+                    return
+
+    async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
+        key = (conversation_id, tool_call_id)
+        if key in self._tool_runs:
+            return False
+        self._tool_runs.add(key)
+        return True
+
+    @asynccontextmanager
+    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(conversation_id) or (asyncio.Lock(), 0)
+        self._locks[conversation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[conversation_id]
+            if users == 1:
+                del self._locks[conversation_id]
+            else:
+                self._locks[conversation_id] = (lock, users - 1)
+
+    async def create_ticket(
+        self,
+        *,
+        subject: str,
+        description: str = "",
+        kind: TicketKind = "request",
+        priority: TicketPriority = "normal",
+        conversation_id: str | None = None,
+        customer_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+    ) -> Ticket:
+        now = _now()
+        ticket = Ticket(
+            id=len(self._tickets) + 1,
+            subject=subject,
+            description=description,
+            kind=kind,
+            priority=priority,
+            conversation_id=conversation_id,
+            customer_id=customer_id,
+            channel=channel,
+            flow=flow,
+            created_at=now,
+            updated_at=now,
+        )
+        self._tickets[ticket.id] = ticket
+        self._events[ticket.id] = [
+            TicketEvent(id=next(self._ids), ticket_id=ticket.id, actor=actor, action="created", created_at=now)
+        ]
+        return ticket
+
+    async def get_ticket(self, ticket_id: int) -> Ticket | None:
+        return self._tickets.get(ticket_id)
+
+    async def list_tickets(
+        self, *, status: TicketStatus | None = None, conversation_id: str | None = None, limit: int = 100
+    ) -> list[Ticket]:
+        found = [
+            t
+            for t in self._tickets.values()
+            if status in (None, t.status) and conversation_id in (None, t.conversation_id)
+        ]
+        return sorted(found, key=lambda t: t.id, reverse=True)[:limit]
+
+    async def update_ticket(
+        self,
+        ticket_id: int,
+        *,
+        actor: str,
+        status: TicketStatus | None = None,
+        priority: TicketPriority | None = None,
+        assignee: str | None = None,
+        note: str | None = None,
+    ) -> Ticket:
+        ticket = self._tickets.get(ticket_id)
+        if ticket is None:
+            raise StorageError(f"no ticket #{ticket_id}")
+        changes = {k: v for k, v in {"status": status, "priority": priority, "assignee": assignee}.items() if v}
+        ticket = dataclasses.replace(ticket, **changes, updated_at=_now())  # type: ignore[arg-type]
+        self._tickets[ticket_id] = ticket
+        for key, value in changes.items():
+            self._events[ticket_id].append(
+                TicketEvent(
+                    id=next(self._ids),
+                    ticket_id=ticket_id,
+                    actor=actor,
+                    action=key,
+                    detail=str(value),
+                    created_at=_now(),
+                )
+            )
+        if note:
+            self._events[ticket_id].append(
+                TicketEvent(
+                    id=next(self._ids), ticket_id=ticket_id, actor=actor, action="note", detail=note, created_at=_now()
+                )
+            )
+        return ticket
+
+    async def ticket_events(self, ticket_id: int) -> list[TicketEvent]:
+        return list(self._events.get(ticket_id, []))
+
+    def _conversation(self, conversation_id: str) -> Conversation:
+        conv = self._conversations.get(conversation_id)
+        if conv is None:
+            raise StorageError(f"no conversation {conversation_id!r}")
+        return conv

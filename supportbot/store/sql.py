@@ -1,0 +1,339 @@
+"""``SQLStore``: the ``Store`` and ``Mailboxes`` protocols on SQLAlchemy 2 (SQLite or PostgreSQL).
+
+Every turn reads its conversation and history and stores its messages, so those calls
+(``get_conversation``, ``get_customer``, ``list_messages``, ``add_messages``,
+``update_conversation``, ``claim_tool_run``) run on the drivers directly, one thread hop or one
+round trip each (``_hot``). Everything else uses prebuilt SQLAlchemy Core statements on short
+transactions. Text is cleaned on the way in (see ``models.clean_text``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from supportbot.errors import StorageError
+from supportbot.store._engine import make_engine, masked, parse_url
+from supportbot.store._hot import conversation as _conversation
+from supportbot.store._hot import customer as _customer
+from supportbot.store._locks import KeyedLocks, pg_advisory_lock
+from supportbot.store._mailbox import MailboxMixin
+from supportbot.store._sqlbase import now as _now
+from supportbot.store._tickets import TicketMixin
+from supportbot.store.base import (
+    Conversation,
+    ConversationStatus,
+    Customer,
+    MessageStatus,
+    NewMessage,
+    StoredMessage,
+)
+from supportbot.store.migrate import check_schema
+from supportbot.store.models import clean_text
+from supportbot.store.models import conversations as _co
+from supportbot.store.models import customers as _cu
+from supportbot.store.models import messages as _m
+from supportbot.store.models import orders as _o
+
+__all__ = ["SQLStore"]
+
+# -- prebuilt statements (compiled once per engine, then served from SQLAlchemy's cache) ---------
+
+_CUSTOMER_COLS = (_cu.c.id, _cu.c.email, _cu.c.name, _cu.c.external_id, _cu.c.verified, _cu.c.created_at)
+_CUSTOMER_BY_ID = select(*_CUSTOMER_COLS).where(_cu.c.id == bindparam("id"))
+_CUSTOMER_BY_EXTERNAL = select(*_CUSTOMER_COLS).where(
+    _cu.c.external_id == bindparam("external_id"), _cu.c.verified == bindparam("verified")
+)
+_CUSTOMER_BY_EMAIL = select(*_CUSTOMER_COLS).where(
+    _cu.c.email == bindparam("email"), _cu.c.verified == bindparam("verified")
+)
+_CUSTOMER_FILL = (
+    update(_cu)
+    .where(_cu.c.id == bindparam("cid"))
+    .values(
+        email=func.coalesce(_cu.c.email, bindparam("new_email", type_=_cu.c.email.type)),
+        external_id=func.coalesce(_cu.c.external_id, bindparam("new_external_id", type_=_cu.c.external_id.type)),
+        name=func.coalesce(_cu.c.name, bindparam("new_name", type_=_cu.c.name.type)),
+    )
+)
+
+_CONV_COLS = (
+    _co.c.id, _co.c.customer_id, _co.c.channel, _co.c.flow, _co.c.status, _co.c.turns, _co.c.input_tokens,
+    _co.c.output_tokens, _co.c.cost_usd, _co.c.created_at, _co.c.updated_at,
+)  # fmt: skip
+_MSG_SET_STATUS = update(_m).where(_m.c.id == bindparam("mid")).values(status=bindparam("new_status"))
+_ORDER_BY_ID = select(_o).where(_o.c.order_id == bindparam("order_id"))
+
+
+def _clean(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
+    return StoredMessage(
+        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=_clean(m.content),
+        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
+        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
+        latency_ms=m.latency_ms, author=m.author,
+    )  # fmt: skip
+
+
+class SQLStore(TicketMixin, MailboxMixin):
+    """Persistence on SQLite (one process) or PostgreSQL (any number of workers).
+
+    Create with ``await SQLStore.open(url)`` and ``await store.close()`` when done. All methods
+    raise ``StorageError`` when the database cannot be reached or refuses an operation.
+    """
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        """Wrap an engine made by ``make_engine``; use ``SQLStore.open`` instead."""
+        super().__init__(engine, url)
+        self._locks = KeyedLocks()
+        self._lock_engine: AsyncEngine | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True, echo: bool = False) -> SQLStore:
+        """Connect to the database at ``url``, creating the schema when the database is new.
+
+        Args:
+            url: ``sqlite+aiosqlite:///path.db`` (relative paths as given) or
+                ``postgresql+asyncpg://user:password@host/db``.
+            create: create the schema in a database that has none; when false such a database
+                is refused.
+            echo: log every SQL statement.
+
+        Raises:
+            StorageError: the database is unreachable, or its schema is behind or unknown (the
+                message says to run ``supportbot db upgrade``).
+        """
+        parsed = parse_url(url)
+        engine = make_engine(parsed, echo=echo)
+        try:
+            await check_schema(engine, create=create)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, parsed)
+
+    async def close(self) -> None:
+        """Close every connection. The store cannot be used afterwards."""
+        await self._hot_pool.close()
+        await self._engine.dispose()
+        if self._lock_engine is not None:
+            await self._lock_engine.dispose()
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return masked(self._url)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for components that keep their own tables in the same database (orders)."""
+        return self._engine
+
+    # -- customers -------------------------------------------------------------------------------
+
+    async def get_or_create_customer(
+        self,
+        *,
+        email: str | None = None,
+        external_id: str | None = None,
+        name: str | None = None,
+        verified: bool = False,
+    ) -> Customer:
+        """Find a customer by ``external_id``, then by email (case-insensitive), or create one.
+
+        Verified and unverified identities are kept apart: an unverified call never returns (and
+        so never unlocks) the record of a customer whose identity a channel proved, and a proven
+        identity never inherits a record someone merely claimed. Missing fields of a found record
+        (email, external id, name) are filled in.
+        """
+        if email:
+            email = clean_text(email).strip().lower() or None
+        external_id, name = _clean(external_id), _clean(name)
+        for attempt in range(2):
+            found = await self._find_customer(email, external_id, verified)
+            if found is not None:
+                if (email and not found.email) or (external_id and not found.external_id) or (name and not found.name):
+                    return await self._fill_customer(found, email, external_id, name)
+                return found
+            customer = Customer(id=uuid.uuid4().hex, email=email, external_id=external_id, name=name,
+                                verified=verified, created_at=_now())  # fmt: skip
+            try:
+                async with self._begin("creating a customer") as connection:
+                    await connection.execute(_cu.insert(), {
+                        "id": customer.id, "email": email, "external_id": external_id, "name": name,
+                        "verified": verified, "created_at": customer.created_at,
+                    })  # fmt: skip
+                return customer
+            except StorageError as exc:
+                # Another request created the same customer a moment ago: find that one.
+                if attempt or not isinstance(exc.__cause__, IntegrityError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find_customer(self, email: str | None, external_id: str | None, verified: bool) -> Customer | None:
+        async with self._begin("looking up a customer") as connection:
+            if external_id:
+                row = (
+                    await connection.execute(_CUSTOMER_BY_EXTERNAL, {"external_id": external_id, "verified": verified})
+                ).first()
+                if row is not None:
+                    return _customer(row)
+            if email:
+                row = (await connection.execute(_CUSTOMER_BY_EMAIL, {"email": email, "verified": verified})).first()
+                if row is not None:
+                    return _customer(row)
+        return None
+
+    async def _fill_customer(
+        self, found: Customer, email: str | None, external_id: str | None, name: str | None
+    ) -> Customer:
+        try:
+            async with self._begin("updating a customer") as connection:
+                await connection.execute(
+                    _CUSTOMER_FILL,
+                    {"cid": found.id, "new_email": email, "new_external_id": external_id, "new_name": name},
+                )
+                row = (await connection.execute(_CUSTOMER_BY_ID, {"id": found.id})).one()
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return found  # the email or external id belongs to another record: keep this one as it is
+            raise
+        return _customer(row)
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        """The customer with this id, or None."""
+        async with self._driver("reading a customer") as driver:
+            return await self._hot.get_customer(driver, customer_id)
+
+    # -- conversations ---------------------------------------------------------------------------
+
+    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation:
+        now = _now()
+        conversation = Conversation(
+            id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
+        )
+        try:
+            async with self._begin("creating a conversation") as connection:
+                await connection.execute(_co.insert(), {
+                    "id": conversation.id, "customer_id": customer_id, "channel": channel, "flow": flow,
+                    "status": "bot", "turns": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
+                    "created_at": now, "updated_at": now,
+                })  # fmt: skip
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                raise StorageError(
+                    f"cannot create a conversation for customer {customer_id!r}: no such customer; "
+                    "create it with get_or_create_customer first"
+                ) from exc
+            raise
+        return conversation
+
+    async def get_conversation(self, conversation_id: str) -> Conversation | None:
+        """The conversation with this id, or None."""
+        async with self._driver("reading a conversation") as driver:
+            return await self._hot.get_conversation(driver, conversation_id)
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        flow: str | None = None,
+        status: ConversationStatus | None = None,
+        count_turn: bool = False,
+    ) -> Conversation:
+        """Change the flow and/or status (None keeps them), count a turn if asked, and bump ``updated_at``."""
+        async with self._driver("updating a conversation") as driver:
+            updated = await self._hot.update_conversation(
+                driver, conversation_id, flow, status, int(count_turn), _now()
+            )
+        if updated is None:
+            raise StorageError(f"no conversation {conversation_id!r} to update; create it with create_conversation")
+        return updated
+
+    async def list_conversations(self, *, customer_id: str | None = None, limit: int = 50) -> list[Conversation]:
+        query = select(*_CONV_COLS).order_by(_co.c.updated_at.desc(), _co.c.id).limit(limit)
+        if customer_id is not None:
+            query = query.where(_co.c.customer_id == customer_id)
+        async with self._begin("listing conversations") as connection:
+            rows = (await connection.execute(query)).all()
+        return [_conversation(row) for row in rows]
+
+    # -- messages --------------------------------------------------------------------------------
+
+    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+        """Store messages and, in the same transaction, add their tokens and cost to the conversation.
+
+        Each user message counts as a turn. Text is cleaned (see ``models.clean_text``), and the
+        returned records carry the text as stored.
+
+        Raises:
+            StorageError: the conversation does not exist, or the database refused the write.
+        """
+        if not messages:
+            return []
+        now = _now()
+        async with self._driver("storing messages") as driver:
+            ids = await self._hot.add_messages(driver, conversation_id, messages, now)
+        if ids is None:
+            raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
+        return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
+
+    async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
+        """The conversation's messages in the order they were stored; with ``last``, only the newest ``last``."""
+        if last is not None and last <= 0:
+            return []
+        async with self._driver("reading messages") as driver:
+            return await self._hot.list_messages(driver, conversation_id, last)
+
+    async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
+        async with self._begin("updating a message") as connection:
+            await connection.execute(_MSG_SET_STATUS, {"mid": message_id, "new_status": status})
+
+    async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
+        """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
+        async with self._driver("claiming a tool run") as driver:
+            return await self._hot.claim_tool_run(driver, conversation_id, tool_call_id, _now())
+
+    # -- locks -----------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+        """Hold while a turn runs: one turn at a time per conversation.
+
+        In-process waiters queue on an asyncio lock first (so N waiting turns don't take N
+        connections); on PostgreSQL the holder then takes a session advisory lock on a
+        connection of a separate small pool, which serialises turns across workers too. The lock
+        pool is separate so that lock holders can never starve their own queries of connections.
+        """
+        async with self._locks.hold(conversation_id):
+            if self._engine.dialect.name != "postgresql":
+                yield
+                return
+            if self._lock_engine is None:
+                self._lock_engine = make_engine(self._url, pool_size=2, max_overflow=62, pool_timeout=3600)
+            async with pg_advisory_lock(self._lock_engine, conversation_id):
+                yield
+
+    # -- orders ----------------------------------------------------------------------------------
+
+    async def get_order(self, order_id: str) -> dict[str, Any] | None:
+        """An order of the built-in ``orders`` table as a dict of its columns, or None."""
+        async with self._begin("reading an order") as connection:
+            row = (await connection.execute(_ORDER_BY_ID, {"order_id": order_id})).first()
+        return None if row is None else dict(row._mapping)

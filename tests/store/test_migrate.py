@@ -1,0 +1,86 @@
+"""Schema migrations on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from supportbot.errors import StorageError
+from supportbot.store import migrate
+from supportbot.store._engine import make_engine
+from supportbot.store.models import Base
+from supportbot.store.sql import SQLStore
+
+
+async def test_new_database_is_created_at_head(db_url: str) -> None:
+    assert await migrate.current_revision(db_url) is None
+    store = await SQLStore.open(db_url)
+    await store.close()
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0001"
+
+
+async def test_upgrade_is_idempotent(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    await migrate.upgrade(db_url)
+    assert await migrate.current_revision(db_url) == migrate.head_revision()
+    store = await SQLStore.open(db_url, create=False)
+    await store.close()
+
+
+async def test_two_processes_creating_one_database_do_not_collide(db_url: str) -> None:
+    stores = await asyncio.gather(SQLStore.open(db_url), SQLStore.open(db_url))
+    for store in stores:
+        await store.close()
+    assert await migrate.current_revision(db_url) == migrate.head_revision()
+
+
+async def test_database_without_schema_is_refused_when_not_creating(db_url: str) -> None:
+    with pytest.raises(StorageError, match=r"has no supportbot schema; run `supportbot db upgrade`"):
+        await SQLStore.open(db_url, create=False)
+
+
+async def test_database_behind_is_refused_with_the_fix(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await migrate.upgrade(db_url)
+    monkeypatch.setattr(migrate, "head_revision", lambda: "0002")  # as if a newer supportbot were installed
+    with pytest.raises(StorageError) as caught:
+        await SQLStore.open(db_url)
+    assert "is at revision 0001 but this supportbot needs 0002; run `supportbot db upgrade`" in str(caught.value)
+
+
+async def test_database_from_a_newer_supportbot_is_refused(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    finally:
+        await engine.dispose()
+    with pytest.raises(StorageError, match="f00d, which this supportbot does not know"):
+        await SQLStore.open(db_url)
+
+
+def _diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_migration_matches_the_models(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_unreachable_database_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:1"):
+        await migrate.current_revision("postgresql+asyncpg://u:pw@127.0.0.1:1/x")
+    with pytest.raises(StorageError, match="upgrading the schema"):
+        await migrate.upgrade("postgresql+asyncpg://u:pw@127.0.0.1:1/x")

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import aiohttp
 
 from supportbot.config import Config, DatabaseSettings, FileOrders, FlowSettings, LLMSettings
 from supportbot.events import TurnFailed
+from supportbot.flows import TemplateContext
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.memory import MemoryStore
 from supportbot.testing import FakeLLMServer, tool_then_text
@@ -34,7 +36,6 @@ from supportbot.testing import FakeLLMServer, tool_then_text
 EXAMPLES = Path(__file__).resolve().parent.parent / "supportbot" / "examples"
 QUESTION = "Hi, where is my order A1001? It should have arrived by now."
 ANSWER = "Your order A1001 has shipped with DHL and should arrive on 3 December. You can track it with the link above."
-SYSTEM = "You are the support assistant of Acme Outdoor. Be brief, use tools, never invent order data."
 
 
 # -- the fake provider in its own process ---------------------------------------------------------------
@@ -123,10 +124,10 @@ async def drive(
 
 
 async def bare_turns(
-    session: aiohttp.ClientSession, url: str, tools: list[dict[str, Any]], per_conversation: int
+    session: aiohttp.ClientSession, url: str, system: str, tools: list[dict[str, Any]], per_conversation: int
 ) -> int:
     """A minimal hand-written bot: the same two streamed requests per turn, history in a list, no persistence."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     errors = 0
     for _ in range(per_conversation):
         messages.append({"role": "user", "content": QUESTION})
@@ -230,7 +231,18 @@ async def run(args: argparse.Namespace) -> list[Result]:
             store = None if persist else MemoryStore()
             runtime = await open_runtime(config, store=store)
             try:
-                tools = runtime.engine._tool_schemas(runtime.flows.get("order_status"))
+                flow = runtime.flows.get("order_status")
+                tools, _ = runtime.engine._tool_schemas(flow)
+                customer = await runtime.store.get_or_create_customer(email="ana@example.com", verified=True)
+                context = TemplateContext(
+                    company=config.company,
+                    customer=customer,
+                    channel="bench",
+                    now=datetime.now(UTC),
+                    conversation_id="c",
+                    flow=flow,
+                )
+                system = flow.render_system_prompt(context)
                 await drive(
                     "warm-up",
                     50,
@@ -256,7 +268,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 50,
                 args.turns_per_conversation,
                 args.concurrency,
-                lambda _i: bare_turns(session, url, tools, args.turns_per_conversation),
+                lambda _i: bare_turns(session, url, system, tools, args.turns_per_conversation),
             )
             results.insert(
                 0,
@@ -265,7 +277,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                     args.turns,
                     args.turns_per_conversation,
                     args.concurrency,
-                    lambda _i: bare_turns(session, url, tools, args.turns_per_conversation),
+                    lambda _i: bare_turns(session, url, system, tools, args.turns_per_conversation),
                 ),
             )
     return results

@@ -260,7 +260,7 @@ async def tickets_list(config_path: str | None, status: str | None, fmt: str, li
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=TICKET_COLUMNS)
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS)
         writer.writeheader()
         writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
         click.echo(buffer.getvalue(), nl=False)

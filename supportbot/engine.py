@@ -90,6 +90,7 @@ class _Turn:
     customer: Customer
     flow: Flow
     history: list[ChatMessage]
+    system: ChatMessage | None = None  # rendered once per turn and flow
     seq: int = 0
     usage: Usage = field(default_factory=Usage)
     cost: float = 0.0
@@ -130,7 +131,7 @@ class Engine:
         self.http = http
         self.orders = orders
         self.clock = clock
-        self._schemas: dict[str, list[dict[str, Any]]] = {}
+        self._schemas: dict[str, tuple[list[dict[str, Any]], int]] = {}
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -374,6 +375,7 @@ class Engine:
             )
         turn.conversation = await self.store.update_conversation(turn.conversation.id, flow=target)
         turn.flow = self.flows.get(target)
+        turn.system = None
         return Handoff(target=target, reason=str(data.get("reason") or ""))
 
     async def _resolve_pending(self, turn: _Turn, stored: Sequence[StoredMessage], reply: str) -> AsyncIterator[Event]:
@@ -470,17 +472,15 @@ class Engine:
     def _request(self, turn: _Turn) -> LLMRequest:
         flow = turn.flow
         llm = self.config.llm
-        system = ChatMessage(
-            role="system",
-            content=flow.render_system_prompt(self._template_context(turn.conversation, turn.customer, flow)),
-        )
+        if turn.system is None:
+            context = self._template_context(turn.conversation, turn.customer, flow)
+            turn.system = ChatMessage(role="system", content=flow.render_system_prompt(context))
         overrides = flow.model
         max_tokens = overrides.max_tokens or llm.max_tokens
-        tools = self._tool_schemas(flow)
-        tool_tokens = len(json.dumps(tools)) // 3 if tools else 0
+        tools, tool_tokens = self._tool_schemas(flow)
         budget = llm.context_window - max_tokens - tool_tokens
         return LLMRequest(
-            messages=fit(system, turn.history, budget=budget),
+            messages=fit(turn.system, turn.history, budget=budget),
             tools=tools,
             model=self._model(flow),
             temperature=overrides.temperature if overrides.temperature is not None else llm.temperature,
@@ -493,14 +493,15 @@ class Engine:
     def _model(self, flow: Flow) -> str:
         return flow.model.model or self.config.llm.model
 
-    def _tool_schemas(self, flow: Flow) -> list[dict[str, Any]]:
-        schemas = self._schemas.get(flow.name)
-        if schemas is None:
+    def _tool_schemas(self, flow: Flow) -> tuple[list[dict[str, Any]], int]:
+        """The flow's tool definitions and a high estimate of the tokens they take, computed once per flow."""
+        cached = self._schemas.get(flow.name)
+        if cached is None:
             schemas = list(self.tools.schemas(flow.tools))
             for target in flow.handoffs:
                 schemas.append(_transfer_schema(self.flows.get(target)))
-            self._schemas[flow.name] = schemas
-        return schemas
+            cached = self._schemas[flow.name] = (schemas, len(json.dumps(schemas)) // 3 if schemas else 0)
+        return cached
 
 
 def _transfer_schema(target: Flow) -> dict[str, Any]:

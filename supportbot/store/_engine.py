@@ -112,12 +112,20 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            if wal:
-                # WAL lets readers run while one writer writes; NORMAL is durable across app crashes
-                # (only a power cut may lose the last commits) and avoids an fsync per commit.
-                cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode")
+            if wal and str(cursor.fetchone()[0]).lower() != "wal":
+                # WAL lets readers run while one writer writes. The mode is stored in the file, so
+                # when another connection holds the lock right now (it is switching the mode
+                # itself, or migrating), the file already is or is about to be in WAL mode.
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except Exception as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+            # NORMAL is durable across application crashes (only a power cut may lose the last
+            # commits) and saves an fsync per commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()

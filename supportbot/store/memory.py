@@ -29,6 +29,8 @@ from supportbot.store.base import (
     TicketStatus,
 )
 
+_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(NewMessage))
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -116,7 +118,7 @@ class MemoryStore:
         now = _now()
         stored = [
             StoredMessage(
-                **{f.name: getattr(m, f.name) for f in dataclasses.fields(NewMessage)},
+                **{name: getattr(m, name) for name in _MESSAGE_FIELDS},
                 id=next(self._ids),
                 conversation_id=conversation_id,
                 created_at=now,

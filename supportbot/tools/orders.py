@@ -253,25 +253,27 @@ class FileOrderSource:
         self._lock = threading.Lock()
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._get, order_id)
-
-    async def aclose(self) -> None:
-        return None
-
-    def _get(self, order_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            self._refresh()
-            order = self._orders.get(normalize_order_id(order_id) or order_id)
-        return dict(order) if order is not None else None
-
-    def _refresh(self) -> None:
+        # A stat is cheap enough for the event loop; only a (re)load goes to a thread.
         try:
             stat = self._path.stat()
         except OSError as exc:
             raise OrderSourceError(f"orders.path: cannot read {self._path}: {exc.strerror}; check the file") from exc
         stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
+        if stamp != self._stamp:
+            await asyncio.to_thread(self._load, stamp)
+        order = self._orders.get(normalize_order_id(order_id) or order_id)
+        return dict(order) if order is not None else None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _load(self, stamp: tuple[int, int]) -> None:
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._read(stamp)
+
+    def _read(self, stamp: tuple[int, int]) -> None:
         rows = self._read_csv() if self._path.suffix.lower() == ".csv" else self._read_yaml()
         orders: dict[str, dict[str, Any]] = {}
         for row in rows:

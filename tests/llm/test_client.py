@@ -30,12 +30,26 @@ async def drain(llm: OpenAICompatibleLLM, request: LLMRequest) -> list[Any]:
 async def test_text_stream(fake: FakeLLMServer, make_llm: Any, collect: Any, request_for: Any) -> None:
     fake.script(Reply("Your order A123 has shipped.", usage=(112, 7)))
     texts, completion = await collect(make_llm(fake.base_url), request_for())
-    assert len(texts) > 1
     assert "".join(texts) == "Your order A123 has shipped."
     assert completion.message == ChatMessage(role="assistant", content="Your order A123 has shipped.")
     assert completion.finish_reason == "stop"
     assert completion.usage.input_tokens == 112 and completion.usage.output_tokens == 7
     assert completion.model == "fake-model"
+
+
+async def test_text_arriving_over_time_streams_piece_by_piece(make_llm: Any, collect: Any, request_for: Any) -> None:
+    async with FakeLLMServer(token_delay=0.005) as slow:
+        slow.script(Reply("one two three four"))
+        texts, completion = await collect(make_llm(slow.base_url), request_for())
+    assert len(texts) > 1 and "".join(texts) == "one two three four" == completion.message.content
+
+
+async def test_events_of_one_network_read_come_out_as_one_chunk(
+    fake: FakeLLMServer, make_llm: Any, collect: Any, request_for: Any
+) -> None:
+    fake.script(Reply(" ".join(["word"] * 50)))  # token_delay 0: the fake writes the whole stream at once
+    texts, _ = await collect(make_llm(fake.base_url), request_for())
+    assert len(texts) < 10
 
 
 async def test_request_body_and_headers(fake: FakeLLMServer, make_llm: Any, request_for: Any) -> None:
@@ -327,14 +341,15 @@ async def test_connection_refused_is_retried_then_raised(make_llm: Any, request_
 
 
 async def test_mid_stream_error_after_text(fake: FakeLLMServer, make_llm: Any, request_for: Any) -> None:
-    fake.script(StreamError("The model is overloaded.", text="Let me", code=503), Reply("never"))
-    seen: list[str] = []
-    with pytest.raises(LLMHTTPError, match=re.escape("'The model is overloaded.'")) as caught:
-        async for event in make_llm(fake.base_url).stream(request_for()):
-            seen.append(event.text)
-    assert seen == ["Let", " me"]
-    assert caught.value.status == 503
-    assert len(fake.requests) == 1  # text had reached the caller: never retried
+    async with FakeLLMServer(token_delay=0.01) as slow:
+        slow.script(StreamError("The model is overloaded.", text="Let me", code=503), Reply("never"))
+        seen: list[str] = []
+        with pytest.raises(LLMHTTPError, match=re.escape("'The model is overloaded.'")) as caught:
+            async for event in make_llm(slow.base_url).stream(request_for()):
+                seen.append(event.text)
+        assert "".join(seen) == "Let me"
+        assert caught.value.status == 503
+        assert len(slow.requests) == 1  # text had reached the caller: never retried
 
 
 async def test_mid_stream_error_before_text_is_retried(
@@ -363,7 +378,7 @@ async def test_cut_stream_after_text_is_not_retried(fake: FakeLLMServer, make_ll
     with pytest.raises(LLMProtocolError, match="stream ended before the model finished"):
         async for event in make_llm(fake.base_url).stream(request_for()):
             seen.append(event.text)
-    assert seen == ["This", " answer"]
+    assert "".join(seen) == "This answer"
     assert len(fake.requests) == 1
 
 
@@ -407,16 +422,17 @@ async def test_stall_between_chunks(raw_server: Any, make_llm: Any, request_for:
     assert seen == [TextChunk(text="Hel")]
 
 
-async def test_slow_consumer_is_not_a_stall(fake: FakeLLMServer, make_llm: Any, request_for: Any) -> None:
-    fake.script(Reply("one two three"))
-    llm = make_llm(fake.base_url, timeouts={"between_chunks_s": 0.02})
-    texts = []
-    async for event in llm.stream(request_for()):
-        if isinstance(event, TextChunk):
-            texts.append(event.text)
-            # The customer's channel is slow; time spent here is not the provider's stall.
-            await asyncio.sleep(0.05)
-    assert texts == ["one", " two", " three"]
+async def test_slow_consumer_is_not_a_stall(make_llm: Any, request_for: Any) -> None:
+    async with FakeLLMServer(token_delay=0.005) as fake:
+        fake.script(Reply("one two three"))
+        llm = make_llm(fake.base_url, timeouts={"between_chunks_s": 0.02})
+        texts = []
+        async for event in llm.stream(request_for()):
+            if isinstance(event, TextChunk):
+                texts.append(event.text)
+                # The customer's channel is slow; time spent here is not the provider's stall.
+                await asyncio.sleep(0.05)
+    assert "".join(texts) == "one two three"
 
 
 async def test_total_timeout(make_llm: Any, request_for: Any) -> None:

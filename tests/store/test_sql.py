@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC
 
 import pytest
@@ -421,6 +422,11 @@ async def test_unreachable_postgres_is_a_storage_error_without_the_password() ->
 async def test_unwritable_sqlite_path_is_a_storage_error(tmp_path: object) -> None:
     with pytest.raises(StorageError, match="directory exists"):
         await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
+    # aiosqlite stops a connection that failed to open without awaiting it; wait for its thread to
+    # end so it does not report to this test's event loop after the loop has closed.
+    workers = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+    await asyncio.to_thread(lambda: [t.join(10) for t in workers])
+    await asyncio.sleep(0)
 
 
 async def test_unsupported_url_is_refused() -> None:

@@ -1,0 +1,177 @@
+"""The ``supportbot`` command, run as a real process against the fake provider and a SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from supportbot import __version__
+from supportbot.testing import Fail, FakeLLMServer, Reply
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+async def supportbot(*args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None) -> Run:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTBOT_")} | (env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "supportbot",
+        *args,
+        cwd=cwd,
+        env=environ,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+def write_config(path: Path, base_url: str, extra: str = "") -> Path:
+    config = path / "config.yaml"
+    config.write_text(
+        f"llm:\n  base_url: {base_url}\n  api_key: ${{TEST_KEY:-sk-test}}\n"
+        "  retries: {max_retries: 0}\n"
+        "database:\n  url: sqlite+aiosqlite:///bot.db\n" + extra
+    )
+    return config
+
+
+async def test_version(tmp_path: Path) -> None:
+    run = await supportbot("--version", cwd=tmp_path)
+    assert run.code == 0 and __version__ in run.out
+
+
+async def test_validate_defaults_with_no_config(tmp_path: Path) -> None:
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert "built-in defaults" in run.out and "flow general (default)" in run.out and run.out.endswith("OK\n")
+    assert "no API key" in run.err
+
+
+async def test_validate_reports_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("llm:\n  max_tokens: 70000\n  temprature: 0.5\n")
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 1
+    assert "config.yaml:2: llm.max_tokens" in run.err and "65536" in run.err
+    assert "config.yaml:3: llm.temprature" in run.err and "temperature" in run.err
+
+
+async def test_validate_reports_a_broken_flow(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "general.yaml").write_text("name: general\ndescription: d\ntools: [lookup_ordr]\nsystem_prompt: hi\n")
+    (tmp_path / "config.yaml").write_text("flows:\n  dir: flows\n")
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 1
+    assert "general.yaml:3" in run.err and "did you mean 'lookup_order'" in run.err
+
+
+async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> None:
+    async with FakeLLMServer() as fake:
+        write_config(tmp_path, fake.base_url)
+        fake.script(
+            Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})]),
+            Reply(text="Order A1001 has shipped."),
+            Reply(tool_calls=[("create_ticket", {"subject": "Late \x1b[31mparcel", "description": "late"})]),
+            Reply(text="Ticket opened."),
+        )
+        run = await supportbot(
+            "chat",
+            "--flow",
+            "order_status",
+            "--customer",
+            "ana@example.com",
+            cwd=tmp_path,
+            stdin="Where is A1001?\nopen a ticket please\nyes\n",
+        )
+    assert run.code == 0, run.err
+    assert "bot: Order A1001 has shipped." in run.out
+    assert "Before I go ahead" in run.out and "bot: Ticket opened." in run.out
+    assert "lookup_order" in run.err and "create_ticket" in run.err
+    assert "\x1b[31m" not in run.out  # the model's escape sequence is shown, not obeyed
+
+    listed = await supportbot("tickets", "list", "--format", "json", cwd=tmp_path)
+    tickets = json.loads(listed.out)
+    assert [(t["id"], t["kind"], t["status"]) for t in tickets] == [(1, "request", "open")]
+    table = await supportbot("tickets", "list", cwd=tmp_path)
+    assert table.out.startswith("ID ") and "Late \\x1b[31mparcel" in table.out
+    rows = list(csv.DictReader(io.StringIO((await supportbot("tickets", "list", "--format", "csv", cwd=tmp_path)).out)))
+    assert rows[0]["id"] == "1" and rows[0]["status"] == "open"
+
+    shown = await supportbot("tickets", "show", "1", cwd=tmp_path)
+    assert shown.code == 0
+    for expected in (
+        "Ticket #1",
+        "customer: Where is A1001?",
+        'calls lookup_order({"order_id":"A1001"})',
+        "tool lookup_order [ok]",
+        "bot: Order A1001 has shipped.",
+        "customer: yes",
+        "tokens",
+    ):
+        assert expected in shown.out, expected
+    data = json.loads((await supportbot("tickets", "show", "1", "--format", "json", cwd=tmp_path)).out)
+    assert data["ticket"]["id"] == 1 and any(m["tool_calls"] for m in data["messages"])
+    missing = await supportbot("tickets", "show", "99", cwd=tmp_path)
+    assert missing.code == 1 and "no ticket #99" in missing.err
+
+
+async def test_chat_model_down_gives_the_fallback(tmp_path: Path) -> None:
+    async with FakeLLMServer() as fake:
+        write_config(tmp_path, fake.base_url)
+        fake.script(Fail(500))
+        run = await supportbot("chat", cwd=tmp_path, stdin="hello\n")
+    assert run.code == 0
+    assert "technical problem" in run.out and "ticket #1" in run.out
+    listed = json.loads((await supportbot("tickets", "list", "--format", "json", cwd=tmp_path)).out)
+    assert listed[0]["kind"] == "escalation"
+
+
+async def test_chat_without_a_key_says_how_to_connect_one(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("database:\n  url: sqlite+aiosqlite:///bot.db\n")
+    run = await supportbot("chat", cwd=tmp_path, stdin="hello\n")
+    assert run.code == 0
+    assert "No model is connected" in run.err and "SUPPORTBOT_LLM_API_KEY" in run.err and "--demo" in run.err
+
+
+async def test_demo_chat_needs_no_config(tmp_path: Path) -> None:
+    run = await supportbot("chat", "--demo", cwd=tmp_path, stdin="Where is my order A1001?\n")
+    assert run.code == 0, run.err
+    assert "[demo model] Order A1001 is" in run.out
+    assert (tmp_path / "supportbot.db").exists()
+
+
+@pytest.mark.parametrize(("status", "ok"), [(None, True), (401, False)])
+async def test_llm_check(tmp_path: Path, status: int | None, ok: bool) -> None:
+    async with FakeLLMServer(mode="gemini") as fake:
+        write_config(tmp_path, fake.base_url)
+        if status:
+            fake.script(Fail(status))
+        else:
+            fake.script(Reply("OK"), Reply(tool_calls=[("get_order_status", {"order_id": "A1001"})]), Reply("Shipped."))
+        run = await supportbot("llm", "check", cwd=tmp_path)
+    assert run.code == (0 if ok else 1), run.out + run.err
+    assert ("401" in run.out) != ok
+
+
+async def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("database:\n  url: sqlite+aiosqlite:///fresh.db\n")
+    run = await supportbot("db", "upgrade", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert (tmp_path / "fresh.db").exists() and "revision" in run.out

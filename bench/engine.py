@@ -5,7 +5,7 @@ Each turn is what a support bot does most: the customer asks about an order, the
 process at zero latency, so this process's CPU time is the client side only: the engine's (SSE
 parsing, tool dispatch, history, persistence) or the bare client's.
 
-    python -m bench engine [--turns 5000] [--concurrency 10] [--turns-per-conversation 5]
+    python -m bench engine [--turns 10000] [--rounds 5] [--concurrency 1] [--turns-per-conversation 5]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import gc
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -222,77 +223,59 @@ async def engine_turns(runtime: Runtime, per_conversation: int, forget: bool) ->
     return errors
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
-    results = []
+MODES = ("bare aiohttp client", "engine + SQLite", "engine, no persistence")
+
+
+async def run(args: argparse.Namespace) -> dict[str, list[Result]]:
+    """Every mode runs ``args.rounds`` times, interleaved, so the machine's drift hits all of them alike."""
+    per_round = args.turns // args.rounds
+    results: dict[str, list[Result]] = {mode: [] for mode in MODES}
     with FakeProcess() as base_url, tempfile.TemporaryDirectory() as tmp:
         url = base_url.rstrip("/") + "/chat/completions"
-        for persist in (True, False):
-            config = bench_config(base_url, Path(tmp) / f"bench-{persist}.db")
-            store = None if persist else MemoryStore()
-            runtime = await open_runtime(config, store=store)
-            try:
-                flow = runtime.flows.get("order_status")
-                tools, _ = runtime.engine._tool_schemas(flow)
-                customer = await runtime.store.get_or_create_customer(email="ana@example.com", verified=True)
-                context = TemplateContext(
-                    company=config.company,
-                    customer=customer,
-                    channel="bench",
-                    now=datetime.now(UTC),
-                    conversation_id="c",
-                    flow=flow,
-                )
-                system = flow.render_system_prompt(context)
-                await drive(
-                    "warm-up",
-                    50,
-                    args.turns_per_conversation,
-                    args.concurrency,
-                    lambda _i, runtime=runtime: engine_turns(runtime, args.turns_per_conversation, True),
-                )
-                name = "engine + SQLite" if persist else "engine, no persistence"
-                results.append(
-                    await drive(
-                        name,
-                        args.turns,
-                        args.turns_per_conversation,
-                        args.concurrency,
-                        lambda _i, runtime=runtime: engine_turns(runtime, args.turns_per_conversation, True),
-                    )
-                )
-            finally:
-                await runtime.aclose()
-        async with aiohttp.ClientSession() as session:
-            await drive(
-                "warm-up",
-                50,
-                args.turns_per_conversation,
-                args.concurrency,
-                lambda _i: bare_turns(session, url, system, tools, args.turns_per_conversation),
-            )
-            results.insert(
-                0,
-                await drive(
-                    "bare aiohttp client",
-                    args.turns,
-                    args.turns_per_conversation,
-                    args.concurrency,
-                    lambda _i: bare_turns(session, url, system, tools, args.turns_per_conversation),
-                ),
-            )
+        sqlite = await open_runtime(bench_config(base_url, Path(tmp) / "bench.db"))
+        memory = await open_runtime(bench_config(base_url, Path(tmp) / "unused.db"), store=MemoryStore())
+        session = aiohttp.ClientSession()
+        try:
+            flow = sqlite.flows.get("order_status")
+            tools, _ = sqlite.engine._tool_schemas(flow)
+            customer = await sqlite.store.get_or_create_customer(email="ana@example.com", verified=True)
+            context = TemplateContext(company=sqlite.config.company, customer=customer, channel="bench",
+                                      now=datetime.now(UTC), conversation_id="c", flow=flow)  # fmt: skip
+            system = flow.render_system_prompt(context)
+            n = args.turns_per_conversation
+            workloads: dict[str, Callable[[int], Awaitable[int]]] = {
+                MODES[0]: lambda _i: bare_turns(session, url, system, tools, n),
+                MODES[1]: lambda _i: engine_turns(sqlite, n, True),
+                MODES[2]: lambda _i: engine_turns(memory, n, True),
+            }
+            for work in workloads.values():
+                await drive("warm-up", 10 * n, n, args.concurrency, work)
+            for _ in range(args.rounds):
+                for mode, work in workloads.items():
+                    results[mode].append(await drive(mode, per_round, n, args.concurrency, work))
+        finally:
+            await session.close()
+            await memory.aclose()
+            await sqlite.aclose()
     return results
 
 
-def report(results: list[Result]) -> str:
-    bare = results[0].cpu_ms_per_turn
-    lines = [f"{'':26}{'turns':>7}{'CPU ms/turn':>13}{'ratio':>7}{'wall s':>8}{'errors':>8}  RSS MB (every 10%)"]
-    for r in results:
-        rss = " ".join(f"{x:.0f}" for x in r.rss_samples)
+def report(results: dict[str, list[Result]]) -> str:
+    def median_cpu(mode: str) -> float:
+        return statistics.median(r.cpu_ms_per_turn for r in results[mode])
+
+    bare = median_cpu(MODES[0])
+    lines = [f"{'':24}{'turns':>7}{'CPU ms/turn (median)':>22}{'ratio':>7}{'wall s':>8}{'errors':>8}  RSS MB"]
+    for mode, rounds in results.items():
+        rss = [x for r in rounds for x in r.rss_samples]
+        cpu = median_cpu(mode)
+        spread = f"{min(r.cpu_ms_per_turn for r in rounds):.3f}-{max(r.cpu_ms_per_turn for r in rounds):.3f}"
         lines.append(
-            f"{r.name:26}{r.turns:>7}{r.cpu_ms_per_turn:>13.3f}{r.cpu_ms_per_turn / bare:>7.2f}"
-            f"{r.wall_s:>8.1f}{r.errors:>8}  {rss}"
+            f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>8.3f} ({spread}){cpu / bare:>7.2f}"
+            f"{sum(r.wall_s for r in rounds):>8.1f}{sum(r.errors for r in rounds):>8}  "
+            f"{rss[0]:.0f} -> {rss[-1]:.0f} (max {max(rss):.0f})"
         )
-    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, RSS flat")
+    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, RSS flat over the run")
     return "\n".join(lines)
 
 
@@ -300,13 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--turns", type=int, default=5000)
+    parser.add_argument("--turns", type=int, default=10_000, help="turns per mode, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--turns-per-conversation", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=1, help="conversations running at once")
     args = parser.parse_args(argv)
     print(
-        f"pid {os.getpid()}: {args.turns} turns, {args.turns_per_conversation} per conversation, "
-        f"{args.concurrency} at a time",
+        f"pid {os.getpid()}: {args.turns} turns per mode in {args.rounds} interleaved rounds, "
+        f"{args.turns_per_conversation} per conversation, {args.concurrency} at a time",
         flush=True,
     )
     print(report(asyncio.run(run(args))))

@@ -24,7 +24,7 @@ import aiohttp
 
 from supportbot.config import Config
 from supportbot.confirm import DECLINED, confirmation_prompt, is_yes
-from supportbot.errors import LLMError, SupportbotError
+from supportbot.errors import LLMError
 from supportbot.events import (
     Event,
     Handoff,
@@ -158,65 +158,49 @@ class Engine:
         The message is stored before anything else happens; if storing fails, the error
         propagates and the channel must not acknowledge the message.
         """
+        text = clean_text(text)
+        limit = self.config.limits.max_message_chars
+        too_long = len(text) > limit
+        message = NewMessage(role="user", content=text, images=tuple(images), status="error" if too_long else "ok")
         async with self.store.lock(conversation_id):
-            conversation = await self.store.get_conversation(conversation_id)
-            if conversation is None:
-                raise SupportbotError(f"no conversation {conversation_id!r}; start one with Engine.start_conversation")
-            text = clean_text(text)
-            limit = self.config.limits.max_message_chars
-            if len(text) > limit:
-                async for event in self._refuse(
-                    conversation, text, images, TOO_LONG_TEXT.format(length=len(text), limit=limit)
-                ):
-                    yield event
+            start = await self.store.begin_turn(conversation_id, message, history=HISTORY_LIMIT)
+            conversation = start.conversation
+            if too_long:
+                # Kept (nothing is lost) but not processed: the customer is told why.
+                reply = TOO_LONG_TEXT.format(length=len(text), limit=limit)
+                saved = await self.store.add_messages(
+                    conversation_id,
+                    [NewMessage(role="assistant", content=reply, kind="notice", flow=conversation.flow)],
+                )
+                yield TextDelta(text=reply, seq=0)
+                yield TurnFinished(text=reply, message_id=saved[0].id)
                 return
-            stored = await self.store.list_messages(conversation_id, last=HISTORY_LIMIT)
-            await self.store.add_messages(
-                conversation_id,
-                [NewMessage(role="user", content=text, images=tuple(images), flow=conversation.flow)],
-            )
-            if conversation.status != "bot":
-                if conversation.status == "human":
-                    # A person has this conversation: the message is stored for them; the bot stays silent.
-                    yield TurnFinished(text="", message_id=None)
-                    return
+            if conversation.status == "human":
+                # A person has this conversation: the message is stored for them; the bot stays silent.
+                yield TurnFinished(text="", message_id=None)
+                return
+            if conversation.status == "closed":
                 conversation = await self.store.update_conversation(conversation_id, status="bot")
-            customer = await self.store.get_customer(conversation.customer_id)
-            if customer is None:
-                raise SupportbotError(f"conversation {conversation_id!r} names a missing customer")
             turn = _Turn(
                 conversation=conversation,
-                customer=customer,
+                customer=start.customer,
                 flow=self.flows.get(conversation.flow),
-                history=to_chat_messages(stored),
+                history=to_chat_messages(start.history),
             )
             yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
-            async for event in self._resolve_pending(turn, stored, text):
+            async for event in self._resolve_pending(turn, start.history, text):
                 yield event
             turn.history.append(ChatMessage(role="user", content=text, images=tuple(images)))
             async for event in self._loop(turn):
                 yield event
 
-    async def _refuse(
-        self, conversation: Conversation, text: str, images: Sequence[ImagePart], reply: str
-    ) -> AsyncIterator[Event]:
-        """Store a message the bot will not process (nothing is lost) and tell the customer why."""
-        saved = await self.store.add_messages(
-            conversation.id,
-            [
-                NewMessage(role="user", content=text, images=tuple(images), status="error", flow=conversation.flow),
-                NewMessage(role="assistant", content=reply, kind="notice", flow=conversation.flow),
-            ],
-        )
-        yield TextDelta(text=reply, seq=0)
-        yield TurnFinished(text=reply, message_id=saved[-1].id)
-
     async def _loop(self, turn: _Turn) -> AsyncIterator[Event]:
         limits = turn.flow.limits
-        if turn.conversation.turns >= limits.max_turns or turn.conversation.cost_usd >= limits.max_cost_usd:
+        # ``turns`` counts the message of this turn already.
+        if turn.conversation.turns > limits.max_turns or turn.conversation.cost_usd >= limits.max_cost_usd:
             reason = (
                 f"conversation reached the flow's limit of {limits.max_turns} turns"
-                if turn.conversation.turns >= limits.max_turns
+                if turn.conversation.turns > limits.max_turns
                 else f"conversation cost reached the flow's limit of ${limits.max_cost_usd:.2f}"
             )
             async for event in self._escalate_to_human(turn, reason):
@@ -268,10 +252,11 @@ class Engine:
             held = [c for c in message.tool_calls if c.name in turn.flow.confirm]
             if held:
                 record = dataclasses.replace(record, status="pending")
-            saved = await self.store.add_messages(turn.conversation.id, [record])
             turn.history.append(message)
             runnable = [c for c in message.tool_calls if c not in held]
-            async for event in self._run_calls(turn, runnable):
+            # The call is stored with its results, in one write: a call that must never run twice
+            # is in the flow's ``confirm`` list and claimed before it runs.
+            async for event in self._run_calls(turn, runnable, stored_with=record):
                 yield event
             if held:
                 prompt = confirmation_prompt(held)
@@ -293,17 +278,18 @@ class Engine:
 
     # -- tools -----------------------------------------------------------------------------------
 
-    async def _run_calls(self, turn: _Turn, calls: Sequence[ToolCall]) -> AsyncIterator[Event]:
-        """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers."""
-        if not calls:
-            return
+    async def _run_calls(
+        self, turn: _Turn, calls: Sequence[ToolCall], *, stored_with: NewMessage | None = None
+    ) -> AsyncIterator[Event]:
+        """Run a round's tool calls concurrently, store their results (after ``stored_with``, the
+        assistant message that made the calls, if it is not stored yet), apply handoffs and transfers."""
         for call in calls:
             yield ToolCallStarted(call_id=call.id, name=call.name, arguments=call.arguments)
-        if len(calls) == 1:
-            results = [await self._run_call(turn, calls[0])]
+        if len(calls) <= 1:
+            results = [await self._run_call(turn, c) for c in calls]
         else:
             results = list(await asyncio.gather(*(self._run_call(turn, c) for c in calls)))
-        records = []
+        records = [stored_with] if stored_with is not None else []
         for call, result in zip(calls, results, strict=True):
             records.append(
                 NewMessage(
@@ -317,7 +303,8 @@ class Engine:
                 )
             )
             turn.history.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=result.content))
-        await self.store.add_messages(turn.conversation.id, records)
+        if records:
+            await self.store.add_messages(turn.conversation.id, records)
         for call, result in zip(calls, results, strict=True):
             yield ToolCallFinished(
                 call_id=call.id,

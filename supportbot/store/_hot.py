@@ -1,13 +1,12 @@
 """The store's hot path, run on the database drivers themselves.
 
-Every turn reads the conversation and its history and stores three or four batches of
-messages. Through SQLAlchemy's asyncio layer each of those costs 0.4-1 ms of CPU: aiosqlite
-makes a thread hop per cursor call (cursor, execute, fetch, close, commit), and asyncpg pays a
-round trip each for BEGIN, every statement and COMMIT. Here each operation costs one hop or one
-round trip:
+Every turn stores the customer's message and reads what the turn needs, then stores one or two
+batches of messages. Through SQLAlchemy's asyncio layer each of those cost 0.4-1 ms of CPU:
+aiosqlite makes a thread hop per cursor call (cursor, execute, fetch, close, commit), and
+asyncpg pays a round trip each for BEGIN, every statement and COMMIT. Here:
 
-* SQLite: the whole transaction runs as one function in aiosqlite's worker thread, on the
-  sqlite3 connection (``Connection._execute``, aiosqlite's own way of running its calls).
+* SQLite: each operation is one short transaction on the event loop's thread (see
+  ``SQLiteHotPath`` for why that is safe, and what goes to aiosqlite's worker thread instead).
 * PostgreSQL: one statement in autocommit mode; ``add_messages`` is a single ``WITH … UPDATE …
   INSERT … SELECT FROM unnest(…)`` statement, atomic by itself.
 
@@ -20,11 +19,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from supportbot.messages import ImagePart, ToolCall, Usage
+from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
 from supportbot.store.base import Conversation, ConversationStatus, Customer, NewMessage, StoredMessage
 from supportbot.store.models import clean_text, json_dumps
 
@@ -75,6 +76,10 @@ def message_values(m: NewMessage) -> tuple[Any, ...]:
         m.latency_ms,
         _clean(m.author),
     )
+
+
+Started = tuple[int, Conversation, Customer, list[StoredMessage]]
+"""What ``begin_turn`` found: the new message's id, the conversation, the customer, the history."""
 
 
 def customer(row: Sequence[Any]) -> Customer:
@@ -179,11 +184,58 @@ def _in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
     return result
 
 
+CHECKPOINT_EVERY = 256
+"""Commits of the hot path between two WAL checkpoints (run in aiosqlite's thread)."""
+
+
+def _waiting_in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
+    db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    try:
+        return _in_transaction(db, work, *args)
+    finally:
+        db.execute("PRAGMA busy_timeout=0")
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    # PASSIVE never waits for readers or writers: what it cannot copy now, the next one does.
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class SQLiteHotPath:
-    """Each method takes the aiosqlite connection and runs one transaction in its worker thread."""
+    """Each method takes the aiosqlite connection and runs one transaction, on the event loop's thread.
+
+    A hop to aiosqlite's worker thread costs about 90 µs of CPU here, several times the SQL of a
+    hot-path call (10-60 µs: indexed reads and a commit that, in WAL mode with
+    ``synchronous=NORMAL``, is a write into the page cache). Running it inline is safe because
+    the two things that can take long never happen inline:
+
+    * waiting for another process's write lock: the hot connection's busy timeout is 0, and a
+      busy transaction is rolled back and run again in the worker thread, where it may wait;
+    * checkpoints, which fsync: automatic checkpoints are off on the hot connection, and every
+      ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in the worker thread.
+    """
+
+    def __init__(self) -> None:
+        self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._commits = 0
 
     async def _run(self, driver: Any, work: Any, *args: Any) -> Any:
-        return await driver._execute(_in_transaction, driver._conn, work, *args)
+        db = driver._conn
+        if driver not in self._prepared:
+            db.execute("PRAGMA busy_timeout=0")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._prepared.add(driver)
+        try:
+            result = _in_transaction(db, work, *args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            result = await driver._execute(_waiting_in_transaction, db, work, *args)
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            await driver._execute(_checkpoint, db)
+        return result
 
     async def get_customer(self, driver: Any, customer_id: str) -> Customer | None:
         rows = await self._run(driver, _fetch, f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?", (customer_id,))
@@ -236,11 +288,47 @@ class SQLiteHotPath:
     async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
         return await self._run(driver, _sqlite_claim, conversation_id, tool_call_id, _sqlite_time(now))  # type: ignore[no-any-return]
 
+    async def find_customer(
+        self, driver: Any, email: str | None, external_id: str | None, verified: bool
+    ) -> Customer | None:
+        row = await self._run(driver, _sqlite_find_customer, email, external_id, verified)
+        if row is None:
+            return None
+        values = list(row)
+        values[5] = _sqlite_parse(values[5])
+        return customer(values)
+
+    async def create_conversation(self, driver: Any, conv: Conversation) -> None:
+        """Insert a new conversation; a missing customer raises the driver's IntegrityError."""
+        now = _sqlite_time(conv.created_at or datetime.now(UTC))
+        await self._run(driver, _fetch, _INSERT_CONVERSATION,
+                        (conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now, now))  # fmt: skip
+
+    async def begin_turn(
+        self, driver: Any, conversation_id: str, message: NewMessage, history: int, now: datetime
+    ) -> Started | None:
+        """Store the message, then read the conversation, its customer and the history before it: one hop."""
+        found = await self._run(
+            driver, _sqlite_begin, conversation_id, totals((message,)), message_values(message), _sqlite_time(now),
+            history,
+        )  # fmt: skip
+        if found is None:
+            return None
+        message_id, conv, cust, rows = found
+        values = list(cust)
+        values[5] = _sqlite_parse(values[5])
+        rows.reverse()
+        return message_id, _sqlite_conversation(conv), customer(values), [_sqlite_message(r) for r in rows]
+
 
 def _fetch(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
     return db.execute(sql, args).fetchall()
 
 
+_INSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
+    "cost_usd, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0.0, ?, ?)"
+)
 _SQLITE_INSERT = f"INSERT INTO messages ({_INSERT_COLS}) VALUES ({', '.join('?' * 20)})"
 
 
@@ -264,6 +352,41 @@ def _sqlite_add(
         cursor.execute(_SQLITE_INSERT, (conversation_id, *row, now))
         ids.append(int(cursor.lastrowid or 0))
     return ids
+
+
+def _sqlite_find_customer(db: sqlite3.Connection, email: str | None, external_id: str | None, verified: bool) -> Any:
+    # By external id first (the channel's stable id), then by email; never across verified/unverified.
+    if external_id:
+        row = db.execute(f"SELECT {CUSTOMER_COLS} FROM customers WHERE external_id = ? AND verified = ?",
+                         (external_id, verified)).fetchone()  # fmt: skip
+        if row is not None:
+            return row
+    if email:
+        return db.execute(f"SELECT {CUSTOMER_COLS} FROM customers WHERE email = ? AND verified = ?",
+                          (email, verified)).fetchone()  # fmt: skip
+    return None
+
+
+def _sqlite_begin(
+    db: sqlite3.Connection,
+    conversation_id: str,
+    batch: tuple[int, int, int, float],
+    row: tuple[Any, ...],
+    now: str,
+    history: int,
+) -> tuple[int, Any, Any, list[Any]] | None:
+    # The write goes first so the transaction holds the write lock from its start (a read
+    # snapshot upgraded to a write could fail with "database is locked").
+    ids = _sqlite_add(db, conversation_id, batch, [row], now)
+    if ids is None:
+        return None
+    conv = db.execute(f"SELECT {CONV_COLS} FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    cust = db.execute(f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?", (conv[1],)).fetchone()
+    rows = db.execute(
+        f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (conversation_id, ids[0], history),
+    ).fetchall()
+    return ids[0], conv, cust, rows
 
 
 def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: str, now: str) -> bool:
@@ -345,6 +468,47 @@ class PostgresHotPath:
         if not rows:
             return None
         return sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
+
+    async def find_customer(
+        self, driver: Any, email: str | None, external_id: str | None, verified: bool
+    ) -> Customer | None:
+        row = None
+        if external_id:
+            row = await driver.fetchrow(
+                f"SELECT {CUSTOMER_COLS} FROM customers WHERE external_id = $1 AND verified = $2", external_id, verified
+            )
+        if row is None and email:
+            row = await driver.fetchrow(
+                f"SELECT {CUSTOMER_COLS} FROM customers WHERE email = $1 AND verified = $2", email, verified
+            )
+        return None if row is None else customer(row)
+
+    async def create_conversation(self, driver: Any, conv: Conversation) -> None:
+        """Insert a new conversation; a missing customer raises the driver's foreign-key error."""
+        now = conv.created_at or datetime.now(UTC)
+        await driver.execute(
+            "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
+            "cost_usd, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0.0, $6, $6)",
+            conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now,
+        )  # fmt: skip
+
+    async def begin_turn(
+        self, driver: Any, conversation_id: str, new: NewMessage, history: int, now: datetime
+    ) -> Started | None:
+        """Store the message (one atomic statement), then read the conversation, customer and history."""
+        ids = await self.add_messages(driver, conversation_id, (new,), now)
+        if ids is None:
+            return None
+        conv = await self.get_conversation(driver, conversation_id)
+        assert conv is not None  # it was just updated, and conversations are never deleted
+        cust = await self.get_customer(driver, conv.customer_id)
+        assert cust is not None  # a foreign key guarantees it
+        rows = await driver.fetch(
+            f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            conversation_id, ids[0], history,
+        )  # fmt: skip
+        rows.reverse()
+        return ids[0], conv, cust, [message(row) for row in rows]
 
     async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
         status = await driver.execute(

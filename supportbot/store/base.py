@@ -125,6 +125,23 @@ class TicketEvent:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TurnStart:
+    """What a turn starts from, read in the same operation that stored the customer's message.
+
+    Attributes:
+        conversation: the conversation after the message was stored (its ``turns`` count it).
+        customer: the conversation's customer.
+        history: up to the requested number of messages stored before this one, oldest first.
+        message: the customer's message as stored.
+    """
+
+    conversation: Conversation
+    customer: Customer
+    history: list[StoredMessage]
+    message: StoredMessage
+
+
 class Store(Protocol):
     """Persistence as the engine and the built-in tools use it.
 
@@ -153,6 +170,10 @@ class Store(Protocol):
         count_turn: bool = False,
     ) -> Conversation: ...
     async def list_conversations(self, *, customer_id: str | None = None, limit: int = 50) -> list[Conversation]: ...
+
+    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
+        """Store the customer's message and read what the turn needs, in one operation (a turn's first)."""
+        ...
 
     async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]: ...
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]: ...

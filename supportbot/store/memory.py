@@ -27,6 +27,7 @@ from supportbot.store.base import (
     TicketKind,
     TicketPriority,
     TicketStatus,
+    TurnStart,
 )
 
 _MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(NewMessage))
@@ -137,6 +138,15 @@ class MemoryStore:
             updated_at=now,
         )
         return stored
+
+    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
+        before = self._messages.get(conversation_id, [])[-history:] if history > 0 else []
+        (stored,) = await self.add_messages(conversation_id, [message])
+        conversation = self._conversation(conversation_id)
+        customer = self._customers.get(conversation.customer_id)
+        if customer is None:
+            raise StorageError(f"conversation {conversation_id!r} names a missing customer")
+        return TurnStart(conversation=conversation, customer=customer, history=list(before), message=stored)
 
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
         messages = self._messages.get(conversation_id, [])

@@ -9,6 +9,7 @@ transactions. Text is cleaned on the way in (see ``models.clean_text``).
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from supportbot.store.base import (
     MessageStatus,
     NewMessage,
     StoredMessage,
+    TurnStart,
 )
 from supportbot.store.migrate import check_schema
 from supportbot.store.models import clean_text
@@ -75,6 +77,11 @@ _ORDER_BY_ID = select(_o).where(_o.c.order_id == bindparam("order_id"))
 
 def _clean(text: str | None) -> str | None:
     return None if text is None else clean_text(text)
+
+
+def _is_integrity_error(exc: BaseException | None) -> bool:
+    """A constraint refused the write (SQLite's IntegrityError, asyncpg's integrity violations)."""
+    return isinstance(exc, IntegrityError | sqlite3.IntegrityError) or type(exc).__name__.endswith("ViolationError")
 
 
 def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
@@ -187,18 +194,8 @@ class SQLStore(TicketMixin, MailboxMixin):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find_customer(self, email: str | None, external_id: str | None, verified: bool) -> Customer | None:
-        async with self._begin("looking up a customer") as connection:
-            if external_id:
-                row = (
-                    await connection.execute(_CUSTOMER_BY_EXTERNAL, {"external_id": external_id, "verified": verified})
-                ).first()
-                if row is not None:
-                    return _customer(row)
-            if email:
-                row = (await connection.execute(_CUSTOMER_BY_EMAIL, {"email": email, "verified": verified})).first()
-                if row is not None:
-                    return _customer(row)
-        return None
+        async with self._driver("looking up a customer") as driver:
+            return await self._hot.find_customer(driver, email, external_id, verified)
 
     async def _fill_customer(
         self, found: Customer, email: str | None, external_id: str | None, name: str | None
@@ -229,14 +226,10 @@ class SQLStore(TicketMixin, MailboxMixin):
             id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
         )
         try:
-            async with self._begin("creating a conversation") as connection:
-                await connection.execute(_co.insert(), {
-                    "id": conversation.id, "customer_id": customer_id, "channel": channel, "flow": flow,
-                    "status": "bot", "turns": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
-                    "created_at": now, "updated_at": now,
-                })  # fmt: skip
+            async with self._driver("creating a conversation") as driver:
+                await self._hot.create_conversation(driver, conversation)
         except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
+            if _is_integrity_error(exc.__cause__):
                 raise StorageError(
                     f"cannot create a conversation for customer {customer_id!r}: no such customer; "
                     "create it with get_or_create_customer first"
@@ -293,6 +286,21 @@ class SQLStore(TicketMixin, MailboxMixin):
         if ids is None:
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
         return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
+
+    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
+        """Store the customer's message and read the conversation, customer and history, in one call.
+
+        Raises:
+            StorageError: the conversation does not exist, or the database refused the write.
+        """
+        now = _now()
+        async with self._driver("starting a turn") as driver:
+            found = await self._hot.begin_turn(driver, conversation_id, message, history, now)
+        if found is None:
+            raise StorageError(f"cannot store a message in conversation {conversation_id!r}: no such conversation")
+        message_id, conversation, customer, messages = found
+        return TurnStart(conversation=conversation, customer=customer, history=messages,
+                         message=_stored(message, message_id, conversation_id, now))  # fmt: skip
 
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
         """The conversation's messages in the order they were stored; with ``last``, only the newest ``last``."""

@@ -192,6 +192,20 @@ async def test_nul_bytes_and_lone_surrogates_never_fail_a_write(store: SQLStore,
     assert await store.get_customer(customer.id) == customer
 
 
+async def test_begin_turn_stores_the_message_and_reads_what_came_before(store: SQLStore) -> None:
+    cid = await _conversation(store)
+    older = [NewMessage(role="user", content=f"q{i}") for i in range(5)]
+    await store.add_messages(cid, older)
+    start = await store.begin_turn(cid, NewMessage(role="user", content="now\x00"), history=3)
+    assert [m.content for m in start.history] == ["q2", "q3", "q4"]
+    assert start.message.content == "now" and start.message.id > start.history[-1].id
+    assert start.conversation.id == cid and start.conversation.turns == 6
+    assert start.customer.email == "ana@example.com" and start.customer.id == start.conversation.customer_id
+    assert (await store.list_messages(cid, last=1))[0].id == start.message.id
+    with pytest.raises(StorageError, match="no such conversation"):
+        await store.begin_turn("missing", NewMessage(role="user", content="x"), history=3)
+
+
 async def test_set_message_status(store: SQLStore) -> None:
     cid = await _conversation(store)
     (message,) = await store.add_messages(cid, [NewMessage(role="assistant", content="ok?", status="pending")])

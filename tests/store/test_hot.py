@@ -1,0 +1,60 @@
+"""The SQLite hot path runs on the event loop's thread; what could take long must not."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supportbot.store import _hot
+from supportbot.store.base import NewMessage
+from supportbot.store.sql import SQLStore
+
+
+async def _store_with_conversation(path: Path) -> tuple[SQLStore, str]:
+    store = await SQLStore.open(f"sqlite+aiosqlite:///{path}")
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="test", flow="general")
+    return store, conversation.id
+
+
+async def test_a_write_lock_held_by_another_process_is_waited_for_off_the_event_loop(tmp_path: Path) -> None:
+    store, cid = await _store_with_conversation(tmp_path / "bot.db")
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None)  # another writer, e.g. a CLI command
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(store.add_messages(cid, [NewMessage(role="user", content="while locked")]))
+        await asyncio.sleep(0)  # the task runs: its inline attempt finds the lock taken
+        # The loop is free again (this line runs) while the write waits in aiosqlite's thread.
+        assert not write.done()
+        other.execute("COMMIT")
+        stored = await asyncio.wait_for(write, 10)
+        assert stored[0].content == "while locked"
+        assert [m.content for m in await store.list_messages(cid)] == ["while locked"]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_checkpoints_run_in_the_worker_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    original = _hot._checkpoint
+
+    def spy(db: Any) -> None:
+        threads.append(threading.get_ident())
+        original(db)
+
+    monkeypatch.setattr(_hot, "CHECKPOINT_EVERY", 3)
+    monkeypatch.setattr(_hot, "_checkpoint", spy)
+    store, cid = await _store_with_conversation(tmp_path / "bot.db")
+    try:
+        for i in range(7):
+            await store.add_messages(cid, [NewMessage(role="user", content=str(i))])
+    finally:
+        await store.close()
+    assert len(threads) >= 2
+    assert threading.get_ident() not in threads

@@ -175,3 +175,16 @@ async def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
     run = await supportbot("db", "upgrade", cwd=tmp_path)
     assert run.code == 0, run.err
     assert (tmp_path / "fresh.db").exists() and "revision" in run.out
+
+
+async def test_tools_in_the_working_directory_are_found(tmp_path: Path) -> None:
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "warranty.py").write_text(
+        "from supportbot import tool\n\n\n@tool\nasync def warranty_status(serial: str) -> str:\n"
+        '    """Warranty of a product.\n\n    Args:\n        serial: the serial number.\n    """\n'
+        '    return "valid"\n'
+    )
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 0, run.err
+    tools_line = next(line for line in run.out.splitlines() if line.startswith("tools:"))
+    assert "warranty_status" in tools_line and "lookup_order" in tools_line

@@ -186,16 +186,7 @@ class OpenAICompatibleLLM:
             except LLMError as exc:
                 if yielded:
                     raise  # the customer may already be reading the text: never send it twice
-                delay = self._retry_delay(exc, attempt)
-                if delay is None:
-                    raise_final(exc, attempt)
-                logger.warning(
-                    "LLM request failed, retrying in %.2f s (attempt %d of %d): %s",
-                    delay,
-                    attempt + 2,
-                    self._settings.retries.max_retries + 1,
-                    exc,
-                )
+                delay = self._delay_before_retry(exc, attempt)
             attempt += 1
             await asyncio.sleep(delay)
 
@@ -217,18 +208,23 @@ class OpenAICompatibleLLM:
             try:
                 return await self._complete_once(payload)
             except LLMError as exc:
-                delay = self._retry_delay(exc, attempt)
-                if delay is None:
-                    raise_final(exc, attempt)
-                logger.warning(
-                    "LLM request failed, retrying in %.2f s (attempt %d of %d): %s",
-                    delay,
-                    attempt + 2,
-                    self._settings.retries.max_retries + 1,
-                    exc,
-                )
+                delay = self._delay_before_retry(exc, attempt)
             attempt += 1
             await asyncio.sleep(delay)
+
+    def _delay_before_retry(self, exc: LLMError, attempt: int) -> float:
+        """Seconds to wait before trying again; raises the final error when no retry is allowed."""
+        delay = self._retry_delay(exc, attempt)
+        if delay is None:
+            raise_final(exc, attempt)
+        logger.warning(
+            "LLM request failed, retrying in %.2f s (attempt %d of %d): %s",
+            delay,
+            attempt + 2,
+            self._settings.retries.max_retries + 1,
+            exc,
+        )
+        return delay
 
     def _retry_delay(self, exc: LLMError, attempt: int) -> float | None:
         retries = self._settings.retries

@@ -45,24 +45,14 @@ class DemoLLM:
             question = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
             call = self._choose_call(question, tools - {t for t in tools if t.startswith("transfer_to_")})
             if call is not None:
-                yield Completion(
-                    message=ChatMessage(role="assistant", tool_calls=(call,)),
-                    finish_reason="tool_calls",
-                    usage=_usage(request, ""),
-                    model="demo",
-                )
+                yield _calling(request, call)
                 return
         if last.role == "tool":
             text = LABEL + _describe_results(messages)
         else:
             call = self._choose_call(last.content or "", tools)
             if call is not None:
-                yield Completion(
-                    message=ChatMessage(role="assistant", tool_calls=(call,)),
-                    finish_reason="tool_calls",
-                    usage=_usage(request, ""),
-                    model="demo",
-                )
+                yield _calling(request, call)
                 return
             text = LABEL + _offer(tools)
         for word in re.findall(r"\S+\s*", text):
@@ -92,6 +82,11 @@ class DemoLLM:
             return None
         self._calls += 1
         return ToolCall(id=f"demo_{self._calls}", name=name, arguments=json.dumps(args))
+
+
+def _calling(request: LLMRequest, call: ToolCall) -> Completion:
+    message = ChatMessage(role="assistant", tool_calls=(call,))
+    return Completion(message=message, finish_reason="tool_calls", usage=_usage(request, ""), model="demo")
 
 
 def _describe_results(messages: Any) -> str:

@@ -51,12 +51,6 @@ __all__ = ["SQLStore"]
 
 _CUSTOMER_COLS = (_cu.c.id, _cu.c.email, _cu.c.name, _cu.c.external_id, _cu.c.verified, _cu.c.created_at)
 _CUSTOMER_BY_ID = select(*_CUSTOMER_COLS).where(_cu.c.id == bindparam("id"))
-_CUSTOMER_BY_EXTERNAL = select(*_CUSTOMER_COLS).where(
-    _cu.c.external_id == bindparam("external_id"), _cu.c.verified == bindparam("verified")
-)
-_CUSTOMER_BY_EMAIL = select(*_CUSTOMER_COLS).where(
-    _cu.c.email == bindparam("email"), _cu.c.verified == bindparam("verified")
-)
 _CUSTOMER_FILL = (
     update(_cu)
     .where(_cu.c.id == bindparam("cid"))

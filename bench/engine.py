@@ -87,7 +87,6 @@ class Result:
     turns: int
     cpu_ms_per_turn: float
     wall_s: float
-    rss_samples: list[float]
     errors: int
 
 
@@ -100,25 +99,18 @@ async def drive(
     for i in range(conversations):
         queue.put_nowait(i)
     errors = 0
-    done = 0
-    samples: list[float] = []
-    step = max(conversations // 10, 1)
 
     async def worker() -> None:
-        nonlocal errors, done
+        nonlocal errors
         while not queue.empty():
-            i = queue.get_nowait()
-            errors += await conversation(i)
-            done += 1
-            if done % step == 0:
-                samples.append(rss_mb())
+            errors += await conversation(queue.get_nowait())
 
     gc.collect()
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = conversations * per_conversation
-    return Result(name, n, cpu / n * 1000, wall, samples, errors)
+    return Result(name, n, cpu / n * 1000, wall, errors)
 
 
 # -- the bare client -----------------------------------------------------------------------------------
@@ -226,10 +218,11 @@ async def engine_turns(runtime: Runtime, per_conversation: int, forget: bool) ->
 MODES = ("bare aiohttp client", "engine + SQLite", "engine, no persistence")
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[Result]]:
+async def run(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[float]]:
     """Every mode runs ``args.rounds`` times, interleaved, so the machine's drift hits all of them alike."""
     per_round = args.turns // args.rounds
     results: dict[str, list[Result]] = {mode: [] for mode in MODES}
+    rss_after_round: list[float] = []
     with FakeProcess() as base_url, tempfile.TemporaryDirectory() as tmp:
         url = base_url.rstrip("/") + "/chat/completions"
         sqlite = await open_runtime(bench_config(base_url, Path(tmp) / "bench.db"))
@@ -253,29 +246,29 @@ async def run(args: argparse.Namespace) -> dict[str, list[Result]]:
             for _ in range(args.rounds):
                 for mode, work in workloads.items():
                     results[mode].append(await drive(mode, per_round, n, args.concurrency, work))
+                rss_after_round.append(rss_mb())
         finally:
             await session.close()
             await memory.aclose()
             await sqlite.aclose()
-    return results
+    return results, rss_after_round
 
 
-def report(results: dict[str, list[Result]]) -> str:
+def report(results: dict[str, list[Result]], rss_after_round: list[float]) -> str:
     def median_cpu(mode: str) -> float:
         return statistics.median(r.cpu_ms_per_turn for r in results[mode])
 
     bare = median_cpu(MODES[0])
-    lines = [f"{'':24}{'turns':>7}{'CPU ms/turn (median)':>22}{'ratio':>7}{'wall s':>8}{'errors':>8}  RSS MB"]
+    lines = [f"{'':24}{'turns':>7}{'CPU ms/turn: median (range)':>30}{'ratio':>7}{'wall s':>8}{'errors':>8}"]
     for mode, rounds in results.items():
-        rss = [x for r in rounds for x in r.rss_samples]
         cpu = median_cpu(mode)
         spread = f"{min(r.cpu_ms_per_turn for r in rounds):.3f}-{max(r.cpu_ms_per_turn for r in rounds):.3f}"
         lines.append(
-            f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>8.3f} ({spread}){cpu / bare:>7.2f}"
-            f"{sum(r.wall_s for r in rounds):>8.1f}{sum(r.errors for r in rounds):>8}  "
-            f"{rss[0]:.0f} -> {rss[-1]:.0f} (max {max(rss):.0f})"
+            f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>16.3f} ({spread}){cpu / bare:>7.2f}"
+            f"{sum(r.wall_s for r in rounds):>8.1f}{sum(r.errors for r in rounds):>8}"
         )
-    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, RSS flat over the run")
+    lines.append("resident memory (MB) after each round: " + " ".join(f"{x:.1f}" for x in rss_after_round))
+    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, memory flat round after round")
     return "\n".join(lines)
 
 
@@ -293,4 +286,4 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.turns_per_conversation} per conversation, {args.concurrency} at a time",
         flush=True,
     )
-    print(report(asyncio.run(run(args))))
+    print(report(*asyncio.run(run(args))))

@@ -172,13 +172,12 @@ async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None
         elif isinstance(event, TurnFinished):
             if started:
                 click.echo()
-            elif not event.text:
+            if not event.text:
                 click.secho("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
-            click.secho(
-                f"  [{event.usage.input_tokens}+{event.usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
-                dim=True,
-                err=True,
-            )
+            else:
+                usage = event.usage
+                click.secho(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
+                            dim=True, err=True)  # fmt: skip
         elif isinstance(event, TurnFailed):
             if started:
                 click.echo()

@@ -48,6 +48,7 @@ log = logging.getLogger("supportbot.engine")
 
 TRANSFER_PREFIX = "transfer_to_"
 HISTORY_LIMIT = 400
+PROMPT_CACHE_SIZE = 1024
 FALLBACK_TEXT = (
     "I'm sorry, I can't answer right now because of a technical problem on our side. "
     "I've passed your message to our support team (ticket #{ticket}), and a person will get back to you."
@@ -132,6 +133,7 @@ class Engine:
         self.orders = orders
         self.clock = clock
         self._schemas: dict[str, tuple[list[dict[str, Any]], int]] = {}
+        self._prompts: dict[tuple[Any, ...], ChatMessage] = {}  # insertion order = least recently used first
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -451,17 +453,34 @@ class Engine:
             company=self.config.company,
             customer=customer,
             channel=conversation.channel,
-            now=self.clock(),
+            now=self.clock().replace(second=0, microsecond=0),  # to the minute: prompts can be reused
             conversation_id=conversation.id,
             flow=flow,
         )
+
+    def _system_prompt(self, turn: _Turn) -> ChatMessage:
+        """The flow's rendered system prompt, reused while everything it can depend on is the same.
+
+        A conversation's turns often come within a minute; the sandboxed render is the engine's
+        largest fixed cost of a turn.
+        """
+        context = self._template_context(turn.conversation, turn.customer, turn.flow)
+        customer = turn.customer
+        key = (turn.flow.name, context.conversation_id, context.channel, context.now,
+               customer.id, customer.name, customer.email, customer.verified)  # fmt: skip
+        prompt = self._prompts.pop(key, None)
+        if prompt is None:
+            prompt = ChatMessage(role="system", content=turn.flow.render_system_prompt(context))
+            if len(self._prompts) >= PROMPT_CACHE_SIZE:
+                del self._prompts[next(iter(self._prompts))]  # the least recently used
+        self._prompts[key] = prompt
+        return prompt
 
     def _request(self, turn: _Turn) -> LLMRequest:
         flow = turn.flow
         llm = self.config.llm
         if turn.system is None:
-            context = self._template_context(turn.conversation, turn.customer, flow)
-            turn.system = ChatMessage(role="system", content=flow.render_system_prompt(context))
+            turn.system = self._system_prompt(turn)
         overrides = flow.model
         max_tokens = overrides.max_tokens or llm.max_tokens
         tools, tool_tokens = self._tool_schemas(flow)

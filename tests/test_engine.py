@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
 system_prompt: |
   MAIN PROMPT for {{ company.name }}. Customer: {{ customer.display_name }}.
+  Time: {{ now.strftime('%H:%M') }}.
 limits: {max_tool_rounds: 3, max_turns: 5}
 """
 
@@ -172,7 +174,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
     assert conversation.input_tokens == 120 and conversation.cost_usd == pytest.approx(done.cost_usd)
 
     body = fake.requests[-1].body
-    assert body["messages"][0] == {"role": "system", "content": "MAIN PROMPT for Acme Outdoor. Customer: Ana Lima."}
+    assert body["messages"][0]["content"].startswith("MAIN PROMPT for Acme Outdoor. Customer: Ana Lima.\nTime: ")
     assert body["messages"][-1] == {"role": "user", "content": "Hi there"}
     assert body["temperature"] == 1.0 and body["top_p"] == 0.95 and body["max_tokens"] == 1024
     assert {t["function"]["name"] for t in body["tools"]} == {
@@ -451,3 +453,23 @@ async def test_an_attached_image_reaches_the_model_and_the_store(
     ]
     await turn(runtime, cid, "and now?")  # the image stays in the history, from the store
     assert fake.requests[-1].body["messages"][-3]["content"][1]["image_url"]["url"] == image.url
+
+
+async def test_the_system_prompt_is_rendered_again_when_what_it_shows_changes(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    now = [datetime(2026, 11, 24, 10, 0, 10, tzinfo=UTC)]
+    runtime.engine.clock = lambda: now[0]
+    cid = await start(runtime)
+    fake.responder = lambda body: Reply(text="ok")
+
+    async def prompt(text: str) -> str:
+        await turn(runtime, cid, text)
+        return str(fake.requests[-1].body["messages"][0]["content"])
+
+    first = await prompt("one")
+    now[0] = datetime(2026, 11, 24, 10, 0, 50, tzinfo=UTC)
+    assert await prompt("two") == first and "Time: 10:00." in first
+    now[0] = datetime(2026, 11, 24, 10, 1, 5, tzinfo=UTC)
+    assert "Time: 10:01." in await prompt("three")

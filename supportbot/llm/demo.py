@@ -104,6 +104,10 @@ def _describe(name: str, content: str) -> str:
         data = json.loads(content)
     except ValueError:
         data = content
+    if name == "handoff_to_human":
+        ticket = re.search(r"#(\d+)", content)
+        where = f" (ticket #{ticket.group(1)})" if ticket else ""
+        return f"I've passed your request to a colleague{where}; a person will reply here."
     if name.startswith("transfer_to_"):
         return f"I've moved you to our {name.removeprefix('transfer_to_').replace('_', ' ')} assistant. How can I help?"
     if not isinstance(data, dict):

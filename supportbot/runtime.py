@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from supportbot.config import Config
+from supportbot.config import DEFAULT_BASE_URL, Config
 from supportbot.engine import Engine
 from supportbot.flows import Flows, load_flows
 from supportbot.llm.base import LLM
@@ -47,7 +47,9 @@ class Runtime:
 
     @property
     def has_model(self) -> bool:
-        return isinstance(self.llm, DemoLLM) or self.config.llm.api_key is not None
+        """False only for the default hosted endpoint without a key; a local server may need none."""
+        llm = self.config.llm
+        return isinstance(self.llm, DemoLLM) or llm.api_key is not None or llm.base_url != DEFAULT_BASE_URL
 
     async def aclose(self) -> None:
         await self.orders.aclose()

@@ -188,3 +188,14 @@ async def test_tools_in_the_working_directory_are_found(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     tools_line = next(line for line in run.out.splitlines() if line.startswith("tools:"))
     assert "warranty_status" in tools_line and "lookup_order" in tools_line
+
+
+async def test_a_local_server_needs_no_key(tmp_path: Path) -> None:
+    async with FakeLLMServer() as fake:
+        (tmp_path / "config.yaml").write_text(
+            f"llm:\n  base_url: {fake.base_url}\ndatabase:\n  url: sqlite+aiosqlite:///bot.db\n"
+        )
+        fake.script(Reply(text="Hello from a local model."))
+        run = await supportbot("chat", cwd=tmp_path, stdin="hi\n")
+    assert run.code == 0 and "bot: Hello from a local model." in run.out
+    assert "Authorization" not in fake.requests[0].headers

@@ -24,7 +24,7 @@ import aiohttp
 
 from supportbot.config import Config
 from supportbot.confirm import DECLINED, confirmation_prompt, is_yes
-from supportbot.errors import LLMError
+from supportbot.errors import ConfigError, LLMError
 from supportbot.events import (
     Event,
     Handoff,
@@ -141,6 +141,8 @@ class Engine:
         self, customer: Customer, *, channel: str, flow: str | None = None
     ) -> tuple[Conversation, str | None]:
         """Open a conversation and store the flow's greeting, if it has one. Returns both."""
+        if flow is not None and flow not in self.flows:
+            raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(self.flows))}")
         chosen = self.flows.get(flow or self.config.flows.default)
         conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
         greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen))

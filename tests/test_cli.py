@@ -199,3 +199,9 @@ async def test_a_local_server_needs_no_key(tmp_path: Path) -> None:
         run = await supportbot("chat", cwd=tmp_path, stdin="hi\n")
     assert run.code == 0 and "bot: Hello from a local model." in run.out
     assert "Authorization" not in fake.requests[0].headers
+
+
+async def test_an_unknown_flow_is_refused_with_the_choices(tmp_path: Path) -> None:
+    run = await supportbot("chat", "--demo", "--flow", "retruns", cwd=tmp_path, stdin="hi\n")
+    assert run.code == 1
+    assert "no flow 'retruns'" in run.err and "returns" in run.err

@@ -24,7 +24,8 @@ from supportbot._version import __version__
 from supportbot.config import Config, load_config
 from supportbot.errors import SupportbotError
 from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
-from supportbot.runtime import NO_MODEL, Runtime, load_tools_and_flows, open_runtime
+from supportbot.logs import configure_logging
+from supportbot.runtime import NO_MODEL, Runtime, check_orders, load_tools_and_flows, open_runtime
 from supportbot.store.base import StoredMessage, Ticket
 from supportbot.terminal import safe
 
@@ -45,11 +46,18 @@ def _run(main: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     return wrapper
 
 
+def echo(text: object = "", *, err: bool = False, nl: bool = True, **style: Any) -> None:
+    """Print text that may hold customer or model words: control characters are shown, not obeyed."""
+    click.secho(safe(str(text)), err=err, nl=nl, **style)
+
+
 def _config(path: str | None) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
     except SupportbotError as exc:
         raise click.ClickException(str(exc)) from None
+    configure_logging(config.logging)
+    return config
 
 
 config_option = click.option(
@@ -75,23 +83,20 @@ def validate(config_path: str | None) -> None:
     config = _config(config_path)
     try:
         tools, flows = load_tools_and_flows(config)
+        asyncio.run(check_orders(config))
     except SupportbotError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"config: {config.source or 'built-in defaults'}")
-    click.echo(
-        f"model: {config.llm.model} at {config.llm.base_url} (api key {'set' if config.llm.api_key else 'NOT set'})"
-    )
-    click.echo(f"database: {config.redacted_dump()['database']['url']}")
-    click.echo(f"tools: {', '.join(sorted(tools.names()))}")
+    echo(f"config: {config.source or 'built-in defaults'}")
+    echo(f"model: {config.llm.model} at {config.llm.base_url} (api key {'set' if config.llm.api_key else 'NOT set'})")
+    echo(f"database: {config.redacted_dump()['database']['url']}")
+    echo(f"tools: {', '.join(sorted(tools.names()))}")
     for name in sorted(flows):
         flow = flows[name]
         default = " (default)" if name == config.flows.default else ""
-        click.echo(
-            f"flow {name}{default}: tools {', '.join(flow.tools) or '-'}; handoffs {', '.join(flow.handoffs) or '-'}"
-        )
+        echo(f"flow {name}{default}: tools {', '.join(flow.tools) or '-'}; handoffs {', '.join(flow.handoffs) or '-'}")
     for warning in config.warnings:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
-    click.echo("OK")
+        echo(f"warning: {warning}", fg="yellow", err=True)
+    echo("OK")
 
 
 # -- chat --------------------------------------------------------------------------------------------
@@ -119,20 +124,20 @@ async def _chat(runtime: Runtime, *, flow: str | None, email: str | None, demo: 
     customer = await store.get_or_create_customer(email=email, verified=email is not None)
     conversation, greeting = await runtime.engine.start_conversation(customer, channel="terminal", flow=flow)
     if demo:
-        click.secho("Offline demo model: replies are rule-based, not an LLM.", fg="yellow", err=True)
+        echo("Offline demo model: replies are rule-based, not an LLM.", fg="yellow", err=True)
     if not runtime.has_model:
-        click.secho(NO_MODEL.format(base_url=runtime.config.llm.base_url), fg="yellow", err=True)
-    click.secho(
+        echo(NO_MODEL.format(base_url=runtime.config.llm.base_url), fg="yellow", err=True)
+    echo(
         f"conversation {conversation.id} · flow {conversation.flow} · customer {customer.display_name}"
         f"{' (verified)' if customer.verified else ''} · Ctrl-D to end",
         dim=True,
         err=True,
     )
     if greeting:
-        click.echo(f"bot: {safe(greeting)}")
+        echo(f"bot: {greeting}")
     while True:
         if interactive:
-            click.echo("you: ", nl=False)
+            echo("you: ", nl=False)
         line = await asyncio.to_thread(sys.stdin.readline)
         if not line:
             break
@@ -140,12 +145,10 @@ async def _chat(runtime: Runtime, *, flow: str | None, email: str | None, demo: 
         if not text.strip():
             continue
         if not runtime.has_model:
-            click.secho("(no model connected; see above)", fg="yellow", err=True)
+            echo("(no model connected; see above)", fg="yellow", err=True)
             continue
         await _print_turn(runtime, conversation.id, text)
-    click.secho(
-        f"\nconversation {conversation.id} saved; see `supportbot tickets list` for its tickets.", dim=True, err=True
-    )
+    echo(f"\nconversation {conversation.id} saved; see `supportbot tickets list` for its tickets.", dim=True, err=True)
 
 
 async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None:
@@ -153,36 +156,36 @@ async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None
     async for event in runtime.engine.run_turn(conversation_id, text):
         if isinstance(event, TextDelta):
             if not started:
-                click.echo("bot: ", nl=False)
+                echo("bot: ", nl=False)
                 started = True
-            click.echo(safe(event.text), nl=False)
+            echo(event.text, nl=False)
         elif isinstance(event, ToolCallStarted):
-            click.secho(f"  ⚙ {event.name}({safe(event.arguments)})", dim=True, err=True)
+            echo(f"  ⚙ {event.name}({event.arguments})", dim=True, err=True)
         elif isinstance(event, ToolCallFinished):
             mark = "✗" if event.is_error else "✓"
-            click.secho(
-                f"  {mark} {event.name} → {safe(_shorten(event.result))} ({event.duration_ms:.0f} ms)",
+            echo(
+                f"  {mark} {event.name} → {_shorten(event.result)} ({event.duration_ms:.0f} ms)",
                 dim=True,
                 err=True,
             )
         elif isinstance(event, Handoff):
             where = "a human agent" if event.target == "human" else f"flow '{event.target}'"
             ticket = f" (ticket #{event.ticket_id})" if event.ticket_id else ""
-            click.secho(f"  → handed over to {where}{ticket}", fg="cyan", err=True)
+            echo(f"  → handed over to {where}{ticket}", fg="cyan", err=True)
         elif isinstance(event, TurnFinished):
             if started:
-                click.echo()
+                echo()
             if not event.text:
-                click.secho("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
+                echo("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
             else:
                 usage = event.usage
-                click.secho(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
+                echo(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
                             dim=True, err=True)  # fmt: skip
         elif isinstance(event, TurnFailed):
             if started:
-                click.echo()
-            click.echo(f"bot: {safe(event.fallback_text)}")
-            click.secho(f"  model failed: {safe(event.reason)}", fg="red", err=True)
+                echo()
+            echo(f"bot: {event.fallback_text}")
+            echo(f"  model failed: {event.reason}", fg="red", err=True)
 
 
 def _shorten(text: str, limit: int = 160) -> str:
@@ -206,7 +209,8 @@ async def db_upgrade(config_path: str | None) -> None:
 
     config = _config(config_path)
     await upgrade(config.database.url)
-    click.echo(f"database {config.database.url} is at revision {await current_revision(config.database.url)}")
+    revision = await current_revision(config.database.url)
+    echo(f"database {config.redacted_dump()['database']['url']} is at revision {revision}")
 
 
 @main.group()
@@ -223,7 +227,7 @@ async def llm_check(config_path: str | None) -> None:
 
     config = _config(config_path)
     report = await check_endpoint(config.llm)
-    click.echo(report.render())
+    echo(report.render())
     if not report.ok:
         sys.exit(1)
 
@@ -256,15 +260,15 @@ async def tickets_list(config_path: str | None, status: str | None, fmt: str, li
         await store.close()
     rows = [_ticket_row(t) for t in found]
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS)
         writer.writeheader()
         writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
-        click.echo(buffer.getvalue(), nl=False)
+        echo(buffer.getvalue(), nl=False)
     else:
-        click.echo(_table(rows, TICKET_COLUMNS) if rows else "no tickets")
+        echo(_table(rows, TICKET_COLUMNS) if rows else "no tickets")
 
 
 @tickets.command("show")
@@ -288,7 +292,7 @@ async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> Non
     finally:
         await store.close()
     if fmt == "json":
-        click.echo(
+        echo(
             json.dumps(
                 {
                     "ticket": _ticket_row(ticket),
@@ -300,33 +304,33 @@ async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> Non
             )
         )
         return
-    click.echo(f"Ticket #{ticket.id}: {safe(ticket.subject)}")
-    click.echo(
+    echo(f"Ticket #{ticket.id}: {ticket.subject}")
+    echo(
         f"  status {ticket.status} · priority {ticket.priority} · kind {ticket.kind} · channel "
         f"{ticket.channel or '-'} · flow {ticket.flow or '-'} · assignee {ticket.assignee or '-'}"
     )
-    click.echo(f"  created {_when(ticket.created_at)} · updated {_when(ticket.updated_at)}")
+    echo(f"  created {_when(ticket.created_at)} · updated {_when(ticket.updated_at)}")
     if ticket.description:
-        click.echo("  " + safe(ticket.description).replace("\n", "\n  "))
+        echo("  " + ticket.description.replace("\n", "\n  "))
     if events:
-        click.echo("\nHistory:")
+        echo("\nHistory:")
         for e in events:
-            click.echo(f"  {_when(e.created_at)}  {e.actor}: {e.action} {safe(e.detail)}".rstrip())
+            echo(f"  {_when(e.created_at)}  {e.actor}: {e.action} {e.detail}".rstrip())
     if conversation is not None:
-        click.echo(
+        echo(
             f"\nConversation {conversation.id} ({conversation.channel}, {conversation.status}, "
             f"{conversation.turns} turns, {conversation.input_tokens}+{conversation.output_tokens} tokens, "
             f"${conversation.cost_usd:.5f}):"
         )
         for m in messages:
-            click.echo(_transcript_line(m))
+            echo(_transcript_line(m))
 
 
 def _transcript_line(m: StoredMessage) -> str:
     when = m.created_at.strftime("%H:%M:%S")
     if m.role == "tool":
         mark = "error" if m.status == "error" else m.status
-        return f"  {when}  tool {m.tool_name} [{mark}] → {safe(_shorten(m.content or '', 400))}"
+        return f"  {when}  tool {m.tool_name} [{mark}] → {_shorten(m.content or '', 400)}"
     who = {"user": "customer", "assistant": "bot", "system": "system"}.get(m.role, m.role)
     if m.kind == "human":
         who = f"human ({m.author or 'operator'})"
@@ -335,10 +339,10 @@ def _transcript_line(m: StoredMessage) -> str:
     lines = []
     if m.content:
         status = f" [{m.status}]" if m.status not in ("ok",) else ""
-        lines.append(f"  {when}  {who}{status}: " + safe(m.content).replace("\n", "\n      "))
+        lines.append(f"  {when}  {who}{status}: " + m.content.replace("\n", "\n      "))
     for call in m.tool_calls:
         lines.append(
-            f"  {when}  {who} calls {call.name}({safe(call.arguments)})"
+            f"  {when}  {who} calls {call.name}({call.arguments})"
             + (" [awaiting customer's yes]" if m.status == "pending" else "")
         )
     if m.role == "assistant" and m.usage is not None:
@@ -383,7 +387,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[safe(str(_short_cell(row.get(c)))) for c in columns] for row in rows]
+    cells = [[str(_short_cell(row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]

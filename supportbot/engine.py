@@ -61,6 +61,10 @@ TOO_LONG_TEXT = (
     "Your message is too long for me to handle ({length} characters; the limit is {limit}). "
     "Could you shorten it or split it into a few messages?"
 )
+TOO_MANY_IMAGES_TEXT = "You attached {count} images; I can look at {limit} per message. Could you send fewer?"
+IMAGE_TOO_LARGE_TEXT = (
+    "One of your images is larger than {limit} MB. Could you send a smaller one (a screenshot works)?"
+)
 _CONTROL = {c: None for c in range(32) if c not in (9, 10, 13)} | {0x7F: None}
 
 
@@ -79,6 +83,14 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
+def _data_url_bytes(url: str) -> int:
+    """The size of a ``data:`` URL's content (an http(s) image is fetched by the provider, not us)."""
+    if not url.startswith("data:"):
+        return 0
+    payload = url.partition(",")[2]
+    return len(payload) * 3 // 4 if ";base64" in url[: url.find(",")] else len(payload)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -95,7 +107,8 @@ class _Turn:
     seq: int = 0
     usage: Usage = field(default_factory=Usage)
     cost: float = 0.0
-    text: str = ""
+    text: str = ""  # everything the customer was sent this turn
+    round_text: str = ""  # what the current model response streamed, not stored yet
 
 
 class Engine:
@@ -160,18 +173,19 @@ class Engine:
         """Answer one customer message, yielding events as the reply streams.
 
         The message is stored before anything else happens; if storing fails, the error
-        propagates and the channel must not acknowledge the message.
+        propagates and the channel must not acknowledge the message. The conversation's lock is
+        held while the generator runs: iterate it to the end, or close it
+        (``contextlib.aclosing``) when giving up on it.
         """
         text = clean_text(text)
-        limit = self.config.limits.max_message_chars
-        too_long = len(text) > limit
-        message = NewMessage(role="user", content=text, images=tuple(images), status="error" if too_long else "ok")
+        refusal = self._refusal(text, images)
+        message = NewMessage(role="user", content=text, images=tuple(images), status="error" if refusal else "ok")
         async with self.store.lock(conversation_id):
             start = await self.store.begin_turn(conversation_id, message, history=HISTORY_LIMIT)
             conversation = start.conversation
-            if too_long:
+            if refusal:
                 # Kept (nothing is lost) but not processed: the customer is told why.
-                reply = TOO_LONG_TEXT.format(length=len(text), limit=limit)
+                reply = refusal
                 saved = await self.store.add_messages(
                     conversation_id,
                     [NewMessage(role="assistant", content=reply, kind="notice", flow=conversation.flow)],
@@ -198,6 +212,17 @@ class Engine:
             async for event in self._loop(turn):
                 yield event
 
+    def _refusal(self, text: str, images: Sequence[ImagePart]) -> str | None:
+        """Why a message is too large to process, in words for the customer; None when it is fine."""
+        limits = self.config.limits
+        if len(text) > limits.max_message_chars:
+            return TOO_LONG_TEXT.format(length=len(text), limit=limits.max_message_chars)
+        if len(images) > limits.max_images_per_message:
+            return TOO_MANY_IMAGES_TEXT.format(count=len(images), limit=limits.max_images_per_message)
+        if any(_data_url_bytes(image.url) > limits.max_image_bytes for image in images):
+            return IMAGE_TOO_LARGE_TEXT.format(limit=limits.max_image_bytes // 1_000_000 or 1)
+        return None
+
     async def _loop(self, turn: _Turn) -> AsyncIterator[Event]:
         limits = turn.flow.limits
         # ``turns`` counts the message of this turn already.
@@ -213,18 +238,25 @@ class Engine:
         for _ in range(limits.max_tool_rounds + 1):
             started = time.perf_counter()
             completion: Completion | None = None
+            turn.round_text = ""
+            failure: str | None = None
             try:
                 async for chunk in self.llm.stream(self._request(turn)):
                     if isinstance(chunk, TextChunk):
-                        turn.text += chunk.text
-                        yield TextDelta(text=chunk.text, seq=turn.seq)
-                        turn.seq += 1
+                        if not turn.round_text and turn.text and not turn.text[-1].isspace():
+                            yield self._delta(turn, "\n\n")  # keep a new round's text apart from the last
+                        turn.round_text += chunk.text
+                        yield self._delta(turn, chunk.text)
                     else:
                         completion = chunk
-                if completion is None:
-                    raise LLMError("the model client ended without a completion")
             except LLMError as exc:
-                async for event in self._fail(turn, str(exc)):
+                failure = str(exc)
+            except Exception as exc:
+                # A bug in a model client must not leave the customer without an answer.
+                log.exception("the model client failed in conversation %s", turn.conversation.id)
+                failure = f"the model client failed: {type(exc).__name__}: {exc}"
+            if completion is None:
+                async for event in self._fail(turn, failure or "the model client ended without an answer"):
                     yield event
                 return
             latency_ms = (time.perf_counter() - started) * 1000
@@ -256,11 +288,11 @@ class Engine:
             held = [c for c in message.tool_calls if c.name in turn.flow.confirm]
             if held:
                 record = dataclasses.replace(record, status="pending")
+            # Stored before any tool runs: a crash in the middle leaves the calls on record.
+            await self.store.add_messages(turn.conversation.id, [record])
+            turn.round_text = ""
             turn.history.append(message)
-            runnable = [c for c in message.tool_calls if c not in held]
-            # The call is stored with its results, in one write: a call that must never run twice
-            # is in the flow's ``confirm`` list and claimed before it runs.
-            async for event in self._run_calls(turn, runnable, stored_with=record):
+            async for event in self._run_calls(turn, [c for c in message.tool_calls if c not in held]):
                 yield event
             if held:
                 prompt = confirmation_prompt(held)
@@ -268,9 +300,11 @@ class Engine:
                     turn.conversation.id,
                     [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],
                 )
-                yield TextDelta(text=prompt, seq=turn.seq)
+                if turn.text and not turn.text[-1].isspace():
+                    yield self._delta(turn, "\n\n")
+                yield self._delta(turn, prompt)
                 yield TurnFinished(
-                    text=turn.text + prompt,
+                    text=turn.text,
                     message_id=saved[0].id,
                     usage=turn.usage,
                     cost_usd=turn.cost,
@@ -280,20 +314,23 @@ class Engine:
         async for event in self._fail(turn, f"the model was still calling tools after {limits.max_tool_rounds} rounds"):
             yield event
 
+    @staticmethod
+    def _delta(turn: _Turn, text: str) -> TextDelta:
+        turn.text += text
+        turn.seq += 1
+        return TextDelta(text=text, seq=turn.seq - 1)
+
     # -- tools -----------------------------------------------------------------------------------
 
-    async def _run_calls(
-        self, turn: _Turn, calls: Sequence[ToolCall], *, stored_with: NewMessage | None = None
-    ) -> AsyncIterator[Event]:
-        """Run a round's tool calls concurrently, store their results (after ``stored_with``, the
-        assistant message that made the calls, if it is not stored yet), apply handoffs and transfers."""
+    async def _run_calls(self, turn: _Turn, calls: Sequence[ToolCall]) -> AsyncIterator[Event]:
+        """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers."""
         for call in calls:
             yield ToolCallStarted(call_id=call.id, name=call.name, arguments=call.arguments)
         if len(calls) <= 1:
             results = [await self._run_call(turn, c) for c in calls]
         else:
             results = list(await asyncio.gather(*(self._run_call(turn, c) for c in calls)))
-        records = [stored_with] if stored_with is not None else []
+        records = []
         for call, result in zip(calls, results, strict=True):
             records.append(
                 NewMessage(
@@ -318,7 +355,9 @@ class Engine:
                 duration_ms=result.duration_ms,
             )
             if result.handoff is not None:
-                yield await self._apply_handoff(turn, result)
+                handoff = await self._apply_handoff(turn, call, result)
+                if handoff is not None:
+                    yield handoff
 
     async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
         started = time.perf_counter()
@@ -354,9 +393,13 @@ class Engine:
         )
         return await self.tools.call(call, context, timeout=self.config.tools.timeout_s)
 
-    async def _apply_handoff(self, turn: _Turn, result: ToolResult) -> Handoff:
+    async def _apply_handoff(self, turn: _Turn, call: ToolCall, result: ToolResult) -> Handoff | None:
         target = result.handoff or "human"
         data = result.data if isinstance(result.data, dict) else {}
+        if target != "human" and (target not in turn.flow.handoffs or target not in self.flows):
+            log.warning("tool %s asked to hand over to %r, which flow %s may not hand over to; ignored",
+                        call.name, target, turn.flow.name)  # fmt: skip
+            return None
         if target == "human":
             ticket = data.get("ticket_id")
             return Handoff(
@@ -370,13 +413,22 @@ class Engine:
         return Handoff(target=target, reason=str(data.get("reason") or ""))
 
     async def _resolve_pending(self, turn: _Turn, stored: Sequence[StoredMessage], reply: str) -> AsyncIterator[Event]:
-        """Run, or decline, the tool calls that waited for this customer reply."""
-        pending = next((m for m in reversed(stored) if m.role == "assistant" and m.status == "pending"), None)
-        if pending is None:
+        """Run, or decline, the tool calls that waited for this customer reply.
+
+        Only a yes that answers the confirmation prompt directly counts: if anything else happened
+        in between (a person took over and wrote, the customer wrote while they did), the calls
+        are declined rather than run on a stale approval.
+        """
+        at = next((i for i in range(len(stored) - 1, -1, -1)
+                   if stored[i].role == "assistant" and stored[i].status == "pending"), None)  # fmt: skip
+        if at is None:
             return
+        pending = stored[at]
+        calls = {c.id for c in pending.tool_calls}
         answered = {m.tool_call_id for m in stored if m.role == "tool"}
         waiting = [c for c in pending.tool_calls if c.id not in answered]
-        if is_yes(reply):
+        direct = all(m.kind == "confirmation" or m.tool_call_id in calls for m in stored[at + 1 :])
+        if direct and is_yes(reply):
             await self.store.set_message_status(pending.id, "ok")
             async for event in self._run_calls(turn, waiting):
                 yield event
@@ -411,8 +463,10 @@ class Engine:
         ticket = await self._escalation_ticket(turn, reason)
         fallback = FALLBACK_TEXT.format(ticket=ticket)
         records = []
-        if turn.text:
-            records.append(NewMessage(role="assistant", content=turn.text, status="interrupted", flow=turn.flow.name))
+        if turn.round_text:
+            records.append(
+                NewMessage(role="assistant", content=turn.round_text, status="interrupted", flow=turn.flow.name)
+            )
         records.append(NewMessage(role="assistant", content=fallback, kind="fallback", flow=turn.flow.name))
         saved = await self.store.add_messages(turn.conversation.id, records)
         yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)

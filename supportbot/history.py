@@ -55,8 +55,11 @@ def to_chat_messages(stored: Sequence[StoredMessage]) -> list[ChatMessage]:
 
 
 def estimate_tokens(message: ChatMessage) -> int:
-    """A deliberately high estimate (about 3 characters a token) so a request never overflows the window."""
-    chars = len(message.content or "")
+    """A deliberately high estimate so a request never overflows the window: about 3 characters a
+    token for ASCII text, and 3 UTF-8 bytes a token otherwise (Chinese or Japanese text runs to
+    about a token per character, which is 3 bytes)."""
+    content = message.content or ""
+    chars = len(content) if content.isascii() else len(content.encode("utf-8", "replace"))
     for call in message.tool_calls:
         chars += len(call.name) + len(call.arguments) + 24
     return chars // 3 + _MESSAGE_OVERHEAD + _IMAGE_TOKENS * len(message.images)

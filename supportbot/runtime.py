@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from supportbot.llm.demo import DemoLLM
 from supportbot.store.base import Store
 from supportbot.store.sql import SQLStore
 from supportbot.tools import ToolRegistry, default_registry
-from supportbot.tools.orders import OrderSource, make_order_source
+from supportbot.tools.orders import FileOrderSource, OrderSource, make_order_source
 
 NO_MODEL = (
     "No model is connected: set SUPPORTBOT_LLM_API_KEY (or llm.api_key in config.yaml) to the key of "
@@ -32,6 +33,17 @@ def load_tools_and_flows(config: Config) -> tuple[ToolRegistry, Flows]:
         tools.load_directory("tools")
     flows = load_flows(config.flows.dir, tool_names=tools.names(), company=config.company, default=config.flows.default)
     return tools, flows
+
+
+async def check_orders(config: Config) -> None:
+    """Open the order source once (a file source reads its file) so a bad one fails now, not mid-chat."""
+    async with aiohttp.ClientSession() as http:
+        orders = make_order_source(config.orders, database_url=config.database.url, http=http)
+        try:
+            if isinstance(orders, FileOrderSource):
+                await orders.get("CHECK")
+        finally:
+            await orders.aclose()
 
 
 @dataclass(kw_only=True)
@@ -66,11 +78,20 @@ async def open_runtime(
     ``llm`` and ``store`` replace the configured ones (tests, benchmarks, embedding).
     """
     tools, flows = load_tools_and_flows(config)
-    store = store or await SQLStore.open(config.database.url)
-    http = aiohttp.ClientSession()
-    orders = make_order_source(config.orders, database_url=config.database.url, http=http)
-    model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm, session=http))
+    opened: list[Callable[[], Awaitable[None]]] = []  # closed in reverse if a later step fails
+    try:
+        if store is None:
+            store = await SQLStore.open(config.database.url, echo=config.database.echo)
+            opened.append(store.close)
+        http = aiohttp.ClientSession()
+        opened.append(http.close)
+        orders = make_order_source(config.orders, database_url=config.database.url, http=http)
+        opened.append(orders.aclose)
+        model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm, session=http))
+    except BaseException:
+        for close in reversed(opened):
+            await close()
+        raise
     engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
-    return Runtime(
-        config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders, engine=engine
-    )
+    return Runtime(config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders,
+                   engine=engine)  # fmt: skip

@@ -88,7 +88,7 @@ async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> 
         fake.script(
             Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})]),
             Reply(text="Order A1001 has shipped."),
-            Reply(tool_calls=[("create_ticket", {"subject": "Late \x1b[31mparcel", "description": "late"})]),
+            Reply(tool_calls=[("create_ticket", {"subject": "Late \x1b]0;PWNED\x07parcel", "description": "late"})]),
             Reply(text="Ticket opened."),
         )
         run = await supportbot(
@@ -104,18 +104,22 @@ async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> 
     assert "bot: Order A1001 has shipped." in run.out
     assert "Before I go ahead" in run.out and "bot: Ticket opened." in run.out
     assert "lookup_order" in run.err and "create_ticket" in run.err
-    assert "\x1b[31m" not in run.out  # the model's escape sequence is shown, not obeyed
+    assert "\x1b" not in run.out + run.err  # the model's escape sequence (OSC: retitle) is shown, not obeyed
 
     listed = await supportbot("tickets", "list", "--format", "json", cwd=tmp_path)
     tickets = json.loads(listed.out)
     assert [(t["id"], t["kind"], t["status"]) for t in tickets] == [(1, "request", "open")]
+    solved = await supportbot("tickets", "list", "--status", "solved", "--format", "json", cwd=tmp_path)
+    assert json.loads(solved.out) == []
+    opened = await supportbot("tickets", "list", "--status", "open", "--format", "json", cwd=tmp_path)
+    assert [t["id"] for t in json.loads(opened.out)] == [1]
     table = await supportbot("tickets", "list", cwd=tmp_path)
-    assert table.out.startswith("ID ") and "Late \\x1b[31mparcel" in table.out
+    assert table.out.startswith("ID ") and "Late \\x1b]0;PWNED\\x07parcel" in table.out
     rows = list(csv.DictReader(io.StringIO((await supportbot("tickets", "list", "--format", "csv", cwd=tmp_path)).out)))
     assert rows[0]["id"] == "1" and rows[0]["status"] == "open"
 
     shown = await supportbot("tickets", "show", "1", cwd=tmp_path)
-    assert shown.code == 0
+    assert shown.code == 0 and "\x1b" not in shown.out
     for expected in (
         "Ticket #1",
         "customer: Where is A1001?",
@@ -205,3 +209,18 @@ async def test_an_unknown_flow_is_refused_with_the_choices(tmp_path: Path) -> No
     run = await supportbot("chat", "--demo", "--flow", "retruns", cwd=tmp_path, stdin="hi\n")
     assert run.code == 1
     assert "no flow 'retruns'" in run.err and "returns" in run.err
+
+
+@pytest.mark.parametrize(
+    ("orders", "words"),
+    [
+        ("orders:\n  source: file\n  path: orders.json\n", "orders.json"),
+        ("orders:\n  source: file\n  path: missing.yaml\n", "missing.yaml"),
+    ],
+)
+async def test_validate_checks_the_order_source(tmp_path: Path, orders: str, words: str) -> None:
+    (tmp_path / "config.yaml").write_text(orders)
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 1 and words in run.err
+    chat = await supportbot("chat", "--demo", cwd=tmp_path, stdin="hi\n")
+    assert "Unclosed" not in chat.err

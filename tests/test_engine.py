@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +43,7 @@ ORDERS = """\
 MAIN_FLOW = """\
 name: main
 description: Orders and general questions
-tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both]
+tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere]
 confirm: [create_ticket]
 handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
@@ -62,6 +64,7 @@ system_prompt: RETURNS PROMPT
 TOOLS_MODULE = '''\
 import asyncio
 from supportbot import tool
+from supportbot.tools import Handoff
 
 started = []
 both = None
@@ -82,6 +85,24 @@ async def wait_for_both(label: str) -> str:
         both.set()
     await asyncio.wait_for(both.wait(), 5)
     return "ran " + label
+
+
+entered = asyncio.Event()
+release = asyncio.Event()
+
+
+@tool
+async def hold_until_released() -> str:
+    """Runs until the test releases it."""
+    entered.set()
+    await asyncio.wait_for(release.wait(), 5)
+    return "released"
+
+
+@tool
+async def hand_to_nowhere() -> Handoff:
+    """Asks for a transfer this flow may not make."""
+    return Handoff(target="nowhere", message="moved")
 '''
 
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
@@ -103,6 +124,7 @@ async def make_runtime(
     (flows / "returns.yaml").write_text(RETURNS_FLOW)
     (tmp_path / "orders.yaml").write_text(ORDERS)
     module = f"engine_test_tools_{abs(hash(str(tmp_path)))}"
+    monkeypatch.setenv("ENGINE_TEST_TOOLS", module)
     (tmp_path / f"{module}.py").write_text(TOOLS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     runtimes: list[Runtime] = []
@@ -182,6 +204,8 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
         "create_ticket",
         "handoff_to_human",
         "wait_for_both",
+        "hold_until_released",
+        "hand_to_nowhere",
         "transfer_to_returns",
     }
 
@@ -473,3 +497,101 @@ async def test_the_system_prompt_is_rendered_again_when_what_it_shows_changes(
     assert await prompt("two") == first and "Time: 10:00." in first
     now[0] = datetime(2026, 11, 24, 10, 1, 5, tzinfo=UTC)
     assert "Time: 10:01." in await prompt("three")
+
+
+class BrokenClient:
+    """A model client with a bug: it raises something that is not an LLMError."""
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(self, request: object) -> AsyncIterator[Any]:
+        raise RuntimeError("oops")
+        yield  # an async generator
+
+
+async def test_a_bug_in_the_model_client_still_gets_the_customer_an_answer(
+    make_runtime: RuntimeFactory, db_url: str
+) -> None:
+    runtime = await make_runtime()
+    runtime.engine.llm = BrokenClient()
+    cid = await start(runtime)
+    events = await turn(runtime, cid, "hello")
+    assert isinstance(events[-1], TurnFailed) and "RuntimeError: oops" in events[-1].reason
+    assert events[-1].ticket_id is not None
+
+
+async def test_each_rounds_text_is_kept_apart_and_only_the_cut_one_is_interrupted(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(text="Let me check.", tool_calls=[("lookup_order", {"order_id": "A1001"})]),
+                Cut(2, text="It has shipped and arrives soon"))  # fmt: skip
+    events = await turn(runtime, cid, "where is A1001?")
+    streamed = "".join(d.text for d in of(events, TextDelta))
+    assert streamed.startswith("Let me check.\n\nIt has")
+    stored = await runtime.store.list_messages(cid)
+    assert [m.content for m in stored if m.status == "interrupted"] == [streamed.removeprefix("Let me check.\n\n")]
+    assert [m.content for m in stored if m.tool_calls] == ["Let me check."]
+
+
+async def test_the_tool_call_is_on_record_while_the_tool_runs(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    tools = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("hold_until_released", {})]), Reply(text="done"))
+    task = asyncio.create_task(turn(runtime, cid, "go"))
+    await asyncio.wait_for(tools.entered.wait(), 5)
+    calls = [m for m in await runtime.store.list_messages(cid) if m.tool_calls]
+    assert [c.name for m in calls for c in m.tool_calls] == ["hold_until_released"]
+    tools.release.set()
+    events = await task
+    assert isinstance(events[-1], TurnFinished)
+
+
+async def test_a_handoff_to_a_flow_not_in_handoffs_is_ignored(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("hand_to_nowhere", {})]), Reply(text="still here"))
+    events = await turn(runtime, cid, "move me")
+    assert not of(events, Handoff)
+    conversation = await runtime.store.get_conversation(cid)
+    assert conversation is not None and conversation.flow == "main"
+
+
+async def test_a_yes_after_a_person_stepped_in_does_not_run_the_old_call(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("create_ticket", {"subject": "s", "description": "d"})]))
+    await turn(runtime, cid, "open a ticket")
+    await runtime.store.update_conversation(cid, status="human")
+    await turn(runtime, cid, "anyone?")  # stored for the person; the bot is silent
+    await runtime.store.update_conversation(cid, status="bot")
+    fake.script(Reply(text="What can I do?"))
+    events = await turn(runtime, cid, "yes")
+    assert not of(events, ToolCallStarted) and await runtime.store.list_tickets() == []
+
+
+@pytest.mark.parametrize(
+    ("images", "words"),
+    [
+        ([ImagePart(url="https://example.test/a.png")] * 5, "4 per message"),
+        ([ImagePart(url="data:image/png;base64," + "A" * 7_000_000)], "larger than 5 MB"),
+    ],
+)
+async def test_too_many_or_too_large_images_are_refused_politely(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer, images: list[ImagePart], words: str
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    events = [e async for e in runtime.engine.run_turn(cid, "look", images=images)]
+    assert isinstance(events[-1], TurnFinished) and words in events[-1].text
+    assert fake.requests == []
+    assert (await runtime.store.list_messages(cid))[1].status == "error"

@@ -98,3 +98,7 @@ def test_estimate_is_at_least_a_third_of_the_characters(size: int) -> None:
 
 def test_new_message_defaults_are_visible_to_the_model() -> None:
     assert NewMessage(role="user").kind == "normal"
+
+
+def test_cjk_text_counts_about_a_token_a_character() -> None:
+    assert estimate_tokens(ChatMessage(role="user", content="注文はどこですか" * 100)) >= 800

@@ -15,6 +15,7 @@ refuses a history whose function calls lost their thought signatures.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,7 @@ class ChunkAccumulator:
             The answer text this chunk adds, or None.
         """
         usage = chunk.get("usage")
-        if usage:
+        if usage and isinstance(usage, dict):  # a usage of another shape is left out, not fatal
             self._usage = usage  # last wins: Gemini repeats the cumulative count in every chunk
         model = chunk.get("model")
         if model:
@@ -164,8 +165,15 @@ class ChunkAccumulator:
             text = delta.get("refusal")  # a refusal is shown to the customer like an answer
             if not text:
                 return None
+        if type(text) is not str:
+            if not isinstance(text, list):
+                raise TypeError(f"content is a {type(text).__name__}")
+            # Some servers send content as a list of parts; only the text parts are the answer.
+            text = "".join(p.get("text") or "" for p in text if isinstance(p, dict) and p.get("type") == "text")
+            if not text:
+                return None
         self._text.append(text)
-        return text  # type: ignore[no-any-return]
+        return text
 
     def _add_tool_calls(self, entries: list[Any]) -> None:
         facts = self._facts
@@ -233,8 +241,15 @@ class ChunkAccumulator:
             provider's value, ``stop`` if it sent none.
         """
         tool_calls = tuple(
-            ToolCall(id=call.id or f"call_{n}", name=call.name, arguments="".join(call.arguments), extra=call.extra)
-            for n, call in enumerate(self._calls)
+            # A call without an id (older Gemini sends "") gets one that is unique for good: results,
+            # confirmations and at-most-once claims are all keyed by it.
+            ToolCall(
+                id=call.id or f"call_{uuid.uuid4().hex}",
+                name=call.name,
+                arguments="".join(call.arguments),
+                extra=call.extra,
+            )
+            for call in self._calls
         )
         text = "".join(self._text)
         message = ChatMessage(

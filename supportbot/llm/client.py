@@ -295,7 +295,10 @@ class OpenAICompatibleLLM:
                         raise not_json_error(self.url, data, "a stream event that is not a JSON object")
                     if "error" in chunk_json:
                         raise stream_error(self.url, data, chunk_json, key=self._key)
-                    text = acc.add(chunk_json)
+                    try:
+                        text = acc.add(chunk_json)
+                    except (AttributeError, TypeError, ValueError) as exc:
+                        raise not_json_error(self.url, data, "a chunk that is not a chat.completion.chunk") from exc
                     if text:
                         pieces.append(text)
                 if pieces:
@@ -339,7 +342,7 @@ class OpenAICompatibleLLM:
                 yield TextChunk(text=whole.message.content)
             yield whole
         else:
-            yield acc.completion()
+            yield self._completion(acc, b"")
 
     async def _complete_once(self, payload: bytes) -> Completion:
         timeouts = self._settings.timeouts
@@ -371,8 +374,17 @@ class OpenAICompatibleLLM:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise not_json_error(self.url, body, "an answer that is not a chat completion") from exc
         acc = ChunkAccumulator()
-        acc.add(chunk)
-        return acc.completion()
+        try:
+            acc.add(chunk)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise not_json_error(self.url, body, "an answer that is not a chat completion") from exc
+        return self._completion(acc, body)
+
+    def _completion(self, acc: ChunkAccumulator, body: bytes) -> Completion:
+        try:
+            return acc.completion()
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a usage object of the wrong shape
+            raise not_json_error(self.url, body, "an answer whose usage is not a usage object") from exc
 
     def _timeout(self, which: str) -> LLMTimeout:
         return timeout_error(self.url, which, getattr(self._settings.timeouts, f"{which}_s"))

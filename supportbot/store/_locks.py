@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from supportbot.store._engine import storage_error
 
-__all__ = ["KeyedLocks", "advisory_key", "pg_advisory_lock"]
+__all__ = ["KeyedLocks", "SharedAdvisoryLocks", "advisory_key"]
 
 logger = logging.getLogger("supportbot.store")
 
@@ -61,37 +60,61 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-@asynccontextmanager
-async def pg_advisory_lock(engine: AsyncEngine, name: str) -> AsyncIterator[None]:
-    """Hold a session-level advisory lock on a connection of ``engine`` for the duration.
+class SharedAdvisoryLocks:
+    """Every conversation lock of this process, held as advisory locks on one PostgreSQL session.
 
-    The statements go straight to asyncpg in autocommit mode (one round trip each, and the
-    session never sits "idle in transaction" while a turn streams). If locking or unlocking
-    fails or is cancelled, the connection is closed instead of pooled: PostgreSQL releases a
-    session's locks when it ends, so no lock is ever left behind in the pool.
+    A session may hold any number of advisory locks, so one connection serves all the turns a
+    worker runs at once (``KeyedLocks`` already queues the turns of one conversation inside the
+    process). When another worker holds a conversation, ``pg_try_advisory_lock`` answers false
+    and the turn tries again after a short, growing pause (50 ms up to 1 s): that contention is
+    rare, since a conversation's messages usually reach one worker.
+
+    The statements go straight to asyncpg in autocommit mode, one at a time on the session. If
+    the session breaks, PostgreSQL releases its locks; the connection is replaced on next use
+    and a warning is logged, since turns already running have lost their cross-worker lock.
     """
-    key = advisory_key(name)
-    try:
-        proxied = await engine.raw_connection()
-    except (SQLAlchemyError, OSError) as exc:
-        raise storage_error(exc, engine.url, "taking a connection for a conversation lock") from exc
-    driver: Any = proxied.driver_connection
-    healthy = False
-    try:
-        try:
-            await driver.execute("SELECT pg_advisory_lock($1)", key)
-        except Exception as exc:
-            raise storage_error(exc, engine.url, f"locking conversation {name}") from exc
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._proxied: Any = None
+        self._io = asyncio.Lock()  # one statement at a time on the session
+
+    async def close(self) -> None:
+        await self._drop()
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        key = advisory_key(name)
+        pause = 0.05
+        while not await self._call("SELECT pg_try_advisory_lock($1)", key, f"locking conversation {name}"):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
         try:
             yield
         finally:
             try:
-                await driver.execute("SELECT pg_advisory_unlock($1)", key)
-                healthy = True
+                await self._call("SELECT pg_advisory_unlock($1)", key, f"unlocking conversation {name}")
             except Exception:
-                # The turn itself is done; closing the session releases the lock just as well.
-                logger.warning("unlocking conversation %s failed; closing its connection instead", name, exc_info=True)
-    finally:
-        if not healthy:
+                # The turn is done; a broken session released the lock with everything else.
+                logger.warning("unlocking conversation %s failed", name, exc_info=True)
+
+    async def _call(self, sql: str, key: int, doing: str) -> bool:
+        async with self._io:
+            try:
+                if self._proxied is None:
+                    self._proxied = await self._engine.raw_connection()
+                return bool(await self._proxied.driver_connection.fetchval(sql, key))
+            except BaseException as exc:
+                # Cancelled or failed mid-statement: the session's state is unknown, so end it
+                # (which releases every lock it held) rather than reuse it.
+                await self._drop()
+                if isinstance(exc, Exception):
+                    raise storage_error(exc, self._engine.url, doing) from exc
+                raise
+
+    async def _drop(self) -> None:
+        proxied, self._proxied = self._proxied, None
+        if proxied is not None:
+            logger.warning("closing the conversation-lock session; locks held on it are released")
             await greenlet_spawn(proxied.invalidate)
-        await greenlet_spawn(proxied.close)

@@ -66,9 +66,13 @@ class MemoryStore:
         name: str | None = None,
         verified: bool = False,
     ) -> Customer:
-        email = email.lower() if email else None
+        email = email.strip().lower() if email else None
+        # Verified and unverified identities never share a record (as in SQLStore): an email typed
+        # into a widget must not open the record of the customer whose identity a channel proved.
         for c in self._customers.values():
-            if (email and c.email == email) or (external_id and c.external_id == external_id):
+            if c.verified == verified and (
+                (external_id and c.external_id == external_id) or (email and c.email == email)
+            ):
                 return c
         customer = Customer(
             id=uuid.uuid4().hex, email=email, name=name, external_id=external_id, verified=verified, created_at=_now()

@@ -25,7 +25,7 @@ from supportbot.errors import StorageError
 from supportbot.store._engine import make_engine, masked, parse_url
 from supportbot.store._hot import conversation as _conversation
 from supportbot.store._hot import customer as _customer
-from supportbot.store._locks import KeyedLocks, pg_advisory_lock
+from supportbot.store._locks import KeyedLocks, SharedAdvisoryLocks
 from supportbot.store._mailbox import MailboxMixin
 from supportbot.store._sqlbase import now as _now
 from supportbot.store._tickets import TicketMixin
@@ -98,7 +98,7 @@ class SQLStore(TicketMixin, MailboxMixin):
         """Wrap an engine made by ``make_engine``; use ``SQLStore.open`` instead."""
         super().__init__(engine, url)
         self._locks = KeyedLocks()
-        self._lock_engine: AsyncEngine | None = None
+        self._pg_locks: SharedAdvisoryLocks | None = None
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True, echo: bool = False) -> SQLStore:
@@ -128,8 +128,8 @@ class SQLStore(TicketMixin, MailboxMixin):
         """Close every connection. The store cannot be used afterwards."""
         await self._hot_pool.close()
         await self._engine.dispose()
-        if self._lock_engine is not None:
-            await self._lock_engine.dispose()
+        if self._pg_locks is not None:
+            await self._pg_locks.close()
 
     @property
     def url(self) -> str:
@@ -318,18 +318,18 @@ class SQLStore(TicketMixin, MailboxMixin):
     async def lock(self, conversation_id: str) -> AsyncIterator[None]:
         """Hold while a turn runs: one turn at a time per conversation.
 
-        In-process waiters queue on an asyncio lock first (so N waiting turns don't take N
-        connections); on PostgreSQL the holder then takes a session advisory lock on a
-        connection of a separate small pool, which serialises turns across workers too. The lock
-        pool is separate so that lock holders can never starve their own queries of connections.
+        In-process waiters queue on an asyncio lock first (in arrival order); on PostgreSQL the
+        holder then takes an advisory lock, which serialises turns across workers too. All of a
+        worker's advisory locks live on one session of their own (``SharedAdvisoryLocks``), so
+        any number of turns can run at once without holding a connection each.
         """
         async with self._locks.hold(conversation_id):
             if self._engine.dialect.name != "postgresql":
                 yield
                 return
-            if self._lock_engine is None:
-                self._lock_engine = make_engine(self._url, pool_size=2, max_overflow=62, pool_timeout=3600)
-            async with pg_advisory_lock(self._lock_engine, conversation_id):
+            if self._pg_locks is None:
+                self._pg_locks = SharedAdvisoryLocks(make_engine(self._url, pool_size=1, max_overflow=0))
+            async with self._pg_locks.hold(conversation_id):
                 yield
 
     # -- orders ----------------------------------------------------------------------------------

@@ -106,7 +106,32 @@ def test_older_gemini_null_index_and_empty_id_are_separate_calls() -> None:
     calls = completion.message.tool_calls
     # Keying them all to one slot would glue the JSON texts together.
     assert [c.arguments for c in calls] == ['{"n":1}', '{"n":1}', '{"n":2}']
-    assert [c.id for c in calls] == ["call_0", "call_1", "call_2"]  # stable generated ids
+    ids = [c.id for c in calls]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 3
+    _, again = run(delta(tool_calls=[entry]), delta("stop"))
+    assert again.message.tool_calls[0].id not in ids  # unique across responses, not only within one
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"choices": "x"},
+        {"choices": [{"index": 0, "delta": "hi"}]},
+        {"choices": [5]},
+        {"choices": [{"index": 0, "delta": {"content": 42}}]},
+    ],
+)
+def test_a_chunk_of_the_wrong_shape_is_an_error_of_its_own(chunk: dict[str, Any]) -> None:
+    with pytest.raises((TypeError, AttributeError, ValueError)):
+        ChunkAccumulator().add(chunk)
+        ChunkAccumulator().completion()
+
+
+def test_content_as_a_list_of_parts_is_joined() -> None:
+    acc = ChunkAccumulator()
+    acc.add({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "Hi "}, {"type": "x"},
+                                                             {"type": "text", "text": "there"}]}}]})  # fmt: skip
+    assert acc.completion().message.content == "Hi there"
 
 
 def test_indexless_fragments_continue_their_call() -> None:

@@ -522,3 +522,23 @@ async def test_server_ignoring_stream_true(raw_server: Any, make_llm: Any, colle
     texts, completion = await collect(make_llm(await raw_server.start(handler)), request_for())
     assert texts == ["All at once."]
     assert completion.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'{"choices": "x"}', b'{"choices": [{"index": 0, "delta": "hi"}]}', b'{"choices": [5]}'],
+)
+async def test_a_chunk_of_the_wrong_shape_is_a_protocol_error(
+    raw_server: Any, make_llm: Any, request_for: Any, bad: bytes
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: " + bad + b"\n\n")
+        await response.write(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n')
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    with pytest.raises(LLMProtocolError):
+        await drain(make_llm(await raw_server.start(handler), retries={"max_retries": 0}), request_for())

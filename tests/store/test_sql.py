@@ -286,7 +286,10 @@ async def test_postgres_lock_serialises_two_workers(pg_url: str) -> None:
 
         async with worker_a.lock("shared-conv"):
             task = asyncio.create_task(b_turn())
-            await _wait_for_advisory_waiter(worker_a)  # worker B is blocked inside PostgreSQL
+            # Worker B keeps trying and failing while A holds the conversation (bounded wait:
+            # that nothing happens has no event to wait on).
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 0.3)
             assert not b_inside.is_set()
             async with worker_b.lock("other-conv"):  # a different conversation is not blocked
                 pass
@@ -297,18 +300,25 @@ async def test_postgres_lock_serialises_two_workers(pg_url: str) -> None:
         await worker_b.close()
 
 
-async def _wait_for_advisory_waiter(store: SQLStore) -> None:
-    """Wait (bounded) until PostgreSQL shows a session waiting for an advisory lock."""
+@pytest.mark.postgres
+async def test_one_worker_holds_many_conversations_on_one_session(pg_url: str) -> None:
+    from contextlib import AsyncExitStack
+
     from sqlalchemy import text
 
-    for _ in range(500):
-        async with store.engine.connect() as connection:
-            waiting = (await connection.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))).scalar_one()  # fmt: skip
-        if waiting:
-            return
-        await asyncio.sleep(0.01)  # polling the server's lock table: there is no event to wait on
-    raise AssertionError("the second worker never waited for the advisory lock")
+    store = await SQLStore.open(pg_url)
+    try:
+        async with AsyncExitStack() as stack:
+            await asyncio.wait_for(
+                asyncio.gather(*(stack.enter_async_context(store.lock(f"conv-{i}")) for i in range(100))), 10
+            )
+            async with store.engine.connect() as connection:
+                sessions, held = (await connection.execute(text(
+                    "SELECT count(DISTINCT pid), count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                ))).one()  # fmt: skip
+            assert (sessions, held) == (1, 100)
+    finally:
+        await store.close()
 
 
 # -- tickets ----------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Logging as the ``logging`` section of the config asks: level, text or JSON lines, personal data redacted.
+
+Everything supportbot logs goes through the ``supportbot`` logger tree. With ``redact_pii``
+(the default) email addresses, phone numbers and card numbers in log messages are replaced by
+placeholders; the database keeps the transcript unredacted for review.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from supportbot.config import LoggingSettings
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{7,}\d\b")
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _phone(match: re.Match[str]) -> str:
+    found = match.group()
+    # Dates and times look like digit runs too; a phone number has at least 9 digits.
+    if _DATE.match(found) or sum(c.isdigit() for c in found) < 9:
+        return found
+    return "[phone]"
+
+
+def redact(text: str) -> str:
+    """``text`` with emails, card numbers and phone numbers replaced by ``[email]``, ``[card]``, ``[phone]``."""
+    return _PHONE.sub(_phone, _CARD.sub("[card]", _EMAIL.sub("[email]", text)))
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message (and its string extras) with personal data redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        for key, value in vars(record).items():
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's extra fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+_installed: logging.Handler | None = None
+
+
+def configure_logging(settings: LoggingSettings, *, stream: TextIO | None = None) -> logging.Handler:
+    """Send the ``supportbot`` loggers to stderr (or ``stream``) as the settings say; returns the handler.
+
+    Calling it again replaces the handler it installed before.
+    """
+    global _installed
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter() if settings.format == "json" else text)
+    if settings.redact_pii:
+        handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("supportbot")
+    if _installed is not None:
+        logger.removeHandler(_installed)
+    logger.addHandler(handler)
+    logger.setLevel(settings.level)
+    logger.propagate = False
+    _installed = handler
+    return handler

@@ -1,0 +1,62 @@
+"""MemoryStore keeps the Store contract that the engine relies on (it backs benchmarks and embedding)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from supportbot.errors import StorageError
+from supportbot.messages import ToolCall, Usage
+from supportbot.store.base import NewMessage
+from supportbot.store.memory import MemoryStore
+
+
+async def test_verified_and_unverified_identities_never_share_a_record() -> None:
+    store = MemoryStore()
+    verified = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    claimed = await store.get_or_create_customer(email="ANA@example.com ", verified=False)
+    assert claimed.id != verified.id and not claimed.verified
+    assert (await store.get_or_create_customer(email="ana@example.com", verified=True)).id == verified.id
+
+
+async def test_begin_turn_counts_the_turn_and_returns_what_came_before() -> None:
+    store = MemoryStore()
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="test", flow="general")
+    await store.add_messages(conversation.id, [
+        NewMessage(role="assistant", tool_calls=(ToolCall(id="c1", name="t", arguments="{}"),),
+                   usage=Usage(input_tokens=10, output_tokens=2), cost_usd=0.5),
+    ])  # fmt: skip
+    start = await store.begin_turn(conversation.id, NewMessage(role="user", content="hi"), history=10)
+    assert [m.role for m in start.history] == ["assistant"] and start.message.content == "hi"
+    assert start.conversation.turns == 1 and start.conversation.cost_usd == 0.5
+    assert start.customer == customer
+    with pytest.raises(StorageError):
+        await store.begin_turn("missing", NewMessage(role="user", content="x"), history=10)
+
+
+async def test_claims_tickets_and_locks() -> None:
+    store = MemoryStore()
+    assert await store.claim_tool_run("c", "call") and not await store.claim_tool_run("c", "call")
+    ticket = await store.create_ticket(subject="s", conversation_id="c")
+    await store.update_ticket(ticket.id, actor="ops", status="solved", note="done")
+    assert [e.action for e in await store.ticket_events(ticket.id)] == ["created", "status", "note"]
+    assert await store.list_tickets(status="open") == []
+
+    order: list[str] = []
+    inside = asyncio.Event()
+
+    async def first() -> None:
+        async with store.lock("c"):
+            inside.set()
+            await asyncio.sleep(0)
+            order.append("first")
+
+    async def second() -> None:
+        await inside.wait()
+        async with store.lock("c"):
+            order.append("second")
+
+    await asyncio.gather(first(), second())
+    assert order == ["first", "second"] and store._locks == {}

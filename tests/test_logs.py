@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from supportbot.config import LoggingSettings
+from supportbot.logs import configure_logging, redact
+
+
+@pytest.fixture
+def restore_logger() -> Iterator[None]:
+    logger = logging.getLogger("supportbot")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail ana.lima+x@example.co.uk now", "mail [email] now"),
+        ("card 4111 1111 1111 1111 ok", "card [card] ok"),
+        ("call +44 20 7946 0958 please", "call [phone] please"),
+        ("order A1001 costs 129.90", "order A1001 costs 129.90"),
+        ("eta 2026-12-03 10:15, 3 items", "eta 2026-12-03 10:15, 3 items"),
+        ("tel 020 7946 0958", "tel [phone]"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_json_lines_with_personal_data_redacted(restore_logger: None) -> None:
+    out = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), stream=out)
+    logging.getLogger("supportbot.engine").warning("turn failed for %s", "ana@example.com", extra={"flow": "returns"})
+    entry = json.loads(out.getvalue())
+    assert entry["message"] == "turn failed for [email]" and entry["level"] == "WARNING"
+    assert entry["logger"] == "supportbot.engine" and entry["flow"] == "returns"
+
+
+def test_text_format_level_and_no_redaction_when_off(restore_logger: None) -> None:
+    out = io.StringIO()
+    configure_logging(LoggingSettings(level="WARNING", redact_pii=False), stream=out)
+    logging.getLogger("supportbot.x").info("hidden")
+    logging.getLogger("supportbot.x").error("for ana@example.com")
+    assert "hidden" not in out.getvalue() and "ERROR supportbot.x: for ana@example.com" in out.getvalue()

@@ -16,18 +16,22 @@ from dataclasses import asdict
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from supportbot._version import __version__
-from supportbot.config import Config, load_config
 from supportbot.errors import SupportbotError
 from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
-from supportbot.logs import configure_logging
-from supportbot.runtime import NO_MODEL, Runtime, check_orders, load_tools_and_flows, open_runtime
 from supportbot.store.base import StoredMessage, Ticket
 from supportbot.terminal import safe
+
+if TYPE_CHECKING:
+    from supportbot.config import Config
+    from supportbot.runtime import Runtime
+
+# The engine, the store and the HTTP client are imported inside the commands that use them,
+# so that `supportbot --version` and `--help` start at once.
 
 T = TypeVar("T")
 DEMO_CUSTOMER = "ana@example.com"
@@ -52,6 +56,9 @@ def echo(text: object = "", *, err: bool = False, nl: bool = True, **style: Any)
 
 
 def _config(path: str | None) -> Config:
+    from supportbot.config import load_config
+    from supportbot.logs import configure_logging
+
     try:
         config = load_config(path)
     except SupportbotError as exc:
@@ -80,6 +87,8 @@ def main() -> None:
 @config_option
 def validate(config_path: str | None) -> None:
     """Check the configuration, the flows and the tools; print what would run."""
+    from supportbot.runtime import check_orders, load_tools_and_flows
+
     config = _config(config_path)
     try:
         tools, flows = load_tools_and_flows(config)
@@ -110,6 +119,8 @@ def validate(config_path: str | None) -> None:
 @_run
 async def chat(config_path: str | None, flow: str | None, email: str | None, demo: bool) -> None:
     """Talk to a flow in the terminal; replies stream as they are generated. Reads piped stdin too."""
+    from supportbot.runtime import open_runtime
+
     config = _config(config_path)
     runtime = await open_runtime(config, demo=demo)
     try:
@@ -119,6 +130,8 @@ async def chat(config_path: str | None, flow: str | None, email: str | None, dem
 
 
 async def _chat(runtime: Runtime, *, flow: str | None, email: str | None, demo: bool) -> None:
+    from supportbot.runtime import NO_MODEL
+
     interactive = sys.stdin.isatty()
     store = runtime.store
     customer = await store.get_or_create_customer(email=email, verified=email is not None)

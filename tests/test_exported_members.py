@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 import supportbot
 
 
@@ -10,7 +12,11 @@ def test_all_is_complete_without_duplicates() -> None:
         assert hasattr(supportbot, name), name
 
 
-def test_public_names_are_exported() -> None:
-    public = {n for n in vars(supportbot) if not n.startswith("_") and n != "annotations"}
-    modules = {n for n, v in vars(supportbot).items() if type(v).__name__ == "module"}
-    assert public - modules == set(supportbot.__all__) - {"__version__"}
+def test_the_lazy_names_are_exactly_the_exported_ones() -> None:
+    assert set(supportbot._LAZY) == set(supportbot.__all__) - {"__version__"}
+    assert set(supportbot.__all__) <= set(dir(supportbot))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'tol'"):
+        _ = supportbot.tol  # type: ignore[attr-defined]

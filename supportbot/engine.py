@@ -185,13 +185,12 @@ class Engine:
             conversation = start.conversation
             if refusal:
                 # Kept (nothing is lost) but not processed: the customer is told why.
-                reply = refusal
                 saved = await self.store.add_messages(
                     conversation_id,
-                    [NewMessage(role="assistant", content=reply, kind="notice", flow=conversation.flow)],
+                    [NewMessage(role="assistant", content=refusal, kind="notice", flow=conversation.flow)],
                 )
-                yield TextDelta(text=reply, seq=0)
-                yield TurnFinished(text=reply, message_id=saved[0].id)
+                yield TextDelta(text=refusal, seq=0)
+                yield TurnFinished(text=refusal, message_id=saved[0].id)
                 return
             if conversation.status == "human":
                 # A person has this conversation: the message is stored for them; the bot stays silent.

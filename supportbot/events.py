@@ -1,7 +1,10 @@
 """Events the engine emits while a turn runs; each channel decides how to render them.
 
-A turn yields ``TurnStarted``, then any number of ``TextDelta``/``ToolCallStarted``/``ToolCallFinished``/
-``Handoff``, and ends with exactly one ``TurnFinished`` or ``TurnFailed``.
+A turn ends with exactly one ``TurnFinished`` or ``TurnFailed``. When the bot works on the
+message, ``TurnStarted`` comes first, then any number of ``TextDelta``/``ToolCallStarted``/
+``ToolCallFinished``/``Handoff``. A message that is refused (too long, too many images) gets one
+``TextDelta`` with the reason; one sent while a person has the conversation gets only
+``TurnFinished`` with empty text.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class SharedAdvisoryLocks:
         self._io = asyncio.Lock()  # one statement at a time on the session
 
     async def close(self) -> None:
-        await self._drop()
+        await self._drop(broken=False)
         await self._engine.dispose()
 
     @asynccontextmanager
@@ -108,13 +108,14 @@ class SharedAdvisoryLocks:
             except BaseException as exc:
                 # Cancelled or failed mid-statement: the session's state is unknown, so end it
                 # (which releases every lock it held) rather than reuse it.
-                await self._drop()
+                await self._drop(broken=True)
                 if isinstance(exc, Exception):
                     raise storage_error(exc, self._engine.url, doing) from exc
                 raise
 
-    async def _drop(self) -> None:
+    async def _drop(self, *, broken: bool) -> None:
         proxied, self._proxied = self._proxied, None
         if proxied is not None:
-            logger.warning("closing the conversation-lock session; locks held on it are released")
+            if broken:
+                logger.warning("the conversation-lock session failed; closing it releases the locks it held")
             await greenlet_spawn(proxied.invalidate)

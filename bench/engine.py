@@ -116,31 +116,55 @@ async def drive(
 # -- the bare client -----------------------------------------------------------------------------------
 
 
-async def bare_turns(
-    session: aiohttp.ClientSession, url: str, system: str, tools: list[dict[str, Any]], per_conversation: int
-) -> int:
+@dataclass(frozen=True)
+class BareScript:
+    """What the engine's requests carry, so the bare client sends the same bytes."""
+
+    system: str
+    greeting: str
+    tools: list[dict[str, Any]]
+    tool_result: str
+
+
+async def bare_turns(session: aiohttp.ClientSession, url: str, script: BareScript, per_conversation: int) -> int:
     """A minimal hand-written bot: the same two streamed requests per turn, history in a list, no persistence."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": script.system},
+        {"role": "assistant", "content": script.greeting},
+    ]
     errors = 0
     for _ in range(per_conversation):
         messages.append({"role": "user", "content": QUESTION})
-        calls, text = await bare_request(session, url, messages, tools)
+        calls, text = await bare_request(session, url, messages, script.tools)
         if not calls:
             errors += 1
             continue
         messages.append({"role": "assistant", "content": None, "tool_calls": calls})
         for call in calls:
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": call["id"],
-                    "content": '{"order_id":"A1001","status":"shipped","eta":"2026-12-03"}',
-                }
-            )
-        calls, text = await bare_request(session, url, messages, tools)
+            name = call["function"]["name"]
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": script.tool_result, "name": name})
+        calls, text = await bare_request(session, url, messages, script.tools)
         messages.append({"role": "assistant", "content": text})
         errors += int(not text)
     return errors
+
+
+async def bare_script(runtime: Runtime) -> BareScript:
+    """Run one engine turn and take its system prompt, greeting and tool result as they were sent."""
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation, greeting = await runtime.engine.start_conversation(customer, channel="bench")
+    async for _ in runtime.engine.run_turn(conversation.id, QUESTION):
+        pass
+    stored = await runtime.store.list_messages(conversation.id)
+    flow = runtime.flows.get(conversation.flow)
+    context = TemplateContext(company=runtime.config.company, customer=customer, channel="bench",
+                              now=datetime.now(UTC), conversation_id=conversation.id, flow=flow)  # fmt: skip
+    return BareScript(
+        system=flow.render_system_prompt(context),
+        greeting=greeting or "",
+        tools=runtime.engine._tool_schemas(flow)[0],
+        tool_result=next(m.content or "" for m in stored if m.role == "tool"),
+    )
 
 
 async def bare_request(
@@ -190,7 +214,7 @@ async def bare_request(
 
 def bench_config(base_url: str, db_path: Path) -> Config:
     return Config(
-        llm=LLMSettings(base_url=base_url, api_key="bench"),  # type: ignore[arg-type]
+        llm=LLMSettings(base_url=base_url, api_key="bench"),
         database=DatabaseSettings(url=f"sqlite+aiosqlite:///{db_path}"),
         flows=FlowSettings(dir=EXAMPLES / "flows", default="order_status"),
         orders=FileOrders(source="file", path=EXAMPLES / "orders.yaml"),
@@ -229,15 +253,10 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[f
         memory = await open_runtime(bench_config(base_url, Path(tmp) / "unused.db"), store=MemoryStore())
         session = aiohttp.ClientSession()
         try:
-            flow = sqlite.flows.get("order_status")
-            tools, _ = sqlite.engine._tool_schemas(flow)
-            customer = await sqlite.store.get_or_create_customer(email="ana@example.com", verified=True)
-            context = TemplateContext(company=sqlite.config.company, customer=customer, channel="bench",
-                                      now=datetime.now(UTC), conversation_id="c", flow=flow)  # fmt: skip
-            system = flow.render_system_prompt(context)
+            script = await bare_script(memory)
             n = args.turns_per_conversation
             workloads: dict[str, Callable[[int], Awaitable[int]]] = {
-                MODES[0]: lambda _i: bare_turns(session, url, system, tools, n),
+                MODES[0]: lambda _i: bare_turns(session, url, script, n),
                 MODES[1]: lambda _i: engine_turns(sqlite, n, True),
                 MODES[2]: lambda _i: engine_turns(memory, n, True),
             }

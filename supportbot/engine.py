@@ -237,15 +237,13 @@ class Engine:
         for _ in range(limits.max_tool_rounds + 1):
             started = time.perf_counter()
             completion: Completion | None = None
-            turn.round_text = ""
             failure: str | None = None
             try:
                 async for chunk in self.llm.stream(self._request(turn)):
                     if isinstance(chunk, TextChunk):
-                        if not turn.round_text and turn.text and not turn.text[-1].isspace():
-                            yield self._delta(turn, "\n\n")  # keep a new round's text apart from the last
+                        starts_block = not turn.round_text
                         turn.round_text += chunk.text
-                        yield self._delta(turn, chunk.text)
+                        yield self._delta(turn, chunk.text, starts_block=starts_block)
                     else:
                         completion = chunk
             except LLMError as exc:
@@ -289,7 +287,7 @@ class Engine:
                 record = dataclasses.replace(record, status="pending")
             # Stored before any tool runs: a crash in the middle leaves the calls on record.
             await self.store.add_messages(turn.conversation.id, [record])
-            turn.round_text = ""
+            turn.round_text = ""  # stored with the calls; the next round starts afresh
             turn.history.append(message)
             async for event in self._run_calls(turn, [c for c in message.tool_calls if c not in held]):
                 yield event
@@ -299,9 +297,7 @@ class Engine:
                     turn.conversation.id,
                     [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],
                 )
-                if turn.text and not turn.text[-1].isspace():
-                    yield self._delta(turn, "\n\n")
-                yield self._delta(turn, prompt)
+                yield self._delta(turn, prompt, starts_block=True)
                 yield TurnFinished(
                     text=turn.text,
                     message_id=saved[0].id,
@@ -314,7 +310,10 @@ class Engine:
             yield event
 
     @staticmethod
-    def _delta(turn: _Turn, text: str) -> TextDelta:
+    def _delta(turn: _Turn, text: str, *, starts_block: bool = False) -> TextDelta:
+        """The next piece of the reply; a new block (another model round, a prompt) is set apart."""
+        if starts_block and turn.text and not turn.text[-1].isspace():
+            text = "\n\n" + text
         turn.text += text
         turn.seq += 1
         return TextDelta(text=text, seq=turn.seq - 1)

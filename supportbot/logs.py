@@ -19,10 +19,8 @@ from supportbot.config import LoggingSettings
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{7,}\d\b")
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _phone(match: re.Match[str]) -> str:

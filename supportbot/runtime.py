@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class Runtime:
     http: aiohttp.ClientSession
     orders: OrderSource
     engine: Engine
+    closing: AsyncExitStack
 
     @property
     def has_model(self) -> bool:
@@ -64,10 +65,8 @@ class Runtime:
         return isinstance(self.llm, DemoLLM) or llm.api_key is not None or llm.base_url != DEFAULT_BASE_URL
 
     async def aclose(self) -> None:
-        await self.orders.aclose()
-        await self.llm.aclose()
-        await self.http.close()
-        await self.store.close()
+        """Close everything the runtime holds, the last opened first."""
+        await self.closing.aclose()
 
 
 async def open_runtime(
@@ -75,23 +74,21 @@ async def open_runtime(
 ) -> Runtime:
     """Open the store (creating a new database), the HTTP session, the order source and the model client.
 
-    ``llm`` and ``store`` replace the configured ones (tests, benchmarks, embedding).
+    ``llm`` and ``store`` replace the configured ones (tests, benchmarks, embedding); the runtime
+    closes them with the rest.
     """
     tools, flows = load_tools_and_flows(config)
-    opened: list[Callable[[], Awaitable[None]]] = []  # closed in reverse if a later step fails
-    try:
+    async with AsyncExitStack() as stack:  # on a failure, what was opened so far is closed
         if store is None:
             store = await SQLStore.open(config.database.url, echo=config.database.echo)
-            opened.append(store.close)
+        stack.push_async_callback(store.close)
         http = aiohttp.ClientSession()
-        opened.append(http.close)
+        stack.push_async_callback(http.close)
         orders = make_order_source(config.orders, database_url=config.database.url, http=http)
-        opened.append(orders.aclose)
+        stack.push_async_callback(orders.aclose)
         model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm, session=http))
-    except BaseException:
-        for close in reversed(opened):
-            await close()
-        raise
-    engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
-    return Runtime(config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders,
-                   engine=engine)  # fmt: skip
+        stack.push_async_callback(model.aclose)
+        engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
+        return Runtime(config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders,
+                       engine=engine, closing=stack.pop_all())  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises

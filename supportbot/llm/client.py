@@ -302,7 +302,7 @@ class OpenAICompatibleLLM:
                     if text:
                         pieces.append(text)
                 if pieces:
-                    yield TextChunk(text=pieces[0] if len(pieces) == 1 else "".join(pieces))
+                    yield TextChunk(text="".join(pieces))
                 if finished:
                     break
                 watchdog.since = loop.time()
@@ -342,7 +342,7 @@ class OpenAICompatibleLLM:
                 yield TextChunk(text=whole.message.content)
             yield whole
         else:
-            yield self._completion(acc, b"")
+            yield acc.completion()
 
     async def _complete_once(self, payload: bytes) -> Completion:
         timeouts = self._settings.timeouts
@@ -378,13 +378,7 @@ class OpenAICompatibleLLM:
             acc.add(chunk)
         except (AttributeError, TypeError, ValueError) as exc:
             raise not_json_error(self.url, body, "an answer that is not a chat completion") from exc
-        return self._completion(acc, body)
-
-    def _completion(self, acc: ChunkAccumulator, body: bytes) -> Completion:
-        try:
-            return acc.completion()
-        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a usage object of the wrong shape
-            raise not_json_error(self.url, body, "an answer whose usage is not a usage object") from exc
+        return acc.completion()
 
     def _timeout(self, which: str) -> LLMTimeout:
         return timeout_error(self.url, which, getattr(self._settings.timeouts, f"{which}_s"))

@@ -211,6 +211,36 @@ class Engine:
             async for event in self._loop(turn):
                 yield event
 
+    async def resume_turn(self, conversation_id: str) -> AsyncIterator[Event]:
+        """Finish a turn that a stop cut off after the customer's message was stored.
+
+        Yields the events ``run_turn`` would have yielded from there on. A turn that in fact
+        ended (its reply is stored), or a conversation a person has taken, gives only a
+        ``TurnFinished`` with empty text.
+        """
+        async with self.store.lock(conversation_id):
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None:
+                raise ConfigError(f"there is no conversation {conversation_id!r} to resume")
+            stored = await self.store.list_messages(conversation_id, last=HISTORY_LIMIT)
+            last_user = max((i for i, m in enumerate(stored) if m.role == "user"), default=None)
+            answered = last_user is None or any(
+                m.role == "assistant" and not m.tool_calls and m.content for m in stored[last_user + 1 :]
+            )
+            customer = await self.store.get_customer(conversation.customer_id)
+            if answered or conversation.status != "bot" or customer is None:
+                yield TurnFinished(text="", message_id=None)
+                return
+            turn = _Turn(
+                conversation=conversation,
+                customer=customer,
+                flow=self.flows.get(conversation.flow),
+                history=to_chat_messages(stored),
+            )
+            yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
+            async for event in self._loop(turn):
+                yield event
+
     def _refusal(self, text: str, images: Sequence[ImagePart]) -> str | None:
         """Why a message is too large to process, in words for the customer; None when it is fine."""
         limits = self.config.limits

@@ -282,7 +282,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
     assert dump["connectors"]["slack"]["enabled"] is True
     assert dump["llm"]["api_key"] == "**********"
     assert dump["database"]["url"] == "postgresql+asyncpg://bot:***@db.example/support"
-    assert config.connectors["slack"]["bot_token"] == "xoxb-sk-live-123456"  # the program still has it
+    assert config.connectors.slack["bot_token"] == "xoxb-sk-live-123456"  # the program still has it
 
 
 # --- relative paths -----------------------------------------------------------------------------

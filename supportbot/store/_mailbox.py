@@ -109,9 +109,11 @@ class MailboxMixin(SQLBase):
         async with self._begin("updating an inbound message") as connection:
             await connection.execute(update(_i).where(_i.c.id == inbox_id).values(**values))
 
-    async def inbox_pending(self, channel: str | None = None, *, limit: int = 100) -> list[InboxItem]:
-        """Inbound messages still ``received`` (not yet taken by the engine), oldest first: the work to resume."""
-        query = select(*_INBOX_COLS).where(_i.c.status == "received").order_by(_i.c.id).limit(limit)
+    async def inbox_pending(
+        self, channel: str | None = None, *, statuses: Sequence[str] = ("received",), limit: int = 100
+    ) -> list[InboxItem]:
+        """Inbound messages in one of ``statuses`` (by default not yet taken by the engine), oldest first."""
+        query = select(*_INBOX_COLS).where(_i.c.status.in_(statuses)).order_by(_i.c.id).limit(limit)
         if channel is not None:
             query = query.where(_i.c.channel == channel)
         async with self._begin("listing inbound messages") as connection:

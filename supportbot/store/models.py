@@ -40,6 +40,7 @@ __all__ = [
     "Base",
     "CleanText",
     "ConversationRow",
+    "ConversationTokenRow",
     "CustomerRow",
     "InboxRow",
     "MessageRow",
@@ -51,6 +52,7 @@ __all__ = [
     "UTCDateTime",
     "clean_json",
     "clean_text",
+    "conversation_tokens",
     "conversations",
     "customers",
     "inbox",
@@ -311,6 +313,16 @@ class OutboxRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class ConversationTokenRow(Base):
+    """A channel's access token to one conversation (the web widget's), kept only as a SHA-256 hash."""
+
+    __tablename__ = "conversation_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(32), ForeignKey("conversations.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class OrderRow(Base):
     """The demo/SQL order source. ``data`` holds any further fields of the shop's order."""
 
@@ -339,3 +351,4 @@ ticket_events = cast(Table, TicketEventRow.__table__)
 inbox = cast(Table, InboxRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 orders = cast(Table, OrderRow.__table__)
+conversation_tokens = cast(Table, ConversationTokenRow.__table__)

@@ -1,0 +1,245 @@
+"""The web channel's operations, shared by the REST API and the widget's WebSocket.
+
+Opening a conversation (with an anonymous or a signed identity), checking a token, taking a
+customer's message (validated, then stored durably through the dispatcher before it is
+acknowledged), and the history a client rebuilds its view from.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connectors.web import wire
+from connectors.web.security import (
+    RateLimiter,
+    client_ip,
+    hash_token,
+    identity_valid,
+    new_token,
+    origin_allowed,
+    retry_after,
+    token_from_request,
+)
+from supportbot.config import WebSettings
+from supportbot.dispatch import Accepted, Dispatcher, Inbound
+from supportbot.errors import ConfigError
+from supportbot.llm.demo import DemoLLM
+from supportbot.messages import ImagePart
+from supportbot.runtime import Runtime
+from supportbot.server import max_message_bytes
+from supportbot.store.base import ConversationTokens, Mailboxes, Store
+
+__all__ = ["CHANNEL", "Refused", "WebChannel"]
+
+CHANNEL = "web"
+HISTORY_MESSAGES = 100
+_IMAGE_URL = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/=\s]+)$")
+
+
+class Refused(Exception):
+    """A request the channel refuses: an HTTP status, a code and words that say what to do."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class WebStore(Store, Mailboxes, ConversationTokens):
+    """What the web channel needs of storage (``SQLStore`` has it all)."""
+
+
+class _User(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, min_length=1, max_length=200)
+    email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str | None = Field(None, max_length=200)
+    hash: str | None = Field(None, max_length=200)
+
+
+class NewConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: _User | None = None
+    flow: str | None = Field(None, max_length=64)
+
+
+class _Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+
+
+class NewMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    images: list[_Image] = []
+    client_message_id: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    """Validate a client's JSON against ``model``; a mistake is a 400 naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise Refused(400, "bad_request", f"{where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Opened:
+    id: str
+    token: str
+    verified: bool
+    greeting: str | None
+
+
+class WebChannel:
+    """Everything the web routes share: settings, store, dispatcher and the rate limiters."""
+
+    def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
+        self.runtime = runtime
+        self.settings: WebSettings = runtime.config.connectors.web
+        self.store: WebStore = runtime.store  # type: ignore[assignment]
+        self.dispatcher = dispatcher
+        self.demo = isinstance(runtime.llm, DemoLLM)
+        secret = self.settings.identity_secret
+        # The demo page signs in a demo customer; with no secret configured, a per-process one serves it.
+        self.identity_secret = secret.get_secret_value() if secret else secrets.token_hex(32) if self.demo else None
+        limits = self.settings.rate_limits
+        self.per_ip = RateLimiter(limits.requests_per_minute_per_ip, 60)
+        self.new_per_ip = RateLimiter(limits.conversations_per_hour_per_ip, 3600)
+        self.per_conversation = RateLimiter(limits.messages_per_minute_per_conversation, 60)
+        self.max_message_bytes = max_message_bytes(runtime.config.limits)
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check_origin(self, request: web.Request) -> None:
+        if not origin_allowed(request, self.settings):
+            raise Refused(
+                403, "origin_not_allowed",
+                f"the origin {request.headers.get('Origin')} may not use this server; add it to "
+                f"connectors.web.allowed_origins in the server's config",
+            )  # fmt: skip
+
+    def check_ip(self, request: web.Request, limiter: RateLimiter | None = None) -> None:
+        ip = client_ip(request, trust_forwarded_for=self.runtime.config.server.trust_forwarded_for)
+        wait = (limiter or self.per_ip).hit(ip)
+        if wait:
+            self.runtime_metrics_error("rate_limited")
+            raise Refused(429, "rate_limited", f"too many requests; try again in {retry_after(wait)} s",
+                          retry_after=wait)  # fmt: skip
+
+    def runtime_metrics_error(self, kind: str) -> None:
+        metrics = self.dispatcher.metrics
+        if metrics is not None:
+            metrics.errors.labels(kind).inc()
+
+    async def authorize(self, request: web.Request, conversation_id: str | None = None) -> str:
+        """The conversation the request's token opens; it must be ``conversation_id`` when one is named."""
+        token = token_from_request(request)
+        if not token:
+            raise Refused(401, "unauthorized", "send the conversation's token as 'Authorization: Bearer <token>'")
+        found = await self.store.conversation_for_token(hash_token(token))
+        if found is None or (conversation_id is not None and found != conversation_id):
+            self.runtime_metrics_error("unauthorized")
+            raise Refused(401, "unauthorized", "this token does not open this conversation; open a new conversation")
+        return found
+
+    # -- operations --------------------------------------------------------------------------------
+
+    async def open_conversation(self, body: NewConversation) -> Opened:
+        user = body.user
+        verified = False
+        if user is not None and user.hash is not None:
+            identifier = user.id or user.email
+            if identifier is None:
+                raise Refused(400, "bad_request", "user.hash signs user.id (or user.email); send the one it signs")
+            if self.identity_secret is None:
+                raise Refused(403, "identity_invalid",
+                              "this server has no connectors.web.identity_secret, so it cannot verify user.hash; "
+                              "set it, or boot the widget without a hash")  # fmt: skip
+            if not identity_valid(self.identity_secret, identifier, user.hash):
+                self.runtime_metrics_error("identity_invalid")
+                raise Refused(403, "identity_invalid",
+                              "user.hash is not the HMAC-SHA256 of the user's id with the identity secret; "
+                              "compute it on your server with connectors.web.identity_secret")  # fmt: skip
+            verified = True
+        customer = await self.store.get_or_create_customer(
+            email=user.email if user else None,
+            external_id=f"web:{user.id}" if user and user.id else None,
+            name=user.name if user else None,
+            verified=verified,
+        )
+        try:
+            conversation, greeting = await self.runtime.engine.start_conversation(customer, channel=CHANNEL,
+                                                                                  flow=body.flow)  # fmt: skip
+        except ConfigError as exc:
+            raise Refused(400, "bad_request", f"flow: {exc}") from None
+        token = new_token()
+        await self.store.add_conversation_token(conversation.id, hash_token(token))
+        return Opened(id=conversation.id, token=token, verified=verified, greeting=greeting)
+
+    async def accept(self, conversation_id: str, body: NewMessage) -> Accepted:
+        """Validate and durably store a customer's message; its turn runs in the background."""
+        text = body.text
+        if not text.strip() and not body.images:
+            raise Refused(400, "bad_request", "text: write a message (or attach an image)")
+        limits = self.runtime.config.limits
+        images = tuple(ImagePart(url=_image_url(image.url, limits.max_image_bytes)) for image in body.images)
+        wait = self.per_conversation.hit(conversation_id)
+        if wait:
+            self.runtime_metrics_error("rate_limited")
+            raise Refused(429, "rate_limited",
+                          f"too many messages in this conversation; wait {retry_after(wait)} s and send it again",
+                          retry_after=wait)  # fmt: skip
+        client_id = body.client_message_id or uuid.uuid4().hex
+        return await self.dispatcher.submit(
+            Inbound(channel=CHANNEL, external_id=f"{conversation_id}:{client_id}", conversation_id=conversation_id,
+                    text=text, images=images)
+        )  # fmt: skip
+
+    async def history(self, conversation_id: str, *, after: int | None = None) -> dict[str, Any]:
+        """The customer's view of the conversation: recent visible messages and the reply streaming now."""
+        live = self.dispatcher.live(conversation_id)  # read first: the store may already hold part of it
+        conversation = await self.store.get_conversation(conversation_id)
+        if conversation is None:
+            raise Refused(404, "not_found", "this conversation no longer exists; open a new one")
+        stored = await self.store.list_messages(conversation_id, last=HISTORY_MESSAGES * 3)
+        if live is not None:
+            # What the live turn stored so far (text before a tool call) is part of the live text.
+            last_user = max((i for i, m in enumerate(stored) if m.role == "user"), default=-1)
+            stored = stored[: last_user + 1]
+        shown = [wire.message(m) for m in stored if wire.visible(m) and (after is None or m.id > after)]
+        return {
+            "conversation": {"id": conversation.id, "status": conversation.status},
+            "messages": shown[-HISTORY_MESSAGES:],
+            "live": wire.live(live),
+        }
+
+
+def _image_url(url: str, max_bytes: int) -> str:
+    """Accept a base64 data URL of a PNG, JPEG, GIF or WebP image; an http(s) URL would make us fetch for them."""
+    match = _IMAGE_URL.match(url)
+    if match is None:
+        raise Refused(400, "bad_request",
+                      "images[].url: send the image as a data URL of a PNG, JPEG, GIF or WebP "
+                      "(data:image/png;base64,...)")  # fmt: skip
+    payload = match.group(2)
+    if len(payload) * 3 // 4 > max_bytes:
+        raise Refused(413, "too_large", f"an image is larger than {max_bytes // 1_000_000 or 1} MB; send a smaller one")
+    try:
+        base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        raise Refused(400, "bad_request", "images[].url: the base64 data is not valid") from None
+    return url

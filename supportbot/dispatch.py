@@ -1,0 +1,326 @@
+"""From a channel's message to the engine and back out to everyone watching the conversation.
+
+A channel hands the ``Dispatcher`` an ``Inbound`` message. ``submit`` stores it in the durable
+inbox (UNIQUE per channel and external id) and returns only then, so the channel may acknowledge
+it: a redelivered message is recognised and not answered twice. The turn runs in a task of its
+own, one after another per conversation in arrival order, so a channel that goes away (a closed
+browser tab) never cuts a turn short. Every event of the turn is published to the conversation's
+subscribers (open widget tabs, an SSE stream), and the reply being streamed is kept as a
+``LiveTurn`` so a client that reconnects mid-reply can be shown what it missed.
+
+Inbox statuses: ``received`` (stored, the engine has not taken it), ``stored`` (the engine stored
+the customer's message), ``done``. On start, ``resume`` runs what a stopped server left
+``received`` or ``stored``; ``drain`` lets running turns finish within a grace period and hands
+the rest back to the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from supportbot.engine import Engine
+from supportbot.errors import SupportbotError
+from supportbot.events import (
+    Event,
+    Handoff,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
+from supportbot.messages import ImagePart
+from supportbot.metrics import Metrics
+from supportbot.store.base import InboxItem
+
+__all__ = ["Accepted", "CustomerMessage", "Dispatcher", "Inbound", "LiveTurn", "Published", "TurnEvent", "Unavailable"]
+
+log = logging.getLogger("supportbot.dispatch")
+
+SAVED_TEXT = (
+    "I'm sorry, something went wrong on our side and I couldn't answer just now. "
+    "Your message is saved, and it will be answered as soon as the problem is fixed."
+)
+
+
+class Unavailable(SupportbotError):
+    """The server is shutting down and takes no new messages; the channel should ask the client to retry."""
+
+
+class _Inbox(Protocol):
+    async def inbox_add(
+        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
+    ) -> int | None: ...
+    async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None: ...
+    async def inbox_pending(
+        self, channel: str | None = None, *, statuses: tuple[str, ...] = ("received",), limit: int = 100
+    ) -> list[InboxItem]: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Inbound:
+    """A customer's message as a channel received it; ``external_id`` is unique per channel."""
+
+    channel: str
+    external_id: str
+    conversation_id: str
+    text: str
+    images: tuple[ImagePart, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Accepted:
+    """``turn`` numbers the message's turn (its inbox id); ``duplicate``: it was stored before, not answered again."""
+
+    turn: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TurnEvent:
+    turn: int
+    event: Event
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CustomerMessage:
+    """A customer's message was accepted (shown to the conversation's other open clients)."""
+
+    turn: int
+    channel: str
+    external_id: str
+    text: str
+    images: int
+
+
+Published = TurnEvent | CustomerMessage
+
+
+@dataclass(kw_only=True)
+class LiveTurn:
+    """The reply streaming now: its text so far up to delta ``seq`` and the tool running, if any."""
+
+    turn: int
+    text: str = ""
+    seq: int = -1
+    tool: str | None = None
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What is published to one conversation, for one client, in order. Iterate it; ``close`` when done."""
+
+    conversation_id: str
+    _dispatcher: Dispatcher
+    _queue: asyncio.Queue[Published | None] = field(default_factory=asyncio.Queue)
+
+    def __aiter__(self) -> AsyncIterator[Published]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Published]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def next(self, within: float | None = None) -> Published | None:
+        """The next item; None once closed. Raises TimeoutError when nothing came within ``within`` seconds."""
+        return await asyncio.wait_for(self._queue.get(), within)
+
+    def close(self) -> None:
+        self._dispatcher._unsubscribe(self)
+        self._queue.put_nowait(None)
+
+
+class Dispatcher:
+    """Durable intake, one task per turn, and live fan-out of the turn's events.
+
+    Args:
+        engine: runs the turns.
+        inbox: the durable inbox (``SQLStore`` is one).
+        metrics: counts turns, latency and errors; optional.
+    """
+
+    def __init__(self, engine: Engine, inbox: _Inbox, *, metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.inbox = inbox
+        self.metrics = metrics
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._live: dict[str, LiveTurn] = {}
+        self._tails: dict[str, asyncio.Task[None]] = {}  # the newest turn task of each conversation
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+
+    @property
+    def running(self) -> int:
+        """Turns running or waiting for their conversation's previous turn."""
+        return len(self._tasks)
+
+    async def submit(self, message: Inbound) -> Accepted:
+        """Store the message durably and start its turn; returns once it is stored.
+
+        Raises:
+            Unavailable: the server is draining.
+            StorageError: it could not be stored; the channel must not acknowledge it.
+        """
+        if not self._accepting:
+            raise Unavailable("the server is shutting down; send the message again in a moment")
+        payload = {"text": message.text, "images": [image.url for image in message.images]}
+        inbox_id = await self.inbox.inbox_add(
+            message.channel, message.external_id, payload, conversation_id=message.conversation_id
+        )
+        if inbox_id is None:
+            return Accepted(turn=0, duplicate=True)
+        self.publish(
+            message.conversation_id,
+            CustomerMessage(turn=inbox_id, channel=message.channel, external_id=message.external_id,
+                            text=message.text, images=len(message.images)),
+        )  # fmt: skip
+        self._start(inbox_id, message, stored=False)
+        return Accepted(turn=inbox_id)
+
+    async def resume(self, *, limit: int = 1000) -> int:
+        """Run again what a stopped server left unanswered; returns how many turns were started."""
+        items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=limit)
+        for item in items:
+            if item.conversation_id is None or not isinstance(item.payload, dict):
+                await self.inbox.inbox_set_status(item.id, "failed")
+                continue
+            message = Inbound(
+                channel=item.channel,
+                external_id=item.external_id,
+                conversation_id=item.conversation_id,
+                text=str(item.payload.get("text") or ""),
+                images=tuple(ImagePart(url=str(url)) for url in item.payload.get("images") or ()),
+            )
+            self._start(item.id, message, stored=item.status == "stored")
+        if items:
+            log.info("resumed %d unanswered message(s) left by the last run", len(items))
+        return len(items)
+
+    async def drain(self, grace: float) -> int:
+        """Take no new messages, let running turns finish for up to ``grace`` seconds, hand back the rest.
+
+        Returns how many turns were handed back to the inbox (``resume`` runs them at the next start).
+        """
+        self._accepting = False
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        unfinished = list(self._tasks)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            log.warning("handed %d unfinished turn(s) back to the inbox; they resume at the next start",
+                        len(unfinished))  # fmt: skip
+        return len(unfinished)
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def subscribe(self, conversation_id: str) -> Subscription:
+        subscription = Subscription(conversation_id, self)
+        self._subscribers.setdefault(conversation_id, set()).add(subscription)
+        return subscription
+
+    def subscribers(self, conversation_id: str) -> int:
+        return len(self._subscribers.get(conversation_id, ()))
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.conversation_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.conversation_id]
+
+    def publish(self, conversation_id: str, item: Published) -> None:
+        for subscription in self._subscribers.get(conversation_id, ()):
+            subscription._queue.put_nowait(item)
+
+    def live(self, conversation_id: str) -> LiveTurn | None:
+        """The reply streaming in this conversation now, if any."""
+        return self._live.get(conversation_id)
+
+    # -- running turns -----------------------------------------------------------------------------
+
+    def _start(self, inbox_id: int, message: Inbound, *, stored: bool) -> None:
+        previous = self._tails.get(message.conversation_id)
+        task = asyncio.create_task(self._run(inbox_id, message, stored=stored, after=previous))
+        self._tasks.add(task)
+        self._tails[message.conversation_id] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._tails.get(message.conversation_id) is finished:
+                del self._tails[message.conversation_id]
+
+        task.add_done_callback(done)
+
+    async def _run(self, inbox_id: int, message: Inbound, *, stored: bool, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait({after})  # arrival order within a conversation
+        conversation_id = message.conversation_id
+        live = LiveTurn(turn=inbox_id)
+        metrics = self.metrics
+        started = time.perf_counter()
+        first = True
+        if metrics:
+            metrics.turns_in_progress.inc()
+        try:
+            if stored:
+                events = self.engine.resume_turn(conversation_id)
+            else:
+                events = self.engine.run_turn(conversation_id, message.text, images=message.images)
+            async with aclosing(cast(AsyncGenerator[Event, None], events)) as stream:
+                async for event in stream:
+                    if not stored:
+                        # The engine stored the customer's message: a restart must not store it again.
+                        stored = True
+                        await self.inbox.inbox_set_status(inbox_id, "stored")
+                    if first and isinstance(event, TextDelta) and metrics:
+                        metrics.first_token_seconds.labels(message.channel).observe(time.perf_counter() - started)
+                        first = False
+                    self._follow(conversation_id, live, event)
+                    if metrics:
+                        metrics.turn_event(message.channel, event)
+                    self.publish(conversation_id, TurnEvent(turn=inbox_id, event=event))
+            await self.inbox.inbox_set_status(inbox_id, "done")
+            if metrics:
+                metrics.turn_seconds.labels(message.channel).observe(time.perf_counter() - started)
+        except asyncio.CancelledError:
+            raise  # draining: the inbox keeps it for the next start
+        except Exception as exc:
+            # Storage down or a bug: the inbox keeps the message for the next start; the client hears now.
+            log.exception("turn %d of conversation %s failed", inbox_id, conversation_id)
+            if metrics:
+                metrics.errors.labels(type(exc).__name__).inc()
+            failed = TurnFailed(
+                reason=f"{type(exc).__name__}: {exc}",
+                fallback_text=SAVED_TEXT,
+                ticket_id=None,
+                message_id=None,
+            )
+            self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
+        finally:
+            if metrics:
+                metrics.turns_in_progress.dec()
+            if self._live.get(conversation_id) is live:
+                del self._live[conversation_id]
+
+    def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
+        """Keep the conversation's ``LiveTurn`` up to date with the turn's events."""
+        if isinstance(event, TurnStarted):
+            self._live[conversation_id] = live
+        elif isinstance(event, TextDelta):
+            live.text += event.text
+            live.seq = event.seq
+        elif isinstance(event, ToolCallStarted):
+            live.tool = event.name
+        elif isinstance(event, ToolCallFinished | Handoff):
+            live.tool = None
+        elif isinstance(event, TurnFinished | TurnFailed) and self._live.get(conversation_id) is live:
+            del self._live[conversation_id]

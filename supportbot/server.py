@@ -1,0 +1,219 @@
+"""``supportbot serve``: one aiohttp server for health, metrics and every enabled channel.
+
+The core serves ``/healthz``, ``/readyz`` and ``/metrics``; channels add their routes through the
+``supportbot.connectors`` entry point group (``connectors.web`` is one), so this package never
+imports a connector. ``serve`` binds, resumes what a previous run left unanswered, and on
+SIGTERM or SIGINT stops taking messages, lets running turns finish within
+``server.drain_timeout_s`` and hands the rest back to the inbox before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from aiohttp import web
+
+from supportbot.config import Config, LimitSettings
+from supportbot.dispatch import Dispatcher
+from supportbot.errors import ConfigError
+from supportbot.metrics import CONTENT_TYPE, Metrics
+from supportbot.runtime import NO_MODEL, Runtime, open_runtime
+
+__all__ = [
+    "CONNECTOR_GROUP",
+    "DISPATCHER",
+    "METRICS",
+    "RUNTIME",
+    "build_app",
+    "error_response",
+    "max_message_bytes",
+    "serve",
+]
+
+log = logging.getLogger("supportbot.server")
+access_log = logging.getLogger("supportbot.access")
+
+CONNECTOR_GROUP = "supportbot.connectors"
+RUNTIME = web.AppKey("runtime", Runtime)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON error every refused request gets: ``{"error": {"code", "message"}}``."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Access log, request metrics, safe default headers, and JSON for errors a handler did not catch."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        # aiohttp's own refusals (413 body too large, 404, 405) in the same JSON shape as ours.
+        code = "too_large" if exc.status == 413 else exc.reason.lower().replace(" ", "_")
+        response = error_response(exc.status, code, exc.text if exc.status == 413 and exc.text else exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        request.app[METRICS].errors.labels("http_500").inc()
+        return error_response(500, "internal_error", "the server failed on this request; it has been logged")
+    finally:
+        elapsed = time.perf_counter() - started
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_seconds.labels(route).observe(elapsed)
+        access_log.info(
+            "%s %s %d %.1fms", request.method, route, status, elapsed * 1000,
+            extra={"method": request.method, "route": route, "status": status, "duration_ms": round(elapsed * 1000, 1),
+                   "remote": request.remote},
+        )  # fmt: skip
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    return response
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """The process is up and serving (liveness)."""
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: the database answers, flows are loaded, not shutting down."""
+    runtime = request.app[RUNTIME]
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(runtime.store.get_conversation("readyz"), timeout=5)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    checks["flows"] = f"{len(runtime.flows)} loaded" if len(runtime.flows) else "none loaded"
+    checks["model"] = (
+        "connected" if runtime.has_model else "none: " + NO_MODEL.format(base_url=runtime.config.llm.base_url)
+    )
+    draining = request.app[DRAINING].is_set()
+    if draining:
+        checks["server"] = "shutting down"
+    ready = checks["database"] == "ok" and len(runtime.flows) > 0 and not draining
+    return web.json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _enabled(config: Config, name: str) -> bool:
+    section: Any = getattr(config.connectors, name, None)
+    if section is None:
+        return False
+    enabled = section.get("enabled", False) if isinstance(section, dict) else getattr(section, "enabled", False)
+    return bool(enabled)
+
+
+def max_message_bytes(limits: LimitSettings) -> int:
+    """The largest request a customer's message can need: its images in base64, its text, and JSON around."""
+    return limits.max_images_per_message * (limits.max_image_bytes * 4 // 3 + 64) + limits.max_message_chars * 4 + 4096
+
+
+def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Application:
+    """The server for this runtime, with the core routes and every enabled connector's."""
+    config = runtime.config
+    max_body = config.limits.max_images_per_message * config.limits.max_image_bytes * 4 // 3
+    app = web.Application(
+        middlewares=[_observe], client_max_size=max_body + 2 * config.limits.max_message_chars * 4 + 65536
+    )
+    app[RUNTIME] = runtime
+    app[METRICS] = metrics or Metrics()
+    app[DISPATCHER] = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
+    app[DRAINING] = asyncio.Event()
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    for entry in entry_points(group=CONNECTOR_GROUP):
+        if _enabled(config, entry.name):
+            setup: Callable[[web.Application], None] = entry.load()
+            setup(app)
+            log.debug("connector %s enabled", entry.name)
+    return app
+
+
+async def drain(app: web.Application) -> int:
+    """Stop taking messages and let running turns finish; returns how many were handed back."""
+    app[DRAINING].set()
+    grace = app[RUNTIME].config.server.drain_timeout_s
+    return await app[DISPATCHER].drain(grace)
+
+
+async def serve(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    demo: bool = False,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the server until SIGTERM/SIGINT (or ``stop`` is set), then drain and close.
+
+    Args:
+        ready: called with the base URL once the server accepts connections.
+    """
+    runtime = await open_runtime(config, demo=demo)
+    try:
+        app = build_app(runtime)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            host = host or config.server.host
+            port = config.server.port if port is None else port
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror}; choose another port (--port or server.port)"
+                ) from None
+            url = _base_url(runner)
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            resumed = await app[DISPATCHER].resume()
+            log.info("supportbot serving on %s (resumed %d turn(s))", url, resumed)
+            if ready is not None:
+                ready(url)
+            await stop.wait()
+            log.info("shutting down: letting running turns finish (up to %ss)", config.server.drain_timeout_s)
+            handed_back = await drain(app)
+            log.info("stopped; %d turn(s) handed back for the next start", handed_back)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().remove_signal_handler(sig)
+            await runner.cleanup()
+    finally:
+        await runtime.aclose()
+
+
+def _base_url(runner: web.AppRunner) -> str:
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return "http://127.0.0.1"  # pragma: no cover - a started site always has an address

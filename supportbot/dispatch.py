@@ -44,6 +44,7 @@ __all__ = ["Accepted", "CustomerMessage", "Dispatcher", "Inbound", "LiveTurn", "
 
 log = logging.getLogger("supportbot.dispatch")
 
+RESTART_TEXT = "Our support assistant is restarting. Your message is saved, and I'll answer it in a moment."
 SAVED_TEXT = (
     "I'm sorry, something went wrong on our side and I couldn't answer just now. "
     "Your message is saved, and it will be answered as soon as the problem is fixed."
@@ -218,6 +219,9 @@ class Dispatcher:
             await asyncio.gather(*unfinished, return_exceptions=True)
             log.warning("handed %d unfinished turn(s) back to the inbox; they resume at the next start",
                         len(unfinished))  # fmt: skip
+        for subscriptions in list(self._subscribers.values()):
+            for subscription in list(subscriptions):
+                subscription.close()  # open streams end; their clients reconnect to the next server
         return len(unfinished)
 
     # -- fan-out -----------------------------------------------------------------------------------
@@ -287,12 +291,17 @@ class Dispatcher:
                     self._follow(conversation_id, live, event)
                     if metrics:
                         metrics.turn_event(message.channel, event)
+                        if isinstance(event, TurnFinished | TurnFailed):
+                            metrics.turn_seconds.labels(message.channel).observe(time.perf_counter() - started)
                     self.publish(conversation_id, TurnEvent(turn=inbox_id, event=event))
             await self.inbox.inbox_set_status(inbox_id, "done")
-            if metrics:
-                metrics.turn_seconds.labels(message.channel).observe(time.perf_counter() - started)
         except asyncio.CancelledError:
-            raise  # draining: the inbox keeps it for the next start
+            # Draining: the inbox keeps the message for the next start; the client hears why it waits.
+            stopped = TurnFailed(
+                reason="the server stopped", fallback_text=RESTART_TEXT, ticket_id=None, message_id=None
+            )
+            self.publish(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
+            raise
         except Exception as exc:
             # Storage down or a bug: the inbox keeps the message for the next start; the client hears now.
             log.exception("turn %d of conversation %s failed", inbox_id, conversation_id)

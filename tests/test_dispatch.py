@@ -1,0 +1,200 @@
+"""The dispatcher: durable intake, arrival order, fan-out, and turns that survive a stop (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
+from supportbot.dispatch import CustomerMessage, Dispatcher, Inbound, TurnEvent, Unavailable
+from supportbot.events import TextDelta, TurnFailed, TurnFinished, TurnStarted
+from supportbot.metrics import Metrics
+from supportbot.runtime import Runtime, open_runtime
+from supportbot.store.sql import SQLStore
+from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer() as server:
+        yield server
+
+
+def config(fake: FakeLLMServer, db_url: str) -> Config:
+    return Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=db_url),
+    )
+
+
+@pytest.fixture
+async def runtime(fake: FakeLLMServer, db_url: str) -> AsyncIterator[Runtime]:
+    opened = await open_runtime(config(fake, db_url))
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+async def dispatcher(runtime: Runtime) -> AsyncIterator[Dispatcher]:
+    running = Dispatcher(runtime.engine, runtime.store, metrics=Metrics())  # type: ignore[arg-type]
+    yield running
+    await running.drain(5)  # before the runtime closes: no turn may outlive its store
+
+
+async def conversation(runtime: Runtime) -> str:
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com", verified=True)
+    started, _ = await runtime.engine.start_conversation(customer, channel="web")
+    return started.id
+
+
+def inbound(conversation_id: str, text: str, external_id: str | None = None) -> Inbound:
+    return Inbound(channel="web", external_id=external_id or text, conversation_id=conversation_id, text=text)
+
+
+async def until_finished(subscription: object, count: int = 1) -> list[object]:
+    items: list[object] = []
+    finished = 0
+    async with asyncio.timeout(10):
+        async for item in subscription:  # type: ignore[attr-defined]
+            items.append(item)
+            if isinstance(item, TurnEvent) and isinstance(item.event, TurnFinished | TurnFailed):
+                finished += 1
+                if finished == count:
+                    return items
+    return items
+
+
+async def test_a_message_is_stored_before_submit_returns_and_answered_once(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.script(Reply(text="Hello!"))
+    store: SQLStore = runtime.store  # type: ignore[assignment]
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    accepted = await dispatcher.submit(inbound(cid, "hi"))
+    assert not accepted.duplicate
+    assert [item.external_id for item in await store.inbox_pending("web", statuses=("received", "stored", "done"))] == [
+        "hi"
+    ]
+    again = await dispatcher.submit(inbound(cid, "hi"))  # the channel redelivered it
+    assert again.duplicate
+    items = await until_finished(subscription)
+    assert isinstance(items[0], CustomerMessage)
+    events = [item.event for item in items if isinstance(item, TurnEvent)]
+    assert isinstance(events[0], TurnStarted)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello!"
+    assert await dispatcher.drain(5) == 0  # lets the turn mark its inbox row done
+    assert await store.inbox_pending("web", statuses=("received", "stored")) == []
+    assert fake.request_count == 1
+
+
+async def test_turns_of_one_conversation_run_in_arrival_order(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.token_delay = 0.01
+    fake.script(Reply(text="first reply"), Reply(text="second reply"), Reply(text="third reply"))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    for text in ("one", "two", "three"):
+        await dispatcher.submit(inbound(cid, text))
+    items = await until_finished(subscription, 3)
+    finished = [i.event.text for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFinished)]
+    assert finished == ["first reply", "second reply", "third reply"]
+    messages = await runtime.store.list_messages(cid)
+    assert [m.content for m in messages if m.role != "tool"][1:] == [
+        "one", "first reply", "two", "second reply", "three", "third reply",
+    ]  # fmt: skip
+
+
+async def test_the_live_turn_holds_the_reply_so_far(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.token_delay = 0.02
+    fake.script(Reply(text="alpha beta gamma delta epsilon"))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    await dispatcher.submit(inbound(cid, "hi"))
+    async with asyncio.timeout(10):
+        async for item in subscription:
+            if isinstance(item, TurnEvent) and isinstance(item.event, TextDelta) and item.event.seq == 1:
+                break
+    live = dispatcher.live(cid)
+    assert live is not None and live.seq == 1 and "alpha beta gamma delta epsilon".startswith(live.text)
+    await until_finished(subscription)
+    assert dispatcher.live(cid) is None
+
+
+async def test_a_stop_hands_running_turns_back_and_the_next_start_finishes_them(
+    fake: FakeLLMServer, db_url: str
+) -> None:
+    fake.script(Hang(30))
+    first = await open_runtime(config(fake, db_url))
+    try:
+        dispatcher = Dispatcher(first.engine, first.store, metrics=Metrics())  # type: ignore[arg-type]
+        cid = await conversation(first)
+        subscription = dispatcher.subscribe(cid)
+        await dispatcher.submit(inbound(cid, "where is my order?"))
+        await fake.wait_for_requests(1)
+        assert await dispatcher.drain(0.05) == 1
+        with pytest.raises(Unavailable):
+            await dispatcher.submit(inbound(cid, "later"))
+        subscription.close()
+    finally:
+        await first.aclose()
+    fake.script(Reply(text="It ships today."))
+    second = await open_runtime(config(fake, db_url))
+    try:
+        dispatcher = Dispatcher(second.engine, second.store)  # type: ignore[arg-type]
+        subscription = dispatcher.subscribe(cid)
+        assert await dispatcher.resume() == 1
+        items = await until_finished(subscription)
+        finished = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFinished)]
+        assert finished[0].text == "It ships today."
+        messages = await second.store.list_messages(cid)
+        assert [m.content for m in messages if m.role == "user"] == ["where is my order?"]  # stored once
+        assert messages[-1].content == "It ships today."
+    finally:
+        await dispatcher.drain(5)
+        await second.aclose()
+
+
+async def test_a_message_not_yet_taken_by_the_engine_is_run_at_the_next_start(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.script(Reply(text="Answered after the restart."))
+    store: SQLStore = runtime.store  # type: ignore[assignment]
+    cid = await conversation(runtime)
+    # What a server that stopped right after acknowledging a message leaves behind:
+    await store.inbox_add("web", f"{cid}:m1", {"text": "hello?", "images": []}, conversation_id=cid)
+    subscription = dispatcher.subscribe(cid)
+    assert await dispatcher.resume() == 1
+    items = await until_finished(subscription)
+    assert any(isinstance(i, TurnEvent) and isinstance(i.event, TurnFinished) for i in items)
+    messages = await store.list_messages(cid)
+    assert [(m.role, m.content) for m in messages[1:]] == [
+        ("user", "hello?"),
+        ("assistant", "Answered after the restart."),
+    ]
+
+
+async def test_a_storage_failure_mid_turn_still_tells_the_client(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.script(Reply(text="never stored"))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    original = runtime.store.add_messages
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("disk full")
+
+    runtime.store.add_messages = broken  # type: ignore[method-assign]
+    try:
+        await dispatcher.submit(inbound(cid, "hi"))
+        items = await until_finished(subscription)
+    finally:
+        runtime.store.add_messages = original  # type: ignore[method-assign]
+    failed = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFailed)]
+    assert failed and "saved" in failed[0].fallback_text

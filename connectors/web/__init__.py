@@ -104,10 +104,12 @@ async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if not origin_allowed(request, channel.settings):
         channel.runtime_metrics_error("origin_not_allowed")
+        # Readable by the refused page (only this error), so the widget can say why instead of retrying.
         return error_response(
             403, "origin_not_allowed",
             f"the origin {origin} may not use this server; add it to connectors.web.allowed_origins in the "
             f"server's config",
+            headers={"Access-Control-Allow-Origin": origin or "", "Vary": "Origin"},
         )  # fmt: skip
     if request.method == "OPTIONS" and origin is not None:
         response: web.StreamResponse = web.Response(status=204)

@@ -120,6 +120,7 @@ OPENAPI: dict[str, Any] = {
                     "seq": {"type": "integer"},
                     "text": {"type": "string"},
                     "tool": {"type": ["string", "null"]},
+                    "label": {"type": ["string", "null"]},
                 },
             },
             "History": {

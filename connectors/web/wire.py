@@ -52,7 +52,8 @@ def message(m: StoredMessage) -> dict[str, Any]:
 def live(turn: LiveTurn | None) -> dict[str, Any] | None:
     if turn is None:
         return None
-    return {"turn": turn.turn, "seq": turn.seq, "text": turn.text, "tool": turn.tool}
+    label = tool_label(turn.tool) if turn.tool else None
+    return {"turn": turn.turn, "seq": turn.seq, "text": turn.text, "tool": turn.tool, "label": label}
 
 
 def tool_label(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 from typing import Any
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from supportbot.errors import LLMConnectionError, LLMHTTPError, LLMProtocolError, LLMTimeout
 from supportbot.llm.base import LLMRequest, TextChunk
-from supportbot.llm.client import OpenAICompatibleLLM, message_to_dict
+from supportbot.llm.client import OpenAICompatibleLLM, _encode_body, _Fragments, message_to_dict, request_body
 from supportbot.messages import ChatMessage, ImagePart, ToolCall
 from supportbot.testing import Cut, Fail, FakeLLMServer, Hang, Reply, StreamError
 
@@ -73,6 +74,27 @@ async def test_request_body_and_headers(fake: FakeLLMServer, make_llm: Any, requ
         "response_format": {"type": "json_object"},
     }
     assert set(second.body) == {"model", "messages", "stream", "stream_options"}  # None fields and no tools: left out
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_encoded_body_is_request_body(stream: bool) -> None:
+    # The encoder reuses the text of the system prompt and the tools; what it sends must not change.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    system = ChatMessage(role="system", content="Be kind. Ünïcode too.")
+    user = ChatMessage(role="user", content="Where is my order?")
+    call = ChatMessage(role="assistant", tool_calls=(ToolCall(id="c1", name="f", arguments="{}"),))
+    fragments = _Fragments()
+    requests = [
+        LLMRequest(messages=[system, user], tools=[tool], model="m", temperature=0.3, json_mode=True),
+        LLMRequest(messages=[system, user, call], tools=[tool], model="m", reasoning_effort="low"),
+        LLMRequest(messages=[system], model="m", max_tokens=5),
+        LLMRequest(messages=[user], model="m", top_p=0.9),
+        LLMRequest(messages=[], model="m"),
+        LLMRequest(messages=[ChatMessage(role="system", content="Another prompt."), user], tools=[tool], model="m"),
+    ]
+    for _ in range(2):  # the second time from the kept text
+        for request in requests:
+            assert json.loads(_encode_body(request, stream, fragments)) == request_body(request, stream=stream)
 
 
 async def test_no_authorization_header_without_key(fake: FakeLLMServer, make_llm: Any, request_for: Any) -> None:

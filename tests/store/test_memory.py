@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 
 import pytest
 
 from supportbot.errors import StorageError
-from supportbot.messages import ToolCall, Usage
-from supportbot.store.base import NewMessage
+from supportbot.messages import ImagePart, ToolCall, Usage
+from supportbot.store.base import Conversation, NewMessage
 from supportbot.store.memory import MemoryStore
 
 
@@ -60,3 +62,37 @@ async def test_claims_tickets_and_locks() -> None:
 
     await asyncio.gather(first(), second())
     assert order == ["first", "second"] and store._locks == {}
+
+
+async def test_add_messages_keeps_every_field() -> None:
+    # add_messages copies fields one by one (for speed): a field added to the dataclasses must be copied too.
+    store = MemoryStore()
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="test", flow="general")
+    before = Conversation(
+        id=conversation.id, customer_id=customer.id, channel="web", flow="returns", status="human", turns=3,
+        input_tokens=5, output_tokens=6, cost_usd=0.25, created_at=datetime(2024, 1, 2, tzinfo=UTC),
+        updated_at=datetime(2024, 1, 3, tzinfo=UTC),
+    )  # fmt: skip
+    blank = Conversation(id="", customer_id="", channel="", flow="")
+    unset = [f.name for f in dataclasses.fields(Conversation) if getattr(before, f.name) == getattr(blank, f.name)]
+    assert not unset, f"give these fields a non-default value here: {unset}"
+    store._conversations[conversation.id] = before
+    message = NewMessage(
+        role="assistant", content="hi", images=(ImagePart(url="https://x/y.png"),),
+        tool_calls=(ToolCall(id="c1", name="t", arguments="{}"),), tool_call_id="c0", tool_name="t0",
+        extra={"k": 1}, kind="notice", status="pending", flow="returns", model="m",
+        usage=Usage(input_tokens=10, output_tokens=2), cost_usd=0.5, latency_ms=7.0, author="agent",
+    )  # fmt: skip
+    defaults = NewMessage(role="user")
+    unset = [f.name for f in dataclasses.fields(NewMessage) if getattr(message, f.name) == getattr(defaults, f.name)]
+    assert not unset, f"give these fields a non-default value here: {unset}"
+    (stored,) = await store.add_messages(conversation.id, [message])
+    assert {f.name: getattr(stored, f.name) for f in dataclasses.fields(NewMessage)} == {
+        f.name: getattr(message, f.name) for f in dataclasses.fields(NewMessage)
+    }
+    after = await store.get_conversation(conversation.id)
+    assert after is not None and after.updated_at is not None and after.updated_at > before.updated_at  # type: ignore[operator]
+    assert dataclasses.replace(after, updated_at=before.updated_at) == dataclasses.replace(
+        before, input_tokens=15, output_tokens=8, cost_usd=0.75
+    )

@@ -289,6 +289,8 @@ class Dispatcher:
                         metrics.first_token_seconds.labels(message.channel).observe(time.perf_counter() - started)
                         first = False
                     self._follow(conversation_id, live, event)
+                    if isinstance(event, TurnFinished | TurnFailed):
+                        self._log_turn(message, inbox_id, event, time.perf_counter() - started)
                     if metrics:
                         metrics.turn_event(message.channel, event)
                         if isinstance(event, TurnFinished | TurnFailed):
@@ -319,6 +321,23 @@ class Dispatcher:
                 metrics.turns_in_progress.dec()
             if self._live.get(conversation_id) is live:
                 del self._live[conversation_id]
+
+    @staticmethod
+    def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, seconds: float) -> None:
+        """One structured line per turn: where, how it ended, how long, what it cost (no customer text)."""
+        fields: dict[str, Any] = {
+            "conversation_id": message.conversation_id,
+            "channel": message.channel,
+            "turn": turn,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if isinstance(event, TurnFinished):
+            fields |= {"outcome": "finished", "input_tokens": event.usage.input_tokens,
+                       "output_tokens": event.usage.output_tokens, "cost_usd": round(event.cost_usd, 6)}  # fmt: skip
+            log.info("turn %d of %s finished in %.0f ms", turn, message.conversation_id, seconds * 1000, extra=fields)
+        else:
+            fields |= {"outcome": "failed", "reason": event.reason, "ticket_id": event.ticket_id}
+            log.warning("turn %d of %s failed: %s", turn, message.conversation_id, event.reason, extra=fields)
 
     def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
         """Keep the conversation's ``LiveTurn`` up to date with the turn's events."""

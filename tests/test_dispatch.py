@@ -198,3 +198,19 @@ async def test_a_storage_failure_mid_turn_still_tells_the_client(
         runtime.store.add_messages = original  # type: ignore[method-assign]
     failed = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFailed)]
     assert failed and "saved" in failed[0].fallback_text
+
+
+async def test_each_turn_is_logged_with_its_outcome_and_cost_but_not_its_text(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.script(Reply(text="Hello!", usage=(100, 10)))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    with caplog.at_level("INFO", logger="supportbot.dispatch"):
+        await dispatcher.submit(inbound(cid, "my card is 4111 1111 1111 1111"))
+        await until_finished(subscription)
+    record = next(r for r in caplog.records if getattr(r, "outcome", None) == "finished")
+    assert record.conversation_id == cid  # type: ignore[attr-defined]
+    assert record.output_tokens == 10  # type: ignore[attr-defined]
+    assert record.cost_usd > 0  # type: ignore[attr-defined]
+    assert "4111" not in caplog.text

@@ -181,3 +181,21 @@ async def test_a_turn_running_at_shutdown_is_handed_back(server: WebServer) -> N
     assert handed_back == 1
     pending = await server.runtime.store.inbox_pending("web", statuses=("received", "stored"))  # type: ignore[attr-defined]
     assert [item.status for item in pending] == ["stored"]
+
+
+@pytest.mark.parametrize("settings", [{"llm": {}}], indirect=True)  # the default hosted model, no key
+async def test_without_a_model_the_widget_is_told_how_to_connect_one(server: WebServer) -> None:
+    opened = await server.open()
+    async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
+        assert (await ws.receive_json())["type"] == "history"
+        notice = await ws.receive_json()
+        assert notice["code"] == "no_model" and "SUPPORTBOT_LLM_API_KEY" in notice["message"]
+        await ws.send_json({"type": "message", "text": "hello", "client_message_id": "c1"})
+        refused = await ws.receive_json()
+        assert refused["code"] == "no_model" and refused["client_message_id"] == "c1"
+    async with server.http.post(
+        f"{server.url}/api/v1/conversations/{opened['id']}/messages", json={"text": "hi"},
+        headers={"Authorization": f"Bearer {opened['token']}"},
+    ) as response:  # fmt: skip
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "no_model"

@@ -86,7 +86,9 @@ async def open_runtime(
         stack.push_async_callback(http.close)
         orders = make_order_source(config.orders, database_url=config.database.url, http=http)
         stack.push_async_callback(orders.aclose)
-        model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm, session=http))
+        # The model client keeps its own connection pool, sized for one stream per running turn; the
+        # shared session (tools, the order source) would cap a process at aiohttp's 100 connections.
+        model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm))
         stack.push_async_callback(model.aclose)
         engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
         return Runtime(config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders,

@@ -205,8 +205,10 @@ class Engine:
                 history=to_chat_messages(start.history),
             )
             yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
-            async for event in self._resolve_pending(turn, start.history, text):
-                yield event
+            pending = _pending_at(start.history)
+            if pending is not None:
+                async for event in self._resolve_pending(turn, start.history, pending, text):
+                    yield event
             turn.history.append(ChatMessage(role="user", content=text, images=tuple(images)))
             async for event in self._loop(turn):
                 yield event
@@ -440,17 +442,15 @@ class Engine:
         turn.system = None
         return Handoff(target=target, reason=str(data.get("reason") or ""))
 
-    async def _resolve_pending(self, turn: _Turn, stored: Sequence[StoredMessage], reply: str) -> AsyncIterator[Event]:
-        """Run, or decline, the tool calls that waited for this customer reply.
+    async def _resolve_pending(
+        self, turn: _Turn, stored: Sequence[StoredMessage], at: int, reply: str
+    ) -> AsyncIterator[Event]:
+        """Run, or decline, the tool calls of ``stored[at]``, which waited for this customer reply.
 
         Only a yes that answers the confirmation prompt directly counts: if anything else happened
         in between (a person took over and wrote, the customer wrote while they did), the calls
         are declined rather than run on a stale approval.
         """
-        at = next((i for i in range(len(stored) - 1, -1, -1)
-                   if stored[i].role == "assistant" and stored[i].status == "pending"), None)  # fmt: skip
-        if at is None:
-            return
         pending = stored[at]
         calls = {c.id for c in pending.tool_calls}
         answered = {m.tool_call_id for m in stored if m.role == "tool"}
@@ -608,6 +608,12 @@ def _transfer_schema(target: Flow) -> dict[str, Any]:
             },
         },
     }
+
+
+def _pending_at(stored: Sequence[StoredMessage]) -> int | None:
+    """Where the last tool-call message waiting for the customer's yes is, if there is one."""
+    return next((i for i in range(len(stored) - 1, -1, -1)
+                 if stored[i].role == "assistant" and stored[i].status == "pending"), None)  # fmt: skip
 
 
 def _argument(call: ToolCall, name: str) -> str:

@@ -94,6 +94,8 @@ def fit(system: ChatMessage, messages: Sequence[ChatMessage], *, budget: int) ->
     tool rounds go next (its user message stays). The result never starts with a tool result.
     """
     remaining = budget - estimate_tokens(system)
+    if sum(map(estimate_tokens, messages)) <= remaining:
+        return [system, *messages]  # the usual case, with no need to split into turns
     turns = _turns(messages)
     sizes = [sum(estimate_tokens(m) for m in t) for t in turns]
     total = sum(sizes)

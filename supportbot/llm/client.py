@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import json.scanner
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -41,6 +42,24 @@ logger = logging.getLogger("supportbot.llm")
 
 _MAX_CONNECTIONS = 1000  # one stream per running turn; aiohttp's default of 100 would queue turns
 _DONE = b"[DONE]"
+# One encoder for every request: ``json.dumps`` with options builds a new one per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed has the parameter's type wrong
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)`` for a stream event, in one call into the C scanner when the event is plain UTF-8 JSON.
+
+    ``json.loads`` on bytes first sniffs the encoding and strips whitespace in Python, which costs
+    more than parsing a token's chunk; anything unusual (a BOM, whitespace, invalid UTF-8, bad
+    JSON) goes to ``json.loads`` itself, so the result and the errors are exactly its own.
+    """
+    try:
+        text = data.decode()
+        value, end = _scan(text, 0)
+    except (UnicodeDecodeError, StopIteration):
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
 
 
 def message_to_dict(message: ChatMessage) -> dict[str, Any]:
@@ -93,6 +112,15 @@ def request_body(request: LLMRequest, *, stream: bool) -> dict[str, Any]:
         The JSON-ready body.
     """
     body: dict[str, Any] = {"model": request.model, "messages": [message_to_dict(m) for m in request.messages]}
+    body.update(_settings(request, stream=stream))
+    if request.tools:
+        body["tools"] = list(request.tools)
+    return body
+
+
+def _settings(request: LLMRequest, *, stream: bool) -> dict[str, Any]:
+    """Everything in the body but the messages and the tools."""
+    body: dict[str, Any] = {"model": request.model}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -104,13 +132,58 @@ def request_body(request: LLMRequest, *, stream: bool) -> dict[str, Any]:
         body["top_p"] = request.top_p
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
-    if request.tools:
-        body["tools"] = list(request.tools)
     if request.reasoning_effort:
         body["reasoning_effort"] = request.reasoning_effort
     if request.json_mode:
         body["response_format"] = {"type": "json_object"}
     return body
+
+
+_FRAGMENTS = 64
+"""System prompts and tool lists whose JSON text a client keeps (they are the same objects request after request)."""
+
+
+class _Fragments:
+    """The JSON text of the parts of a request that repeat: the system prompt and the tool definitions.
+
+    They are a request's largest parts, and the engine passes the very same objects again and
+    again (it caches both), so their text is kept by object identity, with a reference that
+    keeps the id from being reused. Messages are immutable; tool definitions are read-only by
+    ``ToolRegistry.schemas``' contract. Oldest entries go first once ``_FRAGMENTS`` are kept.
+    """
+
+    __slots__ = ("_texts",)
+
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[object, str]] = {}
+
+    def text(self, value: object, encode: Callable[[], str]) -> str:
+        entry = self._texts.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+        text = encode()
+        if len(self._texts) >= _FRAGMENTS:
+            del self._texts[next(iter(self._texts))]
+        self._texts[id(value)] = (value, text)
+        return text
+
+
+def _encode_body(request: LLMRequest, stream: bool, fragments: _Fragments) -> bytes:
+    """``request_body`` as UTF-8 JSON, the system prompt's and the tools' text reused from earlier requests."""
+    messages = request.messages
+    if messages and messages[0].role == "system":
+        system = messages[0]
+        rest = _encode([message_to_dict(m) for m in messages[1:]])
+        head = fragments.text(system, lambda: _encode(message_to_dict(system)))
+        text = f"[{head},{rest[1:]}" if len(rest) > 2 else f"[{head}]"
+    else:
+        text = _encode([message_to_dict(m) for m in messages])
+    parts = ['{"messages":', text]
+    if request.tools:
+        tools = request.tools
+        parts += [',"tools":', fragments.text(tools, lambda: _encode(list(tools)))]
+    parts += [",", _encode(_settings(request, stream=stream))[1:]]
+    return "".join(parts).encode()
 
 
 class OpenAICompatibleLLM:
@@ -137,6 +210,7 @@ class OpenAICompatibleLLM:
         timeouts = settings.timeouts
         # Only the connect timeout is left to aiohttp; the others are ours, so that the error says which one hit.
         self._client_timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeouts.connect_s)
+        self._fragments = _Fragments()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -172,7 +246,7 @@ class OpenAICompatibleLLM:
                 yield TextChunk(text=completion.message.content)
             yield completion
             return
-        payload = json.dumps(request_body(request, stream=True), ensure_ascii=False, separators=(",", ":")).encode()
+        payload = _encode_body(request, True, self._fragments)
         attempt = 0
         while True:
             yielded = False
@@ -202,7 +276,7 @@ class OpenAICompatibleLLM:
         Raises:
             LLMError: after the retries allowed by ``llm.retries``.
         """
-        payload = json.dumps(request_body(request, stream=False), ensure_ascii=False, separators=(",", ":")).encode()
+        payload = _encode_body(request, False, self._fragments)
         attempt = 0
         while True:
             try:
@@ -258,7 +332,10 @@ class OpenAICompatibleLLM:
                     )
                     if response.status >= 300:
                         raise self._http_error(response, await response.read())
-                    if response.content_type == "application/json":
+                    # Reading the raw header first spares the full Content-Type parse on every stream.
+                    if not resp.headers.get("Content-Type", "").startswith("text/event-stream") and (
+                        response.content_type == "application/json"
+                    ):
                         # Some servers ignore "stream": true and answer in one piece.
                         whole = self._parse_completion(await response.read())
                         finished = True
@@ -278,17 +355,16 @@ class OpenAICompatibleLLM:
                 # The text of every event of one network read goes out as one chunk: the reader
                 # gets the same bytes at the same moment, for far less work per token.
                 pieces: list[str] = []
-                for event in events:
-                    data = event.data
+                for kind, data in events:
                     if data == _DONE:
                         finished = True
                         break
-                    if event.event == "error":
+                    if kind == "error":
                         raise stream_error(self.url, data, None, key=self._key)
                     if not data:
                         continue
                     try:
-                        chunk_json = json.loads(data)
+                        chunk_json = _loads(data)
                     except ValueError as exc:
                         raise not_json_error(self.url, data, "a stream event that is not JSON") from exc
                     if type(chunk_json) is not dict:

@@ -34,6 +34,7 @@ class SSEEvent(NamedTuple):
 
 
 _DATA = b"data:"
+_new = tuple.__new__
 _COLON = 58  # ord(":")
 _SPACE = 32  # ord(" ")
 
@@ -72,6 +73,8 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
+        elif not self._partial and not self._data and not self._event and chunk[-2:] == b"\n\n" and b"\r" not in chunk:
+            return self._blocks(chunk)
         if self._partial:
             chunk = self._partial + chunk
             self._partial = b""
@@ -84,6 +87,22 @@ class SSEDecoder:
         elif last != 10:  # no line ending: the last line continues in the next chunk
             self._partial = lines.pop()
         return self._lines(lines)
+
+    def _blocks(self, chunk: bytes) -> list[SSEEvent]:
+        """The usual network read: whole events, ``\\n`` line endings, nothing carried over.
+
+        Most events are a single ``data:`` line, so the chunk is cut at blank lines and such an
+        event is taken whole; any other event goes through ``_lines`` like a cut-up chunk would.
+        """
+        events: list[SSEEvent] = []
+        for block in chunk.split(b"\n\n"):
+            if block.startswith(_DATA) and b"\n" not in block:
+                value = block[5:]
+                # tuple.__new__ skips the NamedTuple's Python-level __new__: one event per token.
+                events.append(_new(SSEEvent, ("message", value[1:] if value[:1] == b" " else value)))
+            elif block:
+                events.extend(self._lines([*block.split(b"\n"), b""]))
+        return events
 
     def close(self) -> list[SSEEvent]:
         """Ends the stream.

@@ -17,7 +17,9 @@ rows written here read back identically through SQLAlchemy and vice versa.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 import weakref
 from collections.abc import Sequence
@@ -30,6 +32,8 @@ from supportbot.store.base import Conversation, ConversationStatus, Customer, Ne
 from supportbot.store.models import clean_text, json_dumps
 
 __all__ = ["PostgresHotPath", "SQLiteHotPath", "conversation", "customer", "message", "message_values"]
+
+logger = logging.getLogger("supportbot.store")
 
 CUSTOMER_COLS = "id, email, name, external_id, verified, created_at"
 CONV_COLS = (
@@ -148,24 +152,69 @@ def totals(messages: Sequence[NewMessage]) -> tuple[int, int, int, float]:
 
 
 def _sqlite_time(value: datetime) -> str:
-    # SQLAlchemy's SQLite DATETIME text form (always with microseconds), in UTC.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    # SQLAlchemy's SQLite DATETIME text form (always with microseconds), in UTC: the ISO text
+    # without its "+00:00" (a UTC time, the usual case, needs no conversion).
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(sep=" ", timespec="microseconds")[:26]
+
+
+def _sqlite_datetime(value: str) -> datetime:
+    try:
+        # Naive UTC text, as SQLAlchemy writes it: parsing it with its offset is a single C call.
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def _sqlite_parse(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def _sqlite_json(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    return None if value is None else _sqlite_datetime(value)
 
 
 def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
-    values = list(row)
-    values[2] = _sqlite_parse(values[2])
-    for i in (5, 6, 9):
-        values[i] = _sqlite_json(values[i])
-    return message(values)
+    """A message from its ``MSG_COLS`` row as SQLite returns it (text timestamps and JSON).
+
+    Built in one step rather than through ``message``: the whole history is read every turn.
+    """
+    (message_id, conversation_id, created_at, role, content, images, tool_calls, tool_call_id, tool_name, extra,
+     kind, status, flow, model, input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost, latency,
+     author) = row  # fmt: skip
+    # JSON columns are NULL when empty (see ``message_values``); rows written through SQLAlchemy may say "null".
+    images = images and json.loads(images)
+    tool_calls = tool_calls and json.loads(tool_calls)
+    extra = extra and json.loads(extra)
+    return StoredMessage(
+        id=message_id,
+        conversation_id=conversation_id,
+        created_at=_sqlite_datetime(created_at),
+        role=role,
+        content=content,
+        images=tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images) if images else (),
+        tool_calls=tuple(
+            ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {})
+            for c in tool_calls
+        )
+        if tool_calls
+        else (),
+        tool_call_id=tool_call_id,
+        tool_name=tool_name,
+        extra=extra or {},
+        kind=kind,
+        status=status,
+        flow=flow,
+        model=model,
+        usage=None
+        if input_tokens is None
+        else Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens or 0,
+            audio_input_tokens=audio_input_tokens or 0,
+            reasoning_tokens=reasoning_tokens or 0,
+        ),
+        cost_usd=cost,
+        latency_ms=latency,
+        author=author,
+    )
 
 
 def _sqlite_conversation(row: Sequence[Any]) -> Conversation:
@@ -185,7 +234,7 @@ def _in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
 
 
 CHECKPOINT_EVERY = 256
-"""Commits of the hot path between two WAL checkpoints (run in aiosqlite's thread)."""
+"""Commits of the hot path between two WAL checkpoints (run in a worker thread)."""
 
 
 def _waiting_in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
@@ -196,9 +245,22 @@ def _waiting_in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> An
         db.execute("PRAGMA busy_timeout=0")
 
 
-def _checkpoint(db: sqlite3.Connection) -> None:
-    # PASSIVE never waits for readers or writers: what it cannot copy now, the next one does.
-    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _checkpoint(path: str) -> None:
+    """A passive checkpoint of the database file at ``path``, on a connection of its own."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            # PASSIVE never waits for readers or writers: what it cannot copy now, the next one does.
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError) as exc:
+        logger.warning("WAL checkpoint of %s failed (the next one will try again): %s", path, exc)
+
+
+def _database_file(db: sqlite3.Connection) -> str:
+    """The file of the connection's main database; empty for an in-memory one."""
+    return str(next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), ""))
 
 
 class SQLiteHotPath:
@@ -212,12 +274,16 @@ class SQLiteHotPath:
     * waiting for another process's write lock: the hot connection's busy timeout is 0, and a
       busy transaction is rolled back and run again in the worker thread, where it may wait;
     * checkpoints, which fsync: automatic checkpoints are off on the hot connection, and every
-      ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in the worker thread.
+      ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in a worker thread on a connection
+      of its own. The hot connection is not held meanwhile: turns waiting for it would queue,
+      and go on waking one by one (an event loop round each) long after the checkpoint.
     """
 
     def __init__(self) -> None:
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
         self._commits = 0
+        self._file = ""
+        self._checkpoint: asyncio.Task[None] | None = None
 
     async def _run(self, driver: Any, work: Any, *args: Any) -> Any:
         db = driver._conn
@@ -225,6 +291,7 @@ class SQLiteHotPath:
             db.execute("PRAGMA busy_timeout=0")
             db.execute("PRAGMA wal_autocheckpoint=0")
             self._prepared.add(driver)
+            self._file = _database_file(db)
         try:
             result = _in_transaction(db, work, *args)
         except sqlite3.OperationalError as exc:
@@ -232,10 +299,17 @@ class SQLiteHotPath:
                 raise
             result = await driver._execute(_waiting_in_transaction, db, work, *args)
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY:
+        if self._commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._commits = 0
-            await driver._execute(_checkpoint, db)
+            if self._file:
+                self._checkpoint = asyncio.create_task(asyncio.to_thread(_checkpoint, self._file))
         return result
+
+    async def close(self) -> None:
+        """Wait for a checkpoint still running."""
+        if self._checkpoint is not None:
+            await self._checkpoint
+            self._checkpoint = None
 
     async def get_customer(self, driver: Any, customer_id: str) -> Customer | None:
         rows = await self._run(driver, _fetch, f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?", (customer_id,))
@@ -330,6 +404,13 @@ _INSERT_CONVERSATION = (
     "cost_usd, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0.0, ?, ?)"
 )
 _SQLITE_INSERT = f"INSERT INTO messages ({_INSERT_COLS}) VALUES ({', '.join('?' * 20)})"
+_SQLITE_COUNT = (
+    "UPDATE conversations SET turns = turns + ?, input_tokens = input_tokens + ?, "
+    "output_tokens = output_tokens + ?, cost_usd = cost_usd + ?, updated_at = ? WHERE id = ?"
+)
+_SQLITE_COUNT_RETURNING = f"{_SQLITE_COUNT} RETURNING {CONV_COLS}"
+_SQLITE_CUSTOMER = f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?"
+_SQLITE_HISTORY = f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
 
 
 def _sqlite_add(
@@ -340,11 +421,7 @@ def _sqlite_add(
     now: str,
 ) -> list[int] | None:
     # The UPDATE goes first: it finds a missing conversation and takes the write lock at once.
-    cursor = db.execute(
-        "UPDATE conversations SET turns = turns + ?, input_tokens = input_tokens + ?, "
-        "output_tokens = output_tokens + ?, cost_usd = cost_usd + ?, updated_at = ? WHERE id = ?",
-        (*batch, now, conversation_id),
-    )
+    cursor = db.execute(_SQLITE_COUNT, (*batch, now, conversation_id))
     if cursor.rowcount != 1:
         return None
     ids = []
@@ -376,17 +453,16 @@ def _sqlite_begin(
     history: int,
 ) -> tuple[int, Any, Any, list[Any]] | None:
     # The write goes first so the transaction holds the write lock from its start (a read
-    # snapshot upgraded to a write could fail with "database is locked").
-    ids = _sqlite_add(db, conversation_id, batch, [row], now)
-    if ids is None:
+    # snapshot upgraded to a write could fail with "database is locked"); its RETURNING is the
+    # conversation as this turn sees it.
+    conv = db.execute(_SQLITE_COUNT_RETURNING, (*batch, now, conversation_id)).fetchone()
+    if conv is None:
         return None
-    conv = db.execute(f"SELECT {CONV_COLS} FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-    cust = db.execute(f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?", (conv[1],)).fetchone()
-    rows = db.execute(
-        f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (conversation_id, ids[0], history),
-    ).fetchall()
-    return ids[0], conv, cust, rows
+    cursor = db.execute(_SQLITE_INSERT, (conversation_id, *row, now))
+    message_id = int(cursor.lastrowid or 0)
+    cust = db.execute(_SQLITE_CUSTOMER, (conv[1],)).fetchone()
+    rows = db.execute(_SQLITE_HISTORY, (conversation_id, message_id, history)).fetchall()
+    return message_id, conv, cust, rows
 
 
 def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: str, now: str) -> bool:

@@ -30,11 +30,18 @@ from supportbot.store.base import (
     TurnStart,
 )
 
-_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(NewMessage))
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
+    return StoredMessage(
+        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=m.content,
+        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
+        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
+        latency_ms=m.latency_ms, author=m.author,
+    )  # fmt: skip
 
 
 class MemoryStore:
@@ -121,26 +128,23 @@ class MemoryStore:
     async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]:
         conv = self._conversation(conversation_id)
         now = _now()
-        stored = [
-            StoredMessage(
-                **{name: getattr(m, name) for name in _MESSAGE_FIELDS},
-                id=next(self._ids),
-                conversation_id=conversation_id,
-                created_at=now,
-            )
-            for m in messages
-        ]
+        # Spelled out rather than ``dataclasses.replace``/``**fields``: this runs several times a turn.
+        stored = [_stored(m, next(self._ids), conversation_id, now) for m in messages]
         self._messages[conversation_id].extend(stored)
-        inp = sum(m.usage.input_tokens for m in messages if m.usage)
-        out = sum(m.usage.output_tokens for m in messages if m.usage)
-        self._conversations[conversation_id] = dataclasses.replace(
-            conv,
-            turns=conv.turns + sum(m.role == "user" for m in messages),
-            input_tokens=conv.input_tokens + inp,
-            output_tokens=conv.output_tokens + out,
-            cost_usd=conv.cost_usd + sum(m.cost_usd for m in messages),
-            updated_at=now,
-        )
+        turns = input_tokens = output_tokens = 0
+        cost = 0.0
+        for m in messages:
+            turns += m.role == "user"
+            if m.usage is not None:
+                input_tokens += m.usage.input_tokens
+                output_tokens += m.usage.output_tokens
+            cost += m.cost_usd
+        self._conversations[conversation_id] = Conversation(
+            id=conv.id, customer_id=conv.customer_id, channel=conv.channel, flow=conv.flow, status=conv.status,
+            turns=conv.turns + turns, input_tokens=conv.input_tokens + input_tokens,
+            output_tokens=conv.output_tokens + output_tokens, cost_usd=conv.cost_usd + cost,
+            created_at=conv.created_at, updated_at=now,
+        )  # fmt: skip
         return stored
 
     async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:

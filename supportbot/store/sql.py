@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from supportbot.errors import StorageError
 from supportbot.store._engine import make_engine, masked, parse_url
+from supportbot.store._hot import SQLiteHotPath
 from supportbot.store._hot import conversation as _conversation
 from supportbot.store._hot import customer as _customer
 from supportbot.store._locks import KeyedLocks, SharedAdvisoryLocks
@@ -127,6 +128,8 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin):
 
     async def close(self) -> None:
         """Close every connection. The store cannot be used afterwards."""
+        if isinstance(self._hot, SQLiteHotPath):
+            await self._hot.close()
         await self._hot_pool.close()
         await self._engine.dispose()
         if self._pg_locks is not None:
@@ -315,8 +318,7 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin):
 
     # -- locks -----------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+    def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
         """Hold while a turn runs: one turn at a time per conversation.
 
         In-process waiters queue on an asyncio lock first (in arrival order); on PostgreSQL the
@@ -324,10 +326,13 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin):
         worker's advisory locks live on one session of their own (``SharedAdvisoryLocks``), so
         any number of turns can run at once without holding a connection each.
         """
+        if self._engine.dialect.name != "postgresql":
+            return self._locks.hold(conversation_id)  # SQLite serves one process: its lock is the whole lock
+        return self._lock_across_workers(conversation_id)
+
+    @asynccontextmanager
+    async def _lock_across_workers(self, conversation_id: str) -> AsyncIterator[None]:
         async with self._locks.hold(conversation_id):
-            if self._engine.dialect.name != "postgresql":
-                yield
-                return
             if self._pg_locks is None:
                 self._pg_locks = SharedAdvisoryLocks(make_engine(self._url, pool_size=1, max_overflow=0))
             async with self._pg_locks.hold(conversation_id):

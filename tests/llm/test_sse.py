@@ -63,6 +63,42 @@ def test_byte_by_byte() -> None:
     assert feed_all([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
 
 
+# Only "\n" line endings: whole reads of this take the decoder's fast path, cut-up ones do not.
+LF_STREAM = (
+    'data: {"a": 1}\n\n'
+    "\n\n"
+    ": keep-alive\n\n"
+    "data:no space\n\n"
+    "data: first line\ndata:second line\n\n"
+    "event: error\n\n"
+    "data\n\n"
+    "event: error\ndata: boom\n\n"
+    "data: caf\u00e9\n\n\n"
+    "id: 7\ndata: after id\n\n"
+    "data: [DONE]\n\n"
+).encode()
+LF_EXPECTED = [
+    SSEEvent("message", b'{"a": 1}'),
+    SSEEvent("message", b"no space"),
+    SSEEvent("message", b"first line\nsecond line"),
+    SSEEvent("error", b""),
+    SSEEvent("message", b""),
+    SSEEvent("error", b"boom"),
+    SSEEvent("message", "caf\u00e9".encode()),
+    SSEEvent("message", b"after id"),
+    SSEEvent("message", b"[DONE]"),
+]
+
+
+def test_whole_events_read_at_once_decode_as_when_cut_up() -> None:
+    assert feed_all([LF_STREAM]) == LF_EXPECTED
+    assert feed_all([LF_STREAM[i : i + 1] for i in range(len(LF_STREAM))]) == LF_EXPECTED
+    for cut in range(1, len(LF_STREAM)):
+        assert feed_all([LF_STREAM[:cut], LF_STREAM[cut:]]) == LF_EXPECTED, f"split at byte {cut}"
+    events = feed_all([LF_STREAM])
+    assert all(type(e) is SSEEvent for e in events) and events[0].event == "message" and events[0].data == b'{"a": 1}'
+
+
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
 def test_line_endings(ending: bytes) -> None:
     stream = b"data: x" + ending + ending + b"data: y" + ending + ending

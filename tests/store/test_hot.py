@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -40,13 +39,16 @@ async def test_a_write_lock_held_by_another_process_is_waited_for_off_the_event_
         await store.close()
 
 
-async def test_checkpoints_run_in_the_worker_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_checkpoints_run_in_a_worker_thread_without_holding_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     threads: list[int] = []
     original = _hot._checkpoint
 
-    def spy(db: Any) -> None:
+    def spy(path: str) -> None:
         threads.append(threading.get_ident())
-        original(db)
+        assert path == str(tmp_path / "bot.db")
+        original(path)
 
     monkeypatch.setattr(_hot, "CHECKPOINT_EVERY", 3)
     monkeypatch.setattr(_hot, "_checkpoint", spy)
@@ -54,6 +56,19 @@ async def test_checkpoints_run_in_the_worker_thread(tmp_path: Path, monkeypatch:
     try:
         for i in range(7):
             await store.add_messages(cid, [NewMessage(role="user", content=str(i))])
+            await asyncio.sleep(0.01)  # a checkpoint may finish in between, as between turns
+        # A checkpoint running does not stop the next write: it has a connection of its own.
+        hot = store._hot
+        assert isinstance(hot, _hot.SQLiteHotPath)
+        if hot._checkpoint is not None:
+            await hot._checkpoint
+        release = threading.Event()
+        monkeypatch.setattr(_hot, "_checkpoint", lambda path: release.wait(10))
+        for i in range(3):
+            await store.add_messages(cid, [NewMessage(role="user", content=f"during {i}")])
+        assert hot._checkpoint is not None and not hot._checkpoint.done()
+        await asyncio.wait_for(store.add_messages(cid, [NewMessage(role="user", content="still")]), 1)
+        release.set()
     finally:
         await store.close()
     assert len(threads) >= 2

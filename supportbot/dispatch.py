@@ -9,9 +9,9 @@ subscribers (open widget tabs, an SSE stream), and the reply being streamed is k
 ``LiveTurn`` so a client that reconnects mid-reply can be shown what it missed.
 
 Inbox statuses: ``received`` (stored, the engine has not taken it), ``stored`` (the engine stored
-the customer's message), ``done``. On start, ``resume`` runs what a stopped server left
-``received`` or ``stored``; ``drain`` lets running turns finish within a grace period and hands
-the rest back to the inbox.
+the customer's message; ``Engine.run_turn`` sets it in the message's own transaction), ``done``.
+On start, ``resume`` runs what a stopped server left ``received`` or ``stored``; ``drain`` lets
+running turns finish within a grace period and hands the rest back to the inbox.
 """
 
 from __future__ import annotations
@@ -278,13 +278,10 @@ class Dispatcher:
             if stored:
                 events = self.engine.resume_turn(conversation_id)
             else:
-                events = self.engine.run_turn(conversation_id, message.text, images=message.images)
+                # The engine marks the inbox row "stored" with the message, in one transaction.
+                events = self.engine.run_turn(conversation_id, message.text, images=message.images, inbox_id=inbox_id)
             async with aclosing(cast(AsyncGenerator[Event, None], events)) as stream:
                 async for event in stream:
-                    if not stored:
-                        # The engine stored the customer's message: a restart must not store it again.
-                        stored = True
-                        await self.inbox.inbox_set_status(inbox_id, "stored")
                     if first and isinstance(event, TextDelta) and metrics:
                         metrics.first_token_seconds.labels(message.channel).observe(time.perf_counter() - started)
                         first = False

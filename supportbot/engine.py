@@ -168,20 +168,21 @@ class Engine:
     # -- one turn --------------------------------------------------------------------------------
 
     async def run_turn(
-        self, conversation_id: str, text: str, *, images: Sequence[ImagePart] = ()
+        self, conversation_id: str, text: str, *, images: Sequence[ImagePart] = (), inbox_id: int | None = None
     ) -> AsyncIterator[Event]:
         """Answer one customer message, yielding events as the reply streams.
 
         The message is stored before anything else happens; if storing fails, the error
         propagates and the channel must not acknowledge the message. The conversation's lock is
         held while the generator runs: iterate it to the end, or close it
-        (``contextlib.aclosing``) when giving up on it.
+        (``contextlib.aclosing``) when giving up on it. ``inbox_id`` names the message's inbox row,
+        marked ``stored`` together with the message (``Store.begin_turn``).
         """
         text = clean_text(text)
         refusal = self._refusal(text, images)
         message = NewMessage(role="user", content=text, images=tuple(images), status="error" if refusal else "ok")
         async with self.store.lock(conversation_id):
-            start = await self.store.begin_turn(conversation_id, message, history=HISTORY_LIMIT)
+            start = await self.store.begin_turn(conversation_id, message, history=HISTORY_LIMIT, inbox_id=inbox_id)
             conversation = start.conversation
             if refusal:
                 # Kept (nothing is lost) but not processed: the customer is told why.

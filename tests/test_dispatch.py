@@ -90,6 +90,31 @@ async def test_a_message_is_stored_before_submit_returns_and_answered_once(
     assert fake.request_count == 1
 
 
+async def test_the_engine_marks_the_inbox_row_stored_with_the_message(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.script(Hang(30))
+    store: SQLStore = runtime.store  # type: ignore[assignment]
+    cid = await conversation(runtime)
+    calls: list[tuple[int, str]] = []
+    original = store.inbox_set_status
+
+    async def spy(inbox_id: int, status: str, **kwargs: str | None) -> None:
+        calls.append((inbox_id, status))
+        await original(inbox_id, status, **kwargs)
+
+    monkeypatch.setattr(store, "inbox_set_status", spy)
+    accepted = await dispatcher.submit(inbound(cid, "where is my order?"))
+    await fake.wait_for_requests(1)  # the engine stored the message, then asked the model
+    (item,) = await store.inbox_pending("web", statuses=("received", "stored", "done"))
+    assert (item.id, item.status) == (accepted.turn, "stored")
+    assert [m.content for m in await store.list_messages(cid) if m.role == "user"] == ["where is my order?"]
+    assert calls == []  # no write of its own on the way to the first token
+    assert await dispatcher.drain(0.05) == 1  # stopped mid-reply: the row stays "stored" for resume
+    (item,) = await store.inbox_pending("web", statuses=("received", "stored", "done"))
+    assert item.status == "stored" and calls == []
+
+
 async def test_turns_of_one_conversation_run_in_arrival_order(
     runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
 ) -> None:

@@ -21,10 +21,12 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 import weakref
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from supportbot.messages import ImagePart, ToolCall, Usage
 from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
@@ -237,12 +239,23 @@ CHECKPOINT_EVERY = 256
 """Commits of the hot path between two WAL checkpoints (run in a worker thread)."""
 
 
-def _waiting_in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
-    db.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    try:
-        return _in_transaction(db, work, *args)
-    finally:
-        db.execute("PRAGMA busy_timeout=0")
+BUSY_FIRST_SLEEP = 0.001
+"""Seconds the hot path sleeps after its first "database is locked"; doubled after each further one."""
+BUSY_MAX_SLEEP = 0.05
+"""The longest of those sleeps: another connection's transaction is a few ms, or a CLI command's much longer."""
+BUSY_GIVE_UP = SQLITE_BUSY_TIMEOUT_MS / 1000
+"""Seconds of "database is locked" after which a hot transaction fails (what other connections wait at most)."""
+
+
+class Lender(Protocol):
+    """Lets others use a held connection for a while (``_sqlbase.HotPool``)."""
+
+    def lent(self, driver: Any) -> AbstractAsyncContextManager[None]: ...
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    # The primary code: WAL mode also has SQLITE_BUSY_SNAPSHOT, SQLITE_BUSY_RECOVERY, ...
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _checkpoint(path: str) -> None:
@@ -271,15 +284,21 @@ class SQLiteHotPath:
     ``synchronous=NORMAL``, is a write into the page cache). Running it inline is safe because
     the two things that can take long never happen inline:
 
-    * waiting for another process's write lock: the hot connection's busy timeout is 0, and a
-      busy transaction is rolled back and run again in the worker thread, where it may wait;
+    * waiting for another connection's write lock (another process's, or a SQLAlchemy
+      transaction of this one): the hot connection's busy timeout is 0; a busy transaction is
+      rolled back, the connection is lent to the pool while the call sleeps (1 ms, doubling up to
+      50 ms), and it runs again inline, for up to ``BUSY_GIVE_UP`` seconds. Waiting in
+      aiosqlite's thread instead (SQLite's own busy handler) held the only hot connection for the
+      whole wait: every other store call queued behind it, and at 100 new conversations a
+      second a quarter of the calls found the lock taken, so the queue never drained;
     * checkpoints, which fsync: automatic checkpoints are off on the hot connection, and every
       ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in a worker thread on a connection
       of its own. The hot connection is not held meanwhile: turns waiting for it would queue,
       and go on waking one by one (an event loop round each) long after the checkpoint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: Lender) -> None:
+        self._pool = pool
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
         self._commits = 0
         self._file = ""
@@ -295,15 +314,35 @@ class SQLiteHotPath:
         try:
             result = _in_transaction(db, work, *args)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            if not _busy(exc):
                 raise
-            result = await driver._execute(_waiting_in_transaction, db, work, *args)
+            result = await self._retry(driver, work, *args)
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
             self._commits = 0
             if self._file:
                 self._checkpoint = asyncio.create_task(asyncio.to_thread(_checkpoint, self._file))
         return result
+
+    async def _retry(self, driver: Any, work: Any, *args: Any) -> Any:
+        """Run a transaction that found the database locked again, sleeping in between without the connection."""
+        db = driver._conn
+        started = time.monotonic()
+        sleep = BUSY_FIRST_SLEEP
+        while True:
+            async with self._pool.lent(driver):
+                await asyncio.sleep(sleep)
+            try:
+                return _in_transaction(db, work, *args)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited >= BUSY_GIVE_UP:
+                    raise sqlite3.OperationalError(
+                        f"database is locked: another connection held its write lock for {waited:.1f} s"
+                    ) from exc
+            sleep = min(sleep * 2, BUSY_MAX_SLEEP)
 
     async def close(self) -> None:
         """Wait for a checkpoint still running."""
@@ -379,12 +418,18 @@ class SQLiteHotPath:
                         (conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now, now))  # fmt: skip
 
     async def begin_turn(
-        self, driver: Any, conversation_id: str, message: NewMessage, history: int, now: datetime
+        self,
+        driver: Any,
+        conversation_id: str,
+        message: NewMessage,
+        history: int,
+        now: datetime,
+        inbox_id: int | None = None,
     ) -> Started | None:
-        """Store the message, then read the conversation, its customer and the history before it: one hop."""
+        """Store the message (and mark its inbox row stored), then read the conversation, customer and history."""
         found = await self._run(
             driver, _sqlite_begin, conversation_id, totals((message,)), message_values(message), _sqlite_time(now),
-            history,
+            history, inbox_id,
         )  # fmt: skip
         if found is None:
             return None
@@ -394,11 +439,46 @@ class SQLiteHotPath:
         rows.reverse()
         return message_id, _sqlite_conversation(conv), customer(values), [_sqlite_message(r) for r in rows]
 
+    async def create_customer(self, driver: Any, new: Customer) -> None:
+        """Insert a customer (fields already cleaned); a taken email or external id raises IntegrityError."""
+        await self._run(driver, _fetch, _INSERT_CUSTOMER, (new.id, new.email, new.external_id, new.name,
+                        int(new.verified), _sqlite_time(new.created_at or datetime.now(UTC))))  # fmt: skip
+
+    async def inbox_add(
+        self, driver: Any, channel: str, external_id: str, payload: str | None, conversation_id: str | None,
+        now: datetime,
+    ) -> int | None:  # fmt: skip
+        """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
+        rows = await self._run(driver, _fetch, _INSERT_INBOX,
+                               (channel, external_id, conversation_id, payload, _sqlite_time(now)))  # fmt: skip
+        return int(rows[0][0]) if rows else None
+
+    async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
+        await self._run(driver, _fetch, _SET_INBOX_STATUS, (status, conversation_id, inbox_id))
+
+    async def add_conversation_token(self, driver: Any, conversation_id: str, token_hash: str, now: datetime) -> None:
+        await self._run(driver, _fetch, _INSERT_TOKEN, (token_hash, conversation_id, _sqlite_time(now)))
+
+    async def conversation_for_token(self, driver: Any, token_hash: str) -> str | None:
+        rows = await self._run(driver, _fetch, _TOKEN_CONVERSATION, (token_hash,))
+        return str(rows[0][0]) if rows else None
+
 
 def _fetch(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
     return db.execute(sql, args).fetchall()
 
 
+_INSERT_CUSTOMER = (
+    "INSERT INTO customers (id, email, external_id, name, verified, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_INBOX = (
+    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at) "
+    "VALUES (?, ?, ?, ?, 'received', ?) ON CONFLICT DO NOTHING RETURNING id"
+)
+_SET_INBOX_STATUS = "UPDATE inbox SET status = ?, conversation_id = coalesce(?, conversation_id) WHERE id = ?"
+_MARK_INBOX_STORED = "UPDATE inbox SET status = 'stored' WHERE id = ?"
+_INSERT_TOKEN = "INSERT INTO conversation_tokens (token_hash, conversation_id, created_at) VALUES (?, ?, ?)"
+_TOKEN_CONVERSATION = "SELECT conversation_id FROM conversation_tokens WHERE token_hash = ?"
 _INSERT_CONVERSATION = (
     "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
     "cost_usd, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0.0, ?, ?)"
@@ -451,6 +531,7 @@ def _sqlite_begin(
     row: tuple[Any, ...],
     now: str,
     history: int,
+    inbox_id: int | None,
 ) -> tuple[int, Any, Any, list[Any]] | None:
     # The write goes first so the transaction holds the write lock from its start (a read
     # snapshot upgraded to a write could fail with "database is locked"); its RETURNING is the
@@ -460,6 +541,9 @@ def _sqlite_begin(
         return None
     cursor = db.execute(_SQLITE_INSERT, (conversation_id, *row, now))
     message_id = int(cursor.lastrowid or 0)
+    if inbox_id is not None:
+        # In the same transaction as the message: a restart finds both or neither (never stores it twice).
+        db.execute(_MARK_INBOX_STORED, (inbox_id,))
     cust = db.execute(_SQLITE_CUSTOMER, (conv[1],)).fetchone()
     rows = db.execute(_SQLITE_HISTORY, (conversation_id, message_id, history)).fetchall()
     return message_id, conv, cust, rows
@@ -475,12 +559,12 @@ def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: st
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
-_PG_ADD = f"""
+_PG_ADD_TEMPLATE = f"""
 WITH conv AS (
     UPDATE conversations SET turns = turns + $2, input_tokens = input_tokens + $3,
         output_tokens = output_tokens + $4, cost_usd = cost_usd + $5, updated_at = $6
     WHERE id = $1 RETURNING id
-)
+){{mark}}
 INSERT INTO messages ({_INSERT_COLS})
 SELECT conv.id, v.role, v.content, v.images::json, v.tool_calls::json, v.tool_call_id, v.tool_name, v.extra::json,
        v.kind, v.status, v.flow, v.model, v.input_tokens, v.output_tokens, v.audio_input_tokens, v.reasoning_tokens,
@@ -494,6 +578,15 @@ FROM conv, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], 
 ORDER BY v.ord
 RETURNING id
 """
+_PG_ADD = _PG_ADD_TEMPLATE.format(mark="")
+# begin_turn's: also marks the message's inbox row stored, in the same statement (so the same transaction).
+_PG_ADD_MARKING = _PG_ADD_TEMPLATE.format(
+    mark=", marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND EXISTS (SELECT FROM conv))"
+)
+_PG_INSERT_INBOX = (
+    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at) "
+    "VALUES ($1, $2, $3, $4, 'received', $5) ON CONFLICT DO NOTHING RETURNING id"
+)
 
 
 class PostgresHotPath:
@@ -536,11 +629,19 @@ class PostgresHotPath:
         return [message(row) for row in rows]
 
     async def add_messages(
-        self, driver: Any, conversation_id: str, messages: Sequence[NewMessage], now: datetime
+        self,
+        driver: Any,
+        conversation_id: str,
+        messages: Sequence[NewMessage],
+        now: datetime,
+        inbox_id: int | None = None,
     ) -> list[int] | None:
         """Insert and add to the totals in one statement; None when the conversation does not exist."""
         columns = list(zip(*(message_values(m) for m in messages), strict=True))
-        rows = await driver.fetch(_PG_ADD, conversation_id, *totals(messages), now, *columns)
+        if inbox_id is None:
+            rows = await driver.fetch(_PG_ADD, conversation_id, *totals(messages), now, *columns)
+        else:
+            rows = await driver.fetch(_PG_ADD_MARKING, conversation_id, *totals(messages), now, *columns, inbox_id)
         if not rows:
             return None
         return sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
@@ -569,10 +670,16 @@ class PostgresHotPath:
         )  # fmt: skip
 
     async def begin_turn(
-        self, driver: Any, conversation_id: str, new: NewMessage, history: int, now: datetime
+        self,
+        driver: Any,
+        conversation_id: str,
+        new: NewMessage,
+        history: int,
+        now: datetime,
+        inbox_id: int | None = None,
     ) -> Started | None:
-        """Store the message (one atomic statement), then read the conversation, customer and history."""
-        ids = await self.add_messages(driver, conversation_id, (new,), now)
+        """Store the message and mark its inbox row (one statement), then read the conversation, customer, history."""
+        ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id)
         if ids is None:
             return None
         conv = await self.get_conversation(driver, conversation_id)
@@ -593,3 +700,37 @@ class PostgresHotPath:
             conversation_id, tool_call_id, now,
         )  # fmt: skip
         return bool(status == "INSERT 0 1")
+
+    async def create_customer(self, driver: Any, new: Customer) -> None:
+        """Insert a customer (fields already cleaned); a taken email or external id raises a unique violation."""
+        await driver.execute(
+            "INSERT INTO customers (id, email, external_id, name, verified, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            new.id, new.email, new.external_id, new.name, new.verified, new.created_at or datetime.now(UTC),
+        )  # fmt: skip
+
+    async def inbox_add(
+        self, driver: Any, channel: str, external_id: str, payload: str | None, conversation_id: str | None,
+        now: datetime,
+    ) -> int | None:  # fmt: skip
+        """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
+        inbox_id = await driver.fetchval(_PG_INSERT_INBOX, channel, external_id, conversation_id, payload, now)
+        return None if inbox_id is None else int(inbox_id)
+
+    async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
+        await driver.execute(
+            "UPDATE inbox SET status = $1, conversation_id = coalesce($2, conversation_id) WHERE id = $3",
+            status, conversation_id, inbox_id,
+        )  # fmt: skip
+
+    async def add_conversation_token(self, driver: Any, conversation_id: str, token_hash: str, now: datetime) -> None:
+        await driver.execute(
+            "INSERT INTO conversation_tokens (token_hash, conversation_id, created_at) VALUES ($1, $2, $3)",
+            token_hash, conversation_id, now,
+        )  # fmt: skip
+
+    async def conversation_for_token(self, driver: Any, token_hash: str) -> str | None:
+        found = await driver.fetchval(
+            "SELECT conversation_id FROM conversation_tokens WHERE token_hash = $1", token_hash
+        )
+        return None if found is None else str(found)

@@ -11,6 +11,7 @@ from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
 from supportbot.store.base import InboxItem, OutboxItem
 from supportbot.store.models import inbox as _i
+from supportbot.store.models import json_dumps
 from supportbot.store.models import outbox as _o
 
 __all__ = ["MailboxMixin"]
@@ -93,21 +94,14 @@ class MailboxMixin(SQLBase):
         self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
     ) -> int | None:
         """Store an inbound message before acknowledging it; None when it is already stored (a redelivery)."""
-        statement = self._insert(_i).on_conflict_do_nothing().returning(_i.c.id)
-        async with self._begin("storing an inbound message") as connection:
-            row = (await connection.execute(statement, {
-                "channel": channel, "external_id": external_id, "conversation_id": conversation_id,
-                "payload": payload, "status": "received", "created_at": now(),
-            })).first()  # fmt: skip
-        return None if row is None else int(row[0])
+        encoded = None if payload is None else json_dumps(payload)
+        async with self._driver("storing an inbound message") as driver:
+            return await self._hot.inbox_add(driver, channel, external_id, encoded, conversation_id, now())
 
     async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None:
         """Record what became of an inbound message (e.g. ``done``), and the conversation it went to."""
-        values: dict[str, Any] = {"status": status}
-        if conversation_id is not None:
-            values["conversation_id"] = conversation_id
-        async with self._begin("updating an inbound message") as connection:
-            await connection.execute(update(_i).where(_i.c.id == inbox_id).values(**values))
+        async with self._driver("updating an inbound message") as driver:
+            await self._hot.inbox_set_status(driver, inbox_id, status, conversation_id)
 
     async def inbox_pending(
         self, channel: str | None = None, *, statuses: Sequence[str] = ("received",), limit: int = 100

@@ -53,8 +53,8 @@ class SQLBase:
         # INSERT ... ON CONFLICT DO NOTHING (both databases have it, each under its own construct).
         postgres = engine.dialect.name == "postgresql"
         self._insert: Callable[..., Any] = postgresql.insert if postgres else sqlite.insert
-        self._hot: SQLiteHotPath | PostgresHotPath = PostgresHotPath() if postgres else SQLiteHotPath()
         self._hot_pool = HotPool(engine, HOT_CONNECTIONS if postgres else 1, discard_broken=postgres)
+        self._hot: SQLiteHotPath | PostgresHotPath = PostgresHotPath() if postgres else SQLiteHotPath(self._hot_pool)
 
     @asynccontextmanager
     async def _begin(self, doing: str, *, write_first: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -121,7 +121,9 @@ class HotPool:
         return driver
 
     async def release(self, driver: Any, *, broken: bool) -> None:
-        proxied = self._held.pop(id(driver))
+        proxied = self._held.pop(id(driver), None)
+        if proxied is None:
+            return  # cancelled while lent (see ``lent``): it is back in the pool already
         try:
             if broken and self._discard_broken:
                 await greenlet_spawn(proxied.invalidate)
@@ -130,6 +132,26 @@ class HotPool:
                 self._free.append(proxied)
         finally:
             self._slots.release()
+
+    @asynccontextmanager
+    async def lent(self, driver: Any) -> AsyncIterator[None]:
+        """Put a held connection back in the pool for the duration, then take that same one again.
+
+        For a call that must wait (the SQLite hot path sleeping on another connection's write
+        lock) and should not make every other call wait with it. The connection must be idle (no
+        open transaction). Only for a one-connection pool: with more, another call may hold this
+        connection when the slot comes back.
+        """
+        proxied = self._held.pop(id(driver))
+        self._free.append(proxied)
+        self._slots.release()
+        try:
+            yield
+        finally:
+            # Cancelled while waiting for the slot: the caller holds nothing, and ``release`` knows it.
+            await self._slots.acquire()
+            self._free.remove(proxied)
+            self._held[id(driver)] = proxied
 
     async def close(self) -> None:
         """Give every idle connection back to SQLAlchemy's pool (call before disposing the engine)."""

@@ -5,14 +5,9 @@ Only a SHA-256 hash of a token is stored: a copy of the database opens no conver
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
-
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.models import conversation_tokens as _t
 
 __all__ = ["TokenMixin"]
-
-_BY_HASH = select(_t.c.conversation_id).where(_t.c.token_hash == bindparam("h"))
 
 
 class TokenMixin(SQLBase):
@@ -20,13 +15,10 @@ class TokenMixin(SQLBase):
 
     async def add_conversation_token(self, conversation_id: str, token_hash: str) -> None:
         """Record that the token with this hash opens the conversation."""
-        async with self._begin("storing a conversation token") as connection:
-            await connection.execute(
-                _t.insert(), {"token_hash": token_hash, "conversation_id": conversation_id, "created_at": now()}
-            )
+        async with self._driver("storing a conversation token") as driver:
+            await self._hot.add_conversation_token(driver, conversation_id, token_hash, now())
 
     async def conversation_for_token(self, token_hash: str) -> str | None:
         """The id of the conversation the token with this hash opens, or None."""
-        async with self._begin("checking a conversation token") as connection:
-            row = (await connection.execute(_BY_HASH, {"h": token_hash})).first()
-        return None if row is None else str(row[0])
+        async with self._driver("checking a conversation token") as driver:
+            return await self._hot.conversation_for_token(driver, token_hash)

@@ -171,8 +171,14 @@ class Store(Protocol):
     ) -> Conversation: ...
     async def list_conversations(self, *, customer_id: str | None = None, limit: int = 50) -> list[Conversation]: ...
 
-    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
-        """Store the customer's message and read what the turn needs, in one operation (a turn's first)."""
+    async def begin_turn(
+        self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
+    ) -> TurnStart:
+        """Store the customer's message and read what the turn needs, in one operation (a turn's first).
+
+        With ``inbox_id``, the same transaction sets that inbox row's status to ``stored`` (see
+        ``Mailboxes``), so a restart never stores the message twice; a store without an inbox ignores it.
+        """
         ...
 
     async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]: ...

@@ -147,7 +147,10 @@ class MemoryStore:
         )  # fmt: skip
         return stored
 
-    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
+    async def begin_turn(
+        self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
+    ) -> TurnStart:
+        del inbox_id  # no inbox here: nothing outlives the process, so nothing is resumed
         before = self._messages.get(conversation_id, [])[-history:] if history > 0 else []
         (stored,) = await self.add_messages(conversation_id, [message])
         conversation = self._conversation(conversation_id)

@@ -1,10 +1,14 @@
 """``SQLStore``: the ``Store`` and ``Mailboxes`` protocols on SQLAlchemy 2 (SQLite or PostgreSQL).
 
 Every turn reads its conversation and history and stores its messages, so those calls
-(``get_conversation``, ``get_customer``, ``list_messages``, ``add_messages``,
-``update_conversation``, ``claim_tool_run``) run on the drivers directly, one thread hop or one
-round trip each (``_hot``). Everything else uses prebuilt SQLAlchemy Core statements on short
-transactions. Text is cleaned on the way in (see ``models.clean_text``).
+(``begin_turn``, ``get_conversation``, ``get_customer``, ``list_messages``, ``add_messages``,
+``update_conversation``, ``claim_tool_run``) run on the drivers directly, inline on SQLite or one
+round trip on PostgreSQL (``_hot``); so do the web channel's per-message and per-connection
+calls (``inbox_add``, ``inbox_set_status``, ``conversation_for_token``) and what opening a
+conversation writes (the customer, the conversation, its greeting and token). On SQLite a
+SQLAlchemy write holds the database's one write lock across several event-loop rounds, so hot
+calls that meet it must wait: the fewer of those on a busy path, the better. Everything else uses
+prebuilt SQLAlchemy Core statements on short transactions. Text is cleaned on the way in (see ``models.clean_text``).
 """
 
 from __future__ import annotations
@@ -179,15 +183,12 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin):
             customer = Customer(id=uuid.uuid4().hex, email=email, external_id=external_id, name=name,
                                 verified=verified, created_at=_now())  # fmt: skip
             try:
-                async with self._begin("creating a customer") as connection:
-                    await connection.execute(_cu.insert(), {
-                        "id": customer.id, "email": email, "external_id": external_id, "name": name,
-                        "verified": verified, "created_at": customer.created_at,
-                    })  # fmt: skip
+                async with self._driver("creating a customer") as driver:
+                    await self._hot.create_customer(driver, customer)
                 return customer
             except StorageError as exc:
                 # Another request created the same customer a moment ago: find that one.
-                if attempt or not isinstance(exc.__cause__, IntegrityError):
+                if attempt or not _is_integrity_error(exc.__cause__):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -285,15 +286,19 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin):
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
         return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
 
-    async def begin_turn(self, conversation_id: str, message: NewMessage, *, history: int) -> TurnStart:
+    async def begin_turn(
+        self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
+    ) -> TurnStart:
         """Store the customer's message and read the conversation, customer and history, in one call.
+
+        With ``inbox_id``, that inbox row's status becomes ``stored`` in the same transaction.
 
         Raises:
             StorageError: the conversation does not exist, or the database refused the write.
         """
         now = _now()
         async with self._driver("starting a turn") as driver:
-            found = await self._hot.begin_turn(driver, conversation_id, message, history, now)
+            found = await self._hot.begin_turn(driver, conversation_id, message, history, now, inbox_id)
         if found is None:
             raise StorageError(f"cannot store a message in conversation {conversation_id!r}: no such conversation")
         message_id, conversation, customer, messages = found

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from supportbot.errors import StorageError
 from supportbot.store import _hot
 from supportbot.store.base import NewMessage
 from supportbot.store.sql import SQLStore
@@ -28,12 +29,54 @@ async def test_a_write_lock_held_by_another_process_is_waited_for_off_the_event_
         other.execute("BEGIN IMMEDIATE")
         write = asyncio.create_task(store.add_messages(cid, [NewMessage(role="user", content="while locked")]))
         await asyncio.sleep(0)  # the task runs: its inline attempt finds the lock taken
-        # The loop is free again (this line runs) while the write waits in aiosqlite's thread.
+        # The loop is free again (this line runs) while the write sleeps before trying again.
+        assert not write.done()
+        # ... and the hot connection is free too: a read (WAL: not blocked by the writer) goes through.
+        assert (await asyncio.wait_for(store.get_conversation(cid), 1)) is not None
+        assert await asyncio.wait_for(store.conversation_for_token("x" * 64), 1) is None
         assert not write.done()
         other.execute("COMMIT")
         stored = await asyncio.wait_for(write, 10)
         assert stored[0].content == "while locked"
         assert [m.content for m in await store.list_messages(cid)] == ["while locked"]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_write_lock_never_released_fails_the_call_after_a_bounded_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_hot, "BUSY_GIVE_UP", 0.2)
+    store, cid = await _store_with_conversation(tmp_path / "bot.db")
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match=r"storing messages failed: database is locked: .* held its write lock"):
+            await asyncio.wait_for(store.add_messages(cid, [NewMessage(role="user", content="lost")]), 5)
+        other.execute("ROLLBACK")
+        # Nothing was half-written, and the connection is usable again.
+        await store.add_messages(cid, [NewMessage(role="user", content="kept")])
+        assert [m.content for m in await store.list_messages(cid)] == ["kept"]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_call_cancelled_while_waiting_for_the_lock_leaves_the_pool_usable(tmp_path: Path) -> None:
+    store, cid = await _store_with_conversation(tmp_path / "bot.db")
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        writes = [asyncio.create_task(store.add_messages(cid, [NewMessage(role="user", content=str(i))]))
+                  for i in range(3)]  # fmt: skip
+        await asyncio.sleep(0.02)
+        writes[0].cancel()
+        other.execute("COMMIT")
+        results = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert sorted(m.content for m in await store.list_messages(cid)) == ["1", "2"]
+        assert store._hot_pool._held == {} and len(store._hot_pool._free) == 1
     finally:
         other.close()
         await store.close()

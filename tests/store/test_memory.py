@@ -30,7 +30,8 @@ async def test_begin_turn_counts_the_turn_and_returns_what_came_before() -> None
         NewMessage(role="assistant", tool_calls=(ToolCall(id="c1", name="t", arguments="{}"),),
                    usage=Usage(input_tokens=10, output_tokens=2), cost_usd=0.5),
     ])  # fmt: skip
-    start = await store.begin_turn(conversation.id, NewMessage(role="user", content="hi"), history=10)
+    # A memory store has no inbox: an inbox id is accepted and ignored.
+    start = await store.begin_turn(conversation.id, NewMessage(role="user", content="hi"), history=10, inbox_id=7)
     assert [m.role for m in start.history] == ["assistant"] and start.message.content == "hi"
     assert start.conversation.turns == 1 and start.conversation.cost_usd == 0.5
     assert start.customer == customer

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from sqlalchemy import Table, text
 
 from supportbot.errors import StorageError
 from supportbot.messages import ImagePart, ToolCall, Usage
+from supportbot.store import _mailbox, _tokens
+from supportbot.store import sql as sql_module
 from supportbot.store.base import NewMessage
+from supportbot.store.models import conversation_tokens, customers, inbox
 from supportbot.store.sql import SQLStore
 
 # A Gemini-style thought signature: nested, non-ASCII, odd key order; must come back exactly.
@@ -393,6 +398,114 @@ async def test_inbox_stores_each_channel_message_once(store: SQLStore) -> None:
     await store.inbox_set_status(first, "done", conversation_id=cid)
     assert await store.inbox_pending("slack") == []
     assert [i.channel for i in await store.inbox_pending()] == ["email"]
+
+
+# The hot path writes with the drivers' own SQL; these compare its rows, as stored, with SQLAlchemy's.
+AT = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+
+
+async def _raw(store: SQLStore, table: Table, key: str, value: object) -> dict[str, Any]:
+    """A row as the database stores it (text of each column, and SQLite's storage class)."""
+    if store.dialect == "sqlite":
+        columns = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)
+    else:
+        columns = ", ".join(f"{c.name}::text, pg_typeof({c.name})::text" for c in table.columns)
+    async with store._begin("reading a raw row") as connection:
+        row = (
+            await connection.execute(text(f"SELECT {columns} FROM {table.name} WHERE {key} = :v"), {"v": value})
+        ).one()
+    names = [n for c in table.columns for n in (c.name, f"{c.name}:type")]
+    return dict(zip(names, row, strict=True))
+
+
+async def _sqlalchemy_insert(store: SQLStore, table: Table, values: dict[str, Any]) -> None:
+    async with store._begin("inserting through SQLAlchemy") as connection:
+        await connection.execute(table.insert(), values)
+
+
+async def test_inbox_rows_of_the_hot_path_are_those_sqlalchemy_writes(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_mailbox, "now", lambda: AT)
+    cid = await _conversation(store)
+    payload = {"text": "olá \U0001f600", "images": [], "n": [1, 2.5, None, True]}
+    hot = await store.inbox_add("web", "hot", payload, conversation_id=cid)
+    assert hot is not None
+    await _sqlalchemy_insert(store, inbox, {"channel": "web", "external_id": "orm", "conversation_id": cid,
+                                            "payload": payload, "status": "received", "created_at": AT})  # fmt: skip
+    rows = [await _raw(store, inbox, "external_id", e) for e in ("hot", "orm")]
+    for row in rows:
+        del row["id"], row["external_id"]
+    assert rows[0] == rows[1]
+    # ... and reads back through SQLAlchemy as it was given
+    (item,) = [i for i in await store.inbox_pending("web") if i.id == hot]
+    assert (item.payload, item.conversation_id, item.created_at) == (payload, cid, AT)
+
+    # A status change keeps the conversation unless given one.
+    other = await store.inbox_add("web", "other", ["a list"])
+    assert other is not None
+    await store.inbox_set_status(other, "stored")
+    await store.inbox_set_status(hot, "failed")
+    changed = await store.inbox_pending("web", statuses=("stored", "failed"))
+    assert [(i.id, i.status, i.conversation_id, i.payload) for i in changed] == [
+        (hot, "failed", cid, payload),
+        (other, "stored", None, ["a list"]),
+    ]
+    await store.inbox_set_status(other, "done", conversation_id=cid)
+    assert (await _raw(store, inbox, "id", other))["conversation_id"] == cid
+
+
+async def test_customer_rows_of_the_hot_path_are_those_sqlalchemy_writes(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_module, "_now", lambda: AT.astimezone(timezone(timedelta(hours=2))))
+    created = await store.get_or_create_customer(email="Zoë@Example.com", name="Zoë\x00", external_id="x1",
+                                                 verified=True)  # fmt: skip
+    await _sqlalchemy_insert(store, customers, {"id": "orm", "email": "zoë@example.com", "name": "Zoë",
+                                                "external_id": "x1", "verified": False, "created_at": AT})  # fmt: skip
+    hot, orm = await _raw(store, customers, "id", created.id), await _raw(store, customers, "id", "orm")
+    assert {k: v for k, v in hot.items() if k not in ("id", "verified")} == {
+        k: v for k, v in orm.items() if k not in ("id", "verified")
+    }
+    assert hot["verified"] != orm["verified"] and hot["verified:type"] == orm["verified:type"]
+    assert await store.get_customer(created.id) == created
+    assert created.created_at == AT
+
+
+async def test_conversation_tokens(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_tokens, "now", lambda: AT)
+    cid = await _conversation(store)
+    await store.add_conversation_token(cid, "a" * 64)
+    assert await store.conversation_for_token("a" * 64) == cid
+    assert await store.conversation_for_token("b" * 64) is None
+    with pytest.raises(StorageError, match="storing a conversation token"):
+        await store.add_conversation_token(cid, "a" * 64)  # a hash opens one conversation only
+    with pytest.raises(StorageError):
+        await store.add_conversation_token("missing", "c" * 64)
+    await _sqlalchemy_insert(store, conversation_tokens, {"token_hash": "d" * 64, "conversation_id": cid,
+                                                          "created_at": AT})  # fmt: skip
+    assert await store.conversation_for_token("d" * 64) == cid
+    hot, orm = (
+        await _raw(store, conversation_tokens, "token_hash", "a" * 64),
+        await _raw(store, conversation_tokens, "token_hash", "d" * 64),
+    )
+    del hot["token_hash"], orm["token_hash"]
+    assert hot == orm
+
+
+async def test_begin_turn_marks_the_inbox_row_stored_in_the_same_transaction(store: SQLStore) -> None:
+    cid = await _conversation(store)
+    inbox_id = await store.inbox_add("web", "m1", {"text": "hi"}, conversation_id=cid)
+    other = await store.inbox_add("web", "m2", {"text": "later"}, conversation_id=cid)
+    assert inbox_id is not None and other is not None
+    start = await store.begin_turn(cid, NewMessage(role="user", content="hi"), history=5, inbox_id=inbox_id)
+    assert start.message.content == "hi"
+    pending = await store.inbox_pending("web", statuses=("received", "stored"))
+    assert [(i.id, i.status) for i in pending] == [(inbox_id, "stored"), (other, "received")]
+    # No conversation, no message: the row stays as it was.
+    with pytest.raises(StorageError, match="no such conversation"):
+        await store.begin_turn("missing", NewMessage(role="user", content="x"), history=5, inbox_id=other)
+    assert [i.id for i in await store.inbox_pending("web")] == [other]
 
 
 async def test_outbox_lifecycle(store: SQLStore) -> None:

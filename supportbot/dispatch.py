@@ -38,9 +38,19 @@ from supportbot.events import (
 )
 from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
-from supportbot.store.base import InboxItem
+from supportbot.store.base import InboxItem, StoredMessage
 
-__all__ = ["Accepted", "CustomerMessage", "Dispatcher", "Inbound", "LiveTurn", "Published", "TurnEvent", "Unavailable"]
+__all__ = [
+    "Accepted",
+    "CustomerMessage",
+    "Dispatcher",
+    "Inbound",
+    "LiveTurn",
+    "Published",
+    "StaffMessage",
+    "TurnEvent",
+    "Unavailable",
+]
 
 log = logging.getLogger("supportbot.dispatch")
 
@@ -101,7 +111,14 @@ class CustomerMessage:
     images: int
 
 
-Published = TurnEvent | CustomerMessage
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StaffMessage:
+    """A reply a person from the team wrote, already stored (``kind="human"``)."""
+
+    message: StoredMessage
+
+
+Published = TurnEvent | CustomerMessage | StaffMessage
 
 
 @dataclass(kw_only=True)
@@ -244,6 +261,10 @@ class Dispatcher:
     def publish(self, conversation_id: str, item: Published) -> None:
         for subscription in self._subscribers.get(conversation_id, ()):
             subscription._queue.put_nowait(item)
+
+    def deliver(self, message: StoredMessage) -> None:
+        """Show a stored operator reply to the conversation's open clients now (they also see it in the history)."""
+        self.publish(message.conversation_id, StaffMessage(message=message))
 
     def live(self, conversation_id: str) -> LiveTurn | None:
         """The reply streaming in this conversation now, if any."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supportbot.dispatch import CustomerMessage, LiveTurn, Published, TurnEvent
+from supportbot.dispatch import CustomerMessage, LiveTurn, Published, StaffMessage, TurnEvent
 from supportbot.events import (
     Handoff,
     TextDelta,
@@ -75,6 +75,8 @@ def frame(item: Published) -> dict[str, Any] | None:
             "message": {"id": None, "role": "customer", "text": item.text, "kind": "normal", "images": item.images,
                         "created_at": None},
         }  # fmt: skip
+    if isinstance(item, StaffMessage):
+        return {"type": "message", "message": message(item.message)}
     if not isinstance(item, TurnEvent):  # pragma: no cover - exhaustive
         return None
     turn, event = item.turn, item.event

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Reply, Step
 from tests.connectors.web.conftest import WebServer, signed
 
@@ -260,13 +261,27 @@ async def test_an_attached_image_reaches_the_model(
                for part in content)  # fmt: skip
 
 
-async def test_a_handoff_is_announced(page: Page, server: WebServer, host: dict[str, Any]) -> None:
+async def test_a_handoff_is_announced_and_the_persons_reply_shows(
+    page: Page, server: WebServer, host: dict[str, Any]
+) -> None:
     server.fake.script(Reply(tool_calls=[("handoff_to_human", {"reason": "wants a person"})]), Reply(text="Done."))
     await page.goto(host["url"])
     await open_widget(page)
     await send(page, "a person please")
     system = page.locator('#supportbot-widget .sb-msg[data-role="system"]')
     await expect(system.last).to_contain_text("person", timeout=10_000)
+    # An operator answers (as the admin reply of the operators' page will): stored, then delivered.
+    conversation = (await server.runtime.store.list_conversations(limit=1))[0]
+    saved = await server.runtime.store.add_messages(
+        conversation.id,
+        [NewMessage(role="assistant", kind="human", content="Hi, Maria here. Let me check.", author="maria")],
+    )
+    server.dispatcher.deliver(saved[0])
+    human = page.locator('#supportbot-widget .sb-msg[data-role="human"]')
+    await expect(human.last).to_contain_text("Maria here", timeout=10_000)
+    await page.reload()  # and it is part of the history
+    await open_widget(page)
+    await expect(human.last).to_contain_text("Maria here", timeout=10_000)
 
 
 async def test_narrow_screens_get_a_full_screen_panel(

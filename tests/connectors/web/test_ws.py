@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from connectors.web.ws import CLOSE_UNAUTHORIZED
+from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Hang, Reply
 from tests.connectors.web.conftest import OTHER_ORIGIN, WebServer
 
@@ -199,3 +200,17 @@ async def test_without_a_model_the_widget_is_told_how_to_connect_one(server: Web
     ) as response:  # fmt: skip
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "no_model"
+
+
+async def test_an_operator_reply_reaches_every_open_tab(server: WebServer) -> None:
+    opened = await server.open()
+    async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
+        await ws.receive_json()
+        saved = await server.runtime.store.add_messages(
+            opened["id"], [NewMessage(role="assistant", kind="human", content="Maria here.", author="maria")]
+        )
+        server.dispatcher.deliver(saved[0])
+        frame = await ws.receive_json()
+    assert frame["type"] == "message"
+    assert frame["message"]["role"] == "human" and frame["message"]["text"] == "Maria here."
+    assert frame["message"]["id"] == saved[0].id

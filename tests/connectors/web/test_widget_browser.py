@@ -313,3 +313,21 @@ async def test_the_demo_page_with_a_finished_conversation(page: Page, server: We
     await page.screenshot(path=str(ARTIFACTS / "widget-demo.png"))
     assert (ARTIFACTS / "widget-demo.png").stat().st_size > 10_000
     assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+async def test_the_command_api_events_theme_and_shutdown(page: Page, server: WebServer, host: dict[str, Any]) -> None:
+    server.fake.script(Reply(text="Event seen."))
+    await page.goto(host["url"])
+    # Registered like a host page would, through the queue-or-run global.
+    await page.evaluate("() => { window.seen = []; Supportbot('on', 'message', m => window.seen.push(m.text)); }")
+    await page.evaluate("() => Supportbot('open')")
+    await expect(page.locator("#supportbot-widget")).to_have_attribute("data-state", "ready", timeout=10_000)
+    await expect(page.locator("#supportbot-widget .sb-title")).to_have_text("Shop help")  # data-title beats config
+    await send(page, "hello")
+    await expect(bot_messages(page).last).to_have_text("Event seen.", timeout=10_000)
+    assert "Event seen." in await page.evaluate("() => window.seen")
+    key = f"supportbot:{server.url}"
+    assert await page.evaluate("k => localStorage.getItem(k)", key) is not None
+    await page.evaluate("() => Supportbot('shutdown')")  # e.g. on logout
+    await expect(page.locator("#supportbot-widget .sb-launcher")).to_have_count(0)
+    assert await page.evaluate("k => localStorage.getItem(k)", key) is None

@@ -318,10 +318,11 @@ async def test_one_worker_holds_many_conversations_on_one_session(pg_url: str) -
                 asyncio.gather(*(stack.enter_async_context(store.lock(f"conv-{i}")) for i in range(100))), 10
             )
             async with store.engine.connect() as connection:
-                sessions, held = (await connection.execute(text(
-                    "SELECT count(DISTINCT pid), count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                ))).one()  # fmt: skip
-            assert (sessions, held) == (1, 100)
+                per_session = (await connection.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted GROUP BY pid"
+                ))).scalars().all()  # fmt: skip
+            # All 100 on one session (other test runs on the same database may hold locks of their own).
+            assert 100 in per_session
     finally:
         await store.close()
 

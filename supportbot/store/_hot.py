@@ -235,6 +235,9 @@ def _in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
     return result
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the WAL file is truncated to when it restarts after a complete checkpoint."""
+
 CHECKPOINT_EVERY = 256
 """Commits of the hot path between two WAL checkpoints (run in a worker thread)."""
 
@@ -269,6 +272,14 @@ def _checkpoint(path: str) -> None:
             db.close()
     except (sqlite3.Error, OSError) as exc:
         logger.warning("WAL checkpoint of %s failed (the next one will try again): %s", path, exc)
+
+
+def _checkpoint_tail(db: sqlite3.Connection) -> None:
+    """Finish a checkpoint on the hot connection itself (outside any transaction): only the frames left."""
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:
+        logger.warning("WAL checkpoint failed (the next one will try again): %s", exc)
 
 
 def _database_file(db: sqlite3.Connection) -> str:
@@ -309,6 +320,7 @@ class SQLiteHotPath:
         if driver not in self._prepared:
             db.execute("PRAGMA busy_timeout=0")
             db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # a WAL that restarts is cut back to this
             self._prepared.add(driver)
             self._file = _database_file(db)
         try:
@@ -318,7 +330,14 @@ class SQLiteHotPath:
                 raise
             result = await self._retry(driver, work, *args)
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
+        if self._checkpoint is not None and self._checkpoint.done():
+            # The worker thread copied the WAL up to where it was when it started; what this process
+            # wrote meanwhile is copied now, between our transactions, so the checkpoint completes and
+            # the next write starts the WAL afresh. (Without this, under steady load no checkpoint ever
+            # completed and the WAL grew without end.) The tail is small: a few turns' pages.
+            self._checkpoint = None
+            _checkpoint_tail(db)
+        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._commits = 0
             if self._file:
                 self._checkpoint = asyncio.create_task(asyncio.to_thread(_checkpoint, self._file))

@@ -41,16 +41,20 @@ class Running:
         self.url, self.stop, self.task = url, stop, task
 
 
-@pytest.fixture
-async def running(fake: FakeLLMServer, tmp_path: Path) -> AsyncIterator[Running]:
+async def start(server_config: Config) -> Running:
+    """``serve`` in a task on a free port of 127.0.0.1, once it accepts connections."""
     stop = asyncio.Event()
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config(fake, tmp_path), host="127.0.0.1", port=0, stop=stop,
-                                     ready=ready.set_result))  # fmt: skip
-    url = await asyncio.wait_for(ready, 10)
-    yield Running(url, stop, task)
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    task = asyncio.create_task(serve(server_config, host="127.0.0.1", port=0, stop=stop, ready=ready.set_result))
+    return Running(await asyncio.wait_for(ready, 10), stop, task)
+
+
+@pytest.fixture
+async def running(fake: FakeLLMServer, tmp_path: Path) -> AsyncIterator[Running]:
+    server = await start(config(fake, tmp_path))
+    yield server
+    server.stop.set()
+    await asyncio.wait_for(server.task, 10)
 
 
 async def test_health_and_readiness(running: Running) -> None:
@@ -94,10 +98,8 @@ async def test_metrics_count_turns_tokens_tools_and_requests(running: Running, f
 
 async def test_a_stop_drains_and_hands_back_what_did_not_finish(fake: FakeLLMServer, tmp_path: Path) -> None:
     fake.script(Hang(30))
-    stop = asyncio.Event()
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config(fake, tmp_path), port=0, stop=stop, ready=ready.set_result))
-    url = await asyncio.wait_for(ready, 10)
+    first = await start(config(fake, tmp_path))
+    url = first.url
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/api/v1/conversations", json={}) as response:
             opened = await response.json()
@@ -107,18 +109,16 @@ async def test_a_stop_drains_and_hands_back_what_did_not_finish(fake: FakeLLMSer
         ) as response:  # fmt: skip
             await response.content.readline()  # acknowledged
             await fake.wait_for_requests(1)
-            stop.set()
+            first.stop.set()
             async with http.get(f"{url}/readyz") as ready_response:
                 assert ready_response.status == 503  # draining: the load balancer stops sending
             started = time.monotonic()
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(first.task, 10)
     assert time.monotonic() - started < 5
     # The next start resumes it.
     fake.script(Reply(text="Back again."))
-    stop = asyncio.Event()
-    ready = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config(fake, tmp_path), port=0, stop=stop, ready=ready.set_result))
-    url = await asyncio.wait_for(ready, 10)
+    second = await start(config(fake, tmp_path))
+    url = second.url
     async with aiohttp.ClientSession() as http:
         for _ in range(200):
             async with http.get(
@@ -129,8 +129,8 @@ async def test_a_stop_drains_and_hands_back_what_did_not_finish(fake: FakeLLMSer
             if history["messages"][-1]["text"] == "Back again.":
                 break
             await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, 10)
+    second.stop.set()
+    await asyncio.wait_for(second.task, 10)
     assert [m["text"] for m in history["messages"] if m["role"] == "customer"] == ["hello"]
     assert history["messages"][-1]["text"] == "Back again."
 

@@ -103,7 +103,7 @@ async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     channel = request.app[CHANNEL_KEY]
     origin = request.headers.get("Origin")
     if not origin_allowed(request, channel.settings):
-        channel.runtime_metrics_error("origin_not_allowed")
+        channel.count_error("origin_not_allowed")
         # Readable by the refused page (only this error), so the widget can say why instead of retrying.
         return error_response(
             403, "origin_not_allowed",

@@ -136,11 +136,11 @@ class WebChannel:
         ip = client_ip(request, trust_forwarded_for=self.runtime.config.server.trust_forwarded_for)
         wait = (limiter or self.per_ip).hit(ip)
         if wait:
-            self.runtime_metrics_error("rate_limited")
+            self.count_error("rate_limited")
             raise Refused(429, "rate_limited", f"too many requests; try again in {retry_after(wait)} s",
                           retry_after=wait)  # fmt: skip
 
-    def runtime_metrics_error(self, kind: str) -> None:
+    def count_error(self, kind: str) -> None:
         metrics = self.dispatcher.metrics
         if metrics is not None:
             metrics.errors.labels(kind).inc()
@@ -152,7 +152,7 @@ class WebChannel:
             raise Refused(401, "unauthorized", "send the conversation's token as 'Authorization: Bearer <token>'")
         found = await self.store.conversation_for_token(hash_token(token))
         if found is None or (conversation_id is not None and found != conversation_id):
-            self.runtime_metrics_error("unauthorized")
+            self.count_error("unauthorized")
             raise Refused(401, "unauthorized", "this token does not open this conversation; open a new conversation")
         return found
 
@@ -170,7 +170,7 @@ class WebChannel:
                               "this server has no connectors.web.identity_secret, so it cannot verify user.hash; "
                               "set it, or boot the widget without a hash")  # fmt: skip
             if not identity_valid(self.identity_secret, identifier, user.hash):
-                self.runtime_metrics_error("identity_invalid")
+                self.count_error("identity_invalid")
                 raise Refused(403, "identity_invalid",
                               "user.hash is not the HMAC-SHA256 of the user's id with the identity secret; "
                               "compute it on your server with connectors.web.identity_secret")  # fmt: skip
@@ -199,7 +199,7 @@ class WebChannel:
         images = tuple(ImagePart(url=_image_url(image.url, limits.max_image_bytes)) for image in body.images)
         wait = self.per_conversation.hit(conversation_id)
         if wait:
-            self.runtime_metrics_error("rate_limited")
+            self.count_error("rate_limited")
             raise Refused(429, "rate_limited",
                           f"too many messages in this conversation; wait {retry_after(wait)} s and send it again",
                           retry_after=wait)  # fmt: skip

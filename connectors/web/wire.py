@@ -62,7 +62,7 @@ def tool_label(name: str) -> str:
     return _TOOL_LABELS.get(name, "Working on it…")
 
 
-def _final(turn: int, text: str, message_id: int | None, kind: str) -> dict[str, Any]:
+def _final(text: str, message_id: int | None, kind: str) -> dict[str, Any]:
     return {"id": message_id, "role": "bot", "text": text, "kind": kind, "images": 0, "created_at": None}
 
 
@@ -94,11 +94,11 @@ def frame(item: Published) -> dict[str, Any] | None:
         return {"type": "status", "status": "human", "text": HUMAN_TEXT}
     if isinstance(event, TurnFinished):
         kind = "confirmation" if event.awaiting_confirmation else "normal"
-        return {"type": "turn_finished", "turn": turn, "message": _final(turn, event.text, event.message_id, kind)}
+        return {"type": "turn_finished", "turn": turn, "message": _final(event.text, event.message_id, kind)}
     if isinstance(event, TurnFailed):
         return {
             "type": "turn_failed",
             "turn": turn,
-            "message": _final(turn, event.fallback_text, event.message_id, "fallback"),
+            "message": _final(event.fallback_text, event.message_id, "fallback"),
         }
     return None  # pragma: no cover - every event type is handled above

@@ -100,6 +100,16 @@ def conversation(row: Sequence[Any]) -> Conversation:
     )  # fmt: skip
 
 
+def _image_parts(images: list[dict[str, Any]]) -> tuple[ImagePart, ...]:
+    return tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images)
+
+
+def _tool_calls(calls: list[dict[str, Any]]) -> tuple[ToolCall, ...]:
+    return tuple(
+        ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {}) for c in calls
+    )
+
+
 def message(row: Sequence[Any]) -> StoredMessage:
     """A message from its ``MSG_COLS`` row, with timestamps and JSON already decoded."""
     images, tool_calls, extra, input_tokens = row[5], row[6], row[9], row[14]
@@ -109,13 +119,8 @@ def message(row: Sequence[Any]) -> StoredMessage:
         created_at=row[2],
         role=row[3],
         content=row[4],
-        images=tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images) if images else (),
-        tool_calls=tuple(
-            ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {})
-            for c in tool_calls
-        )
-        if tool_calls
-        else (),
+        images=_image_parts(images) if images else (),
+        tool_calls=_tool_calls(tool_calls) if tool_calls else (),
         tool_call_id=row[7],
         tool_name=row[8],
         extra=extra or {},
@@ -191,13 +196,8 @@ def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
         created_at=_sqlite_datetime(created_at),
         role=role,
         content=content,
-        images=tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images) if images else (),
-        tool_calls=tuple(
-            ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {})
-            for c in tool_calls
-        )
-        if tool_calls
-        else (),
+        images=_image_parts(images) if images else (),
+        tool_calls=_tool_calls(tool_calls) if tool_calls else (),
         tool_call_id=tool_call_id,
         tool_name=tool_name,
         extra=extra or {},

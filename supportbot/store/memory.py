@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from supportbot.errors import StorageError
+from supportbot.store._hot import totals
 from supportbot.store.base import (
     Conversation,
     ConversationStatus,
@@ -131,14 +132,7 @@ class MemoryStore:
         # Spelled out rather than ``dataclasses.replace``/``**fields``: this runs several times a turn.
         stored = [_stored(m, next(self._ids), conversation_id, now) for m in messages]
         self._messages[conversation_id].extend(stored)
-        turns = input_tokens = output_tokens = 0
-        cost = 0.0
-        for m in messages:
-            turns += m.role == "user"
-            if m.usage is not None:
-                input_tokens += m.usage.input_tokens
-                output_tokens += m.usage.output_tokens
-            cost += m.cost_usd
+        turns, input_tokens, output_tokens, cost = totals(messages)
         self._conversations[conversation_id] = Conversation(
             id=conv.id, customer_id=conv.customer_id, channel=conv.channel, flow=conv.flow, status=conv.status,
             turns=conv.turns + turns, input_tokens=conv.input_tokens + input_tokens,

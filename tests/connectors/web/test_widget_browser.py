@@ -331,3 +331,24 @@ async def test_the_command_api_events_theme_and_shutdown(page: Page, server: Web
     await page.evaluate("() => Supportbot('shutdown')")  # e.g. on logout
     await expect(page.locator("#supportbot-widget .sb-launcher")).to_have_count(0)
     assert await page.evaluate("k => localStorage.getItem(k)", key) is None
+
+
+async def test_identify_starts_a_verified_conversation_for_the_signed_in_user(
+    page: Page, server: WebServer, host: dict[str, Any]
+) -> None:
+    server.fake.script(Reply(text="Hello, visitor."), Reply(text="Hello, Ana."))
+    await page.goto(host["url"])
+    await open_widget(page)
+    await send(page, "hi")
+    await expect(bot_messages(page).last).to_have_text("Hello, visitor.", timeout=10_000)
+    key = f"supportbot:{server.url}"
+    anonymous = json.loads(await page.evaluate("k => localStorage.getItem(k)", key))
+    await page.evaluate("u => Supportbot('identify', u)", signed("42", "ana@example.com"))  # she signed in
+    await send(page, "hi again")
+    await expect(bot_messages(page).last).to_have_text("Hello, Ana.", timeout=10_000)
+    signed_in = json.loads(await page.evaluate("k => localStorage.getItem(k)", key))
+    assert signed_in["id"] != anonymous["id"]
+    conversation = await server.runtime.store.get_conversation(signed_in["id"])
+    assert conversation is not None
+    customer = await server.runtime.store.get_customer(conversation.customer_id)
+    assert customer is not None and customer.verified and customer.email == "ana@example.com"

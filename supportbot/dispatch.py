@@ -291,8 +291,7 @@ class Dispatcher:
         conversation_id = message.conversation_id
         live = LiveTurn(turn=inbox_id)
         metrics = self.metrics
-        started = time.perf_counter()
-        first = True
+        record = _TurnRecord(started=time.perf_counter())
         if metrics:
             metrics.turns_in_progress.inc()
         try:
@@ -303,20 +302,22 @@ class Dispatcher:
                 events = self.engine.run_turn(conversation_id, message.text, images=message.images, inbox_id=inbox_id)
             async with aclosing(cast(AsyncGenerator[Event, None], events)) as stream:
                 async for event in stream:
-                    if first and isinstance(event, TextDelta) and metrics:
-                        metrics.first_token_seconds.labels(message.channel).observe(time.perf_counter() - started)
-                        first = False
+                    first_token = record.first_token_ms is None and isinstance(event, TextDelta)
+                    record.follow(event)
+                    if first_token and metrics:
+                        metrics.first_token_seconds.labels(message.channel).observe(record.elapsed())
                     self._follow(conversation_id, live, event)
                     if isinstance(event, TurnFinished | TurnFailed):
-                        self._log_turn(message, inbox_id, event, time.perf_counter() - started)
+                        _log_turn(message, inbox_id, event, record)
                     if metrics:
                         metrics.turn_event(message.channel, event)
                         if isinstance(event, TurnFinished | TurnFailed):
-                            metrics.turn_seconds.labels(message.channel).observe(time.perf_counter() - started)
+                            metrics.turn_seconds.labels(message.channel).observe(record.elapsed())
                     self.publish(conversation_id, TurnEvent(turn=inbox_id, event=event))
             await self.inbox.inbox_set_status(inbox_id, "done")
         except asyncio.CancelledError:
             # Draining: the inbox keeps the message for the next start; the client hears why it waits.
+            # No turn line: the turn runs again at the next start and is logged then.
             stopped = TurnFailed(
                 reason="the server stopped", fallback_text=RESTART_TEXT, ticket_id=None, message_id=None
             )
@@ -333,29 +334,14 @@ class Dispatcher:
                 ticket_id=None,
                 message_id=None,
             )
+            if not record.logged:
+                _log_turn(message, inbox_id, failed, record)
             self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
         finally:
             if metrics:
                 metrics.turns_in_progress.dec()
             if self._live.get(conversation_id) is live:
                 del self._live[conversation_id]
-
-    @staticmethod
-    def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, seconds: float) -> None:
-        """One structured line per turn: where, how it ended, how long, what it cost (no customer text)."""
-        fields: dict[str, Any] = {
-            "conversation_id": message.conversation_id,
-            "channel": message.channel,
-            "turn": turn,
-            "duration_ms": round(seconds * 1000, 1),
-        }
-        if isinstance(event, TurnFinished):
-            fields |= {"outcome": "finished", "input_tokens": event.usage.input_tokens,
-                       "output_tokens": event.usage.output_tokens, "cost_usd": round(event.cost_usd, 6)}  # fmt: skip
-            log.info("turn %d of %s finished in %.0f ms", turn, message.conversation_id, seconds * 1000, extra=fields)
-        else:
-            fields |= {"outcome": "failed", "reason": event.reason, "ticket_id": event.ticket_id}
-            log.warning("turn %d of %s failed: %s", turn, message.conversation_id, event.reason, extra=fields)
 
     def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
         """Keep the conversation's ``LiveTurn`` up to date with the turn's events."""
@@ -370,3 +356,80 @@ class Dispatcher:
             live.tool = None
         elif isinstance(event, TurnFinished | TurnFailed) and self._live.get(conversation_id) is live:
             del self._live[conversation_id]
+
+
+TOOL_ERROR_CHARS = 200  # enough to tell why a call failed; the full result is in the transcript
+
+
+@dataclass(kw_only=True)
+class _TurnRecord:
+    """What a turn's log line says, gathered from its events; no conversation text but a failed tool's error."""
+
+    started: float  # time.perf_counter() when the turn began
+    flow: str | None = None
+    transfers: list[str] = field(default_factory=list)
+    handoff: str | None = None
+    ticket_id: int | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    first_token_ms: float | None = None
+    logged: bool = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def follow(self, event: Event) -> None:
+        if isinstance(event, TurnStarted):
+            self.flow = self.flow or event.flow
+        elif isinstance(event, TextDelta):
+            if self.first_token_ms is None:
+                self.first_token_ms = round(self.elapsed() * 1000, 1)
+        elif isinstance(event, ToolCallFinished):
+            call: dict[str, Any] = {"name": event.name, "ok": not event.is_error,
+                                    "duration_ms": round(event.duration_ms, 1)}  # fmt: skip
+            if event.is_error:
+                # The tool's own error message (ToolRetry text, exception): it can quote the call's
+                # arguments, so it is shortened here and redacted with the rest of the record.
+                call["error"] = event.result[:TOOL_ERROR_CHARS]
+            self.tools.append(call)
+        elif isinstance(event, Handoff):
+            if event.target == "human":
+                self.handoff = "human"
+            else:
+                self.transfers.append(event.target)
+            self.ticket_id = event.ticket_id or self.ticket_id
+        elif isinstance(event, TurnFailed):
+            self.ticket_id = event.ticket_id or self.ticket_id
+
+
+def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, record: _TurnRecord) -> None:
+    """One structured line per turn, ``event: "turn"``: where, what ran, how it ended, how long, what it cost.
+
+    Every field is present in every line (None when it does not apply) so the lines read the same
+    in ``jq``. No customer text: the transcript in the database has that.
+    """
+    record.logged = True
+    seconds = record.elapsed()
+    usage = event.usage if isinstance(event, TurnFinished) else None
+    fields: dict[str, Any] = {
+        "event": "turn",
+        "conversation_id": message.conversation_id,
+        "channel": message.channel,
+        "turn": turn,
+        "flow": record.flow,
+        "transfers": record.transfers,
+        "handoff": record.handoff,
+        "outcome": "finished" if isinstance(event, TurnFinished) else "failed",
+        "duration_ms": round(seconds * 1000, 1),
+        "first_token_ms": record.first_token_ms,
+        "tools": record.tools,
+        # A failed turn's event carries no usage: unknown, not zero.
+        "input_tokens": usage.input_tokens if usage is not None else None,
+        "output_tokens": usage.output_tokens if usage is not None else None,
+        "cost_usd": round(event.cost_usd, 6) if isinstance(event, TurnFinished) else None,
+        "ticket_id": record.ticket_id,
+        "reason": event.reason if isinstance(event, TurnFailed) else None,
+    }
+    if isinstance(event, TurnFinished):
+        log.info("turn %d of %s finished in %.0f ms", turn, message.conversation_id, seconds * 1000, extra=fields)
+    else:
+        log.warning("turn %d of %s failed: %s", turn, message.conversation_id, event.reason, extra=fields)

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from supportbot.config import LoggingSettings
 
@@ -36,15 +36,34 @@ def redact(text: str) -> str:
     return _PHONE.sub(_phone, _CARD.sub("[card]", _EMAIL.sub("[email]", text)))
 
 
+def _redact_value(value: Any) -> Any:
+    """``value`` with every string in it redacted, inside lists, tuples and dicts too (copies; the original is kept)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message (and its string extras) with personal data redacted."""
+    """Rewrites each record's message and its extras (strings, also those nested in lists and dicts) redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
-        for key, value in vars(record).items():
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, redact(value))
+        # An exception's text quotes what it was given (an order system refusing an email address):
+        # format it here, redacted; formatters print ``exc_text`` when it is set.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str | list | tuple | dict):
+                setattr(record, key, _redact_value(value))
         return True
 
 
@@ -59,8 +78,11 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        exception = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else None)
+        if exception:
+            entry["exception"] = exception
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 

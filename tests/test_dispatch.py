@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
-from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
+from supportbot.config import Config, DatabaseSettings, LLMSettings, LoggingSettings, RetrySettings
 from supportbot.dispatch import CustomerMessage, Dispatcher, Inbound, TurnEvent, Unavailable
 from supportbot.events import TextDelta, TurnFailed, TurnFinished, TurnStarted
+from supportbot.logs import configure_logging
 from supportbot.metrics import Metrics
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
-from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
+from supportbot.testing.fake_llm import Fail, FakeLLMServer, Hang, Reply
 
 
 @pytest.fixture
@@ -239,3 +244,91 @@ async def test_each_turn_is_logged_with_its_outcome_and_cost_but_not_its_text(
     assert record.output_tokens == 10  # type: ignore[attr-defined]
     assert record.cost_usd > 0  # type: ignore[attr-defined]
     assert "4111" not in caplog.text
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The ``supportbot`` loggers write JSON lines, personal data redacted, to the returned buffer."""
+    logger = logging.getLogger("supportbot")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    out = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), stream=out)
+    yield out
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def turn_lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [entry for line in out.getvalue().splitlines() if (entry := json.loads(line)).get("event") == "turn"]
+
+
+async def test_a_turn_with_a_transfer_and_a_failing_tool_is_one_json_line(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, json_log: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    async def refused(order_id: str) -> None:
+        raise RuntimeError(f"the order system refused {order_id} for ana@example.com")
+
+    monkeypatch.setattr(runtime.engine.orders, "get", refused)
+    fake.script(
+        Reply(tool_calls=[("transfer_to_order_status", {"reason": "asks about an order"})], usage=(100, 10)),
+        Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})], usage=(120, 12)),
+        Reply(text="Sorry, I can't see your order right now.", usage=(150, 15)),
+    )
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    await dispatcher.submit(inbound(cid, "where is A1001? write to ana@example.com"))
+    await until_finished(subscription)
+
+    (line,) = turn_lines(json_log)
+    tools = line.pop("tools")
+    assert [(t["name"], t["ok"]) for t in tools] == [("transfer_to_order_status", True), ("lookup_order", False)]
+    assert tools[1]["error"] == "tool failed: RuntimeError: the order system refused A1001 for [email]"
+    assert all(t["duration_ms"] >= 0 for t in tools)
+    assert line["first_token_ms"] > 0 and line["duration_ms"] >= line["first_token_ms"]
+    assert line["cost_usd"] > 0
+    assert {k: line[k] for k in ("conversation_id", "channel", "flow", "transfers", "handoff", "outcome")} == {
+        "conversation_id": cid, "channel": "web", "flow": "general", "transfers": ["order_status"],
+        "handoff": None, "outcome": "finished",
+    }  # fmt: skip
+    assert (line["input_tokens"], line["output_tokens"], line["ticket_id"], line["reason"]) == (370, 37, None, None)
+    assert line["level"] == "INFO" and isinstance(line["turn"], int)
+    assert "ana@example.com" not in json_log.getvalue()
+    assert "where is" not in json_log.getvalue() and "Sorry" not in json_log.getvalue()  # no conversation text
+
+
+async def test_a_failed_turn_line_has_the_reason_and_the_ticket(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, json_log: io.StringIO
+) -> None:
+    fake.script(Fail(500))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    await dispatcher.submit(inbound(cid, "hi"))
+    items = await until_finished(subscription)
+    (failed,) = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFailed)]
+    (line,) = turn_lines(json_log)
+    assert line["outcome"] == "failed" and line["level"] == "WARNING" and line["flow"] == "general"
+    assert line["ticket_id"] == failed.ticket_id is not None and "500" in line["reason"]
+    assert line["input_tokens"] is None and line["cost_usd"] is None and line["tools"] == []
+
+
+async def test_a_turn_that_breaks_on_storage_is_still_one_failed_line(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, json_log: io.StringIO
+) -> None:
+    fake.script(Reply(text="never stored"))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    original = runtime.store.add_messages
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("disk full")
+
+    runtime.store.add_messages = broken  # type: ignore[method-assign]
+    try:
+        await dispatcher.submit(inbound(cid, "hi"))
+        await until_finished(subscription)
+    finally:
+        runtime.store.add_messages = original  # type: ignore[method-assign]
+    (line,) = turn_lines(json_log)
+    assert (line["outcome"], line["reason"], line["flow"]) == ("failed", "RuntimeError: disk full", "general")

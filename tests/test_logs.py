@@ -51,3 +51,19 @@ def test_text_format_level_and_no_redaction_when_off(restore_logger: None) -> No
     logging.getLogger("supportbot.x").info("hidden")
     logging.getLogger("supportbot.x").error("for ana@example.com")
     assert "hidden" not in out.getvalue() and "ERROR supportbot.x: for ana@example.com" in out.getvalue()
+
+
+def test_strings_nested_in_extras_and_exceptions_are_redacted(restore_logger: None) -> None:
+    out = io.StringIO()
+    configure_logging(LoggingSettings(format="json"), stream=out)
+    tools = [{"name": "lookup_order", "ok": False, "error": "refused for ana@example.com", "duration_ms": 3.5}]
+    extra = {"event": "turn", "tools": tools, "transfers": ("returns",), "ids": {"to": ["+44 20 7946 0958"]}}
+    try:
+        raise RuntimeError("no account for bo@example.org")
+    except RuntimeError:
+        logging.getLogger("supportbot.dispatch").exception("turn failed", extra=extra)
+    entry = json.loads(out.getvalue())
+    assert entry["tools"] == [{"name": "lookup_order", "ok": False, "error": "refused for [email]", "duration_ms": 3.5}]
+    assert entry["transfers"] == ["returns"] and entry["ids"] == {"to": ["[phone]"]}
+    assert "RuntimeError: no account for [email]" in entry["exception"] and "@" not in out.getvalue()
+    assert tools[0]["error"] == "refused for ana@example.com"  # the caller's objects are left as they were

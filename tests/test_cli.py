@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from supportbot import __version__
+from supportbot.cli import main
 from supportbot.testing import Fail, FakeLLMServer, Reply
 
 
@@ -224,3 +226,86 @@ async def test_validate_checks_the_order_source(tmp_path: Path, orders: str, wor
     assert run.code == 1 and words in run.err
     chat = await supportbot("chat", "--demo", cwd=tmp_path, stdin="hi\n")
     assert "Unclosed" not in chat.err
+
+
+# -- logs: run in-process with click's runner on a log file written here --------------------------
+
+
+def log_line(**fields: object) -> str:
+    base = {"time": "2026-11-24T09:00:00.000+00:00", "level": "INFO", "logger": "supportbot.dispatch",
+            "message": "turn", "event": "turn", "conversation_id": "c1", "channel": "web", "turn": 1,
+            "flow": "general", "transfers": [], "handoff": None, "outcome": "finished", "duration_ms": 800.0,
+            "first_token_ms": 200.0, "tools": [], "input_tokens": 100, "output_tokens": 10, "cost_usd": 0.0005,
+            "ticket_id": None, "reason": None}  # fmt: skip
+    return json.dumps(base | fields)
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    path = tmp_path / "supportbot.log"
+    lines = [
+        log_line(time="2020-01-01T09:00:00.000+00:00", conversation_id="old"),
+        "2026-11-24 09:00:00,000 INFO supportbot.server: a text-format line",
+        log_line(
+            tools=[
+                {"name": "lookup_order", "ok": False, "duration_ms": 12.0, "error": "timed out"},
+                {"name": "create_ticket", "ok": True, "duration_ms": 3.0},
+            ]
+        ),
+        json.dumps(
+            {
+                "time": "2099-01-01T00:00:00+00:00",
+                "level": "WARNING",
+                "logger": "supportbot.engine",
+                "message": "turn failed in conversation c1: the model answered HTTP 500",
+            }
+        ),
+        log_line(
+            time="2099-01-01T00:00:01+00:00",
+            outcome="failed",
+            flow="\x1b[2Jreturns",
+            conversation_id="c2",
+            input_tokens=None,
+            output_tokens=None,
+            cost_usd=None,
+            reason="HTTP 500",
+            ticket_id=4,
+        ),
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def test_logs_of_one_conversation(log_file: Path) -> None:
+    result = CliRunner().invoke(main, ["logs", str(log_file), "--conversation", "c1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert "c1 web general finished" in lines[0] and "lookup_order ✗ 12 ms, create_ticket ✓ 3 ms" in lines[0]
+    assert "100+10 tokens · $0.00050 · 800 ms" in lines[0]
+    assert "supportbot.engine: turn failed in conversation c1" in lines[1]
+    assert result.stderr == "skipped 1 line(s) that are not JSON log records\n"
+
+
+def test_logs_tool_failures_since_today(log_file: Path) -> None:
+    result = CliRunner().invoke(main, ["logs", "--tool-failures", "--since", "2026-11-24", str(log_file)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "2026-11-24 09:00:00 c1 general ✗ lookup_order (12 ms): timed out\n"
+
+
+def test_logs_from_stdin_as_json_with_control_characters_inert(log_file: Path) -> None:
+    text = log_file.read_text(encoding="utf-8")
+    result = CliRunner().invoke(main, ["logs", "--outcome", "failed", "--format", "json"], input=text)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (record["conversation_id"], record["flow"], record["ticket_id"]) == ("c2", "\x1b[2Jreturns", 4)
+    shown = CliRunner().invoke(main, ["logs", "-", "--outcome", "failed"], input=text)
+    assert "\x1b" not in shown.stdout and "\\x1b[2Jreturns failed" in shown.stdout and "HTTP 500" in shown.stdout
+
+
+def test_logs_says_when_nothing_matches_and_refuses_a_bad_since(log_file: Path) -> None:
+    none = CliRunner().invoke(main, ["logs", str(log_file), "--conversation", "c9"])
+    assert none.exit_code == 0 and none.stdout == "" and "no records match" in none.stderr
+    bad = CliRunner().invoke(main, ["logs", str(log_file), "--since", "yesterday"])
+    assert bad.exit_code == 2 and "'yesterday' is not a date" in bad.stderr

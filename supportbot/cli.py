@@ -129,7 +129,10 @@ async def serve(config_path: str | None, host: str | None, port: int | None, dem
         label = " with the offline demo model" if demo else ""
         echo(f"supportbot is serving on {url}{label}; open {url}/ for the demo page. Ctrl-C stops it.", err=True)
 
-    await run_server(config, host=host, port=port, demo=demo, ready=ready)
+    def notice(line: str) -> None:
+        echo(line, err=True)
+
+    await run_server(config, host=host, port=port, demo=demo, ready=ready, notice=notice)
 
 
 # -- chat --------------------------------------------------------------------------------------------

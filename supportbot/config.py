@@ -235,6 +235,36 @@ class ConnectorSettings(_Section):
     email: dict[str, Any] = {}
 
 
+class AdminSettings(_Section):
+    """The ``/admin`` page and the admin JSON API (``supportbot.admin``).
+
+    Operators sign in with a password: the one whose hash is ``password_hash`` (user ``admin``;
+    make a hash with ``supportbot admin hash-password``) or an account made with
+    ``supportbot admin set-password``. ``token`` is the Bearer token of ``/api/v1/admin/…`` and is
+    accepted on the login page too.
+    """
+
+    enabled: bool = True
+    password_hash: SecretStr | None = None
+    token: SecretStr | None = Field(None, min_length=16)
+    session_hours: float = Field(12.0, gt=0, le=720)
+    login_attempts_per_5_minutes: int = Field(5, ge=1)
+
+    @field_validator("password_hash", "token", mode="before")
+    @classmethod
+    def _empty_secret(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("scrypt$"):
+            raise ValueError(
+                "is not a password hash; make one with `supportbot admin hash-password` (it starts with 'scrypt$')"
+            )
+        return value
+
+
 class LimitSettings(_Section):
     max_message_chars: int = Field(8000, ge=1)
     max_image_bytes: int = Field(5_000_000, ge=1)
@@ -273,7 +303,7 @@ class Config(_Section):
     orders: OrderSettings = Field(default_factory=_default_orders, discriminator="source")
     server: ServerSettings = ServerSettings()
     connectors: ConnectorSettings = ConnectorSettings()
-    admin: dict[str, Any] = {}
+    admin: AdminSettings = AdminSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
     source: Path | None = None

@@ -29,6 +29,7 @@ __all__ = [
     "CONNECTOR_GROUP",
     "DISPATCHER",
     "METRICS",
+    "NOTICES",
     "RUNTIME",
     "build_app",
     "error_response",
@@ -44,6 +45,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 DRAINING = web.AppKey("draining", asyncio.Event)
+NOTICES = web.AppKey("notices", list[str])
+"""Lines for the operator's console when the server starts (e.g. the admin page's demo token)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,6 +148,7 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     app[METRICS] = metrics or Metrics()
     app[DISPATCHER] = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
     app[DRAINING] = asyncio.Event()
+    app[NOTICES] = []
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -153,6 +157,9 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
             setup: Callable[[web.Application], None] = entry.load()
             setup(app)
             log.debug("connector %s enabled", entry.name)
+    from supportbot import admin  # the admin page imports this module's keys
+
+    admin.setup(app)
     return app
 
 
@@ -171,11 +178,13 @@ async def serve(
     demo: bool = False,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set), then drain and close.
 
     Args:
         ready: called with the base URL once the server accepts connections.
+        notice: called after ``ready`` with each line the operator should see (``NOTICES``).
     """
     runtime = await open_runtime(config, demo=demo)
     try:
@@ -200,6 +209,9 @@ async def serve(
             log.info("supportbot serving on %s (resumed %d turn(s))", url, resumed)
             if ready is not None:
                 ready(url)
+            if notice is not None:
+                for line in app[NOTICES]:
+                    notice(line)
             await stop.wait()
             log.info("shutting down: letting running turns finish (up to %ss)", config.server.drain_timeout_s)
             handed_back = await drain(app)

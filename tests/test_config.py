@@ -270,7 +270,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
         connectors:
           slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: sk-live-123456, channel: "#x"}
         admin:
-          token: sk-live-123456
+          token: sk-live-1234567890123456
         """,
     )
     config = load_config(path, env={})
@@ -351,7 +351,7 @@ def test_the_example_config_loads_and_its_flows_validate(monkeypatch: pytest.Mon
     assert config.flows.dir == REPO / "flows" and config.flows.dir.is_dir()
     assert isinstance(config.orders, FileOrders) and config.orders.path.resolve() == EXAMPLE_ORDERS_FILE
     assert config.database.url == f"sqlite+aiosqlite:///{REPO / 'supportbot.db'}"
-    assert config.admin == {"password_hash": "", "token": ""}
+    assert config.admin.password_hash is None and config.admin.token is None
     assert config.warnings == ()
     flows = load_flows(config.flows.dir, tool_names=BUILTIN_TOOLS, company=config.company, default=config.flows.default)
     assert sorted(flows) == ["general", "order_status", "returns"]

@@ -100,6 +100,7 @@ class TicketMixin(SQLBase):
         """Change a ticket; each real change (and a note) becomes an event with ``actor``.
 
         Events: ``status``/``priority``/``assignee`` with the new value as detail, ``note`` with the text.
+        ``assignee=""`` unassigns (an ``assignee`` event with an empty detail).
 
         Raises:
             StorageError: there is no ticket ``ticket_id``.
@@ -112,14 +113,14 @@ class TicketMixin(SQLBase):
             if row is None:
                 raise StorageError(f"no ticket #{ticket_id}; list tickets with `supportbot tickets list`")
             old = _ticket(row)
-            changes = {
-                key: value
+            changes: dict[str, str | None] = {
+                key: value or None
                 for key, value in (("status", status), ("priority", priority), ("assignee", assignee))
-                if value is not None and value != getattr(old, key)
+                if value is not None and (value or None) != getattr(old, key)
             }
             at = now()
             events = [
-                {"ticket_id": ticket_id, "actor": actor, "action": key, "detail": str(value), "created_at": at}
+                {"ticket_id": ticket_id, "actor": actor, "action": key, "detail": value or "", "created_at": at}
                 for key, value in changes.items()
             ]
             if note:

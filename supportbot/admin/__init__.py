@@ -1,0 +1,58 @@
+"""The operators' admin page (``/admin``) and JSON API (``/api/v1/admin/…``), part of ``supportbot serve``.
+
+``setup`` adds them to the server's application when ``admin.enabled`` and the store keeps
+operators (``SQLStore``). Under ``--demo`` with no credentials configured, a token for this run
+is made and shown on the console, so the whole path can be tried without any set-up.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import cast
+
+from aiohttp import web
+
+from supportbot.admin.api import AdminAPI
+from supportbot.admin.auth import Auth
+from supportbot.admin.views import AdminPages
+from supportbot.llm.demo import DemoLLM
+from supportbot.operators import Operators, OperatorStore
+from supportbot.relay import OperatorRelay
+from supportbot.server import DISPATCHER, NOTICES, RUNTIME
+
+__all__ = ["OPERATORS", "RELAY", "setup"]
+
+OPERATORS = web.AppKey("operators", Operators)
+RELAY = web.AppKey("operator_relay", OperatorRelay)
+STATIC = Path(__file__).parent / "static"
+
+
+def setup(app: web.Application) -> None:
+    """Add the admin page, its API and the operator-reply relay to the server."""
+    runtime = app[RUNTIME]
+    settings = runtime.config.admin
+    if not settings.enabled or not hasattr(runtime.store, "search_tickets"):
+        return
+    store = cast(OperatorStore, runtime.store)
+    demo_token = None
+    if isinstance(runtime.llm, DemoLLM) and settings.password_hash is None and settings.token is None:
+        demo_token = secrets.token_urlsafe(18)
+        app[NOTICES].append(f"admin page: /admin, sign in with the token {demo_token} (valid while this server runs)")
+    relay = OperatorRelay(store, app[DISPATCHER])
+    operators = Operators(store, deliver=relay.deliver)
+    auth = Auth(settings, store, extra_token=demo_token)
+    app[RELAY] = relay
+    app[OPERATORS] = operators
+    AdminPages(auth, operators, flows=sorted(runtime.flows)).add_routes(app.router)
+    AdminAPI(auth, operators).add_routes(app.router)
+    app.router.add_static("/admin/static", STATIC, append_version=False)
+
+    async def start_relay(app: web.Application) -> None:
+        await relay.start()
+
+    async def stop_relay(app: web.Application) -> None:
+        await relay.stop()
+
+    app.on_startup.append(start_relay)
+    app.on_cleanup.append(stop_relay)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AdminSessionRow",
     "Base",
     "CleanText",
     "ConversationRow",
@@ -44,12 +45,14 @@ __all__ = [
     "CustomerRow",
     "InboxRow",
     "MessageRow",
+    "OperatorRow",
     "OrderRow",
     "OutboxRow",
     "TicketEventRow",
     "TicketRow",
     "ToolRunRow",
     "UTCDateTime",
+    "admin_sessions",
     "clean_json",
     "clean_text",
     "conversation_tokens",
@@ -58,6 +61,7 @@ __all__ = [
     "inbox",
     "json_dumps",
     "messages",
+    "operators",
     "orders",
     "outbox",
     "ticket_events",
@@ -206,7 +210,7 @@ class ConversationRow(Base):
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Double, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
@@ -237,7 +241,7 @@ class MessageRow(Base):
     cost_usd: Mapped[float] = mapped_column(Double, default=0.0)
     latency_ms: Mapped[float | None] = mapped_column(Double)
     author: Mapped[str | None] = mapped_column(CleanText())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class ToolRunRow(Base):
@@ -264,7 +268,7 @@ class TicketRow(Base):
     channel: Mapped[str | None] = mapped_column(String(32))
     flow: Mapped[str | None] = mapped_column(String(100))
     assignee: Mapped[str | None] = mapped_column(CleanText())
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -341,6 +345,29 @@ class OrderRow(Base):
     data: Mapped[Any] = mapped_column(_Json, nullable=True)
 
 
+class OperatorRow(Base):
+    """A person who signs in to the admin page; only a hash of the password is kept."""
+
+    __tablename__ = "operators"
+
+    username: Mapped[str] = mapped_column(String(100), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdminSessionRow(Base):
+    """A signed-in operator's session; the cookie holds a secret whose SHA-256 hash is ``id_hash``."""
+
+    __tablename__ = "admin_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 # The tables as Core sees them (``__table__`` is typed as a plain FromClause).
 customers = cast(Table, CustomerRow.__table__)
 conversations = cast(Table, ConversationRow.__table__)
@@ -352,3 +379,5 @@ inbox = cast(Table, InboxRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 orders = cast(Table, OrderRow.__table__)
 conversation_tokens = cast(Table, ConversationTokenRow.__table__)
+operators = cast(Table, OperatorRow.__table__)
+admin_sessions = cast(Table, AdminSessionRow.__table__)

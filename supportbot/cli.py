@@ -12,18 +12,17 @@ import io
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from functools import wraps
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from supportbot._version import __version__
 from supportbot.errors import SupportbotError
 from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
-from supportbot.store.base import StoredMessage, Ticket
+from supportbot.records import TICKET_COLUMNS, conversation_json, event_json, message_json, ticket_json
+from supportbot.store.base import StoredMessage, TicketPriority, TicketStatus
 from supportbot.terminal import safe
 
 if TYPE_CHECKING:
@@ -274,8 +273,6 @@ async def llm_check(config_path: str | None) -> None:
 
 # -- tickets -------------------------------------------------------------------------------------------
 
-TICKET_COLUMNS = ("id", "status", "priority", "kind", "channel", "flow", "created_at", "subject", "conversation_id")
-
 
 @main.group()
 def tickets() -> None:
@@ -284,21 +281,48 @@ def tickets() -> None:
 
 @tickets.command("list")
 @config_option
-@click.option("--status", type=click.Choice(["open", "pending", "solved", "closed"]), default=None)
+@click.option(
+    "--status",
+    type=click.Choice(["open", "pending", "solved", "closed"]),
+    multiple=True,
+    help="Only these statuses (repeat for several).",
+)
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "urgent"]), multiple=True)
+@click.option("--channel", default=None)
+@click.option("--flow", default=None)
+@click.option("--search", "text", default=None, help="Part of the subject or of anything said in the conversation.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @_run
-async def tickets_list(config_path: str | None, status: str | None, fmt: str, limit: int) -> None:
+async def tickets_list(
+    config_path: str | None,
+    status: tuple[str, ...],
+    priority: tuple[str, ...],
+    channel: str | None,
+    flow: str | None,
+    text: str | None,
+    fmt: str,
+    limit: int,
+) -> None:
     """List tickets, newest first."""
+    from supportbot.store.review import TicketQuery
     from supportbot.store.sql import SQLStore
 
     config = _config(config_path)
     store = await SQLStore.open(config.database.url)
     try:
-        found = await store.list_tickets(status=status, limit=limit)  # type: ignore[arg-type]
+        query = TicketQuery(
+            status=cast(tuple[TicketStatus, ...], status),
+            priority=cast(tuple[TicketPriority, ...], priority),
+            channel=channel,
+            flow=flow,
+            text=text,
+            limit=limit,
+        )
+        page = await store.search_tickets(query)
     finally:
         await store.close()
-    rows = [_ticket_row(t) for t in found]
+    rows = [ticket_json(t) for t in page.tickets]
     if fmt == "json":
         echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
@@ -309,6 +333,8 @@ async def tickets_list(config_path: str | None, status: str | None, fmt: str, li
         echo(buffer.getvalue(), nl=False)
     else:
         echo(_table(rows, TICKET_COLUMNS) if rows else "no tickets")
+        if page.total > len(rows):
+            echo(f"({len(rows)} of {page.total}; --limit shows more)", dim=True)
 
 
 @tickets.command("show")
@@ -335,10 +361,10 @@ async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> Non
         echo(
             json.dumps(
                 {
-                    "ticket": _ticket_row(ticket),
-                    "events": [_jsonable(asdict(e)) for e in events],
-                    "conversation": _jsonable(asdict(conversation)) if conversation else None,
-                    "messages": [_message_json(m) for m in messages],
+                    "ticket": ticket_json(ticket),
+                    "events": [event_json(e) for e in events],
+                    "conversation": conversation_json(conversation) if conversation else None,
+                    "messages": [message_json(m) for m in messages],
                 },
                 indent=2,
             )
@@ -391,28 +417,6 @@ def _transcript_line(m: StoredMessage) -> str:
             f"${m.cost_usd:.5f} · {m.latency_ms or 0:.0f} ms"
         )
     return "\n".join(lines)
-
-
-def _ticket_row(t: Ticket) -> dict[str, Any]:
-    row: dict[str, Any] = _jsonable(asdict(t))
-    return {k: row.get(k) for k in TICKET_COLUMNS} | {k: v for k, v in row.items() if k not in TICKET_COLUMNS}
-
-
-def _message_json(m: StoredMessage) -> dict[str, Any]:
-    data: dict[str, Any] = _jsonable(asdict(m))
-    return data
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _csv_cell(value: Any) -> Any:
@@ -486,5 +490,12 @@ def logs(
         echo("no records match", err=True, dim=True)
 
 
+# The operators' commands (tickets reply|note|close|…, conversations, admin) live in their own module.
+from supportbot import _cli_operators  # noqa: E402, F401 - registers its commands on the groups above
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the imported module's group: `python -m supportbot.cli` executes this file as __main__, a
+    # second copy whose groups the operators' module did not register its commands on.
+    from supportbot.cli import main as _main
+
+    _main()

@@ -10,7 +10,7 @@ from typing import Any
 
 from supportbot.store.base import Conversation, StoredMessage, Ticket, TicketEvent
 
-__all__ = ["conversation_json", "event_json", "jsonable", "message_json", "ticket_json"]
+__all__ = ["TICKET_COLUMNS", "conversation_json", "event_json", "jsonable", "message_json", "ticket_json"]
 
 TICKET_COLUMNS = ("id", "status", "priority", "kind", "channel", "flow", "created_at", "subject", "conversation_id")
 

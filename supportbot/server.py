@@ -30,7 +30,9 @@ __all__ = [
     "DISPATCHER",
     "METRICS",
     "NOTICES",
+    "OPENAPI",
     "RUNTIME",
+    "add_openapi",
     "build_app",
     "error_response",
     "max_message_bytes",
@@ -45,6 +47,8 @@ RUNTIME = web.AppKey("runtime", Runtime)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 DRAINING = web.AppKey("draining", asyncio.Event)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``; components add theirs with ``add_openapi``."""
 NOTICES = web.AppKey("notices", list[str])
 """Lines for the operator's console when the server starts (e.g. the admin page's demo token)."""
 
@@ -119,6 +123,33 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
+def _openapi_base() -> dict[str, Any]:
+    from supportbot._version import __version__
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "supportbot API", "version": __version__, "description": ""},
+        "paths": {},
+        "components": {"securitySchemes": {}, "schemas": {}, "responses": {}},
+    }
+
+
+def add_openapi(app: web.Application, part: dict[str, Any]) -> None:
+    """Merge a component's OpenAPI ``paths``, ``components`` and description into the served document."""
+    document = app[OPENAPI]
+    document["paths"].update(part.get("paths", {}))
+    for kind, entries in part.get("components", {}).items():
+        document["components"].setdefault(kind, {}).update(entries)
+    description = part.get("info", {}).get("description")
+    if description:
+        info = document["info"]
+        info["description"] = f"{info['description']}\n\n{description}".strip()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -149,9 +180,11 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     app[DISPATCHER] = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
     app[DRAINING] = asyncio.Event()
     app[NOTICES] = []
+    app[OPENAPI] = _openapi_base()
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
     for entry in entry_points(group=CONNECTOR_GROUP):
         if _enabled(config, entry.name):
             setup: Callable[[web.Application], None] = entry.load()

@@ -23,7 +23,7 @@ from connectors.web import api, ws
 from connectors.web.channel import Refused, WebChannel
 from connectors.web.openapi import OPENAPI
 from connectors.web.security import identity_hash, origin_allowed, retry_after
-from supportbot.server import DISPATCHER, RUNTIME, error_response
+from supportbot.server import DISPATCHER, RUNTIME, add_openapi, error_response
 
 __all__ = ["CHANNEL_KEY", "DEMO_USER", "setup"]
 
@@ -69,9 +69,6 @@ def setup(app: web.Application) -> None:
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Content-Security-Policy": _DEMO_CSP, "Cache-Control": "no-cache"})  # fmt: skip
 
-    async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
-
     if channel.settings.demo_page:
         app.router.add_get("/", demo)
     app.router.add_get("/widget.js", widget)
@@ -80,7 +77,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/conversations", route(api.create_conversation))
     app.router.add_get("/api/v1/conversations/{id}/messages", route(api.list_messages))
     app.router.add_post("/api/v1/conversations/{id}/messages", route(api.post_message))
-    app.router.add_get("/api/v1/openapi.json", openapi)
+    add_openapi(app, OPENAPI)
 
 
 async def _refusals(

@@ -15,11 +15,12 @@ from aiohttp import web
 
 from supportbot.admin.api import AdminAPI
 from supportbot.admin.auth import Auth
+from supportbot.admin.openapi import ADMIN_OPENAPI
 from supportbot.admin.views import AdminPages
 from supportbot.llm.demo import DemoLLM
 from supportbot.operators import Operators, OperatorStore
 from supportbot.relay import OperatorRelay
-from supportbot.server import DISPATCHER, NOTICES, RUNTIME
+from supportbot.server import DISPATCHER, NOTICES, RUNTIME, add_openapi
 
 __all__ = ["OPERATORS", "RELAY", "setup"]
 
@@ -46,6 +47,7 @@ def setup(app: web.Application) -> None:
     app[OPERATORS] = operators
     AdminPages(auth, operators, flows=sorted(runtime.flows)).add_routes(app.router)
     AdminAPI(auth, operators).add_routes(app.router)
+    add_openapi(app, ADMIN_OPENAPI)
     app.router.add_static("/admin/static", STATIC, append_version=False)
 
     async def start_relay(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -170,6 +171,7 @@ def test_the_command_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path
                 assert process.poll() is None, process.communicate()[1]
                 assert time.monotonic() < deadline, "the server did not start within 30 s"
                 time.sleep(0.1)
+        import urllib.parse
         import urllib.request
 
         with urllib.request.urlopen(f"{base}/") as response:
@@ -183,12 +185,27 @@ def test_the_command_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path
         request = urllib.request.Request(f"{base}/api/v1/conversations", data=b"{}", method="POST")
         with urllib.request.urlopen(request) as response:
             assert json.loads(response.read())["greeting"]
+        # The admin page: --demo with no admin credentials prints a token for this run, and it signs in.
+        assert process.stderr is not None
+        lines: list[str] = []
+        while not (token := re.search(r"sign in with the token (\S+)", "".join(lines))) and len(lines) < 10:
+            lines.append(process.stderr.readline())
+        assert token, lines
+        import http.cookiejar
+
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        with opener.open(f"{base}/admin/login") as response:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', response.read().decode())
+        assert csrf
+        form = urllib.parse.urlencode({"csrf": csrf.group(1), "username": "admin", "password": token.group(1)})
+        with opener.open(f"{base}/admin/login", data=form.encode()) as response:
+            assert response.url == f"{base}/admin/tickets" and "Sign out" in response.read().decode()
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
         assert process.returncode == 0, stderr
         assert time.monotonic() - started < 10
-        assert "offline demo model" in stderr
+        assert "offline demo model" in "".join(lines) + stderr
         assert (tmp_path / "supportbot.db").exists()
     finally:
         if process.poll() is None:

@@ -60,6 +60,7 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals["qs"] = query_string
+    env.globals["usd"] = _usd
     return env
 
 
@@ -69,6 +70,11 @@ def _same_origin(request: web.Request) -> bool:
     if origin is None:
         return True
     return origin.lower() == f"{request.scheme}://{request.host}".lower()
+
+
+def _usd(value: float) -> str:
+    """Dollars with the digits that matter: a day of test traffic costs fractions of a cent."""
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
 def _next_path(value: str | None) -> str:
@@ -161,6 +167,7 @@ class AdminPages:
 
     async def _can_sign_in(self) -> bool:
         settings = self.auth.settings
+        # Operators made with set-password may have any name; "admin" is the usual one.
         return bool(settings.password_hash or self.auth.api_enabled or await self.store.operator_password_hash("admin"))
 
     async def login_form(self, request: web.Request, *, error: str | None = None, status: int = 200,
@@ -176,7 +183,9 @@ class AdminPages:
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         client = request.remote or "unknown"
-        username = str(form.get("username", ""))[:100]
+        username = str(form.get("username", "")).strip()
+        if len(username) > 100 or not username.isprintable():
+            return await self.login_form(request, error="A name is up to 100 printable characters.", status=400)
         given, expected = form.get(CSRF_FIELD), request.cookies.get(LOGIN_COOKIE)
         if not _same_origin(request) or not isinstance(given, str) or not expected or given != expected:
             return await self.login_form(request, error="The sign-in form expired; try again.", status=403)
@@ -344,9 +353,8 @@ class AdminPages:
             "age": charts.hbar_chart([(label, float(n)) for label, n in overview.open_by_age],
                                      title="Open and pending tickets by age"),
             "cost_day": charts.bar_chart([(day(d), c) for d, c in overview.cost_per_day], title="Cost per day (USD)",
-                                         value_format=lambda v: f"${v:.2f}"),
-            "cost_flow": charts.hbar_chart(overview.cost_per_flow, title="Cost per flow (USD)",
-                                           value_format=lambda v: f"${v:.2f}"),
+                                         value_format=_usd),
+            "cost_flow": charts.hbar_chart(overview.cost_per_flow, title="Cost per flow (USD)", value_format=_usd),
         }  # fmt: skip
         return self.render(
             "overview.html", session=session, section="overview", overview=overview,

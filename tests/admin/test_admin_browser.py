@@ -2,7 +2,8 @@
 
 An operator signs in, watches the ticket of a scripted conversation arrive in the list, opens its
 log, and replies; the reply appears in the customer's widget in a second browser context. A
-screenshot of the ticket page is saved to ``test-artifacts/admin-ticket.png``.
+screenshot of the ticket page is saved to ``test-artifacts/admin-ticket.png`` (and of the overview to
+``admin-overview.png``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ async def test_an_operator_finds_the_ticket_reads_the_log_and_replies_into_the_w
         ARTIFACTS.mkdir(exist_ok=True)
         await tool.evaluate("d => d.open = true")
         await admin.screenshot(path=str(ARTIFACTS / "admin-ticket.png"), full_page=True)
+        await admin.get_by_role("link", name="Overview").click()
+        await expect(admin.locator(".charts svg")).to_have_count(4)
+        await admin.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)
         assert admin_seen["dialogs"] == [] and admin_seen["console"] == []
     finally:
         await operator_context.close()

@@ -211,3 +211,16 @@ async def store(_migrated_db_url: str) -> AsyncIterator[SQLStore]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Undo ``configure_logging`` of commands run in-process (CliRunner): later tests' caplog sees records again."""
+    import logging
+
+    logger = logging.getLogger("supportbot")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

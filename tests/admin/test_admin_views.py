@@ -177,3 +177,16 @@ async def test_filters_and_bad_filter_values(server: WebServer, browserish: aioh
         assert f'href="/admin/tickets/{ticket_id}"' in await page.text()
     async with browserish.get(f"{server.url}/admin/tickets?from=yesterday") as page:
         assert "is not a date" in await page.text()
+
+
+async def test_after_signing_in_it_only_goes_to_admin_pages(
+    server: WebServer, browserish: aiohttp.ClientSession
+) -> None:
+    cases = [("/admin/overview", "/admin/overview"), ("//evil.example/admin", "/admin/tickets"),
+             ("https://evil.example/admin", "/admin/tickets"), ("/elsewhere", "/admin/tickets")]  # fmt: skip
+    for target, expected in cases:
+        async with browserish.get(f"{server.url}/admin/login") as response:
+            token = csrf_of(await response.text())
+        form = {"csrf": token, "username": "admin", "password": PASSWORD, "next": target}
+        async with browserish.post(f"{server.url}/admin/login", data=form, allow_redirects=False) as response:
+            assert response.headers["Location"] == expected, target

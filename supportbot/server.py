@@ -130,7 +130,24 @@ def _openapi_base() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "supportbot API", "version": __version__, "description": ""},
         "paths": {},
-        "components": {"securitySchemes": {}, "schemas": {}, "responses": {}},
+        "components": {
+            "securitySchemes": {},
+            "responses": {},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "description": "Every refused request: what is wrong and how to fix it",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                }
+            },
+        },
     }
 
 

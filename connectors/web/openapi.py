@@ -41,17 +41,6 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"conversationToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                    }
-                },
-            },
             "User": {
                 "type": "object",
                 "additionalProperties": False,

@@ -195,29 +195,18 @@ ADMIN_OPENAPI: dict[str, Any] = {
         "responses": {
             "AdminBadRequest": {
                 "description": "A parameter or field is wrong; the message says which",
-                "content": {"application/json": {"schema": _ref("AdminError")}},
+                "content": {"application/json": {"schema": _ref("Error")}},
             },
             "AdminUnauthorized": {
                 "description": "No or a wrong admin token",
-                "content": {"application/json": {"schema": _ref("AdminError")}},
+                "content": {"application/json": {"schema": _ref("Error")}},
             },
             "AdminNotFound": {
                 "description": "No such ticket or conversation, or the admin API is off",
-                "content": {"application/json": {"schema": _ref("AdminError")}},
+                "content": {"application/json": {"schema": _ref("Error")}},
             },
         },
         "schemas": {
-            "AdminError": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                    }
-                },
-            },
             "Ticket": {
                 "type": "object",
                 "properties": {

@@ -24,9 +24,11 @@ from supportbot.store.base import (
 )
 from supportbot.store.review import Review
 
-__all__ = ["MAX_REPLY_CHARS", "NotFound", "OperatorError", "OperatorStore", "Operators"]
+__all__ = ["HANDBACK_TEXT", "MAX_REPLY_CHARS", "NotFound", "OperatorError", "OperatorStore", "Operators"]
 
 MAX_REPLY_CHARS = 10_000
+HANDBACK_TEXT = "You're chatting with our assistant again."
+"""What the customer sees when an operator hands the conversation back to the bot."""
 
 
 class OperatorStore(Store, Review, Protocol):
@@ -135,6 +137,13 @@ class Operators:
         conversation = await self.conversation(conversation_id)
         if conversation.status != "bot":
             conversation = await self.store.update_conversation(conversation.id, status="bot")
+            [notice] = await self.store.add_messages(
+                conversation.id,
+                [NewMessage(role="assistant", content=HANDBACK_TEXT, kind="notice", author=actor,
+                            flow=conversation.flow)],
+            )  # fmt: skip
+            if self._deliver is not None:
+                self._deliver(notice)
         if ticket is not None:
             await self.store.add_ticket_event(ticket.id, actor=actor, action="handback", detail="to the bot")
         return conversation

@@ -1,7 +1,8 @@
-"""Operators' replies to the customers' open connections, from whichever process stored them.
+"""Operators' replies (and the notices their actions leave) to the customers' open connections, from
+whichever process stored them.
 
 A reply entered on this server is pushed at once (``deliver``); one stored elsewhere (the CLI,
-another worker on the same PostgreSQL) is found by polling the messages table for ``human``
+another worker on the same PostgreSQL) is found by polling the messages table for operators'
 messages with a larger id than the last seen, once per ``interval_s``. The poll reads a few index
 entries and nothing when there is nothing new, and it works the same on SQLite and PostgreSQL.
 """
@@ -50,7 +51,7 @@ class OperatorRelay:
 
     async def poll_once(self) -> int:
         """Deliver the replies stored since the last poll; returns how many were new."""
-        found = await self.store.human_messages_after(self._last)
+        found = await self.store.operator_messages_after(self._last)
         for message in found:
             self._last = max(self._last, message.id)
             if message.id not in self._recent:

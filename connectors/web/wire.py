@@ -76,7 +76,9 @@ def frame(item: Published) -> dict[str, Any] | None:
                         "created_at": None},
         }  # fmt: skip
     if isinstance(item, StaffMessage):
-        return {"type": "message", "message": message(item.message)}
+        # An operator's reply means a person has the conversation; an operator's notice, that the bot has it again.
+        status = "human" if item.message.kind == "human" else "bot"
+        return {"type": "message", "message": message(item.message), "conversation_status": status}
     if not isinstance(item, TurnEvent):  # pragma: no cover - exhaustive
         return None
     turn, event = item.turn, item.event

@@ -244,9 +244,10 @@ class ReviewMixin(SQLBase):
 
     # -- messages --------------------------------------------------------------------------------
 
-    async def human_messages_after(self, message_id: int, *, limit: int = 500) -> list[StoredMessage]:
-        """Operators' replies (``kind == "human"``) with an id above ``message_id``, oldest first."""
-        query = select(*_MSG_COLS).where(_m.c.id > message_id, _m.c.kind == "human").order_by(_m.c.id).limit(limit)
+    async def operator_messages_after(self, message_id: int, *, limit: int = 500) -> list[StoredMessage]:
+        """Operators' replies (``kind == "human"``) and notices (``notice`` with an author) after ``message_id``."""
+        by_operator = or_(_m.c.kind == "human", and_(_m.c.kind == "notice", _m.c.author.is_not(None)))
+        query = select(*_MSG_COLS).where(_m.c.id > message_id, by_operator).order_by(_m.c.id).limit(limit)
         async with self._begin("reading operators' replies") as connection:
             rows = (await connection.execute(query)).all()
         return [_message(row) for row in rows]

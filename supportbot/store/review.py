@@ -143,8 +143,9 @@ class Review(Protocol):
 
     async def overview(self, *, days: int = 14, now: datetime | None = None) -> Overview: ...
 
-    async def human_messages_after(self, message_id: int, *, limit: int = 500) -> list[StoredMessage]:
-        """Operators' replies (``kind == "human"``) with an id above ``message_id``, oldest first."""
+    async def operator_messages_after(self, message_id: int, *, limit: int = 500) -> list[StoredMessage]:
+        """What operators put in conversations, with an id above ``message_id``, oldest first: their replies
+        (``kind == "human"``) and the notices their actions left for the customer (``notice`` with an author)."""
         ...
 
     async def last_message_id(self) -> int:

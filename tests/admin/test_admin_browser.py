@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright, expect
 
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Reply
@@ -46,7 +46,15 @@ async def _context(browser: Browser) -> BrowserContext:
 def _watch(page: Page) -> dict[str, list[str]]:
     """Collect dialogs (script that ran), console errors (e.g. CSP violations) and odd requests."""
     seen: dict[str, list[str]] = {"dialogs": [], "requests": [], "console": []}
-    page.on("dialog", lambda dialog: (seen["dialogs"].append(dialog.message), dialog.dismiss()))
+
+    async def dialog(dialog: Dialog) -> None:
+        if dialog.type == "confirm" and dialog.message.startswith("Let the bot answer"):
+            await dialog.accept()  # the operator says yes to handing back
+        else:
+            seen["dialogs"].append(dialog.message)
+            await dialog.dismiss()
+
+    page.on("dialog", dialog)
     page.on("request", lambda request: seen["requests"].append(request.url))
     page.on("console", lambda message: seen["console"].append(message.text) if message.type == "error" else None)
     return seen
@@ -111,6 +119,19 @@ async def test_an_operator_finds_the_ticket_reads_the_log_and_replies_into_the_w
         ARTIFACTS.mkdir(exist_ok=True)
         await tool.evaluate("d => d.open = true")
         await admin.screenshot(path=str(ARTIFACTS / "admin-ticket.png"), full_page=True)
+
+        # Handing back: the customer hears it, and the bot answers the next message.
+        await admin.get_by_role("button", name="Hand back to the bot").click()
+        await expect(admin.locator(".flash")).to_have_text("The bot answers this customer again.")
+        await expect(customer.locator('#supportbot-widget .sb-msg[data-kind="notice"]').last).to_contain_text(
+            "chatting with our assistant again", timeout=10_000
+        )
+        server.fake.script(Reply(text="The bot here again: anything else?"))
+        await box.fill("Thanks!")
+        await box.press("Enter")
+        await expect(customer.locator('#supportbot-widget .sb-msg[data-role="bot"]').last).to_contain_text(
+            "The bot here again", timeout=10_000
+        )
         await admin.get_by_role("link", name="Overview").click()
         await expect(admin.locator(".charts svg")).to_have_count(4)
         await admin.screenshot(path=str(ARTIFACTS / "admin-overview.png"), full_page=True)

@@ -313,9 +313,9 @@ async def test_overview_of_an_empty_store_has_every_day_bucket_and_status(store:
 # -- operators' replies -----------------------------------------------------------------------
 
 
-async def test_human_messages_after_and_last_message_id(store: SQLStore) -> None:
+async def test_operator_messages_after_and_last_message_id(store: SQLStore) -> None:
     assert await store.last_message_id() == 0
-    assert await store.human_messages_after(0) == []
+    assert await store.operator_messages_after(0) == []
     conversation_id = await _conversation(store, "ana@example.com")
     stored = await store.add_messages(
         conversation_id,
@@ -324,14 +324,16 @@ async def test_human_messages_after_and_last_message_id(store: SQLStore) -> None
             NewMessage(role="assistant", content="first", kind="human", author="mia"),
             NewMessage(role="assistant", content="bot", flow="general"),
             NewMessage(role="assistant", content="second", kind="human", author="leo"),
+            NewMessage(role="assistant", content="a refusal", kind="notice"),
+            NewMessage(role="assistant", content="handed back", kind="notice", author="leo"),
         ],
     )
     assert await store.last_message_id() == stored[-1].id
-    humans = await store.human_messages_after(0)
-    assert humans == [stored[1], stored[3]]
-    assert await store.human_messages_after(stored[1].id) == [stored[3]]
-    assert await store.human_messages_after(0, limit=1) == [stored[1]]
-    assert await store.human_messages_after(stored[3].id) == []
+    humans = await store.operator_messages_after(0)
+    assert humans == [stored[1], stored[3], stored[5]]
+    assert await store.operator_messages_after(stored[1].id) == [stored[3], stored[5]]
+    assert await store.operator_messages_after(0, limit=1) == [stored[1]]
+    assert await store.operator_messages_after(stored[5].id) == []
 
 
 # -- operators and sessions -------------------------------------------------------------------

@@ -536,7 +536,9 @@ button svg{fill:currentColor;width:22px;height:22px}
     switch (f && f.type) {
       case 'history': return onHistory(f);
       case 'ack': return onAck(f);
-      case 'message': return onMessage(f.message, f.client_message_id);
+      case 'message':
+        if (f.conversation_status === 'human' || f.conversation_status === 'bot') onStatus({ status: f.conversation_status });
+        return onMessage(f.message, f.client_message_id);
       case 'turn_started': return S.finished.has(f.turn) || stream(f.turn);
       case 'delta': return onDelta(f);
       case 'tool_started': return toolLabel(f.turn, f.label || 'Working on it…');

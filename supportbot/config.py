@@ -246,7 +246,7 @@ class AdminSettings(_Section):
 
     enabled: bool = True
     password_hash: SecretStr | None = None
-    token: SecretStr | None = Field(None, min_length=16)
+    token: SecretStr | None = None
     session_hours: float = Field(12.0, gt=0, le=720)
     login_attempts_per_5_minutes: int = Field(5, ge=1)
 
@@ -254,6 +254,16 @@ class AdminSettings(_Section):
     @classmethod
     def _empty_secret(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "is too short to be safe; use 16 or more random characters, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
 
     @field_validator("password_hash")
     @classmethod

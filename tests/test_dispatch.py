@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -209,27 +208,6 @@ async def test_a_message_not_yet_taken_by_the_engine_is_run_at_the_next_start(
     ]
 
 
-async def test_a_storage_failure_mid_turn_still_tells_the_client(
-    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
-) -> None:
-    fake.script(Reply(text="never stored"))
-    cid = await conversation(runtime)
-    subscription = dispatcher.subscribe(cid)
-    original = runtime.store.add_messages
-
-    async def broken(*args: object, **kwargs: object) -> object:
-        raise RuntimeError("disk full")
-
-    runtime.store.add_messages = broken  # type: ignore[method-assign]
-    try:
-        await dispatcher.submit(inbound(cid, "hi"))
-        items = await until_finished(subscription)
-    finally:
-        runtime.store.add_messages = original  # type: ignore[method-assign]
-    failed = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFailed)]
-    assert failed and "saved" in failed[0].fallback_text
-
-
 async def test_each_turn_is_logged_with_its_outcome_and_cost_but_not_its_text(
     runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -247,16 +225,11 @@ async def test_each_turn_is_logged_with_its_outcome_and_cost_but_not_its_text(
 
 
 @pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
+def json_log() -> io.StringIO:
     """The ``supportbot`` loggers write JSON lines, personal data redacted, to the returned buffer."""
-    logger = logging.getLogger("supportbot")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     out = io.StringIO()
     configure_logging(LoggingSettings(format="json"), stream=out)
-    yield out
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
+    return out  # the logger is put back as it was by conftest's autouse fixture
 
 
 def turn_lines(out: io.StringIO) -> list[dict[str, Any]]:
@@ -313,7 +286,7 @@ async def test_a_failed_turn_line_has_the_reason_and_the_ticket(
     assert line["input_tokens"] is None and line["cost_usd"] is None and line["tools"] == []
 
 
-async def test_a_turn_that_breaks_on_storage_is_still_one_failed_line(
+async def test_a_storage_failure_mid_turn_still_tells_the_client_and_is_one_failed_line(
     runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer, json_log: io.StringIO
 ) -> None:
     fake.script(Reply(text="never stored"))
@@ -327,8 +300,10 @@ async def test_a_turn_that_breaks_on_storage_is_still_one_failed_line(
     runtime.store.add_messages = broken  # type: ignore[method-assign]
     try:
         await dispatcher.submit(inbound(cid, "hi"))
-        await until_finished(subscription)
+        items = await until_finished(subscription)
     finally:
         runtime.store.add_messages = original  # type: ignore[method-assign]
+    failed = [i.event for i in items if isinstance(i, TurnEvent) and isinstance(i.event, TurnFailed)]
+    assert failed and "saved" in failed[0].fallback_text
     (line,) = turn_lines(json_log)
     assert (line["outcome"], line["reason"], line["flow"]) == ("failed", "RuntimeError: disk full", "general")

@@ -3,22 +3,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from supportbot.config import LoggingSettings
 from supportbot.logs import configure_logging, redact
-
-
-@pytest.fixture
-def restore_logger() -> Iterator[None]:
-    logger = logging.getLogger("supportbot")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 @pytest.mark.parametrize(
@@ -36,7 +25,7 @@ def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
-def test_json_lines_with_personal_data_redacted(restore_logger: None) -> None:
+def test_json_lines_with_personal_data_redacted() -> None:
     out = io.StringIO()
     configure_logging(LoggingSettings(format="json"), stream=out)
     logging.getLogger("supportbot.engine").warning("turn failed for %s", "ana@example.com", extra={"flow": "returns"})
@@ -45,7 +34,7 @@ def test_json_lines_with_personal_data_redacted(restore_logger: None) -> None:
     assert entry["logger"] == "supportbot.engine" and entry["flow"] == "returns"
 
 
-def test_text_format_level_and_no_redaction_when_off(restore_logger: None) -> None:
+def test_text_format_level_and_no_redaction_when_off() -> None:
     out = io.StringIO()
     configure_logging(LoggingSettings(level="WARNING", redact_pii=False), stream=out)
     logging.getLogger("supportbot.x").info("hidden")
@@ -53,7 +42,7 @@ def test_text_format_level_and_no_redaction_when_off(restore_logger: None) -> No
     assert "hidden" not in out.getvalue() and "ERROR supportbot.x: for ana@example.com" in out.getvalue()
 
 
-def test_strings_nested_in_extras_and_exceptions_are_redacted(restore_logger: None) -> None:
+def test_strings_nested_in_extras_and_exceptions_are_redacted() -> None:
     out = io.StringIO()
     configure_logging(LoggingSettings(format="json"), stream=out)
     tools = [{"name": "lookup_order", "ok": False, "error": "refused for ana@example.com", "duration_ms": 3.5}]

@@ -42,7 +42,7 @@ def setup(app: web.Application) -> None:
         app[NOTICES].append(f"admin page: /admin, sign in with the token {demo_token} (valid while this server runs)")
     relay = OperatorRelay(store, app[DISPATCHER])
     operators = Operators(store, deliver=relay.deliver)
-    auth = Auth(settings, store, extra_token=demo_token)
+    auth = Auth(settings, store, extra_token=demo_token, behind_proxy=runtime.config.server.trust_forwarded_for)
     app[RELAY] = relay
     app[OPERATORS] = operators
     AdminPages(auth, operators, flows=sorted(runtime.flows)).add_routes(app.router)

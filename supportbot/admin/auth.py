@@ -85,10 +85,13 @@ class Auth:
         extra_token: another token that signs in (``supportbot serve --demo`` makes one per run).
     """
 
-    def __init__(self, settings: AdminSettings, store: Review, *, extra_token: str | None = None) -> None:
+    def __init__(
+        self, settings: AdminSettings, store: Review, *, extra_token: str | None = None, behind_proxy: bool = False
+    ) -> None:
         self.settings = settings
         self.store = store
         self.extra_token = extra_token
+        self.behind_proxy = behind_proxy
         self.throttle = LoginThrottle(settings.login_attempts_per_5_minutes)
 
     # -- credentials -------------------------------------------------------------------------------
@@ -155,10 +158,27 @@ class Auth:
     def csrf_ok(session: AdminSession, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(session.csrf_token.encode(), (given or "").encode())
 
-    @staticmethod
-    def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int) -> None:
+    def scheme(self, request: web.Request) -> str:
+        """``https`` or ``http`` as the browser sees it: a trusted proxy's ``X-Forwarded-Proto`` when behind one."""
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        return forwarded if self.behind_proxy and forwarded in ("http", "https") else request.scheme
+
+    def client(self, request: web.Request) -> str:
+        """Whose sign-ins are counted: the address, or a trusted proxy's ``X-Forwarded-For`` client."""
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+        return forwarded if self.behind_proxy and forwarded else request.remote or "unknown"
+
+    def same_origin(self, request: web.Request) -> bool:
+        """A browser's POST names its origin; it must be this server (no ``Origin``: not a browser, allowed)."""
+        origin = request.headers.get("Origin")
+        return origin is None or origin.lower() == f"{self.scheme(request)}://{request.host}".lower()
+
+    def set_cookie(
+        self, response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int
+    ) -> None:
+        secure = self.scheme(request) == "https"
         response.set_cookie(
-            name, value, max_age=max_age, path="/admin", httponly=True, samesite="Strict", secure=request.secure
+            name, value, max_age=max_age, path="/admin", httponly=True, samesite="Strict", secure=secure
         )
 
 

@@ -64,14 +64,6 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def _same_origin(request: web.Request) -> bool:
-    """A browser's POST names its origin; it must be this server (no Origin: not a browser, allowed)."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return origin.lower() == f"{request.scheme}://{request.host}".lower()
-
-
 def _usd(value: float) -> str:
     """Dollars with the digits that matter: a day of test traffic costs fractions of a cent."""
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
@@ -141,7 +133,9 @@ class AdminPages:
             if post:
                 form = await request.post()
                 given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-                if not _same_origin(request) or not Auth.csrf_ok(session, given if isinstance(given, str) else None):
+                if not self.auth.same_origin(request) or not Auth.csrf_ok(
+                    session, given if isinstance(given, str) else None
+                ):
                     return self.error(
                         403, "Refused", "This form is out of date or came from another site; reload the page.", session
                     )
@@ -177,17 +171,17 @@ class AdminPages:
             "login.html", status=status, error=error, login_csrf=token, username=username,
             next=_next_path(request.query.get("next")), can_sign_in=await self._can_sign_in(),
         )  # fmt: skip
-        Auth.set_cookie(response, request, LOGIN_COOKIE, token, max_age=3600)
+        self.auth.set_cookie(response, request, LOGIN_COOKIE, token, max_age=3600)
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        client = request.remote or "unknown"
+        client = self.auth.client(request)
         username = str(form.get("username", "")).strip()
         if len(username) > 100 or not username.isprintable():
             return await self.login_form(request, error="A name is up to 100 printable characters.", status=400)
         given, expected = form.get(CSRF_FIELD), request.cookies.get(LOGIN_COOKIE)
-        if not _same_origin(request) or not isinstance(given, str) or not expected or given != expected:
+        if not self.auth.same_origin(request) or not isinstance(given, str) or not expected or given != expected:
             return await self.login_form(request, error="The sign-in form expired; try again.", status=403)
         wait = self.auth.throttle.retry_after(client)
         if wait:
@@ -205,7 +199,7 @@ class AdminPages:
         self.auth.throttle.succeeded(client)
         secret, _ = await self.auth.start_session(who)
         response = web.HTTPSeeOther(_next_path(str(form.get("next", "")) or None), headers=_HEADERS)
-        Auth.set_cookie(response, request, COOKIE, secret, max_age=int(self.auth.settings.session_hours * 3600))
+        self.auth.set_cookie(response, request, COOKIE, secret, max_age=int(self.auth.settings.session_hours * 3600))
         response.del_cookie(LOGIN_COOKIE, path="/admin")
         raise response
 

@@ -8,34 +8,17 @@ screenshot of the ticket page is saved to ``test-artifacts/admin-ticket.png`` (a
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Dialog, Page, expect
 
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Reply
 from tests.admin.conftest import PASSWORD
+from tests.conftest import ARTIFACTS, require_chromium
 from tests.connectors.web.conftest import WebServer
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 XSS = '<img src="/x-xss-probe" onerror="alert(1)"><script>alert(2)</script>'
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        await launched.close()
+require_chromium()
 
 
 async def _context(browser: Browser) -> BrowserContext:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,21 +16,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Reply, Step
+from tests.conftest import ARTIFACTS, require_chromium
 from tests.connectors.web.conftest import WebServer, signed
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(
-            f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package; the browser tests must run"
-        )
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture
@@ -47,14 +39,6 @@ def host_socket() -> Iterator[socket.socket]:
 @pytest.fixture
 def settings(host_socket: socket.socket) -> dict[str, Any]:
     return {"web": {"allowed_origins": [f"http://127.0.0.1:{host_socket.getsockname()[1]}"]}}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

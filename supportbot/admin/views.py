@@ -8,6 +8,8 @@ Every state change is a POST carrying the session's CSRF token and coming from t
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import jinja2
 from aiohttp import web
 from markupsafe import Markup
+from multidict import MultiDict
 
 from supportbot.admin.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, Auth
 from supportbot.admin.params import (
@@ -62,6 +65,15 @@ def _env() -> jinja2.Environment:
     env.globals["qs"] = query_string
     env.globals["usd"] = _usd
     return env
+
+
+def _filters(request: web.Request) -> MultiDict[str]:
+    """The list's filters from the query string, for its links: without an action's result message."""
+    return MultiDict((k, v) for k, v in request.query.items() if k not in ("done", "kind", "sig", "page"))
+
+
+def _flash_signature(session: AdminSession, message: str, kind: str) -> str:
+    return hmac.new(session.csrf_token.encode(), f"{kind}:{message}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _usd(value: float) -> str:
@@ -144,15 +156,21 @@ class AdminPages:
         return guarded
 
     @staticmethod
-    def _back(path: str, message: str, kind: str = "ok") -> web.HTTPSeeOther:
-        # The result of an action is shown after the redirect (POST/redirect/GET) via the query string.
-        return web.HTTPSeeOther(f"{path}?{query_string({}, done=message, kind=kind)}", headers=_HEADERS)
+    def _back(session: AdminSession, path: str, message: str, kind: str = "ok") -> web.HTTPSeeOther:
+        """Redirect after a POST, carrying the result to show (signed, so a crafted link cannot put words there)."""
+        sig = _flash_signature(session, message, kind)
+        return web.HTTPSeeOther(f"{path}?{query_string({}, done=message, kind=kind, sig=sig)}", headers=_HEADERS)
 
     @staticmethod
-    def _flash(request: web.Request) -> dict[str, Any]:
-        done = request.query.get("done")
-        kind = request.query.get("kind") if request.query.get("kind") in ("ok", "error") else "ok"
-        return {"flash": done[:300] if done else None, "flash_kind": kind}
+    def _flash(request: web.Request, session: AdminSession) -> dict[str, Any]:
+        done, kind, sig = (request.query.get(k, "") for k in ("done", "kind", "sig"))
+        if (
+            not done
+            or kind not in ("ok", "error")
+            or not hmac.compare_digest(sig, _flash_signature(session, done, kind))
+        ):
+            return {"flash": None, "flash_kind": None}
+        return {"flash": done, "flash_kind": kind}
 
     # -- sign-in -----------------------------------------------------------------------------------
 
@@ -221,7 +239,7 @@ class AdminPages:
         try:
             query = ticket_query(request.query)
         except ParamError as exc:
-            raise self._back("/admin/tickets", str(exc), "error") from None
+            raise self._back(session, "/admin/tickets", str(exc), "error") from None
         found = await self.store.search_tickets(query)
         page_number = query.offset // query.limit + 1
         # New tickets appear on the first page of the newest-first list without a reload.
@@ -229,7 +247,7 @@ class AdminPages:
         latest = max((t.id for t in found.tickets), default=0)
         return self.render(
             "tickets.html", session=session, section="tickets", query=query, page=found, page_number=page_number,
-            params=request.query, live=live, latest=latest, **self._choices(), **self._flash(request),
+            params=_filters(request), live=live, latest=latest, **self._choices(), **self._flash(request, session),
         )  # fmt: skip
 
     async def tickets_live(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
@@ -255,7 +273,7 @@ class AdminPages:
         return self.render(
             "ticket.html", session=session, section="tickets", ticket=ticket, events=events, customer=customer,
             conversation=conversation, entries=arrange(messages), totals=totals(messages),
-            statuses=STATUSES, priorities=PRIORITIES, **self._flash(request),
+            statuses=STATUSES, priorities=PRIORITIES, **self._flash(request, session),
         )  # fmt: skip
 
     async def ticket_action(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
@@ -266,25 +284,25 @@ class AdminPages:
         try:
             if action == "reply":
                 await self.operators.reply(actor=session.username, text=str(form.get("text", "")), ticket_id=ticket_id)
-                raise self._back(here, "Reply sent to the customer.")
+                raise self._back(session, here, "Reply sent to the customer.")
             if action == "note":
                 await self.operators.note(ticket_id, actor=session.username, text=str(form.get("text", "")))
-                raise self._back(here, "Note added.")
+                raise self._back(session, here, "Note added.")
             if action == "handback":
                 await self.operators.hand_back(actor=session.username, ticket_id=ticket_id)
-                raise self._back(here, "The bot answers this customer again.")
+                raise self._back(session, here, "The bot answers this customer again.")
             status, priority = form.get("status"), form.get("priority")
             if (status is not None and status not in STATUSES) or (priority is not None and priority not in PRIORITIES):
-                raise self._back(here, "Choose a status and a priority from the lists.", "error")
+                raise self._back(session, here, "Choose a status and a priority from the lists.", "error")
             assignee = form.get("assignee")
             await self.operators.update(
                 ticket_id, actor=session.username, status=cast(TicketStatus | None, status),
                 priority=cast(TicketPriority | None, priority),
                 assignee=str(assignee)[:100] if isinstance(assignee, str) else None,
             )  # fmt: skip
-            raise self._back(here, "Ticket updated.")
+            raise self._back(session, here, "Ticket updated.")
         except OperatorError as exc:
-            raise self._back(here, str(exc), "error") from None
+            raise self._back(session, here, str(exc), "error") from None
 
     # -- conversations -----------------------------------------------------------------------------
 
@@ -292,12 +310,12 @@ class AdminPages:
         try:
             query = conversation_query(request.query)
         except ParamError as exc:
-            raise self._back("/admin/conversations", str(exc), "error") from None
+            raise self._back(session, "/admin/conversations", str(exc), "error") from None
         found = await self.store.search_conversations(query)
         return self.render(
             "conversations.html", session=session, section="conversations", query=query, page=found,
-            page_number=query.offset // query.limit + 1, params=request.query, statuses=CONVERSATION_STATUSES,
-            flows=self.flows, channels=("web", "terminal", "slack", "email"), **self._flash(request),
+            page_number=query.offset // query.limit + 1, params=_filters(request), statuses=CONVERSATION_STATUSES,
+            flows=self.flows, channels=("web", "terminal", "slack", "email"), **self._flash(request, session),
         )  # fmt: skip
 
     async def conversation(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
@@ -309,7 +327,7 @@ class AdminPages:
             "conversation.html", session=session, section="conversations", conversation=conversation,
             customer=await self.store.get_customer(conversation.customer_id),
             tickets=await self.store.list_tickets(conversation_id=conversation.id),
-            entries=arrange(messages), totals=totals(messages), **self._flash(request),
+            entries=arrange(messages), totals=totals(messages), **self._flash(request, session),
         )  # fmt: skip
 
     async def conversation_action(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
@@ -321,11 +339,11 @@ class AdminPages:
                 await self.operators.reply(
                     actor=session.username, text=str(form.get("text", "")), conversation_id=conversation_id
                 )
-                raise self._back(here, "Reply sent to the customer.")
+                raise self._back(session, here, "Reply sent to the customer.")
             await self.operators.hand_back(actor=session.username, conversation_id=conversation_id)
-            raise self._back(here, "The bot answers this customer again.")
+            raise self._back(session, here, "The bot answers this customer again.")
         except OperatorError as exc:
-            raise self._back(here, str(exc), "error") from None
+            raise self._back(session, here, str(exc), "error") from None
 
     # -- overview ----------------------------------------------------------------------------------
 

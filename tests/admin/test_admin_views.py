@@ -190,3 +190,11 @@ async def test_after_signing_in_it_only_goes_to_admin_pages(
         form = {"csrf": token, "username": "admin", "password": PASSWORD, "next": target}
         async with browserish.post(f"{server.url}/admin/login", data=form, allow_redirects=False) as response:
             assert response.headers["Location"] == expected, target
+
+
+async def test_a_crafted_link_cannot_put_words_on_the_page(
+    server: WebServer, browserish: aiohttp.ClientSession
+) -> None:
+    await sign_in(server, browserish)
+    async with browserish.get(f"{server.url}/admin/tickets?done=Session+expired%3A+sign+in+at+evil.example") as page:
+        assert "evil.example" not in await page.text()

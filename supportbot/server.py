@@ -34,8 +34,10 @@ __all__ = [
     "RUNTIME",
     "add_openapi",
     "build_app",
+    "client_ip",
     "error_response",
     "max_message_bytes",
+    "public_origin",
     "serve",
 ]
 
@@ -53,6 +55,26 @@ NOTICES = web.AppKey("notices", list[str])
 """Lines for the operator's console when the server starts (e.g. the admin page's demo token)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def client_ip(request: web.Request, *, behind_proxy: bool) -> str:
+    """The client's address: the peer, or behind a trusted proxy (``server.trust_forwarded_for``) its
+    ``X-Forwarded-For`` client."""
+    if behind_proxy:
+        first = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+        if first:
+            return first
+    return request.remote or "unknown"
+
+
+def public_origin(request: web.Request, *, behind_proxy: bool) -> str:
+    """``scheme://host`` of this server as the browser sees it: behind a trusted proxy, ``X-Forwarded-Proto``
+    says whether that is https (the proxy ends TLS and speaks http to us)."""
+    scheme = request.scheme
+    if behind_proxy:
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        scheme = forwarded if forwarded in ("http", "https") else scheme
+    return f"{scheme}://{request.host}".lower()
 
 
 def error_response(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> web.Response:

@@ -211,3 +211,18 @@ def test_the_command_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_behind_a_trusted_proxy_the_client_and_the_origin_come_from_its_headers() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from supportbot.server import client_ip, public_origin
+
+    headers = {"Host": "Support.Example", "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9, 10.0.0.1"}
+    request = make_mocked_request("GET", "/", headers=headers)
+    assert public_origin(request, behind_proxy=True) == "https://support.example"
+    assert public_origin(request, behind_proxy=False) == "http://support.example"  # headers anyone could send
+    assert client_ip(request, behind_proxy=True) == "203.0.113.9"
+    assert client_ip(request, behind_proxy=False) != "203.0.113.9"
+    odd = make_mocked_request("GET", "/", headers={"Host": "a.example", "X-Forwarded-Proto": "gopher"})
+    assert public_origin(odd, behind_proxy=True) == "http://a.example"

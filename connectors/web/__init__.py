@@ -99,7 +99,7 @@ async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     channel = request.app[CHANNEL_KEY]
     origin = request.headers.get("Origin")
-    if not origin_allowed(request, channel.settings):
+    if not origin_allowed(request, channel.settings, behind_proxy=channel.behind_proxy):
         channel.count_error("origin_not_allowed")
         # Readable by the refused page (only this error), so the widget can say why instead of retrying.
         return error_response(

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from connectors.web import wire
 from connectors.web.security import (
     RateLimiter,
-    client_ip,
     hash_token,
     identity_valid,
     new_token,
@@ -35,7 +34,7 @@ from supportbot.errors import ConfigError
 from supportbot.llm.demo import DemoLLM
 from supportbot.messages import ImagePart
 from supportbot.runtime import Runtime
-from supportbot.server import max_message_bytes
+from supportbot.server import client_ip, max_message_bytes
 from supportbot.store.base import ConversationTokens, Mailboxes, Store
 
 __all__ = ["CHANNEL", "Refused", "WebChannel"]
@@ -121,11 +120,12 @@ class WebChannel:
         self.new_per_ip = RateLimiter(limits.conversations_per_hour_per_ip, 3600)
         self.per_conversation = RateLimiter(limits.messages_per_minute_per_conversation, 60)
         self.max_message_bytes = max_message_bytes(runtime.config.limits)
+        self.behind_proxy = runtime.config.server.trust_forwarded_for
 
     # -- checks ------------------------------------------------------------------------------------
 
     def check_origin(self, request: web.Request) -> None:
-        if not origin_allowed(request, self.settings):
+        if not origin_allowed(request, self.settings, behind_proxy=self.behind_proxy):
             raise Refused(
                 403, "origin_not_allowed",
                 f"the origin {request.headers.get('Origin')} may not use this server; add it to "
@@ -133,7 +133,7 @@ class WebChannel:
             )  # fmt: skip
 
     def check_ip(self, request: web.Request, limiter: RateLimiter | None = None) -> None:
-        ip = client_ip(request, trust_forwarded_for=self.runtime.config.server.trust_forwarded_for)
+        ip = client_ip(request, behind_proxy=self.behind_proxy)
         wait = (limiter or self.per_ip).hit(ip)
         if wait:
             self.count_error("rate_limited")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from supportbot.config import WebSettings
+from supportbot.server import public_origin
 
 __all__ = ["RateLimiter", "hash_token", "identity_hash", "new_token", "origin_allowed", "token_from_request"]
 
@@ -39,17 +40,13 @@ def identity_valid(secret: str, identifier: str, given: str) -> bool:
     return hmac.compare_digest(identity_hash(secret, identifier), given.strip().lower())
 
 
-def own_origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}".lower()
-
-
-def origin_allowed(request: web.Request, settings: WebSettings) -> bool:
+def origin_allowed(request: web.Request, settings: WebSettings, *, behind_proxy: bool) -> bool:
     """No ``Origin`` (not a browser) passes; a browser's must be ours or listed in ``allowed_origins``."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
     origin = origin.lower()
-    return origin == own_origin(request) or origin in settings.allowed_origins
+    return origin == public_origin(request, behind_proxy=behind_proxy) or origin in settings.allowed_origins
 
 
 def token_from_request(request: web.Request) -> str | None:
@@ -63,15 +60,6 @@ def token_from_request(request: web.Request) -> str | None:
         if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
             return protocol.removeprefix(TOKEN_PROTOCOL_PREFIX)
     return None
-
-
-def client_ip(request: web.Request, *, trust_forwarded_for: bool) -> str:
-    if trust_forwarded_for:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
 
 
 @dataclass(slots=True)

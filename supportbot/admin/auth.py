@@ -21,6 +21,7 @@ from aiohttp import web
 
 from supportbot.admin.passwords import verify_password
 from supportbot.config import AdminSettings
+from supportbot.server import client_ip, public_origin
 from supportbot.store.review import AdminSession, Review
 
 __all__ = ["COOKIE", "CSRF_FIELD", "CSRF_HEADER", "Auth", "LoginThrottle"]
@@ -158,25 +159,19 @@ class Auth:
     def csrf_ok(session: AdminSession, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(session.csrf_token.encode(), (given or "").encode())
 
-    def scheme(self, request: web.Request) -> str:
-        """``https`` or ``http`` as the browser sees it: a trusted proxy's ``X-Forwarded-Proto`` when behind one."""
-        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-        return forwarded if self.behind_proxy and forwarded in ("http", "https") else request.scheme
-
     def client(self, request: web.Request) -> str:
         """Whose sign-ins are counted: the address, or a trusted proxy's ``X-Forwarded-For`` client."""
-        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        return forwarded if self.behind_proxy and forwarded else request.remote or "unknown"
+        return client_ip(request, behind_proxy=self.behind_proxy)
 
     def same_origin(self, request: web.Request) -> bool:
         """A browser's POST names its origin; it must be this server (no ``Origin``: not a browser, allowed)."""
         origin = request.headers.get("Origin")
-        return origin is None or origin.lower() == f"{self.scheme(request)}://{request.host}".lower()
+        return origin is None or origin.lower() == public_origin(request, behind_proxy=self.behind_proxy)
 
     def set_cookie(
         self, response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int
     ) -> None:
-        secure = self.scheme(request) == "https"
+        secure = public_origin(request, behind_proxy=self.behind_proxy).startswith("https:")
         response.set_cookie(
             name, value, max_age=max_age, path="/admin", httponly=True, samesite="Strict", secure=secure
         )

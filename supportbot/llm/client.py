@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import json.scanner
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
 
+from supportbot._json import dumps_bytes, has_long_number, is_plain, loads
 from supportbot._version import __version__
 from supportbot.config import LLMSettings
 from supportbot.errors import LLMError, LLMHTTPError, LLMTimeout
@@ -42,24 +41,6 @@ logger = logging.getLogger("supportbot.llm")
 
 _MAX_CONNECTIONS = 1000  # one stream per running turn; aiohttp's default of 100 would queue turns
 _DONE = b"[DONE]"
-# One encoder for every request: ``json.dumps`` with options builds a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed has the parameter's type wrong
-
-
-def _loads(data: bytes) -> Any:
-    """``json.loads(data)`` for a stream event, in one call into the C scanner when the event is plain UTF-8 JSON.
-
-    ``json.loads`` on bytes first sniffs the encoding and strips whitespace in Python, which costs
-    more than parsing a token's chunk; anything unusual (a BOM, whitespace, invalid UTF-8, bad
-    JSON) goes to ``json.loads`` itself, so the result and the errors are exactly its own.
-    """
-    try:
-        text = data.decode()
-        value, end = _scan(text, 0)
-    except (UnicodeDecodeError, StopIteration):
-        return json.loads(data)
-    return value if end == len(text) else json.loads(data)
 
 
 def message_to_dict(message: ChatMessage) -> dict[str, Any]:
@@ -155,9 +136,9 @@ class _Fragments:
     __slots__ = ("_texts",)
 
     def __init__(self) -> None:
-        self._texts: dict[int, tuple[object, str]] = {}
+        self._texts: dict[int, tuple[object, bytes]] = {}
 
-    def text(self, value: object, encode: Callable[[], str]) -> str:
+    def text(self, value: object, encode: Callable[[], bytes]) -> bytes:
         entry = self._texts.get(id(value))
         if entry is not None and entry[0] is value:
             return entry[1]
@@ -168,22 +149,41 @@ class _Fragments:
         return text
 
 
+def _typed(messages: Sequence[ChatMessage]) -> bool:
+    """Whether ``message_to_dict`` makes plain JSON of these messages (``is_plain``) without walking it all.
+
+    A message's fields are strs and None by type; only the provider extras can hold anything
+    (a float, a NaN), and they are few and small.
+    """
+    for m in messages:
+        if m.extra and not is_plain(m.extra):
+            return False
+        for c in m.tool_calls:
+            if c.extra and not is_plain(c.extra):
+                return False
+    return True
+
+
+def _encode_messages(messages: Sequence[ChatMessage]) -> bytes:
+    return dumps_bytes([message_to_dict(m) for m in messages], checked=_typed(messages))
+
+
 def _encode_body(request: LLMRequest, stream: bool, fragments: _Fragments) -> bytes:
     """``request_body`` as UTF-8 JSON, the system prompt's and the tools' text reused from earlier requests."""
     messages = request.messages
     if messages and messages[0].role == "system":
         system = messages[0]
-        rest = _encode([message_to_dict(m) for m in messages[1:]])
-        head = fragments.text(system, lambda: _encode(message_to_dict(system)))
-        text = f"[{head},{rest[1:]}" if len(rest) > 2 else f"[{head}]"
+        rest = _encode_messages(messages[1:])
+        head = fragments.text(system, lambda: dumps_bytes(message_to_dict(system)))
+        text = b"[" + head + b"," + rest[1:] if len(rest) > 2 else b"[" + head + b"]"
     else:
-        text = _encode([message_to_dict(m) for m in messages])
-    parts = ['{"messages":', text]
+        text = _encode_messages(messages)
+    parts = [b'{"messages":', text]
     if request.tools:
         tools = request.tools
-        parts += [',"tools":', fragments.text(tools, lambda: _encode(list(tools)))]
-    parts += [",", _encode(_settings(request, stream=stream))[1:]]
-    return "".join(parts).encode()
+        parts += [b',"tools":', fragments.text(tools, lambda: dumps_bytes(list(tools)))]
+    parts += [b",", dumps_bytes(_settings(request, stream=stream))[1:]]
+    return b"".join(parts)
 
 
 class OpenAICompatibleLLM:
@@ -355,6 +355,8 @@ class OpenAICompatibleLLM:
                 # The text of every event of one network read goes out as one chunk: the reader
                 # gets the same bytes at the same moment, for far less work per token.
                 pieces: list[str] = []
+                # One look for long numbers (see ``loads``) over all the events of the read.
+                checked = not has_long_number(b"\n".join([data for _, data in events]))
                 for kind, data in events:
                     if data == _DONE:
                         finished = True
@@ -364,7 +366,7 @@ class OpenAICompatibleLLM:
                     if not data:
                         continue
                     try:
-                        chunk_json = _loads(data)
+                        chunk_json = loads(data, checked=checked)
                     except ValueError as exc:
                         raise not_json_error(self.url, data, "a stream event that is not JSON") from exc
                     if type(chunk_json) is not dict:
@@ -440,7 +442,7 @@ class OpenAICompatibleLLM:
 
     def _parse_completion(self, body: bytes) -> Completion:
         try:
-            answer = json.loads(body)
+            answer = loads(body)
             choice = answer["choices"][0]
             chunk = {
                 "choices": [{"delta": choice["message"], "finish_reason": choice.get("finish_reason")}],

@@ -18,7 +18,6 @@ rows written here read back identically through SQLAlchemy and vice versa.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
@@ -28,6 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from supportbot._json import loads
 from supportbot.messages import ImagePart, ToolCall, Usage
 from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
 from supportbot.store.base import Conversation, ConversationStatus, Customer, NewMessage, StoredMessage
@@ -187,9 +187,9 @@ def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
      kind, status, flow, model, input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost, latency,
      author) = row  # fmt: skip
     # JSON columns are NULL when empty (see ``message_values``); rows written through SQLAlchemy may say "null".
-    images = images and json.loads(images)
-    tool_calls = tool_calls and json.loads(tool_calls)
-    extra = extra and json.loads(extra)
+    images = images and loads(images)
+    tool_calls = tool_calls and loads(tool_calls)
+    extra = extra and loads(extra)
     return StoredMessage(
         id=message_id,
         conversation_id=conversation_id,

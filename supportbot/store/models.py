@@ -12,7 +12,6 @@ the work at the boundary for every statement, ORM or Core:
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -35,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from supportbot._json import dumps_compact
 
 __all__ = [
     "AdminSessionRow",
@@ -114,9 +115,9 @@ def json_dumps(value: Any) -> str:
     a value with a NUL (escaped as ``\\u0000``, which PostgreSQL cannot store as text) or a lone
     surrogate is cleaned and serialized again.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = dumps_compact(value)
     if "\\u0000" in text or not _utf8_safe(text):
-        text = json.dumps(clean_json(value), ensure_ascii=False, separators=(",", ":"))
+        text = dumps_compact(clean_json(value))
     return text
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from supportbot._json import loads
 from supportbot.errors import ConfigError, ToolRetry
 from supportbot.messages import ToolCall
 from supportbot.tools.builtin import BUILTIN_TOOLS
@@ -199,7 +200,7 @@ class ToolRegistry:
             available = [name for name in self._tools if allowed is None or name in allowed]
             return _error(f"unknown tool '{call.name}'; available: {', '.join(available) or 'none'}", started)
         try:
-            arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+            arguments = loads(call.arguments) if call.arguments.strip() else {}
         except json.JSONDecodeError as exc:
             return _error(
                 f"the arguments for '{call.name}' are not valid JSON ({exc.msg} at position {exc.pos}); "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic_core import to_jsonable_python
+
+from supportbot._json import dumps_compact
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,4 +65,4 @@ def to_content(value: Any) -> str:
         jsonable = to_jsonable_python(value)
     except Exception as exc:  # pydantic_core raises its own PydanticSerializationError
         raise TypeError(f"the tool returned a {type(value).__name__} that can't be turned into JSON: {exc}") from exc
-    return json.dumps(jsonable, ensure_ascii=False, separators=(",", ":"))
+    return dumps_compact(jsonable)

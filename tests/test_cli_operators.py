@@ -136,3 +136,12 @@ def test_admin_accounts(db: dict[str, Any]) -> None:
     assert result.exit_code == 1 and "at least 10 characters" in result.output
     hashed = CliRunner().invoke(main, ["admin", "hash-password", "--password-stdin"], input="another secret!\n")
     assert verify_password("another secret!", hashed.output.strip())
+
+
+def test_export_to_a_file_and_list_by_customer(db: dict[str, Any], tmp_path: Path) -> None:
+    target = tmp_path / "tickets.json"
+    result = run(db, "tickets", "export", "--format", "json", "-o", str(target))
+    assert result.exit_code == 0 and "1 ticket(s) exported" in result.output
+    assert json.loads(target.read_text())[0]["customer_email"] == "ana@example.com"
+    assert db["conversation"] in run(db, "conversations", "list", "--customer", "ANA@").output
+    assert run(db, "conversations", "list", "--customer", "bob").output.strip() == "no conversations"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from supportbot.admin.views import CSP
+from supportbot.runtime import open_runtime
+from supportbot.server import OPENAPI, build_app
 from supportbot.store.base import NewMessage
-from supportbot.testing.fake_llm import Reply
+from supportbot.testing.fake_llm import FakeLLMServer, Reply
 from tests.admin.conftest import PASSWORD, TOKEN, csrf_of, sign_in
-from tests.connectors.web.conftest import WebServer
+from tests.connectors.web.conftest import WebServer, write_config
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -198,3 +201,15 @@ async def test_a_crafted_link_cannot_put_words_on_the_page(
     await sign_in(server, browserish)
     async with browserish.get(f"{server.url}/admin/tickets?done=Session+expired%3A+sign+in+at+evil.example") as page:
         assert "evil.example" not in await page.text()
+
+
+async def test_with_the_admin_off_there_is_no_admin_page_or_api(tmp_path: Path, fake: FakeLLMServer) -> None:
+    config = write_config(tmp_path, fake, f"sqlite+aiosqlite:///{tmp_path / 'off.db'}", {"admin": {"enabled": False}})
+    runtime = await open_runtime(config)
+    try:
+        app = build_app(runtime)
+        paths = {resource.canonical for resource in app.router.resources()}
+        assert not [p for p in paths if p.startswith(("/admin", "/api/v1/admin"))]
+        assert not [p for p in app[OPENAPI]["paths"] if p.startswith("/api/v1/admin")]
+    finally:
+        await runtime.aclose()

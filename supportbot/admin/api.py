@@ -18,6 +18,7 @@ from supportbot.admin.params import PRIORITIES, STATUSES, ParamError, conversati
 from supportbot.admin.transcript import totals
 from supportbot.operators import NotFound, OperatorError, Operators, OperatorStore
 from supportbot.records import conversation_json, event_json, jsonable, message_json, ticket_json
+from supportbot.server import error_response
 from supportbot.store.base import TicketPriority, TicketStatus
 
 __all__ = ["AdminAPI"]
@@ -28,28 +29,22 @@ _ID = r"{id:\d+}"
 _CID = r"{id:[A-Za-z0-9_-]+}"
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
 def _actor(request: web.Request) -> str:
     name = request.headers.get("X-Operator", "").strip()
     return f"api:{name[:80]}" if name else "api"
+
+
+class _BadJSON(Exception):
+    """The request body is not a JSON object; the message says so."""
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "bad_json", "message": "the body is not JSON; send an object"}}),
-            content_type="application/json",
-        ) from None
+        raise _BadJSON("the body is not JSON; send an object") from None
     if not isinstance(data, dict):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "bad_json", "message": "the body must be a JSON object"}}),
-            content_type="application/json",
-        )
+        raise _BadJSON("the body must be a JSON object")
     return data
 
 
@@ -83,17 +78,23 @@ class AdminAPI:
     def guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not self.auth.api_enabled:
-                return _error(404, "admin_api_off", "the admin API is off; set admin.token in the configuration")
+                return error_response(
+                    404, "admin_api_off", "the admin API is off; set admin.token in the configuration"
+                )
             if not self.auth.api_request_ok(request):
-                return _error(401, "unauthorized", "send the admin token as 'Authorization: Bearer <admin.token>'")
+                return error_response(
+                    401, "unauthorized", "send the admin token as 'Authorization: Bearer <admin.token>'"
+                )
             try:
                 return await handler(request)
             except ParamError as exc:
-                return _error(400, "bad_parameter", str(exc))
+                return error_response(400, "bad_parameter", str(exc))
+            except _BadJSON as exc:
+                return error_response(400, "bad_json", str(exc))
             except NotFound as exc:
-                return _error(404, "not_found", str(exc))
+                return error_response(404, "not_found", str(exc))
             except OperatorError as exc:
-                return _error(400, "bad_request", str(exc))
+                return error_response(400, "bad_request", str(exc))
 
         return guarded
 
@@ -129,14 +130,16 @@ class AdminAPI:
         data = await _body(request)
         unknown = sorted(set(data) - {"status", "priority", "assignee"})
         if unknown:
-            return _error(400, "bad_request", f"unknown field(s) {', '.join(unknown)}; send status, priority, assignee")
+            return error_response(
+                400, "bad_request", f"unknown field(s) {', '.join(unknown)}; send status, priority, assignee"
+            )
         status, priority, assignee = data.get("status"), data.get("priority"), data.get("assignee")
         if status is not None and status not in STATUSES:
-            return _error(400, "bad_request", f"status: use one of {', '.join(STATUSES)}")
+            return error_response(400, "bad_request", f"status: use one of {', '.join(STATUSES)}")
         if priority is not None and priority not in PRIORITIES:
-            return _error(400, "bad_request", f"priority: use one of {', '.join(PRIORITIES)}")
+            return error_response(400, "bad_request", f"priority: use one of {', '.join(PRIORITIES)}")
         if assignee is not None and not isinstance(assignee, str):
-            return _error(400, "bad_request", 'assignee: a name, or "" for nobody')
+            return error_response(400, "bad_request", 'assignee: a name, or "" for nobody')
         ticket = await self.operators.update(
             ticket_id, actor=_actor(request), status=cast(TicketStatus | None, status),
             priority=cast(TicketPriority | None, priority), assignee=assignee,
@@ -197,7 +200,7 @@ class AdminAPI:
     async def overview(self, request: web.Request) -> web.Response:
         raw = request.query.get("days", "14")
         if not raw.isdigit() or not 1 <= int(raw) <= 366:
-            return _error(400, "bad_parameter", "days: a whole number from 1 to 366")
+            return error_response(400, "bad_parameter", "days: a whole number from 1 to 366")
         overview = await self.store.overview(days=int(raw), now=datetime.now(UTC))
         return web.json_response(jsonable(_asdict(overview)))
 

@@ -35,6 +35,7 @@ from supportbot.admin.params import (
 from supportbot.admin.transcript import arrange, totals
 from supportbot.operators import OperatorError, Operators, OperatorStore
 from supportbot.records import ticket_json
+from supportbot.server import error_response
 from supportbot.store.base import TicketPriority, TicketStatus
 from supportbot.store.review import AdminSession
 
@@ -254,7 +255,7 @@ class AdminPages:
         try:
             query = ticket_query(request.query)
         except ParamError as exc:
-            return web.json_response({"error": {"code": "bad_parameter", "message": str(exc)}}, status=400)
+            return error_response(400, "bad_parameter", str(exc))
         found = await self.store.search_tickets(query)
         return web.json_response({"tickets": [ticket_json(t) for t in found.tickets]}, headers=_HEADERS)
 

@@ -67,3 +67,16 @@ def test_the_token_signs_in_and_a_short_token_is_refused_in_config() -> None:
         AdminSettings(token="short")
     with pytest.raises(ValueError, match="supportbot admin hash-password"):
         AdminSettings(password_hash="plain text")
+
+
+async def test_without_a_token_the_admin_api_is_off() -> None:
+    from supportbot.admin.api import AdminAPI
+    from supportbot.operators import Operators
+
+    async def handler(request: web.Request) -> web.Response:
+        raise AssertionError("the handler must not run")
+
+    api = AdminAPI(Auth(AdminSettings(), cast(Any, None)), Operators(cast(Any, None)))
+    request = make_mocked_request("GET", "/api/v1/admin/tickets", headers={"Authorization": "Bearer anything-at-all"})
+    response = await api.guard(handler)(request)
+    assert response.status == 404 and b"set admin.token" in cast(web.Response, response).body  # type: ignore[operator]

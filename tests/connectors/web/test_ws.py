@@ -12,6 +12,7 @@ from connectors.web.ws import CLOSE_UNAUTHORIZED
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Hang, Reply
 from tests.connectors.web.conftest import OTHER_ORIGIN, WebServer
+from tests.connectors.web.test_api import stored_rows
 
 
 def protocols(token: str) -> tuple[str, str]:
@@ -139,6 +140,26 @@ async def test_bad_frames_get_an_error_frame_and_the_socket_stays_open(server: W
         await ws.send_json({"type": "message", "text": "hi", "client_message_id": "c1"})
         frames = await receive_until(ws, "turn_finished")
     assert frames[-1]["message"]["text"] == "still here"
+
+
+async def test_a_text_over_the_limit_gets_an_error_frame_nothing_is_stored_and_the_socket_stays_usable(
+    server: WebServer,
+) -> None:
+    server.fake.script(Reply(text="short is fine"))
+    opened = await server.open()
+    before = await stored_rows(server)
+    async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
+        await ws.receive_json()
+        await ws.send_json({"type": "message", "text": "x" * 8001, "client_message_id": "c1"})
+        error = await ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "too_large" and error["client_message_id"] == "c1"
+        assert "limits.max_message_chars" in error["message"] and "8,000" in error["message"]
+        assert error["retryable"] is False
+        assert await stored_rows(server) == before
+        await ws.send_json({"type": "message", "text": "x" * 8000, "client_message_id": "c2"})
+        frames = await receive_until(ws, "turn_finished")
+    assert {f.get("client_message_id") for f in frames} == {"c2", None}  # nothing more of c1
+    assert frames[-1]["message"]["text"] == "short is fine"
 
 
 @pytest.mark.parametrize("settings", [{"limits": {"max_image_bytes": 1000, "max_message_chars": 100}}], indirect=True)

@@ -233,7 +233,7 @@ class WebChannel:
         shown = [wire.message(m) for m in stored if wire.visible(m) and (after is None or m.id > after)]
         return {
             "conversation": {"id": conversation.id, "status": conversation.status},
-            "messages": shown[-HISTORY_MESSAGES:],
+            "messages": wire.answered(shown[-HISTORY_MESSAGES:]),
             "live": wire.live(live),
         }
 

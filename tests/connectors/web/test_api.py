@@ -408,3 +408,31 @@ async def test_the_openapi_document_describes_the_api(server: WebServer) -> None
         node: Any = spec
         for part in ref.split('"')[0].split("/"):
             node = node[part]
+
+
+async def test_a_confirmation_offers_yes_and_no_live_and_in_history_until_it_is_answered(server: WebServer) -> None:
+    call = {"subject": "Broken tent pole", "description": "It snapped."}
+    server.fake.script(Reply(tool_calls=[("create_ticket", call)]), Reply(text="Alright, no ticket."))
+    opened = await server.open()
+    reply = await server.ask(opened, "my pole broke")
+    assert reply["message"]["kind"] == "confirmation" and reply["message"]["quick_replies"] == ["Yes", "No"]
+    assert reply["message"]["text"].startswith("Shall I open a ticket “Broken tent pole” for the team?")
+    url = f"{server.url}/api/v1/conversations/{opened['id']}/messages"
+    async with server.http.get(url, headers=auth(opened)) as response:
+        history = (await response.json())["messages"]
+    assert history[-1]["kind"] == "confirmation" and history[-1]["quick_replies"] == ["Yes", "No"]
+    assert all("quick_replies" not in m for m in history[:-1])
+    await server.ask(opened, "No")
+    async with server.http.get(url, headers=auth(opened)) as response:
+        history = (await response.json())["messages"]
+    assert [m["kind"] for m in history[-3:]] == ["confirmation", "normal", "normal"]
+    assert all("quick_replies" not in m for m in history)  # answered: nothing to offer any more
+    assert await server.runtime.store.list_tickets() == []
+
+
+async def test_the_favicon_is_served(server: WebServer) -> None:
+    async with server.http.get(f"{server.url}/favicon.ico") as response:
+        assert response.status == 200
+        assert response.content_type == "image/x-icon"
+        body = await response.read()
+    assert body[:4] == b"\x00\x00\x01\x00" and b"PNG" in body[:40]  # an icon file holding one PNG

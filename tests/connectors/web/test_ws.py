@@ -205,22 +205,34 @@ async def test_a_turn_running_at_shutdown_is_handed_back(server: WebServer) -> N
     assert [item.status for item in pending] == ["stored"]
 
 
-@pytest.mark.parametrize("settings", [{"llm": {}}], indirect=True)  # the default hosted model, no key
-async def test_without_a_model_the_widget_is_told_how_to_connect_one(server: WebServer) -> None:
+@pytest.mark.parametrize(
+    "settings", [{"llm": {}, "company": {"name": "Acme", "support_email": "help@acme.example"}}], indirect=True
+)  # the default hosted model, no key
+async def test_without_a_model_customers_read_not_available_and_the_how_to_goes_to_the_log(
+    server: WebServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    customer_text = (
+        "The assistant is not available right now. Please try again later. "
+        "You can also write to us at help@acme.example."
+    )
     opened = await server.open()
     async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
         assert (await ws.receive_json())["type"] == "history"
         notice = await ws.receive_json()
-        assert notice["code"] == "no_model" and "SUPPORTBOT_LLM_API_KEY" in notice["message"]
+        assert notice["code"] == "no_model" and notice["message"] == customer_text
         await ws.send_json({"type": "message", "text": "hello", "client_message_id": "c1"})
         refused = await ws.receive_json()
         assert refused["code"] == "no_model" and refused["client_message_id"] == "c1"
+        assert refused["message"] == customer_text
     async with server.http.post(
         f"{server.url}/api/v1/conversations/{opened['id']}/messages", json={"text": "hi"},
         headers={"Authorization": f"Bearer {opened['token']}"},
     ) as response:  # fmt: skip
         assert response.status == 503
-        assert (await response.json())["error"]["code"] == "no_model"
+        error = (await response.json())["error"]
+    assert error["code"] == "no_model" and error["message"] == customer_text
+    logged = [r.getMessage() for r in caplog.get_records("setup") if r.name == "supportbot.web"]
+    assert any("SUPPORTBOT_LLM_API_KEY" in line for line in logged)  # the how-to, for whoever runs the server
 
 
 async def test_an_operator_reply_reaches_every_open_tab(server: WebServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 from collections.abc import AsyncIterator
@@ -11,7 +12,15 @@ from typing import Any
 import pytest
 
 from supportbot.config import Config, DatabaseSettings, LLMSettings, LoggingSettings, RetrySettings
-from supportbot.dispatch import CustomerMessage, Dispatcher, Inbound, TurnEvent, Unavailable, data_url_bytes
+from supportbot.dispatch import (
+    CustomerMessage,
+    Dispatcher,
+    Inbound,
+    TurnEvent,
+    Unavailable,
+    check_size,
+    data_url_bytes,
+)
 from supportbot.errors import MessageTooLarge
 from supportbot.events import TextDelta, TurnFailed, TurnFinished, TurnStarted
 from supportbot.logs import configure_logging
@@ -356,9 +365,15 @@ async def test_submit_takes_a_message_at_the_limits(
     assert items[-1].event.text == "ok"
 
 
-@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 999, 1000])
-def test_data_url_bytes_counts_the_content_exactly(size: int) -> None:
-    import base64
-
-    assert data_url_bytes("data:image/png;base64," + base64.b64encode(b"\0" * size).decode()) == size
+@pytest.mark.parametrize("size", [4_999_998, 4_999_999, 5_000_000, 5_000_001])
+async def test_an_image_passes_intake_exactly_when_the_engine_takes_it(runtime: Runtime, size: int) -> None:
+    image = ImagePart(url="data:image/png;base64," + base64.b64encode(b"\0" * size).decode())
+    message = Inbound(channel="web", external_id="e", conversation_id="c", text="look", images=(image,))
+    try:
+        check_size(message, runtime.config.limits)  # the default limit is 5,000,000 bytes
+        passed = True
+    except MessageTooLarge:
+        passed = False
+    assert passed == (runtime.engine._refusal("look", [image]) is None)
+    assert passed == (size <= 4_999_998)  # base64 padding counts as content: 4,999,999 reads as 5,000,001
     assert data_url_bytes("https://example.com/x.png") == 0

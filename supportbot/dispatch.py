@@ -1,8 +1,9 @@
 """From a channel's message to the engine and back out to everyone watching the conversation.
 
-A channel hands the ``Dispatcher`` an ``Inbound`` message. ``submit`` stores it in the durable
-inbox (UNIQUE per channel and external id) and returns only then, so the channel may acknowledge
-it: a redelivered message is recognised and not answered twice. The turn runs in a task of its
+A channel hands the ``Dispatcher`` an ``Inbound`` message. ``submit`` refuses one over the
+``limits`` (``MessageTooLarge``, nothing stored), then stores it in the durable inbox (UNIQUE per
+channel and external id) and returns only then, so the channel may acknowledge it: a
+redelivered message is recognised and not answered twice. The turn runs in a task of its
 own, one after another per conversation in arrival order, so a channel that goes away (a closed
 browser tab) never cuts a turn short. Every event of the turn is published to the conversation's
 subscribers (open widget tabs, an SSE stream), and the reply being streamed is kept as a
@@ -24,8 +25,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from supportbot.engine import Engine
-from supportbot.errors import SupportbotError
+from supportbot.config import LimitSettings
+from supportbot.engine import Engine, clean_text
+from supportbot.errors import MessageTooLarge, SupportbotError
 from supportbot.events import (
     Event,
     Handoff,
@@ -50,6 +52,8 @@ __all__ = [
     "StaffMessage",
     "TurnEvent",
     "Unavailable",
+    "check_size",
+    "data_url_bytes",
 ]
 
 log = logging.getLogger("supportbot.dispatch")
@@ -84,6 +88,51 @@ class Inbound:
     conversation_id: str
     text: str
     images: tuple[ImagePart, ...] = ()
+
+
+def data_url_bytes(url: str) -> int:
+    """The size of the content of an image's ``data:`` URL as the engine measures it (base64 length × 3/4,
+    padding included, so up to 2 bytes over): what passes here the engine never refuses after storing.
+    0 for an http(s) image, which the provider fetches, not us."""
+    if not url.startswith("data:"):
+        return 0
+    header, _, payload = url.partition(",")
+    return len(payload) * 3 // 4 if header.endswith(";base64") else len(payload)
+
+
+def check_size(message: Inbound, limits: LimitSettings) -> None:
+    """Refuse a message over ``limits`` (text characters, number of images, bytes per image).
+
+    Text counts as the engine stores it (control characters removed, NFC), and as it came: over
+    the limit either way is refused.
+
+    Raises:
+        MessageTooLarge: naming the limit, its value and the message's size.
+    """
+    chars = len(message.text)
+    if chars <= limits.max_message_chars:
+        chars = len(clean_text(message.text))  # NFC can lengthen a text (U+0958 is two characters in NFC)
+    if chars > limits.max_message_chars:
+        raise MessageTooLarge(
+            f"the message is {chars:,} characters long and the limit is {limits.max_message_chars:,} "
+            "(limits.max_message_chars); send a shorter message, or split it",
+            limit="limits.max_message_chars", allowed=limits.max_message_chars, actual=chars,
+        )  # fmt: skip
+    count = len(message.images)
+    if count > limits.max_images_per_message:
+        raise MessageTooLarge(
+            f"the message has {count} images and the limit is {limits.max_images_per_message} "
+            "(limits.max_images_per_message); send fewer images per message",
+            limit="limits.max_images_per_message", allowed=limits.max_images_per_message, actual=count,
+        )  # fmt: skip
+    for image in message.images:
+        size = data_url_bytes(image.url)
+        if size > limits.max_image_bytes:
+            raise MessageTooLarge(
+                f"an image is {size:,} bytes and the limit is {limits.max_image_bytes:,} "
+                "(limits.max_image_bytes); send a smaller image",
+                limit="limits.max_image_bytes", allowed=limits.max_image_bytes, actual=size,
+            )  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,9 +232,11 @@ class Dispatcher:
         """Store the message durably and start its turn; returns once it is stored.
 
         Raises:
+            MessageTooLarge: it is over the ``limits``; nothing was stored.
             Unavailable: the server is draining.
             StorageError: it could not be stored; the channel must not acknowledge it.
         """
+        self.check(message)
         if not self._accepting:
             raise Unavailable("the server is shutting down; send the message again in a moment")
         payload = {"text": message.text, "images": [image.url for image in message.images]}
@@ -201,6 +252,14 @@ class Dispatcher:
         )  # fmt: skip
         self._start(inbox_id, message, stored=False)
         return Accepted(turn=inbox_id)
+
+    def check(self, message: Inbound) -> None:
+        """Refuse a message over the engine's ``limits`` before anything is stored (``check_size``).
+
+        Raises:
+            MessageTooLarge: naming the limit.
+        """
+        check_size(message, self.engine.config.limits)
 
     async def resume(self, *, limit: int = 1000) -> int:
         """Run again what a stopped server left unanswered; returns how many turns were started."""

@@ -325,7 +325,7 @@ class Engine:
             async for event in self._run_calls(turn, [c for c in message.tool_calls if c not in held]):
                 yield event
             if held:
-                prompt = confirmation_prompt(held)
+                prompt = confirmation_prompt(held, self.tools)
                 saved = await self.store.add_messages(
                     turn.conversation.id,
                     [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],

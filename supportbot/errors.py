@@ -10,7 +10,8 @@
     │   ├── LLMConnectionError the connection could not be made or broke
     │   └── LLMProtocolError   the answer does not follow the chat-completions wire format
     ├── StorageError           the database is unreachable or refused a write
-    └── ConnectorError         a channel (Slack, email, widget) failed
+    ├── ConnectorError         a channel (Slack, email, widget) failed
+    └── MessageTooLarge        the sender must send less: a message over ``limits``, refused unstored
 
 ``ToolRetry`` is not an error of supportbot: a tool raises it to tell the model what to do
 differently ("order ids look like A1001"), and the model gets the message as the tool result.
@@ -78,6 +79,25 @@ class StorageError(SupportbotError):
 
 class ConnectorError(SupportbotError):
     """A channel connector failed to receive or deliver a message."""
+
+
+class MessageTooLarge(SupportbotError):
+    """A customer's message is over one of the ``limits``; it was refused before anything was stored.
+
+    The channel tells the sender (an HTTP 413, a WebSocket error frame, a reply in Slack) and
+    acknowledges nothing: there is nothing to answer.
+
+    Attributes:
+        limit: the setting that refuses it, e.g. ``limits.max_message_chars``.
+        allowed: that setting's value.
+        actual: how much the message has of what the setting counts.
+    """
+
+    def __init__(self, message: str, *, limit: str, allowed: int, actual: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.allowed = allowed
+        self.actual = actual
 
 
 class ToolRetry(Exception):

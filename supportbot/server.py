@@ -56,6 +56,11 @@ NOTICES = web.AppKey("notices", list[str])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_TOO_LARGE = (
+    "the request body is larger than {limit:,} bytes, the most a message within limits.max_message_chars, "
+    "limits.max_images_per_message and limits.max_image_bytes can need; send a shorter message or smaller images"
+)
+
 
 def client_ip(request: web.Request, *, behind_proxy: bool) -> str:
     """The client's address: the peer, or behind a trusted proxy (``server.trust_forwarded_for``) its
@@ -95,8 +100,10 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         # aiohttp's own refusals (413 body too large, 404, 405) in the same JSON shape as ours.
-        code = "too_large" if exc.status == 413 else exc.reason.lower().replace(" ", "_")
-        response = error_response(exc.status, code, exc.text if exc.status == 413 and exc.text else exc.reason)
+        if exc.status == 413:
+            response = error_response(413, "too_large", _TOO_LARGE.format(limit=request.app._client_max_size))
+        else:
+            response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         request.app[METRICS].errors.labels("http_500").inc()
@@ -202,18 +209,36 @@ def _enabled(config: Config, name: str) -> bool:
     return bool(enabled)
 
 
+# What one code point of text can take on the wire: a character outside the BMP written as a JSON
+# escape is a surrogate pair, "\ud83d\ude00", 12 bytes (a BMP one escaped is 6, \uXXXX; raw UTF-8 at
+# most 4). Browsers send raw UTF-8, but any JSON encoder may escape, so a valid text must always fit.
+_TEXT_BYTES_PER_CHAR = 12
+# Per image: the JSON around its data URL, {"url":"data:image/jpeg;base64,"}, and a comma (35 bytes).
+_IMAGE_FRAMING = 64
+# The keys, a client_message_id (at most 100 ASCII characters), "type":"message" on the WebSocket
+# and a client's indentation.
+_BODY_MARGIN = 4096
+
+
 def max_message_bytes(limits: LimitSettings) -> int:
-    """The largest request a customer's message can need: its images in base64, its text, and JSON around."""
-    return limits.max_images_per_message * (limits.max_image_bytes * 4 // 3 + 64) + limits.max_message_chars * 4 + 4096
+    """The largest body (HTTP) or frame (WebSocket) a valid customer message can need, plus a small margin.
+
+    A bigger one is refused (413, or the WebSocket closed with 1009) before it is read to the end and
+    parsed. The text counts at ``_TEXT_BYTES_PER_CHAR`` bytes per character (JSON escapes, see there);
+    each image at its base64 size as the image check counts it (3 bytes per 4 characters, so at most
+    ``max_image_bytes * 4 / 3`` characters, which JSON writes unescaped: base64 is ASCII without '"'
+    or '\\'; an encoder that writes '/' as '\\/', as PHP's json_encode does by default, must be told
+    not to, JSON_UNESCAPED_SLASHES).
+    """
+    image = limits.max_image_bytes * 4 // 3 + 4 + _IMAGE_FRAMING
+    return limits.max_images_per_message * image + limits.max_message_chars * _TEXT_BYTES_PER_CHAR + _BODY_MARGIN
 
 
 def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Application:
     """The server for this runtime, with the core routes and every enabled connector's."""
     config = runtime.config
-    max_body = config.limits.max_images_per_message * config.limits.max_image_bytes * 4 // 3
-    app = web.Application(
-        middlewares=[_observe], client_max_size=max_body + 2 * config.limits.max_message_chars * 4 + 65536
-    )
+    # The largest body any route takes is a customer's message (admin forms and replies are far smaller).
+    app = web.Application(middlewares=[_observe], client_max_size=max_message_bytes(config.limits))
     app[RUNTIME] = runtime
     app[METRICS] = metrics or Metrics()
     app[DISPATCHER] = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]

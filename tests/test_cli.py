@@ -104,7 +104,7 @@ async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> 
         )
     assert run.code == 0, run.err
     assert "bot: Order A1001 has shipped." in run.out
-    assert "Before I go ahead" in run.out and "bot: Ticket opened." in run.out
+    assert "Shall I open a ticket" in run.out and "bot: Ticket opened." in run.out
     assert "lookup_order" in run.err and "create_ticket" in run.err
     assert "\x1b" not in run.out + run.err  # the model's escape sequence (OSC: retitle) is shown, not obeyed
 

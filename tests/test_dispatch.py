@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 from collections.abc import AsyncIterator
@@ -11,9 +12,19 @@ from typing import Any
 import pytest
 
 from supportbot.config import Config, DatabaseSettings, LLMSettings, LoggingSettings, RetrySettings
-from supportbot.dispatch import CustomerMessage, Dispatcher, Inbound, TurnEvent, Unavailable
+from supportbot.dispatch import (
+    CustomerMessage,
+    Dispatcher,
+    Inbound,
+    TurnEvent,
+    Unavailable,
+    check_size,
+    data_url_bytes,
+)
+from supportbot.errors import MessageTooLarge
 from supportbot.events import TextDelta, TurnFailed, TurnFinished, TurnStarted
 from supportbot.logs import configure_logging
+from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
@@ -307,3 +318,62 @@ async def test_a_storage_failure_mid_turn_still_tells_the_client_and_is_one_fail
     assert failed and "saved" in failed[0].fallback_text
     (line,) = turn_lines(json_log)
     assert (line["outcome"], line["reason"], line["flow"]) == ("failed", "RuntimeError: disk full", "general")
+
+
+class UntouchableInbox:
+    """An inbox that fails the test on any use: a refused message must not reach storage at all."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the inbox was used ({name}) for a message that should have been refused")
+
+
+PNG_4_BYTES = "data:image/png;base64,iVBORw=="  # 4 bytes; base64 padding is not content
+
+
+@pytest.mark.parametrize(
+    ("text", "images", "limit"),
+    [
+        ("x" * 8001, (), "limits.max_message_chars"),
+        ("\u0958" * 4001, (), "limits.max_message_chars"),  # 8,002 characters once NFC
+        ("look", (ImagePart(url=PNG_4_BYTES),) * 5, "limits.max_images_per_message"),
+        ("look", (ImagePart(url="data:image/png;base64," + "A" * 6_666_668),), "limits.max_image_bytes"),
+    ],
+    ids=["text", "text-nfc", "images", "image-bytes"],
+)
+async def test_submit_refuses_an_oversized_message_without_touching_the_store(
+    runtime: Runtime, text: str, images: tuple[ImagePart, ...], limit: str
+) -> None:
+    dispatcher = Dispatcher(runtime.engine, UntouchableInbox())  # type: ignore[arg-type]
+    message = Inbound(channel="slack", external_id="e1", conversation_id="c1", text=text, images=images)
+    with pytest.raises(MessageTooLarge, match=limit) as refused:
+        await dispatcher.submit(message)
+    assert refused.value.limit == limit
+    assert refused.value.actual > refused.value.allowed
+    assert dispatcher.running == 0
+
+
+async def test_submit_takes_a_message_at_the_limits(
+    runtime: Runtime, dispatcher: Dispatcher, fake: FakeLLMServer
+) -> None:
+    fake.script(Reply(text="ok"))
+    cid = await conversation(runtime)
+    subscription = dispatcher.subscribe(cid)
+    accepted = await dispatcher.submit(inbound(cid, "x" * 8000, external_id="long"))
+    assert not accepted.duplicate
+    items = await until_finished(subscription)
+    assert isinstance(items[-1], TurnEvent) and isinstance(items[-1].event, TurnFinished)
+    assert items[-1].event.text == "ok"
+
+
+@pytest.mark.parametrize("size", [4_999_998, 4_999_999, 5_000_000, 5_000_001])
+async def test_an_image_passes_intake_exactly_when_the_engine_takes_it(runtime: Runtime, size: int) -> None:
+    image = ImagePart(url="data:image/png;base64," + base64.b64encode(b"\0" * size).decode())
+    message = Inbound(channel="web", external_id="e", conversation_id="c", text="look", images=(image,))
+    try:
+        check_size(message, runtime.config.limits)  # the default limit is 5,000,000 bytes
+        passed = True
+    except MessageTooLarge:
+        passed = False
+    assert passed == (runtime.engine._refusal("look", [image]) is None)
+    assert passed == (size <= 4_999_998)  # base64 padding counts as content: 4,999,999 reads as 5,000,001
+    assert data_url_bytes("https://example.com/x.png") == 0

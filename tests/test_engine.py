@@ -305,7 +305,8 @@ async def test_confirm_tool_runs_only_after_yes_to_that_exact_call(
     fake.script(Reply(tool_calls=[("create_ticket", args)]))
     events = await turn(runtime, cid, "My tent pole broke, please open a ticket")
     assert isinstance(events[-1], TurnFinished) and events[-1].awaiting_confirmation
-    assert "Tent pole broke" in events[-1].text and not of(events, ToolCallStarted)
+    assert "Shall I open a ticket “Tent pole broke” for the team?" in events[-1].text
+    assert not of(events, ToolCallStarted)
     assert await runtime.store.list_tickets() == []
 
     fake.script(Reply(text="Ticket opened."))
@@ -317,7 +318,7 @@ async def test_confirm_tool_runs_only_after_yes_to_that_exact_call(
     messages = fake.requests[-1].body["messages"]
     roles = [m["role"] for m in messages]
     assert roles[-3:] == ["assistant", "tool", "user"] and messages[-1]["content"] == "Yes!"
-    assert not any("Before I go ahead" in (m.get("content") or "") for m in messages)
+    assert not any("Shall I open a ticket" in (m.get("content") or "") for m in messages)
 
 
 async def test_declined_confirmation_does_not_run(make_runtime: RuntimeFactory, fake: FakeLLMServer) -> None:

@@ -182,6 +182,8 @@ def test_the_command_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path
         assert '"email": "ana@example.com"' in page  # --demo signs in the demo customer
         with urllib.request.urlopen(f"{base}/widget.js") as response:
             assert response.headers["Content-Type"].startswith("application/javascript")
+        with urllib.request.urlopen(f"{base}/favicon.ico") as response:  # the demo page's icon: no 404
+            assert response.status == 200 and response.headers["Content-Type"] == "image/x-icon"
         request = urllib.request.Request(f"{base}/api/v1/conversations", data=b"{}", method="POST")
         with urllib.request.urlopen(request) as response:
             assert json.loads(response.read())["greeting"]

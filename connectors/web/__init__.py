@@ -3,7 +3,8 @@
 ``setup(app)`` is registered as the ``web`` entry point of ``supportbot.connectors``; ``supportbot
 serve`` calls it when ``connectors.web.enabled`` is true. Routes (docs/web-protocol.md):
 
-* ``GET /`` the demo shop page, ``GET /widget.js``, ``GET /widget/config``, WebSocket ``/widget/ws``;
+* ``GET /`` the demo shop page, ``GET /favicon.ico``, ``GET /widget.js``, ``GET /widget/config``,
+  WebSocket ``/widget/ws``;
 * ``POST /api/v1/conversations``, ``GET|POST /api/v1/conversations/{id}/messages``,
   ``GET /api/v1/openapi.json``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib.resources import files
@@ -23,9 +25,12 @@ from connectors.web import api, ws
 from connectors.web.channel import Refused, WebChannel
 from connectors.web.openapi import OPENAPI
 from connectors.web.security import identity_hash, origin_allowed, retry_after
+from supportbot.runtime import NO_MODEL
 from supportbot.server import DISPATCHER, RUNTIME, add_openapi, error_response
 
 __all__ = ["CHANNEL_KEY", "DEMO_USER", "setup"]
+
+log = logging.getLogger("supportbot.web")
 
 CHANNEL_KEY = web.AppKey("web_channel", WebChannel)
 BOOT_PLACEHOLDER = "/*SUPPORTBOT_BOOT*/{}"
@@ -46,10 +51,19 @@ def _static(name: str) -> str:
     return files("connectors.web").joinpath("static", name).read_text(encoding="utf-8")
 
 
+@functools.cache
+def _static_bytes(name: str) -> bytes:
+    return files("connectors.web").joinpath("static", name).read_bytes()
+
+
 def setup(app: web.Application) -> None:
     """Add the web channel's routes to the server's application."""
     channel = WebChannel(app[RUNTIME], app[DISPATCHER])
     app[CHANNEL_KEY] = channel
+    if not channel.runtime.has_model:
+        # The how-to is for whoever runs the server; customers read only that the assistant is unavailable.
+        log.warning("the widget tells customers the assistant is not available: %s",
+                    NO_MODEL.format(base_url=channel.runtime.config.llm.base_url))  # fmt: skip
     app[ws.SOCKETS] = set()
     app.middlewares.append(_cors)
     app.on_shutdown.append(ws.close_all)
@@ -69,8 +83,13 @@ def setup(app: web.Application) -> None:
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Content-Security-Policy": _DEMO_CSP, "Cache-Control": "no-cache"})  # fmt: skip
 
+    async def favicon(request: web.Request) -> web.Response:
+        return web.Response(body=_static_bytes("favicon.ico"), content_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+
     if channel.settings.demo_page:
         app.router.add_get("/", demo)
+    app.router.add_get("/favicon.ico", favicon)  # browsers ask for it on any page of this origin
     app.router.add_get("/widget.js", widget)
     app.router.add_get("/widget/config", config)
     app.router.add_get("/widget/ws", route(ws.websocket))

@@ -13,7 +13,6 @@ from connectors.web import wire
 from connectors.web.channel import NewConversation, NewMessage, Refused, WebChannel, parse
 from supportbot.dispatch import Accepted, Subscription, TurnEvent, Unavailable
 from supportbot.events import TurnFailed, TurnFinished
-from supportbot.runtime import NO_MODEL
 
 __all__ = ["create_conversation", "list_messages", "post_message"]
 
@@ -53,7 +52,7 @@ async def post_message(request: web.Request, channel: WebChannel) -> web.StreamR
     channel.check_ip(request)
     conversation_id = await channel.authorize(request, request.match_info["id"])
     if not channel.runtime.has_model:
-        raise Refused(503, "no_model", NO_MODEL.format(base_url=channel.runtime.config.llm.base_url))
+        raise Refused(503, "no_model", wire.unavailable_text(channel.runtime.config.company))
     body = parse(NewMessage, await _json_body(request))
     # Subscribed before the message is stored, so none of its turn's events can be missed.
     subscription = channel.dispatcher.subscribe(conversation_id)

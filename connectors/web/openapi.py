@@ -72,7 +72,10 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "text": {"type": "string"},
+                    "text": {
+                        "type": "string",
+                        "description": "At most limits.max_message_chars characters (GET /widget/config); longer: 413",
+                    },
                     "images": {
                         "type": "array",
                         "items": {
@@ -100,6 +103,11 @@ OPENAPI: dict[str, Any] = {
                     "kind": {"enum": ["normal", "greeting", "confirmation", "fallback", "notice", "human"]},
                     "images": {"type": "integer"},
                     "created_at": {"type": ["string", "null"], "format": "date-time"},
+                    "quick_replies": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "On a confirmation not answered yet: answers to offer as buttons",
+                    },
                 },
             },
             "Live": {

@@ -1,7 +1,9 @@
 """What the web channel sends: stored messages and engine events as JSON-able dicts (docs/web-protocol.md).
 
 Only what a customer may see leaves the server: no tool calls or results, no system prompt, no
-tool arguments; a tool's name comes with a few words for the customer.
+tool arguments; a tool's name comes with a few words for the customer. A confirmation question
+comes with the answers to offer (``quick_replies``). Words for operators (how to connect a model)
+stay in the server's log; the customer reads ``unavailable_text``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from supportbot.events import (
 )
 from supportbot.store.base import StoredMessage
 
-__all__ = ["HUMAN_TEXT", "frame", "live", "message", "visible"]
+__all__ = ["QUICK_REPLIES", "answered", "frame", "live", "message", "unavailable_text", "visible"]
 
-HUMAN_TEXT = "I've passed this conversation to our support team. A person will reply here."
+QUICK_REPLIES = ("Yes", "No")
+"""The answers offered under a confirmation question; "Yes" is a yes to ``supportbot.confirm.is_yes``."""
+UNAVAILABLE_TEXT = "The assistant is not available right now. Please try again later."
 _TOOL_LABELS = {
     "lookup_order": "Looking up your order…",
     "create_ticket": "Opening a ticket for the team…",
@@ -39,7 +43,7 @@ def visible(m: StoredMessage) -> bool:
 
 def message(m: StoredMessage) -> dict[str, Any]:
     role = "customer" if m.role == "user" else "human" if m.kind == "human" else "bot"
-    return {
+    shown = {
         "id": m.id,
         "role": role,
         "text": m.content or "",
@@ -47,6 +51,31 @@ def message(m: StoredMessage) -> dict[str, Any]:
         "images": len(m.images),
         "created_at": m.created_at.isoformat(),
     }
+    return _offer(shown)
+
+
+def _offer(shown: dict[str, Any]) -> dict[str, Any]:
+    """A confirmation question carries the answers to offer as buttons."""
+    if shown["kind"] == "confirmation":
+        shown["quick_replies"] = list(QUICK_REPLIES)
+    return shown
+
+
+def answered(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history's messages with the quick replies of questions the customer already answered removed."""
+    later_customer = False
+    for m in reversed(shown):
+        if m["role"] == "customer":
+            later_customer = True
+        elif later_customer:
+            m.pop("quick_replies", None)
+    return shown
+
+
+def unavailable_text(company: dict[str, Any]) -> str:
+    """What a customer reads while no model is connected (the how-to is for the operator's console and log)."""
+    email = company.get("support_email")
+    return f"{UNAVAILABLE_TEXT} You can also write to us at {email}." if email else UNAVAILABLE_TEXT
 
 
 def live(turn: LiveTurn | None) -> dict[str, Any] | None:
@@ -63,7 +92,7 @@ def tool_label(name: str) -> str:
 
 
 def _final(text: str, message_id: int | None, kind: str) -> dict[str, Any]:
-    return {"id": message_id, "role": "bot", "text": text, "kind": kind, "images": 0, "created_at": None}
+    return _offer({"id": message_id, "role": "bot", "text": text, "kind": kind, "images": 0, "created_at": None})
 
 
 def frame(item: Published) -> dict[str, Any] | None:
@@ -93,7 +122,9 @@ def frame(item: Published) -> dict[str, Any] | None:
     if isinstance(event, Handoff):
         if event.target != "human":
             return None  # a transfer between flows is invisible to the customer
-        return {"type": "status", "status": "human", "text": HUMAN_TEXT}
+        # No words of its own: the turn's reply (or the engine's notice) says it, in the transcript
+        # a reload shows too; a second line here would be a twin that vanishes on reload.
+        return {"type": "status", "status": "human"}
     if isinstance(event, TurnFinished):
         kind = "confirmation" if event.awaiting_confirmation else "normal"
         return {"type": "turn_finished", "turn": turn, "message": _final(event.text, event.message_id, kind)}

@@ -21,7 +21,6 @@ from connectors.web.channel import NewMessage, Refused, WebChannel, parse
 from connectors.web.security import SUBPROTOCOL
 from supportbot.dispatch import Subscription, Unavailable
 from supportbot.errors import StorageError
-from supportbot.runtime import NO_MODEL
 
 __all__ = ["CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "websocket"]
 
@@ -59,7 +58,7 @@ async def websocket(request: web.Request, channel: WebChannel) -> web.StreamResp
     try:
         await _send(ws, {"type": "history", **await channel.history(conversation_id)})
         if not channel.runtime.has_model:
-            await _send(ws, _error("no_model", NO_MODEL.format(base_url=channel.runtime.config.llm.base_url)))
+            await _send(ws, _error("no_model", wire.unavailable_text(channel.runtime.config.company)))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await _handle(ws, channel, conversation_id, msg.data)
@@ -102,7 +101,7 @@ async def _handle(ws: web.WebSocketResponse, channel: WebChannel, conversation_i
     client_id = payload.get("client_message_id")
     try:
         if not channel.runtime.has_model:
-            raise Refused(503, "no_model", NO_MODEL.format(base_url=channel.runtime.config.llm.base_url))
+            raise Refused(503, "no_model", wire.unavailable_text(channel.runtime.config.company))
         accepted = await channel.accept(conversation_id, parse(NewMessage, payload))
     except Refused as refused:
         await _send(ws, _error(refused.code, refused.message, retry_after=refused.retry_after,

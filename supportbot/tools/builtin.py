@@ -61,7 +61,7 @@ async def lookup_order(ctx: ToolContext, order_id: str) -> dict[str, Any] | str:
     return shown
 
 
-@tool
+@tool(confirm="Shall I open a ticket “{subject}” for the team?")
 async def create_ticket(
     ctx: ToolContext,
     subject: Annotated[str, Field(min_length=1, max_length=200)],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -42,6 +43,8 @@ class Tool(Generic[P, R]):
         arguments: the argument model, JSON schema and ``ToolContext`` parameter.
         timeout: seconds the call may take; None for the registry's default.
         is_async: whether ``function`` is a coroutine function (sync ones run in a thread).
+        confirm: the question a customer is asked before a call runs, when a flow lists the tool
+            under ``confirm``; ``{argument}`` placeholders are filled with the call's arguments.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Tool(Generic[P, R]):
     arguments: ArgumentSpec
     timeout: float | None = None
     is_async: bool = False
+    confirm: str | None = None
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -75,7 +79,11 @@ def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    confirm: str | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -86,6 +94,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    confirm: str | None = None,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a tool; use as ``@tool`` or ``@tool(name=..., description=..., timeout=...)``.
 
@@ -94,6 +103,10 @@ def tool(
         name: the tool's name; defaults to the function's name.
         description: what the model reads; defaults to the docstring without its Args/Returns sections.
         timeout: seconds the call may take before the model is told it timed out.
+        confirm: the question the customer answers before a call runs (for flows that list the tool
+            under ``confirm``), e.g. ``"Shall I open a ticket “{subject}” for the team?"``; each
+            ``{argument}`` is filled with that argument of the call. Without it the customer is asked
+            "Shall I go ahead and <the description's first sentence>?".
 
     Returns:
         A ``Tool`` (or, with keyword arguments only, a decorator that makes one).
@@ -103,7 +116,7 @@ def tool(
     """
 
     def decorate(function: Callable[P, R]) -> Tool[P, R]:
-        return make_tool(function, name=name, description=description, timeout=timeout)
+        return make_tool(function, name=name, description=description, timeout=timeout, confirm=confirm)
 
     if fn is not None:
         return decorate(fn)
@@ -111,7 +124,12 @@ def tool(
 
 
 def make_tool(
-    function: Callable[P, R], *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    function: Callable[P, R],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    confirm: str | None = None,
 ) -> Tool[P, R]:
     """Build a ``Tool`` from a function; what ``@tool`` does. See ``tool`` for the arguments."""
     if isinstance(function, Tool):
@@ -125,6 +143,8 @@ def make_tool(
         raise ConfigError(f"tool {where}: timeout must be a positive number of seconds, got {timeout!r}")
     doc = parse_docstring(inspect.getdoc(function))
     spec = build_argument_spec(function, where=where, docs=doc.params)
+    if confirm is not None:
+        check_confirm(confirm, [p.name for p in spec.params if not p.context], where=where)
     return Tool(
         name=tool_name,
         description=(description if description is not None else doc.description).strip(),
@@ -132,6 +152,7 @@ def make_tool(
         arguments=spec,
         timeout=timeout,
         is_async=inspect.iscoroutinefunction(function),
+        confirm=confirm,
     )
 
 
@@ -151,6 +172,29 @@ def check_name(name: str, *, where: str) -> None:
             f"tool {where}: names starting with '{RESERVED_PREFIX}' are reserved for flow handoffs; "
             "rename the tool (list the flow under 'handoffs' to get a transfer tool)"
         )
+
+
+def check_confirm(template: str, arguments: list[str], *, where: str) -> None:
+    """Refuse a confirmation sentence with anything but ``{argument}`` placeholders of the tool's arguments.
+
+    Raises:
+        ConfigError: naming ``where``, the placeholder and the arguments there are.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"tool {where}: confirm={template!r}: {exc}; write braces as {{{{ and }}}}") from None
+    if not template.strip():
+        raise ConfigError(f"tool {where}: confirm is empty; write the question the customer answers")
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in arguments or spec or conversion:
+            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ConfigError(
+                f"tool {where}: confirm={template!r}: {shown} is not a plain placeholder of one of its "
+                f"arguments; use {', '.join('{' + a + '}' for a in arguments) or 'none (it takes no arguments)'}"
+            )
 
 
 def describe(function: Callable[..., Any]) -> str:

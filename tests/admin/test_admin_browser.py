@@ -73,8 +73,8 @@ async def test_an_operator_finds_the_ticket_reads_the_log_and_replies_into_the_w
         box = customer.locator("#supportbot-widget textarea.sb-input")
         await box.fill("My tent pole snapped, can a person help me?")
         await box.press("Enter")
-        await expect(customer.locator('#supportbot-widget .sb-msg[data-role="system"]').last).to_contain_text(
-            "person", timeout=10_000
+        await expect(customer.locator('#supportbot-widget .sb-msg[data-role="bot"]').last).to_contain_text(
+            "asked a colleague to join", timeout=10_000
         )
 
         # The new ticket shows up in the open list without a reload.
@@ -162,5 +162,36 @@ async def test_a_stored_payload_stays_inert_on_every_admin_page(browser: Browser
                      {{text: 'x', csrf: document.body.dataset.csrf}})}}).then(r => r.status)"""
         )
         assert status == 401
+    finally:
+        await context.close()
+
+
+async def test_the_ticket_list_fits_a_390_pixel_phone(browser: Browser, server: WebServer) -> None:
+    store = server.runtime.store
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="web", flow="general")
+    for n in range(3):
+        await store.create_ticket(subject=f"Tent pole {n} snapped on the first night of a long hiking trip",
+                                  description="d", conversation_id=conversation.id, customer_id=customer.id,
+                                  channel="web", flow="general", priority="urgent")  # fmt: skip
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = await context.new_page()
+        await _sign_in(page, server)
+        await expect(page.locator("#tickets tbody tr")).to_have_count(3)
+        width = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+        # The table keeps every column: it scrolls inside its own box.
+        box = page.locator(".scroll-x").first
+        assert await box.evaluate("el => el.scrollWidth > el.clientWidth")
+        await page.goto(f"{server.url}/admin/conversations")
+        await expect(page.locator("main table.list")).to_be_visible()
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        await page.goto(f"{server.url}/admin/overview")
+        await expect(page.locator(".charts svg").first).to_be_visible()
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.goto(f"{server.url}/admin/tickets")
+        await page.screenshot(path=str(ARTIFACTS / "admin-tickets-phone.png"), full_page=True)
     finally:
         await context.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from supportbot.admin.views import CSP
 from supportbot.runtime import open_runtime
@@ -212,4 +213,26 @@ async def test_with_the_admin_off_there_is_no_admin_page_or_api(tmp_path: Path, 
         assert not [p for p in paths if p.startswith(("/admin", "/api/v1/admin"))]
         assert not [p for p in app[OPENAPI]["paths"] if p.startswith("/api/v1/admin")]
     finally:
+        await runtime.aclose()
+
+
+async def test_without_an_operator_the_login_page_says_so_as_information(tmp_path: Path, fake: FakeLLMServer) -> None:
+    config = write_config(tmp_path, fake, f"sqlite+aiosqlite:///{tmp_path / 'none.db'}", {"admin": {}})
+    runtime = await open_runtime(config)
+    runner = web.AppRunner(build_app(runtime), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/admin/login") as response:
+                html = await response.text()
+            async with http.get(f"{url}/admin/static/admin.css") as response:
+                css = await response.text()
+        notice = re.search(r'<p class="([^"]*)"[^>]*>Signing in needs an operator account', html)
+        assert notice is not None and notice.group(1).split() == ["flash", "info"]  # not the success green
+        assert re.search(r"\.flash\.info \{[^}]*background:#eff8ff", css)
+    finally:
+        await runner.cleanup()
         await runtime.aclose()

@@ -240,6 +240,9 @@ button svg{fill:currentColor;width:22px;height:22px}
 .sb-files{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:4px}
 .sb-files img{width:64px;height:64px;object-fit:cover;border-radius:10px}
 .sb-att{display:block;font-size:13px}
+.sb-quick{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}
+.sb-qr{padding:6px 16px;border-radius:999px;border:1px solid var(--sb-ring);color:var(--sb-link);background:#fff;font-weight:600}
+.sb-qr:hover{background:color-mix(in srgb,var(--sb-ring) 10%,#fff)}
 .sb-msg[data-role=system]{align-self:center;max-width:92%;text-align:center;font-size:13px;color:#475467;background:#eaecf0;padding:5px 12px;border-radius:999px}
 .sb-bubble p,.sb-bubble ul,.sb-bubble ol,.sb-bubble pre,.sb-bubble blockquote{margin:0 0 8px}
 .sb-bubble :last-child{margin-bottom:0}
@@ -479,8 +482,16 @@ button svg{fill:currentColor;width:22px;height:22px}
       bubble.append(markdown(m.text));
     }
     el.append(bubble);
+    // Answers offered with a question (Yes / No under a confirmation): each sends its words as the
+    // customer's message; they go as soon as the customer answers, by a button or by typing.
+    const replies = role === 'bot' && Array.isArray(m.quick_replies) ? m.quick_replies.filter((r) => typeof r === 'string' && r) : [];
+    if (replies.length) {
+      el.append(h('div', { class: 'sb-quick', role: 'group', 'aria-label': 'Quick replies' },
+        ...replies.map((r) => h('button', { type: 'button', class: 'sb-qr', text: r, onclick: () => quickReply(r) }))));
+    }
     return el;
   }
+  const dropQuickReplies = () => S.ui.log.querySelectorAll('.sb-quick').forEach((e) => e.remove());
   const systemEl = (text) => h('div', { class: 'sb-msg', 'data-role': 'system', text });
 
   function renderIntro() { // the configured greeting on top, or a hint while the log is empty
@@ -615,7 +626,7 @@ button svg{fill:currentColor;width:22px;height:22px}
       // by client_message_id (on the frame or the message); without one, by the text we sent.
       const cid = frameCid || m.client_message_id;
       const o = S.outbox.find((x) => (cid ? x.cid === cid : x.state !== 'queued' && norm(x.text) === norm(m.text)));
-      if (!o) { append(messageEl(m)); return; } // from another tab or client
+      if (!o) { dropQuickReplies(); append(messageEl(m)); return; } // from another tab or client: an answer too
       o.state = 'acked'; // echoed means stored: never re-send it
       settle(o, m.id);
       return;
@@ -744,8 +755,19 @@ button svg{fill:currentColor;width:22px;height:22px}
     if (S.files.some((f) => !f.url) || (!text && !S.files.length)) return; // empty, or an image is still loading
     if (chars(text) > t.max_message_chars) { showError(`Your message is too long: at most ${t.max_message_chars} characters, please shorten it.`); return; }
     if (S.fatal) { showError(S.fatal); return; }
+    enqueue(text, S.files);
+    ui.input.value = '';
+    S.files = [];
+    renderThumbs();
+  }
+  function quickReply(text) { // what the customer typed so far stays in the input
+    if (S.fatal) { showError(S.fatal); return; }
+    enqueue(text, []);
+  }
+  function enqueue(text, files) {
     clearError();
-    const o = { cid: uuid(), text, files: S.files, state: 'queued', meta: h('span', { class: 'sb-meta', text: 'Sending…' }) };
+    dropQuickReplies();
+    const o = { cid: uuid(), text, files, state: 'queued', meta: h('span', { class: 'sb-meta', text: 'Sending…' }) };
     const bubble = h('div', { class: 'sb-bubble' });
     if (o.files.length) bubble.append(h('div', { class: 'sb-files' }, ...o.files.map((f, i) => h('img', { src: f.url, alt: `Image ${i + 1}` }))));
     bubble.append(text);
@@ -753,9 +775,6 @@ button svg{fill:currentColor;width:22px;height:22px}
     S.outbox.push(o);
     append(o.el);
     scrollDown(true);
-    ui.input.value = '';
-    S.files = [];
-    renderThumbs();
     flush();
     wake();
   }

@@ -208,23 +208,113 @@ async def test_a_body_that_is_not_json_is_refused(server: WebServer) -> None:
         assert "JSON" in (await response.json())["error"]["message"]
 
 
-async def test_an_oversized_body_is_refused_with_413(server: WebServer) -> None:
+async def stored_rows(server: WebServer) -> tuple[int, int]:
+    """How many rows the inbox and the messages tables hold, as a database dump would count them."""
+    store: Any = server.runtime.store
+    async with store._engine.connect() as connection:
+        from sqlalchemy import text
+
+        inbox = (await connection.execute(text("SELECT count(*) FROM inbox"))).scalar_one()
+        messages = (await connection.execute(text("SELECT count(*) FROM messages"))).scalar_one()
+    return inbox, messages
+
+
+async def post(server: WebServer, conversation: dict[str, Any], body: Any) -> tuple[int, dict[str, Any]]:
+    """Send a message (in a stream: a body of megabytes would block the loop) and wait for the reply as JSON."""
+    async with server.http.post(
+        f"{server.url}/api/v1/conversations/{conversation['id']}/messages?stream=false",
+        data=io.BytesIO(json.dumps(body).encode()), headers={**auth(conversation), "Content-Type": "application/json"},
+    ) as response:  # fmt: skip
+        return response.status, await response.json()
+
+
+async def test_a_text_over_max_message_chars_is_refused_with_413_and_nothing_is_stored(server: WebServer) -> None:
     opened = await server.open()
-    huge = io.BytesIO(json.dumps({"text": "x" * (server.app._client_max_size + 10)}).encode())
+    before = await stored_rows(server)
+    status, body = await post(server, opened, {"text": "x" * 8001})  # the default limit is 8,000
+    assert status == 413
+    assert body["error"]["code"] == "too_large"
+    assert "limits.max_message_chars" in body["error"]["message"] and "8,000" in body["error"]["message"]
+    assert await stored_rows(server) == before
+    assert server.fake.request_count == 0
+
+
+async def test_a_text_lengthened_by_nfc_over_the_limit_is_refused(server: WebServer) -> None:
+    opened = await server.open()
+    before = await stored_rows(server)
+    status, body = await post(server, opened, {"text": "\u0958" * 4001})  # 4,001 characters, 8,002 in NFC
+    assert status == 413
+    assert "8,002 characters" in body["error"]["message"]
+    assert await stored_rows(server) == before
+
+
+async def test_a_text_of_exactly_max_message_chars_is_accepted(server: WebServer) -> None:
+    server.fake.script(Reply(text="That is a long one."))
+    opened = await server.open()
+    text = "é" * 7999 + "😀"  # 8,000 characters (the emoji is one), most of them two bytes in UTF-8
+    reply = await server.ask(opened, text)
+    assert reply["message"]["text"] == "That is a long one."
+    sent = server.fake.requests[0].body["messages"][-1]["content"]
+    assert sent == text or sent[-1]["text"] == text
+
+
+@pytest.mark.parametrize(
+    ("images", "limit"),
+    [
+        ([{"url": PNG}] * 5, "limits.max_images_per_message"),  # the default limit is 4
+        ([{"url": "data:image/png;base64," + "A" * 6_666_672}], "limits.max_image_bytes"),  # 5,000,004 bytes
+    ],
+    ids=["too-many", "too-big"],
+)
+async def test_images_over_the_limits_are_refused_with_413_and_nothing_is_stored(
+    server: WebServer, images: list[dict[str, str]], limit: str
+) -> None:
+    opened = await server.open()
+    before = await stored_rows(server)
+    status, body = await post(server, opened, {"text": "look", "images": images})
+    assert status == 413
+    assert body["error"]["code"] == "too_large" and limit in body["error"]["message"]
+    assert await stored_rows(server) == before
+
+
+@pytest.mark.parametrize(
+    "settings", [{"limits": {"max_image_bytes": 1000, "max_images_per_message": 1, "max_message_chars": 100}}],
+    indirect=True,
+)  # fmt: skip
+async def test_a_multi_megabyte_body_is_refused_with_413_before_it_is_parsed(server: WebServer) -> None:
+    opened = await server.open()
+    before = await stored_rows(server)
+    limit = server.app._client_max_size
+    assert limit < 10_000  # 100 characters and one 1,000-byte image: a few kilobytes, not ~27 MB
+    huge = io.BytesIO(b"not even JSON " * 200_000)  # 2.8 MB; parsed, it would be a 400
     async with server.http.post(
         f"{server.url}/api/v1/conversations/{opened['id']}/messages", data=huge,
         headers={**auth(opened), "Content-Type": "application/json"},
     ) as response:  # fmt: skip
         assert response.status == 413
-        assert (await response.json())["error"]["code"] == "too_large"
+        error = (await response.json())["error"]
+    assert error["code"] == "too_large"
+    assert f"{limit:,} bytes" in error["message"] and "limits.max_message_chars" in error["message"]
+    assert await stored_rows(server) == before
 
 
-async def test_a_long_message_is_kept_and_politely_refused(server: WebServer) -> None:
+@pytest.mark.parametrize(
+    "settings", [{"limits": {"max_image_bytes": 1000, "max_images_per_message": 1, "max_message_chars": 100}}],
+    indirect=True,
+)  # fmt: skip
+async def test_the_largest_valid_message_fits_the_body_limit_even_fully_escaped(server: WebServer) -> None:
+    server.fake.script(Reply(text="Got it."))
     opened = await server.open()
-    reply = await server.ask(opened, "word " * 2000)  # 10,000 characters; the limit is 8,000
-    assert "too long" in reply["message"]["text"]
-    assert server.fake.request_count == 0
-    assert any(m.role == "user" for m in await server.runtime.store.list_messages(opened["id"]))
+    image = "data:image/jpeg;base64," + base64.b64encode(b"\xff" * 999).decode()
+    body = {"text": "😀" * 100, "images": [{"url": image}], "client_message_id": "c" * 100}
+    escaped = json.dumps(body, indent=2).encode()  # ensure_ascii: each emoji is "\\ud83d\\ude00", 12 bytes
+    assert len(escaped) <= server.app._client_max_size
+    async with server.http.post(
+        f"{server.url}/api/v1/conversations/{opened['id']}/messages?stream=false", data=escaped,
+        headers={**auth(opened), "Content-Type": "application/json"},
+    ) as response:  # fmt: skip
+        assert response.status == 200, await response.text()
+        assert (await response.json())["message"]["text"] == "Got it."
 
 
 async def test_an_image_reaches_the_model_as_image_input(server: WebServer) -> None:
@@ -318,3 +408,31 @@ async def test_the_openapi_document_describes_the_api(server: WebServer) -> None
         node: Any = spec
         for part in ref.split('"')[0].split("/"):
             node = node[part]
+
+
+async def test_a_confirmation_offers_yes_and_no_live_and_in_history_until_it_is_answered(server: WebServer) -> None:
+    call = {"subject": "Broken tent pole", "description": "It snapped."}
+    server.fake.script(Reply(tool_calls=[("create_ticket", call)]), Reply(text="Alright, no ticket."))
+    opened = await server.open()
+    reply = await server.ask(opened, "my pole broke")
+    assert reply["message"]["kind"] == "confirmation" and reply["message"]["quick_replies"] == ["Yes", "No"]
+    assert reply["message"]["text"].startswith("Shall I open a ticket “Broken tent pole” for the team?")
+    url = f"{server.url}/api/v1/conversations/{opened['id']}/messages"
+    async with server.http.get(url, headers=auth(opened)) as response:
+        history = (await response.json())["messages"]
+    assert history[-1]["kind"] == "confirmation" and history[-1]["quick_replies"] == ["Yes", "No"]
+    assert all("quick_replies" not in m for m in history[:-1])
+    await server.ask(opened, "No")
+    async with server.http.get(url, headers=auth(opened)) as response:
+        history = (await response.json())["messages"]
+    assert [m["kind"] for m in history[-3:]] == ["confirmation", "normal", "normal"]
+    assert all("quick_replies" not in m for m in history)  # answered: nothing to offer any more
+    assert await server.runtime.store.list_tickets() == []
+
+
+async def test_the_favicon_is_served(server: WebServer) -> None:
+    async with server.http.get(f"{server.url}/favicon.ico") as response:
+        assert response.status == 200
+        assert response.content_type == "image/x-icon"
+        body = await response.read()
+    assert body[:4] == b"\x00\x00\x01\x00" and b"PNG" in body[:40]  # an icon file holding one PNG

@@ -245,15 +245,25 @@ async def test_an_attached_image_reaches_the_model(
                for part in content)  # fmt: skip
 
 
-async def test_a_handoff_is_announced_and_the_persons_reply_shows(
+async def test_a_handoff_shows_one_message_live_and_after_a_reload_and_the_persons_reply(
     page: Page, server: WebServer, host: dict[str, Any]
 ) -> None:
-    server.fake.script(Reply(tool_calls=[("handoff_to_human", {"reason": "wants a person"})]), Reply(text="Done."))
+    server.fake.script(
+        Reply(tool_calls=[("handoff_to_human", {"reason": "wants a person"})]),
+        Reply(text="I've passed you to a colleague; a person will reply here."),
+    )
     await page.goto(host["url"])
     await open_widget(page)
     await send(page, "a person please")
-    system = page.locator('#supportbot-widget .sb-msg[data-role="system"]')
-    await expect(system.last).to_contain_text("person", timeout=10_000)
+    replies = page.locator('#supportbot-widget .sb-msg:not([data-role="customer"]):not(.sb-intro)')
+    expected = ["Hi there! I'm the Acme Outdoor support assistant. How can I help you today?",
+                "I've passed you to a colleague; a person will reply here."]  # fmt: skip
+    await expect(replies).to_have_text(expected, timeout=10_000)  # the reply, and no second notice beside it
+    await expect(page.locator("#supportbot-widget .sb-sub")).to_have_text("Our team will reply here")
+    await page.reload()
+    await open_widget(page)
+    await expect(replies).to_have_text(expected, timeout=10_000)  # the same after a reload
+    await expect(page.locator("#supportbot-widget .sb-sub")).to_have_text("Our team will reply here")
     # An operator answers (as the admin reply of the operators' page will): stored, then delivered.
     conversation = (await server.runtime.store.list_conversations(limit=1))[0]
     saved = await server.runtime.store.add_messages(
@@ -266,6 +276,36 @@ async def test_a_handoff_is_announced_and_the_persons_reply_shows(
     await page.reload()  # and it is part of the history
     await open_widget(page)
     await expect(human.last).to_contain_text("Maria here", timeout=10_000)
+
+
+async def test_a_confirmation_offers_yes_and_no_and_yes_opens_the_ticket(
+    page: Page, server: WebServer, host: dict[str, Any]
+) -> None:
+    call = {"subject": "Broken tent pole", "description": "The pole snapped on the first night."}
+    server.fake.script(Reply(tool_calls=[("create_ticket", call)]), Reply(text="Your ticket is open."))
+    await page.goto(host["url"])
+    await open_widget(page)
+    await send(page, "my tent pole broke, please open a ticket")
+    question = bot_messages(page).last
+    await expect(question).to_contain_text("Shall I open a ticket “Broken tent pole” for the team?", timeout=10_000)
+    buttons = question.locator(".sb-quick button")
+    await expect(buttons).to_have_text(["Yes", "No"])
+    await page.reload()  # the question is still open after a reload: its buttons too
+    await open_widget(page)
+    await expect(bot_messages(page).last.locator(".sb-quick button")).to_have_text(["Yes", "No"], timeout=10_000)
+    draft = page.locator("#supportbot-widget textarea.sb-input")
+    await draft.fill("half-typed")
+    await bot_messages(page).last.get_by_role("button", name="Yes").click()
+    await expect(page.locator('#supportbot-widget .sb-msg[data-role="customer"]').last).to_have_text("Yes")
+    await expect(page.locator("#supportbot-widget .sb-quick")).to_have_count(0)  # answered: the buttons go
+    await expect(draft).to_have_value("half-typed")  # what the customer was typing stays
+    await expect(bot_messages(page).last).to_have_text("Your ticket is open.", timeout=10_000)
+    tickets = await server.runtime.store.list_tickets()
+    assert [(t.subject, t.kind) for t in tickets] == [("Broken tent pole", "request")]
+    await page.reload()  # answered, it shows no buttons after a reload either
+    await open_widget(page)
+    await expect(bot_messages(page).last).to_have_text("Your ticket is open.", timeout=10_000)
+    await expect(page.locator("#supportbot-widget .sb-quick")).to_have_count(0)
 
 
 async def test_narrow_screens_get_a_full_screen_panel(

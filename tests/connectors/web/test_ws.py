@@ -12,6 +12,7 @@ from connectors.web.ws import CLOSE_UNAUTHORIZED
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Hang, Reply
 from tests.connectors.web.conftest import OTHER_ORIGIN, WebServer
+from tests.connectors.web.test_api import stored_rows
 
 
 def protocols(token: str) -> tuple[str, str]:
@@ -141,6 +142,26 @@ async def test_bad_frames_get_an_error_frame_and_the_socket_stays_open(server: W
     assert frames[-1]["message"]["text"] == "still here"
 
 
+async def test_a_text_over_the_limit_gets_an_error_frame_nothing_is_stored_and_the_socket_stays_usable(
+    server: WebServer,
+) -> None:
+    server.fake.script(Reply(text="short is fine"))
+    opened = await server.open()
+    before = await stored_rows(server)
+    async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
+        await ws.receive_json()
+        await ws.send_json({"type": "message", "text": "x" * 8001, "client_message_id": "c1"})
+        error = await ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "too_large" and error["client_message_id"] == "c1"
+        assert "limits.max_message_chars" in error["message"] and "8,000" in error["message"]
+        assert error["retryable"] is False
+        assert await stored_rows(server) == before
+        await ws.send_json({"type": "message", "text": "x" * 8000, "client_message_id": "c2"})
+        frames = await receive_until(ws, "turn_finished")
+    assert {f.get("client_message_id") for f in frames} == {"c2", None}  # nothing more of c1
+    assert frames[-1]["message"]["text"] == "short is fine"
+
+
 @pytest.mark.parametrize("settings", [{"limits": {"max_image_bytes": 1000, "max_message_chars": 100}}], indirect=True)
 async def test_a_frame_over_the_size_limit_closes_with_1009(server: WebServer) -> None:
     opened = await server.open()
@@ -184,22 +205,34 @@ async def test_a_turn_running_at_shutdown_is_handed_back(server: WebServer) -> N
     assert [item.status for item in pending] == ["stored"]
 
 
-@pytest.mark.parametrize("settings", [{"llm": {}}], indirect=True)  # the default hosted model, no key
-async def test_without_a_model_the_widget_is_told_how_to_connect_one(server: WebServer) -> None:
+@pytest.mark.parametrize(
+    "settings", [{"llm": {}, "company": {"name": "Acme", "support_email": "help@acme.example"}}], indirect=True
+)  # the default hosted model, no key
+async def test_without_a_model_customers_read_not_available_and_the_how_to_goes_to_the_log(
+    server: WebServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    customer_text = (
+        "The assistant is not available right now. Please try again later. "
+        "You can also write to us at help@acme.example."
+    )
     opened = await server.open()
     async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
         assert (await ws.receive_json())["type"] == "history"
         notice = await ws.receive_json()
-        assert notice["code"] == "no_model" and "SUPPORTBOT_LLM_API_KEY" in notice["message"]
+        assert notice["code"] == "no_model" and notice["message"] == customer_text
         await ws.send_json({"type": "message", "text": "hello", "client_message_id": "c1"})
         refused = await ws.receive_json()
         assert refused["code"] == "no_model" and refused["client_message_id"] == "c1"
+        assert refused["message"] == customer_text
     async with server.http.post(
         f"{server.url}/api/v1/conversations/{opened['id']}/messages", json={"text": "hi"},
         headers={"Authorization": f"Bearer {opened['token']}"},
     ) as response:  # fmt: skip
         assert response.status == 503
-        assert (await response.json())["error"]["code"] == "no_model"
+        error = (await response.json())["error"]
+    assert error["code"] == "no_model" and error["message"] == customer_text
+    logged = [r.getMessage() for r in caplog.get_records("setup") if r.name == "supportbot.web"]
+    assert any("SUPPORTBOT_LLM_API_KEY" in line for line in logged)  # the how-to, for whoever runs the server
 
 
 async def test_an_operator_reply_reaches_every_open_tab(server: WebServer) -> None:

@@ -84,6 +84,55 @@ async def test_validate_reports_a_broken_flow(tmp_path: Path) -> None:
     assert "general.yaml:3" in run.err and "did you mean 'lookup_order'" in run.err
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_the_example_config_validates_copied_into_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text((REPO / "config.example.yaml").read_text(encoding="utf-8"))
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert "flows: the example flows" in run.out and "flow general (default)" in run.out
+    assert run.out.endswith("OK\n")
+
+
+async def test_validate_lists_every_problem_of_config_and_flows_at_once(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "general.yaml").write_text("name: general\ndescription: d\ntools: [lookup_ordr]\nsystem_prompt: hi\n")
+    (flows / "returns.yaml").write_text("name: returns\ndescription: d\nsystem_prompt: '{{ custmer.name }}'\n")
+    (tmp_path / "config.yaml").write_text("llm:\n  max_tokens: 70000\nflows:\n  dir: flows\n")
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 1
+    assert run.err.removeprefix("Error: ").splitlines() == [
+        "config.yaml:2: llm.max_tokens: 70000 is more than 65536, the model's output limit; use at most 65536",
+        "flows/general.yaml:3: tools[0]: unknown tool 'lookup_ordr'; did you mean 'lookup_order'?",
+        "flows/returns.yaml:3: system_prompt: unknown variable 'custmer'; did you mean 'customer'?",
+    ]
+
+
+async def test_tools_modules_are_imported_beside_the_config_file(tmp_path: Path) -> None:
+    (deploy := tmp_path / "deploy").mkdir()
+    (elsewhere := tmp_path / "elsewhere").mkdir()
+    (deploy / "acme_warranty_tools.py").write_text(
+        "from supportbot import tool\n\n\n@tool\nasync def warranty_check(serial: str) -> str:\n"
+        '    """Warranty of a product.\n\n    Args:\n        serial: the serial number.\n    """\n'
+        '    return "valid"\n'
+    )
+    (deploy / "config.yaml").write_text("tools:\n  modules:\n    - acme_warranty_tools\n")
+    run = await supportbot("validate", "-c", "../deploy/config.yaml", cwd=elsewhere)
+    assert run.code == 0, run.err
+    assert "warranty_check" in next(line for line in run.out.splitlines() if line.startswith("tools:"))
+
+    (deploy / "config.yaml").write_text("tools:\n  modules:\n    - acme_warranty_tools\n    - acme_missing_tools\n")
+    run = await supportbot("validate", "-c", "../deploy/config.yaml", cwd=elsewhere)
+    assert run.code == 1
+    assert run.err.startswith(
+        "Error: ../deploy/config.yaml:4: tools.modules[1]: no module 'acme_missing_tools' beside the config file "
+        f"({deploy}) or in the working directory ({elsewhere}), and none is installed; "
+        "put acme_missing_tools.py there or install the package that has it"
+    ), run.err
+
+
 async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> None:
     async with FakeLLMServer() as fake:
         write_config(tmp_path, fake.base_url)

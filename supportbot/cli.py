@@ -273,9 +273,11 @@ def llm() -> None:
 @_run
 async def llm_check(config_path: str | None) -> None:
     """Probe the endpoint: a plain streamed answer, then a streamed tool call."""
-    from supportbot.llm.check import check_endpoint
+    from supportbot.llm.check import check_endpoint, missing_key
 
     config = _config(config_path)
+    if (reason := missing_key(config.llm)) is not None:
+        raise click.ClickException(reason)
     report = await check_endpoint(config.llm)
     echo(report.render())
     if not report.ok:

@@ -225,6 +225,25 @@ async def test_llm_check(tmp_path: Path, status: int | None, ok: bool) -> None:
     assert ("401" in run.out) != ok
 
 
+async def test_llm_check_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:
+    run = await supportbot("llm", "check", cwd=tmp_path)
+    assert run.code == 1 and run.out == ""
+    assert run.err == (
+        "Error: no API key is set for https://api.core.today/llm/gemini/v1beta/openai: export "
+        "SUPPORTBOT_LLM_API_KEY=<your key> or set llm.api_key in config.yaml (a local server at another "
+        "llm.base_url needs none)\n"
+    )
+
+
+async def test_llm_check_probes_a_local_server_without_a_key(tmp_path: Path) -> None:
+    async with FakeLLMServer(mode="gemini") as fake:
+        (tmp_path / "config.yaml").write_text(f"llm:\n  base_url: {fake.base_url}\n")
+        fake.script(Reply("OK"), Reply(tool_calls=[("get_order_status", {"order_id": "A1001"})]), Reply("Shipped."))
+        run = await supportbot("llm", "check", cwd=tmp_path)
+    assert run.code == 0, run.out + run.err
+    assert "Verdict: OK" in run.out and "Authorization" not in fake.requests[0].headers
+
+
 async def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("database:\n  url: sqlite+aiosqlite:///fresh.db\n")
     run = await supportbot("db", "upgrade", cwd=tmp_path)

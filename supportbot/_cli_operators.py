@@ -27,6 +27,7 @@ from supportbot.cli import (
     config_option,
     echo,
     main,
+    open_store,
     tickets,
 )
 from supportbot.operators import Operators, OperatorStore
@@ -44,11 +45,9 @@ EXPORT_COLUMNS = (
 
 
 @asynccontextmanager
-async def _operators(config_path: str | None) -> AsyncIterator[Operators]:
-    from supportbot.store.sql import SQLStore
-
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+async def _operators(config_path: str | None, *, existing: bool = True) -> AsyncIterator[Operators]:
+    """The operators' view of the configured database; ``existing``: refuse a SQLite file that is not there."""
+    store = await open_store(_config(config_path), existing=existing)
     try:
         yield Operators(cast(OperatorStore, store))
     finally:
@@ -283,7 +282,7 @@ async def admin_set_password(config_path: str | None, username: str, password_st
         raise click.ClickException("a user name is 1 to 100 printable characters without spaces")
     password = _read_password(password_stdin)
     hashed = await asyncio.to_thread(hash_password, password)
-    async with _operators(config_path) as ops:
+    async with _operators(config_path, existing=False) as ops:
         await ops.store.set_operator_password(username, hashed)
     echo(f"operator {username} can sign in at /admin")
 

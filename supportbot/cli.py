@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
@@ -28,6 +29,7 @@ from supportbot.terminal import safe
 if TYPE_CHECKING:
     from supportbot.config import Config
     from supportbot.runtime import Runtime
+    from supportbot.store.sql import SQLStore
 
 # The engine, the store and the HTTP client are imported inside the commands that use them,
 # so that `supportbot --version` and `--help` start at once.
@@ -74,6 +76,55 @@ config_option = click.option(
     default=None,
     help="Configuration file (default: $SUPPORTBOT_CONFIG, then ./config.yaml, then built-in defaults).",
 )
+
+
+async def open_store(config: Config, *, existing: bool) -> SQLStore:
+    """Open the configured database for a command.
+
+    Args:
+        config: the loaded configuration.
+        existing: the command works on what is stored (tickets, conversations): a SQLite file that
+            is not there is refused, naming the file looked for, instead of creating an empty one.
+            Otherwise a new database is created, with a note on stderr naming it.
+    """
+    from supportbot.store.sql import SQLStore
+
+    new_file = _new_database_file(config)
+    if new_file is not None and existing:
+        raise click.ClickException(
+            f"no database at {new_file} ({_database_origin(config)}); run this where your config.yaml is, "
+            "or pass -c path/to/config.yaml"
+        )
+    store = await SQLStore.open(config.database.url, create=not existing)
+    if new_file is not None:
+        _note_new_database(config, new_file)
+    return store
+
+
+def _new_database_file(config: Config) -> Path | None:
+    """The SQLite file of ``database.url`` if it does not exist yet (opening it would create it)."""
+    from supportbot.store.migrate import database_file
+
+    try:
+        file = database_file(config.database.url)
+    except SupportbotError as exc:
+        raise click.ClickException(str(exc)) from None
+    return file if file is not None and not file.exists() else None
+
+
+def _database_origin(config: Config) -> str:
+    if config.source is None:
+        return "database.url of the built-in defaults: no -c, no $SUPPORTBOT_CONFIG and no ./config.yaml"
+    return f"database.url of {config.source}"
+
+
+def _note_new_database(config: Config, file: Path) -> None:
+    echo(
+        f"note: created a new, empty database {file} ({_database_origin(config)}); "
+        "if you meant another one, pass -c path/to/config.yaml or run where your config.yaml is",
+        fg="yellow",
+        err=True,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,7 +210,10 @@ async def chat(config_path: str | None, flow: str | None, email: str | None, dem
     from supportbot.runtime import open_runtime
 
     config = _config(config_path)
+    new_file = _new_database_file(config)
     runtime = await open_runtime(config, demo=demo)
+    if new_file is not None:
+        _note_new_database(config, new_file)
     try:
         await _chat(runtime, flow=flow, email=email or (DEMO_CUSTOMER if demo else None), demo=demo)
     finally:
@@ -319,10 +373,8 @@ async def tickets_list(
 ) -> None:
     """List tickets, newest first."""
     from supportbot.store.review import TicketQuery
-    from supportbot.store.sql import SQLStore
 
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+    store = await open_store(_config(config_path), existing=True)
     try:
         query = TicketQuery(
             status=cast(tuple[TicketStatus, ...], status),
@@ -357,10 +409,7 @@ async def tickets_list(
 @_run
 async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> None:
     """Show a ticket, its history and the whole conversation behind it, tool calls included."""
-    from supportbot.store.sql import SQLStore
-
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+    store = await open_store(_config(config_path), existing=True)
     try:
         ticket = await store.get_ticket(ticket_id)
         if ticket is None:

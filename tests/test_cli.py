@@ -210,6 +210,32 @@ async def test_demo_chat_needs_no_config(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert "[demo model] Order A1001 is" in run.out
     assert (tmp_path / "supportbot.db").exists()
+    assert f"note: created a new, empty database {tmp_path / 'supportbot.db'} (database.url of the built-in" in run.err
+    again = await supportbot("chat", "--demo", cwd=tmp_path, stdin="hi\n")
+    assert again.code == 0 and "note:" not in again.err
+
+
+async def test_commands_reading_the_database_do_not_create_one(tmp_path: Path) -> None:
+    # Run in the wrong directory, they say which database they looked for instead of making an empty one.
+    for command in (["tickets", "list"], ["tickets", "show", "1"], ["tickets", "export"], ["conversations", "list"]):
+        run = await supportbot(*command, cwd=tmp_path)
+        assert run.code == 1, command
+        assert run.err == (
+            f"Error: no database at {tmp_path / 'supportbot.db'} (database.url of the built-in defaults: no -c, "
+            "no $SUPPORTBOT_CONFIG and no ./config.yaml); run this where your config.yaml is, or pass -c "
+            "path/to/config.yaml\n"
+        ), command
+    assert not (tmp_path / "supportbot.db").exists()
+    (tmp_path / "config.yaml").write_text("database:\n  url: sqlite:///state/bot.db\n")
+    (tmp_path / "state").mkdir()
+    run = await supportbot("conversations", "show", "c1", cwd=tmp_path)
+    assert run.code == 1 and f"no database at {tmp_path / 'state' / 'bot.db'} (database.url of " in run.err
+    assert not (tmp_path / "state" / "bot.db").exists()
+    made = await supportbot("admin", "set-password", "--password-stdin", cwd=tmp_path, stdin="a long enough secret\n")
+    assert made.code == 0, made.err
+    assert f"note: created a new, empty database {tmp_path / 'state' / 'bot.db'}" in made.err
+    listed = await supportbot("tickets", "list", cwd=tmp_path)
+    assert (listed.code, listed.out, listed.err) == (0, "no tickets\n", "")
 
 
 @pytest.mark.parametrize(("status", "ok"), [(None, True), (401, False)])

@@ -22,6 +22,7 @@ import click
 from supportbot._version import __version__
 from supportbot.errors import SupportbotError
 from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
+from supportbot.pricing import format_usd
 from supportbot.records import TICKET_COLUMNS, conversation_json, event_json, message_json, ticket_json
 from supportbot.store.base import StoredMessage, TicketPriority, TicketStatus
 from supportbot.terminal import safe
@@ -283,7 +284,7 @@ async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None
                 echo("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
             else:
                 usage = event.usage
-                echo(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
+                echo(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, {format_usd(event.cost_usd)}]",
                             dim=True, err=True)  # fmt: skip
         elif isinstance(event, TurnFailed):
             if started:
@@ -392,7 +393,7 @@ async def tickets_list(
         echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS)
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
         echo(buffer.getvalue(), nl=False)
@@ -448,7 +449,7 @@ async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> Non
         echo(
             f"\nConversation {conversation.id} ({conversation.channel}, {conversation.status}, "
             f"{conversation.turns} turns, {conversation.input_tokens}+{conversation.output_tokens} tokens, "
-            f"${conversation.cost_usd:.5f}):"
+            f"{format_usd(conversation.cost_usd)}):"
         )
         for m in messages:
             echo(_transcript_line(m))
@@ -476,7 +477,7 @@ def _transcript_line(m: StoredMessage) -> str:
     if m.role == "assistant" and m.usage is not None:
         lines.append(
             f"            {m.model or ''} · {m.usage.input_tokens}+{m.usage.output_tokens} tokens · "
-            f"${m.cost_usd:.5f} · {m.latency_ms or 0:.0f} ms"
+            f"{format_usd(m.cost_usd)} · {m.latency_ms or 0:.0f} ms"
         )
     return "\n".join(lines)
 
@@ -493,16 +494,18 @@ def _when(value: datetime | None) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(_short_cell(row.get(c))) for c in columns] for row in rows]
+    cells = [[str(_short_cell(c, row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
-def _short_cell(value: Any) -> Any:
+def _short_cell(column: str, value: Any) -> Any:
     if value is None:
         return "-"
+    if column.endswith("cost_usd") and isinstance(value, int | float):
+        return format_usd(value)
     if isinstance(value, str) and "T" in value and value[:4].isdigit():
         return value[:16].replace("T", " ")
     return _shorten(value, 60) if isinstance(value, str) else value

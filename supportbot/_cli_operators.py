@@ -27,9 +27,11 @@ from supportbot.cli import (
     config_option,
     echo,
     main,
+    open_store,
     tickets,
 )
 from supportbot.operators import Operators, OperatorStore
+from supportbot.pricing import COST_DECIMALS, format_usd
 from supportbot.records import conversation_json, event_json, message_json, ticket_json
 from supportbot.store.base import TicketStatus
 from supportbot.store.review import ConversationQuery, TicketQuery
@@ -44,11 +46,9 @@ EXPORT_COLUMNS = (
 
 
 @asynccontextmanager
-async def _operators(config_path: str | None) -> AsyncIterator[Operators]:
-    from supportbot.store.sql import SQLStore
-
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+async def _operators(config_path: str | None, *, existing: bool = True) -> AsyncIterator[Operators]:
+    """The operators' view of the configured database; ``existing``: refuse a SQLite file that is not there."""
+    store = await open_store(_config(config_path), existing=existing)
     try:
         yield Operators(cast(OperatorStore, store))
     finally:
@@ -168,7 +168,7 @@ async def tickets_export(config_path: str | None, fmt: str, status: tuple[str, .
                         | {
                             "customer_email": customer.email if customer else None,
                             "messages": len(messages),
-                            "cost_usd": round(sum(m.cost_usd for m in messages), 6),
+                            "cost_usd": round(sum(m.cost_usd for m in messages), COST_DECIMALS),
                         }
                     )
             offset += len(page.tickets)
@@ -177,7 +177,9 @@ async def tickets_export(config_path: str | None, fmt: str, status: tuple[str, .
     if fmt == "json":
         output.write(json.dumps(exported, indent=2, ensure_ascii=False) + "\n")
     else:
-        writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+        # "\n" like `tickets list --format csv`: spreadsheets and csv readers take it, and it does not
+        # leave a stray carriage return at the end of every line for the shell tools reading it.
+        writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _csv_cell(row.get(k)) for k in EXPORT_COLUMNS} for row in exported)
     if output is not sys.stdout and getattr(output, "name", "-") != "<stdout>":
@@ -237,7 +239,7 @@ async def conversations_show(config_path: str | None, conversation_id: str, fmt:
     echo(f"Conversation {conversation.id} with {who}")
     echo(
         f"  {conversation.channel} · flow {conversation.flow} · {conversation.status} · {conversation.turns} turns · "
-        f"{conversation.input_tokens}+{conversation.output_tokens} tokens · ${conversation.cost_usd:.5f}"
+        f"{conversation.input_tokens}+{conversation.output_tokens} tokens · {format_usd(conversation.cost_usd)}"
     )
     echo(f"  started {_when(conversation.created_at)} · last activity {_when(conversation.updated_at)}")
     for t in found:
@@ -283,7 +285,7 @@ async def admin_set_password(config_path: str | None, username: str, password_st
         raise click.ClickException("a user name is 1 to 100 printable characters without spaces")
     password = _read_password(password_stdin)
     hashed = await asyncio.to_thread(hash_password, password)
-    async with _operators(config_path) as ops:
+    async with _operators(config_path, existing=False) as ops:
         await ops.store.set_operator_password(username, hashed)
     echo(f"operator {username} can sign in at /admin")
 

@@ -241,8 +241,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.file and self.line is not None else self.file
+        return ": ".join(part for part in (where, self.key, self.message) if part)
 
 
 class Problems:
@@ -360,6 +360,11 @@ def validation_problems(
         else:
             message = str(error["msg"])
         problems.add(file, line, dotted(full), message)
+
+
+def error_paths(exc: ValidationError, model: type[BaseModel]) -> list[YamlPath]:
+    """The path of each of pydantic's errors as the file spells it (union tags left out)."""
+    return [_walk(model, tuple(error["loc"]))[0] for error in exc.errors(include_url=False)]
 
 
 def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[YamlPath, type[BaseModel] | None]:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
@@ -21,6 +22,7 @@ import click
 from supportbot._version import __version__
 from supportbot.errors import SupportbotError
 from supportbot.events import Handoff, TextDelta, ToolCallFinished, ToolCallStarted, TurnFailed, TurnFinished
+from supportbot.pricing import format_usd
 from supportbot.records import TICKET_COLUMNS, conversation_json, event_json, message_json, ticket_json
 from supportbot.store.base import StoredMessage, TicketPriority, TicketStatus
 from supportbot.terminal import safe
@@ -28,6 +30,7 @@ from supportbot.terminal import safe
 if TYPE_CHECKING:
     from supportbot.config import Config
     from supportbot.runtime import Runtime
+    from supportbot.store.sql import SQLStore
 
 # The engine, the store and the HTTP client are imported inside the commands that use them,
 # so that `supportbot --version` and `--help` start at once.
@@ -76,6 +79,55 @@ config_option = click.option(
 )
 
 
+async def open_store(config: Config, *, existing: bool) -> SQLStore:
+    """Open the configured database for a command.
+
+    Args:
+        config: the loaded configuration.
+        existing: the command works on what is stored (tickets, conversations): a SQLite file that
+            is not there is refused, naming the file looked for, instead of creating an empty one.
+            Otherwise a new database is created, with a note on stderr naming it.
+    """
+    from supportbot.store.sql import SQLStore
+
+    new_file = _new_database_file(config)
+    if new_file is not None and existing:
+        raise click.ClickException(
+            f"no database at {new_file} ({_database_origin(config)}); run this where your config.yaml is, "
+            "or pass -c path/to/config.yaml"
+        )
+    store = await SQLStore.open(config.database.url, create=not existing)
+    if new_file is not None:
+        _note_new_database(config, new_file)
+    return store
+
+
+def _new_database_file(config: Config) -> Path | None:
+    """The SQLite file of ``database.url`` if it does not exist yet (opening it would create it)."""
+    from supportbot.store.migrate import database_file
+
+    try:
+        file = database_file(config.database.url)
+    except SupportbotError as exc:
+        raise click.ClickException(str(exc)) from None
+    return file if file is not None and not file.exists() else None
+
+
+def _database_origin(config: Config) -> str:
+    if config.source is None:
+        return "database.url of the built-in defaults: no -c, no $SUPPORTBOT_CONFIG and no ./config.yaml"
+    return f"database.url of {config.source}"
+
+
+def _note_new_database(config: Config, file: Path) -> None:
+    echo(
+        f"note: created a new, empty database {file} ({_database_origin(config)}); "
+        "if you meant another one, pass -c path/to/config.yaml or run where your config.yaml is",
+        fg="yellow",
+        err=True,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="supportbot")
 def main() -> None:
@@ -85,22 +137,33 @@ def main() -> None:
 @main.command()
 @config_option
 def validate(config_path: str | None) -> None:
-    """Check the configuration, the flows and the tools; print what would run."""
-    from supportbot.runtime import check_orders, load_tools_and_flows
+    """Check the configuration, the tools, the flows and the order source; print what would run.
 
-    config = _config(config_path)
+    Every problem is listed at once, each as ``file:line: key: problem; fix``.
+    """
+    from supportbot.config import EXAMPLE_FLOWS_DIR, read_config
+    from supportbot.logs import configure_logging
+    from supportbot.runtime import check_setup
+
     try:
-        tools, flows = load_tools_and_flows(config)
-        asyncio.run(check_orders(config))
+        report = read_config(config_path)
+        configure_logging(report.config.logging)
+        tools, flows = asyncio.run(check_setup(report))
     except SupportbotError as exc:
         raise click.ClickException(str(exc)) from None
+    config = report.config
     echo(f"config: {config.source or 'built-in defaults'}")
     echo(f"model: {config.llm.model} at {config.llm.base_url} (api key {'set' if config.llm.api_key else 'NOT set'})")
     echo(f"database: {config.redacted_dump()['database']['url']}")
     echo(f"tools: {', '.join(sorted(tools.names()))}")
+    if config.flows.dir.resolve() == EXAMPLE_FLOWS_DIR:
+        echo(f"flows: the example flows ({config.flows.dir})")
+    else:
+        also = f", and the example flows ({EXAMPLE_FLOWS_DIR})" if config.flows.include_examples else ""
+        echo(f"flows: {config.flows.dir}{also}")
     for name in sorted(flows):
         flow = flows[name]
-        default = " (default)" if name == config.flows.default else ""
+        default = " (default)" if name == flows.default_name else ""
         echo(f"flow {name}{default}: tools {', '.join(flow.tools) or '-'}; handoffs {', '.join(flow.handoffs) or '-'}")
     for warning in config.warnings:
         echo(f"warning: {warning}", fg="yellow", err=True)
@@ -148,7 +211,10 @@ async def chat(config_path: str | None, flow: str | None, email: str | None, dem
     from supportbot.runtime import open_runtime
 
     config = _config(config_path)
+    new_file = _new_database_file(config)
     runtime = await open_runtime(config, demo=demo)
+    if new_file is not None:
+        _note_new_database(config, new_file)
     try:
         await _chat(runtime, flow=flow, email=email or (DEMO_CUSTOMER if demo else None), demo=demo)
     finally:
@@ -218,7 +284,7 @@ async def _print_turn(runtime: Runtime, conversation_id: str, text: str) -> None
                 echo("  (a human agent has this conversation; your message was passed on)", fg="cyan", err=True)
             else:
                 usage = event.usage
-                echo(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, ${event.cost_usd:.5f}]",
+                echo(f"  [{usage.input_tokens}+{usage.output_tokens} tokens, {format_usd(event.cost_usd)}]",
                             dim=True, err=True)  # fmt: skip
         elif isinstance(event, TurnFailed):
             if started:
@@ -262,9 +328,11 @@ def llm() -> None:
 @_run
 async def llm_check(config_path: str | None) -> None:
     """Probe the endpoint: a plain streamed answer, then a streamed tool call."""
-    from supportbot.llm.check import check_endpoint
+    from supportbot.llm.check import check_endpoint, missing_key
 
     config = _config(config_path)
+    if (reason := missing_key(config.llm)) is not None:
+        raise click.ClickException(reason)
     report = await check_endpoint(config.llm)
     echo(report.render())
     if not report.ok:
@@ -306,10 +374,8 @@ async def tickets_list(
 ) -> None:
     """List tickets, newest first."""
     from supportbot.store.review import TicketQuery
-    from supportbot.store.sql import SQLStore
 
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+    store = await open_store(_config(config_path), existing=True)
     try:
         query = TicketQuery(
             status=cast(tuple[TicketStatus, ...], status),
@@ -327,7 +393,7 @@ async def tickets_list(
         echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS)
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else TICKET_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
         echo(buffer.getvalue(), nl=False)
@@ -344,10 +410,7 @@ async def tickets_list(
 @_run
 async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> None:
     """Show a ticket, its history and the whole conversation behind it, tool calls included."""
-    from supportbot.store.sql import SQLStore
-
-    config = _config(config_path)
-    store = await SQLStore.open(config.database.url)
+    store = await open_store(_config(config_path), existing=True)
     try:
         ticket = await store.get_ticket(ticket_id)
         if ticket is None:
@@ -386,7 +449,7 @@ async def tickets_show(config_path: str | None, ticket_id: int, fmt: str) -> Non
         echo(
             f"\nConversation {conversation.id} ({conversation.channel}, {conversation.status}, "
             f"{conversation.turns} turns, {conversation.input_tokens}+{conversation.output_tokens} tokens, "
-            f"${conversation.cost_usd:.5f}):"
+            f"{format_usd(conversation.cost_usd)}):"
         )
         for m in messages:
             echo(_transcript_line(m))
@@ -414,7 +477,7 @@ def _transcript_line(m: StoredMessage) -> str:
     if m.role == "assistant" and m.usage is not None:
         lines.append(
             f"            {m.model or ''} · {m.usage.input_tokens}+{m.usage.output_tokens} tokens · "
-            f"${m.cost_usd:.5f} · {m.latency_ms or 0:.0f} ms"
+            f"{format_usd(m.cost_usd)} · {m.latency_ms or 0:.0f} ms"
         )
     return "\n".join(lines)
 
@@ -431,16 +494,18 @@ def _when(value: datetime | None) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(_short_cell(row.get(c))) for c in columns] for row in rows]
+    cells = [[str(_short_cell(c, row.get(c))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
-def _short_cell(value: Any) -> Any:
+def _short_cell(column: str, value: Any) -> Any:
     if value is None:
         return "-"
+    if column.endswith("cost_usd") and isinstance(value, int | float):
+        return format_usd(value)
     if isinstance(value, str) and "T" in value and value[:4].isdigit():
         return value[:16].replace("T", " ")
     return _shorten(value, 60) if isinstance(value, str) else value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +24,7 @@ from supportbot._yaml import (
     YamlPath,
     YamlSyntaxError,
     dotted,
+    error_paths,
     is_secret_name,
     load_yaml,
     validation_problems,
@@ -102,6 +104,12 @@ class LLMSettings(_Section):
             return None
         return value
 
+    @property
+    def key_missing(self) -> bool:
+        """True when no key is set for the default hosted endpoint (another ``base_url``, e.g. a local
+        server, may need none)."""
+        return self.api_key is None and self.base_url == DEFAULT_BASE_URL
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -129,8 +137,21 @@ class DatabaseSettings(_Section):
 
 
 class FlowSettings(_Section):
+    """Where the flows are.
+
+    ``dir`` unset (or null) means the example flows shipped with supportbot. A directory of one's own
+    replaces them, unless ``include_examples`` loads them too (a flow of one's own with the name of
+    an example flow replaces that one).
+    """
+
     dir: Path = EXAMPLE_FLOWS_DIR
+    include_examples: bool = False
     default: str = Field("general", pattern=FLOW_NAME_PATTERN)
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _null_is_the_examples(cls, value: Any) -> Any:
+        return EXAMPLE_FLOWS_DIR if value is None else value
 
 
 class ToolSettings(_Section):
@@ -175,6 +196,11 @@ class FileOrders(_Section):
     path: Path = EXAMPLE_ORDERS_FILE
     id_field: str = "order_id"
     email_field: str = "customer_email"
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _null_is_the_demo_orders(cls, value: Any) -> Any:
+        return EXAMPLE_ORDERS_FILE if value is None else value
 
 
 OrderSettings = SqlOrders | HttpOrders | FileOrders
@@ -319,11 +345,24 @@ class Config(_Section):
     source: Path | None = None
 
     _warnings: tuple[str, ...] = PrivateAttr(default=())
+    _shown_as: str = PrivateAttr(default="")
+    _lines: Mapping[YamlPath, int] = PrivateAttr(default_factory=dict)
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """Things that load but deserve the operator's attention (e.g. no API key), one message each."""
         return self._warnings
+
+    def locate(self, path: YamlPath) -> tuple[str, int | None]:
+        """Where the key at ``path`` (e.g. ``("tools", "modules", 0)``) is written: the file as the
+        operator named it and the line (of the nearest enclosing key when it is not written);
+        ``("", None)`` for the embedded defaults."""
+        if not self._shown_as:
+            return "", None
+        parts = tuple(path)
+        while parts and parts not in self._lines:
+            parts = parts[:-1]
+        return self._shown_as, self._lines.get(parts, 1)
 
     def redacted_dump(self) -> dict[str, Any]:
         """The effective settings as JSON-able data, with every secret replaced by ``**********``."""
@@ -355,10 +394,41 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
     Raises:
         ConfigError: listing every problem, one per line, as ``file:line: key: problem; fix``.
     """
+    report = read_config(path, env=env)
+    report.problems.raise_if_any()
+    return report.config
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfigReport:
+    """A configuration read as far as it goes, for ``supportbot validate``.
+
+    Attributes:
+        config: the configuration; a key with a problem has its default here, so the flows, tools
+            and orders can still be checked.
+        problems: every problem of the file (empty when it is valid).
+        faulty: the keys that had a problem (checks that depend on them are skipped).
+    """
+
+    config: Config
+    problems: Problems
+    faulty: frozenset[YamlPath] = frozenset()
+
+    def is_faulty(self, path: YamlPath) -> bool:
+        """Whether ``path``, a key inside it, or a section around it had a problem."""
+        return any(f[: len(path)] == path or path[: len(f)] == f for f in self.faulty)
+
+
+def read_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> ConfigReport:
+    """Like ``load_config``, but a file with problems still gives a configuration (see ``ConfigReport``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML or not a mapping (nothing to go on).
+    """
     environ: Mapping[str, str] = os.environ if env is None else env
     file, display = _find_file(path, environ)
     if file is None:
-        return _embedded_defaults(environ)
+        return ConfigReport(config=_embedded_defaults(environ), problems=Problems())
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -386,20 +456,52 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
         problems.add(display, doc.line((key,)), key, f"unknown key {key!r}; remove it")
         del expanded[key]
     _default_api_key(expanded, environ)
+    faulty: set[YamlPath] = set(expander.failed)
     try:
         config = Config.model_validate(expanded)
     except ValidationError as exc:
         validation_problems(
             exc, Config, file=display, doc=doc, problems=problems, reasons=_REASONS, skip=expander.failed
         )
-        problems.raise_if_any()
-        raise  # unreachable: a ValidationError always has at least one error
-    problems.raise_if_any()
+        config = _without_faulty_keys(expanded, exc, faulty)
     config = _resolve_paths(config, file.parent).model_copy(update={"source": file})
     if config.llm.api_key is None and not any("llm.api_key" in w for w in warnings):
         warnings.append(f"{display}:{doc.line(('llm', 'api_key'))}: llm.api_key: no API key is set, so {_NO_KEY}")
     config._warnings = tuple(warnings)
-    return config
+    config._shown_as = display
+    config._lines = doc.lines
+    return ConfigReport(config=config, problems=problems, faulty=frozenset(faulty))
+
+
+def _without_faulty_keys(data: dict[str, Any], exc: ValidationError, faulty: set[YamlPath]) -> Config:
+    """The configuration with every refused key left out (so it takes its default), noting them in ``faulty``."""
+    for _ in range(20):  # each round removes at least one key; a file has only so many
+        for path in error_paths(exc, Config):
+            faulty.add(_remove(data, path))
+        try:
+            return Config.model_validate(data)
+        except ValidationError as again:
+            exc = again
+    return Config()  # pragma: no cover - the loop above removes whatever pydantic refuses
+
+
+def _remove(data: dict[str, Any], path: YamlPath) -> YamlPath:
+    """Delete the deepest mapping key of ``path`` that exists in ``data``; the path removed."""
+    node: Any = data
+    removed: YamlPath = ()
+    for part in path:
+        if isinstance(part, int) or not isinstance(node, dict) or part not in node:
+            break  # a list item goes with its whole list; a missing key takes its section with it
+        removed = (*removed, part)
+        if removed != path:
+            node = node[part]
+    if not removed:
+        return ()
+    parent: Any = data
+    for part in removed[:-1]:
+        parent = parent[part]
+    parent.pop(removed[-1], None)
+    return removed
 
 
 _NO_KEY = (
@@ -422,9 +524,10 @@ def _find_file(path: str | Path | None, env: Mapping[str, str]) -> tuple[Path | 
         what = "is not a file" if file.exists() else "does not exist"
         source = f" (named by {how})" if how else ""
         raise ConfigError(
-            f"{given}: the configuration file{source} {what}; check the path, or run `supportbot init` to create one"
+            f"{given}: the configuration file{source} {what}; check the path, or start one from config.example.yaml "
+            "in supportbot's repository"
         )
-    return file.absolute(), str(given)
+    return Path(os.path.normpath(file.absolute())), str(given)
 
 
 def _embedded_defaults(env: Mapping[str, str]) -> Config:

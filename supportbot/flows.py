@@ -9,7 +9,7 @@ mean 'lookup_order'?``, so a running server never meets a bad flow.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from supportbot._yaml import (
     load_yaml,
     validation_problems,
 )
-from supportbot.config import FLOW_NAME_PATTERN, MAX_OUTPUT_TOKENS
+from supportbot.config import EXAMPLE_FLOWS_DIR, FLOW_NAME_PATTERN, MAX_OUTPUT_TOKENS
 from supportbot.errors import ConfigError
 from supportbot.store.base import Customer
 from supportbot.templating import check_template, compile_template, template_line
@@ -300,12 +300,18 @@ class Flows(Mapping[str, Flow]):
         return found or default or self.default
 
 
+Locate = Callable[[YamlPath], tuple[str, int | None]]
+"""Where a config key is written (``Config.locate``): file and line, for messages about ``flows.*``."""
+
+
 def load_flows(
     directory: Path,
     *,
     tool_names: Collection[str],
     company: Mapping[str, Any] | None = None,
     default: str | None = None,
+    include_examples: bool = False,
+    locate: Locate | None = None,
 ) -> Flows:
     """Load and check every ``*.yaml`` / ``*.yml`` flow file in ``directory``.
 
@@ -315,36 +321,77 @@ def load_flows(
         company: the config's ``company``, used for the trial render of the templates.
         default: the flow new conversations start in (``config.flows.default``); None picks
             ``general`` if it exists, else the first name.
+        include_examples: load the example flows shipped with supportbot too
+            (``flows.include_examples``); a flow in ``directory`` replaces the example of its name.
+        locate: where the ``flows`` keys are written (``Config.locate``), so that a wrong
+            ``flows.dir`` or ``flows.default`` is reported at its line in the config file.
 
     Raises:
         ConfigError: listing every problem of every file, one per line, as
             ``flows/returns.yaml:7: tools[1]: unknown tool 'lookup_ordr'; did you mean 'lookup_order'?``.
     """
+    problems = Problems()
+    flows = check_flows(
+        directory,
+        tool_names=tool_names,
+        company=company,
+        default=default,
+        include_examples=include_examples,
+        locate=locate,
+        problems=problems,
+    )
+    problems.raise_if_any()
+    if flows is None:  # only when problems were found, which raised above
+        raise ConfigError(f"{_display(Path(directory))}: the flows are invalid")
+    return flows
+
+
+def check_flows(
+    directory: Path,
+    *,
+    tool_names: Collection[str] | None,
+    company: Mapping[str, Any] | None = None,
+    default: str | None = None,
+    include_examples: bool = False,
+    locate: Locate | None = None,
+    problems: Problems,
+) -> Flows | None:
+    """Like ``load_flows``, but every problem goes to ``problems`` and the result is None if there was any.
+
+    ``tool_names`` None skips the tool checks (e.g. when a tools module could not be imported).
+    """
     directory = Path(directory)
     shown = _display(directory)
+    own = directory.resolve() != EXAMPLE_FLOWS_DIR
+    examples_note = _examples_note(shown) if own and not include_examples else ""
+
+    before = len(problems.items)
     if not directory.is_dir():
-        raise ConfigError(f"{shown}: the flows directory does not exist; create it or set flows.dir in the config")
-    files = sorted(
-        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-    )
-    if not files:
-        raise ConfigError(f"{shown}: no flow files (*.yaml) here; add one (see the example flows) or set flows.dir")
-    problems = Problems()
-    parsed: list[tuple[str, YamlDocument, Flow | None]] = []
+        what = "does not exist" if not directory.exists() else "is not a directory"
+        if locate is None:
+            problems.add(shown, None, "", f"the flows directory {what}; create it or set flows.dir in the config")
+        else:
+            file, line = locate(("flows", "dir"))
+            fix = "create it and add flow files, or remove flows.dir to use the example flows"
+            problems.add(file, line, "flows.dir", f"{shown} {what}; {fix}")
+        return None
+    files = _flow_files(directory)
+    if not files and not (own and include_examples):
+        problems.add(shown, None, "", "no flow files (*.yaml) here; add one (see the example flows) or set flows.dir")
+        return None
+    parsed: list[tuple[str, YamlDocument]] = [p for f in files if (p := _parse(f, problems)) is not None]
+    if own and include_examples:
+        names = {_name(doc) for _, doc in parsed}
+        for example in _flow_files(EXAMPLE_FLOWS_DIR):
+            found = _parse(example, problems)
+            if found is not None and _name(found[1]) not in names:  # a flow of one's own replaces the example
+                parsed.append(found)
+    checked: list[tuple[str, YamlDocument, Flow | None]] = []
     first_seen: dict[str, str] = {}
-    for path in files:
-        file = _display(path)
-        try:
-            doc = load_yaml(path.read_text(encoding="utf-8"))
-        except YamlSyntaxError as exc:
-            problems.add(file, exc.line, "", f"invalid YAML: {exc.problem}; check indentation and quoting")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.add(file, None, "", f"cannot read the flow file ({exc}); check the file and its permissions")
-            continue
+    for file, doc in parsed:
         flow = _check(doc.data, doc, file, tool_names, company, problems)
-        name = doc.data.get("name") if isinstance(doc.data, dict) else None
-        if isinstance(name, str):
+        name = _name(doc)
+        if name is not None:
             if name in first_seen:
                 problems.add(
                     file,
@@ -354,27 +401,61 @@ def load_flows(
                 )
             else:
                 first_seen[name] = f"{file}:{doc.line(('name',))}"
-        parsed.append((file, doc, flow))
-    for file, doc, _ in parsed:
-        own = doc.data.get("name") if isinstance(doc.data, dict) else None
+        checked.append((file, doc, flow))
+    for file, doc, _ in checked:
         for index, target in _strings(doc.data, "handoffs"):
-            if target != own and target not in first_seen:
+            if target != _name(doc) and target not in first_seen:
+                hint = did_you_mean(target, first_seen) or f"; flows in {shown}: {', '.join(sorted(first_seen))}"
+                note = examples_note if target in _EXAMPLE_NAMES else ""
                 problems.add(
-                    file,
-                    doc.line(("handoffs", index)),
-                    f"handoffs[{index}]",
-                    f"unknown flow {target!r}"
-                    + (did_you_mean(target, first_seen) or f"; flows in {shown}: {', '.join(sorted(first_seen))}"),
+                    file, doc.line(("handoffs", index)), f"handoffs[{index}]", f"unknown flow {target!r}{hint}{note}"
                 )
     if default is not None and default not in first_seen:
-        problems.add(
-            shown,
-            None,
-            "flows.default",
-            f"no flow named {default!r}{did_you_mean(default, first_seen)}; use one of {', '.join(sorted(first_seen))}",
+        file, line = locate(("flows", "default")) if locate is not None else (shown, None)
+        names_found = ", ".join(sorted(first_seen)) or "none"
+        fix = did_you_mean(default, first_seen) or (
+            f"; set flows.default to one of them or add {Path(shown) / (default + '.yaml')}"
         )
-    problems.raise_if_any()
-    return Flows([flow for _, _, flow in parsed if flow is not None], default=default)
+        note = examples_note if default in _EXAMPLE_NAMES else ""
+        problems.add(
+            file, line, "flows.default", f"no flow named {default!r} in {shown} (found: {names_found}){fix}{note}"
+        )
+    if len(problems.items) > before:
+        return None
+    return Flows([flow for _, _, flow in checked if flow is not None], default=default)
+
+
+def _flow_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _parse(path: Path, problems: Problems) -> tuple[str, YamlDocument] | None:
+    file = _display(path)
+    try:
+        return file, load_yaml(path.read_text(encoding="utf-8"))
+    except YamlSyntaxError as exc:
+        problems.add(file, exc.line, "", f"invalid YAML: {exc.problem}; check indentation and quoting")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(file, None, "", f"cannot read the flow file ({exc}); check the file and its permissions")
+    return None
+
+
+def _name(doc: YamlDocument) -> str | None:
+    name = doc.data.get("name") if isinstance(doc.data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+_EXAMPLE_NAMES = frozenset(p.stem for p in EXAMPLE_FLOWS_DIR.glob("*.yaml"))
+"""The example flows' names (each file is named after its flow)."""
+
+
+def _examples_note(shown: str) -> str:
+    return (
+        f" (the example flows are not loaded once flows.dir is set: set flows.include_examples: true to keep them "
+        f"beside yours, or copy them into {shown} from {EXAMPLE_FLOWS_DIR})"
+    )
 
 
 # Why a limit exists, shown after "70000 is more than 65536".

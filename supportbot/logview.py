@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
+from supportbot.pricing import format_usd
+
 __all__ = ["LogFilter", "Record", "failed_calls", "parse_line", "parse_since", "record_time", "render"]
 
 Record = dict[str, Any]
@@ -147,7 +149,7 @@ def _turn_line(record: Record) -> str:
     if inputs is not None and outputs is not None:
         parts.append(f"{inputs:.0f}+{outputs:.0f} tokens")
     if (cost := _number(record.get("cost_usd"))) is not None:
-        parts.append(f"${cost:.5f}")
+        parts.append(format_usd(cost))
     if (duration := _number(record.get("duration_ms"))) is not None:
         first = _number(record.get("first_token_ms"))
         parts.append(f"{duration:.0f} ms" + (f" (first token {first:.0f} ms)" if first is not None else ""))

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from supportbot.pricing import COST_DECIMALS
 from supportbot.store.base import Conversation, StoredMessage, Ticket, TicketEvent
 
 __all__ = ["TICKET_COLUMNS", "conversation_json", "event_json", "jsonable", "message_json", "ticket_json"]
@@ -16,9 +17,10 @@ TICKET_COLUMNS = ("id", "status", "priority", "kind", "channel", "flow", "create
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with datetimes as ISO 8601 text, paths as text and tuples as lists."""
+    """``value`` with datetimes as ISO 8601 text, paths as text, tuples as lists, and costs (``…cost_usd``)
+    rounded to ``COST_DECIMALS`` (sums of float prices end in noise like ``0.0030644999999999995``)."""
     if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
+        return {k: _cost(v) if str(k).endswith("cost_usd") else jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     if isinstance(value, datetime | date):
@@ -26,6 +28,10 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _cost(value: Any) -> Any:
+    return round(value, COST_DECIMALS) if isinstance(value, float) else jsonable(value)
 
 
 def ticket_json(ticket: Ticket) -> dict[str, Any]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from supportbot.config import DEFAULT_BASE_URL, Config
+from supportbot._yaml import Problems, YamlPath
+from supportbot.config import Config, ConfigReport
 from supportbot.engine import Engine
-from supportbot.flows import Flows, load_flows
+from supportbot.errors import ConfigError, SupportbotError
+from supportbot.flows import Flows, check_flows
 from supportbot.llm.base import LLM
 from supportbot.llm.client import OpenAICompatibleLLM
 from supportbot.llm.demo import DemoLLM
@@ -26,24 +32,131 @@ NO_MODEL = (
 
 
 def load_tools_and_flows(config: Config) -> tuple[ToolRegistry, Flows]:
-    """The tool registry (built-ins plus ``tools.modules``) and the validated flows; raises ConfigError."""
-    tools = default_registry(default_timeout=config.tools.timeout_s)
-    tools.load_modules(config.tools.modules)  # the working directory is on the import path
-    if Path("tools").is_dir():
-        tools.load_directory("tools")
-    flows = load_flows(config.flows.dir, tool_names=tools.names(), company=config.company, default=config.flows.default)
+    """The tool registry (built-ins, ``tools.modules`` and ``tools/`` directories) and the validated flows.
+
+    Raises:
+        ConfigError: listing every problem of the tools and the flows, one per line.
+    """
+    problems = Problems()
+    tools, flows = _tools_and_flows(config, problems, faulty=lambda path: False)
+    problems.raise_if_any()
+    if flows is None:  # pragma: no cover - no flows means a problem was reported, which raised above
+        raise ConfigError("the flows could not be loaded")
     return tools, flows
 
 
-async def check_orders(config: Config) -> None:
-    """Open the order source once (a file source reads its file) so a bad one fails now, not mid-chat."""
-    async with aiohttp.ClientSession() as http:
-        orders = make_order_source(config.orders, database_url=config.database.url, http=http)
+async def check_setup(report: ConfigReport) -> tuple[ToolRegistry, Flows]:
+    """Everything ``supportbot validate`` checks: the config file, the tools, the flows and the order source.
+
+    Checks go on past a problem (a key with a problem takes its default, and what depends on it is
+    skipped), so that every problem is reported at once.
+
+    Raises:
+        ConfigError: listing every problem, one per line, as ``file:line: key: problem; fix``.
+    """
+    config = report.config
+    problems = Problems()
+    problems.items.extend(report.problems.items)
+    tools, flows = _tools_and_flows(config, problems, faulty=report.is_faulty)
+    if not report.is_faulty(("orders",)):
+        await _check_orders(config, problems)
+    problems.raise_if_any()
+    if flows is None:  # pragma: no cover - no flows means a problem was reported, which raised above
+        raise ConfigError("the flows could not be loaded")
+    return tools, flows
+
+
+def _tools_and_flows(
+    config: Config, problems: Problems, *, faulty: Callable[[YamlPath], bool]
+) -> tuple[ToolRegistry, Flows | None]:
+    tools = default_registry(default_timeout=config.tools.timeout_s)
+    complete = _load_tools(tools, config, problems) and not faulty(("tools",))
+    if faulty(("flows", "dir")) or faulty(("flows", "include_examples")):
+        return tools, None
+    flows = check_flows(
+        config.flows.dir,
+        # A tools module that failed to import leaves its tools unknown: not knowing them is no mistake of a flow.
+        tool_names=tools.names() if complete else None,
+        company=None if faulty(("company",)) else config.company,
+        default=None if faulty(("flows", "default")) else config.flows.default,
+        include_examples=config.flows.include_examples,
+        locate=config.locate,
+        problems=problems,
+    )
+    return tools, flows
+
+
+def _load_tools(tools: ToolRegistry, config: Config, problems: Problems) -> bool:
+    """Import ``tools.modules`` and the files of ``tools/`` directories; False if any failed.
+
+    Module names are looked up beside the config file first, then in the working directory, then
+    among installed packages; ``tools/`` directories beside the config file and in the working
+    directory are loaded both (once if they are the same).
+    """
+    here = Path.cwd()
+    base = config.source.parent if config.source is not None else here
+    for directory in (str(here), str(base)):  # the config file's directory ends up first
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    complete = True
+    for index, name in enumerate(config.tools.modules):
+        problem = _import_tools(tools, name, base=base, here=here)
+        if problem is not None:
+            complete = False
+            file, line = config.locate(("tools", "modules", index))
+            problems.add(file, line, f"tools.modules[{index}]", problem)
+    for tools_dir in dict.fromkeys(d.resolve() for d in (base / "tools", here / "tools")):
         try:
-            if isinstance(orders, FileOrderSource):
-                await orders.get("CHECK")
-        finally:
-            await orders.aclose()
+            tools.load_directory(tools_dir)
+        except ConfigError as exc:
+            complete = False
+            problems.add("", None, "", str(exc))
+    return complete
+
+
+def _import_tools(tools: ToolRegistry, name: str, *, base: Path, here: Path) -> str | None:
+    """Import one ``tools.modules`` entry and register its tools; what went wrong, or None."""
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            where = f"beside the config file ({base})" + (
+                f" or in the working directory ({here})" if here != base else ""
+            )
+            return (
+                f"no module {name!r} {where}, and none is installed; put {name.replace('.', '/')}.py there "
+                "or install the package that has it"
+            )
+        return f"cannot import {name!r}: it imports {exc.name!r}, which is not installed; install it"
+    except ConfigError as exc:
+        return f"cannot import {name!r}: {exc}"
+    except Exception as exc:
+        return f"cannot import {name!r}: {type(exc).__name__}: {exc}{_raised_at(exc)}; fix the module"
+    try:
+        tools.load_modules([name], path=base)  # imported above: this registers its tools
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _raised_at(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
+
+
+async def _check_orders(config: Config, problems: Problems) -> None:
+    """Open the order source once (a file source reads its file) so a bad one fails now, not mid-chat."""
+    file, line = config.locate(("orders", "path"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            orders = make_order_source(config.orders, database_url=config.database.url, http=http)
+            try:
+                if isinstance(orders, FileOrderSource):
+                    await orders.get("CHECK")
+            finally:
+                await orders.aclose()
+    except SupportbotError as exc:
+        problems.add(file, line, "", str(exc))
 
 
 @dataclass(kw_only=True)
@@ -61,8 +174,7 @@ class Runtime:
     @property
     def has_model(self) -> bool:
         """False only for the default hosted endpoint without a key; a local server may need none."""
-        llm = self.config.llm
-        return isinstance(self.llm, DemoLLM) or llm.api_key is not None or llm.base_url != DEFAULT_BASE_URL
+        return isinstance(self.llm, DemoLLM) or not self.config.llm.key_missing
 
     async def aclose(self) -> None:
         """Close everything the runtime holds, the last opened first."""

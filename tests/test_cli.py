@@ -84,6 +84,55 @@ async def test_validate_reports_a_broken_flow(tmp_path: Path) -> None:
     assert "general.yaml:3" in run.err and "did you mean 'lookup_order'" in run.err
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def test_the_example_config_validates_copied_into_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text((REPO / "config.example.yaml").read_text(encoding="utf-8"))
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert "flows: the example flows" in run.out and "flow general (default)" in run.out
+    assert run.out.endswith("OK\n")
+
+
+async def test_validate_lists_every_problem_of_config_and_flows_at_once(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "general.yaml").write_text("name: general\ndescription: d\ntools: [lookup_ordr]\nsystem_prompt: hi\n")
+    (flows / "returns.yaml").write_text("name: returns\ndescription: d\nsystem_prompt: '{{ custmer.name }}'\n")
+    (tmp_path / "config.yaml").write_text("llm:\n  max_tokens: 70000\nflows:\n  dir: flows\n")
+    run = await supportbot("validate", cwd=tmp_path)
+    assert run.code == 1
+    assert run.err.removeprefix("Error: ").splitlines() == [
+        "config.yaml:2: llm.max_tokens: 70000 is more than 65536, the model's output limit; use at most 65536",
+        "flows/general.yaml:3: tools[0]: unknown tool 'lookup_ordr'; did you mean 'lookup_order'?",
+        "flows/returns.yaml:3: system_prompt: unknown variable 'custmer'; did you mean 'customer'?",
+    ]
+
+
+async def test_tools_modules_are_imported_beside_the_config_file(tmp_path: Path) -> None:
+    (deploy := tmp_path / "deploy").mkdir()
+    (elsewhere := tmp_path / "elsewhere").mkdir()
+    (deploy / "acme_warranty_tools.py").write_text(
+        "from supportbot import tool\n\n\n@tool\nasync def warranty_check(serial: str) -> str:\n"
+        '    """Warranty of a product.\n\n    Args:\n        serial: the serial number.\n    """\n'
+        '    return "valid"\n'
+    )
+    (deploy / "config.yaml").write_text("tools:\n  modules:\n    - acme_warranty_tools\n")
+    run = await supportbot("validate", "-c", "../deploy/config.yaml", cwd=elsewhere)
+    assert run.code == 0, run.err
+    assert "warranty_check" in next(line for line in run.out.splitlines() if line.startswith("tools:"))
+
+    (deploy / "config.yaml").write_text("tools:\n  modules:\n    - acme_warranty_tools\n    - acme_missing_tools\n")
+    run = await supportbot("validate", "-c", "../deploy/config.yaml", cwd=elsewhere)
+    assert run.code == 1
+    assert run.err.startswith(
+        "Error: ../deploy/config.yaml:4: tools.modules[1]: no module 'acme_missing_tools' beside the config file "
+        f"({deploy}) or in the working directory ({elsewhere}), and none is installed; "
+        "put acme_missing_tools.py there or install the package that has it"
+    ), run.err
+
+
 async def test_chat_streams_tool_calls_and_stores_the_ticket(tmp_path: Path) -> None:
     async with FakeLLMServer() as fake:
         write_config(tmp_path, fake.base_url)
@@ -161,6 +210,32 @@ async def test_demo_chat_needs_no_config(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert "[demo model] Order A1001 is" in run.out
     assert (tmp_path / "supportbot.db").exists()
+    assert f"note: created a new, empty database {tmp_path / 'supportbot.db'} (database.url of the built-in" in run.err
+    again = await supportbot("chat", "--demo", cwd=tmp_path, stdin="hi\n")
+    assert again.code == 0 and "note:" not in again.err
+
+
+async def test_commands_reading_the_database_do_not_create_one(tmp_path: Path) -> None:
+    # Run in the wrong directory, they say which database they looked for instead of making an empty one.
+    for command in (["tickets", "list"], ["tickets", "show", "1"], ["tickets", "export"], ["conversations", "list"]):
+        run = await supportbot(*command, cwd=tmp_path)
+        assert run.code == 1, command
+        assert run.err == (
+            f"Error: no database at {tmp_path / 'supportbot.db'} (database.url of the built-in defaults: no -c, "
+            "no $SUPPORTBOT_CONFIG and no ./config.yaml); run this where your config.yaml is, or pass -c "
+            "path/to/config.yaml\n"
+        ), command
+    assert not (tmp_path / "supportbot.db").exists()
+    (tmp_path / "config.yaml").write_text("database:\n  url: sqlite:///state/bot.db\n")
+    (tmp_path / "state").mkdir()
+    run = await supportbot("conversations", "show", "c1", cwd=tmp_path)
+    assert run.code == 1 and f"no database at {tmp_path / 'state' / 'bot.db'} (database.url of " in run.err
+    assert not (tmp_path / "state" / "bot.db").exists()
+    made = await supportbot("admin", "set-password", "--password-stdin", cwd=tmp_path, stdin="a long enough secret\n")
+    assert made.code == 0, made.err
+    assert f"note: created a new, empty database {tmp_path / 'state' / 'bot.db'}" in made.err
+    listed = await supportbot("tickets", "list", cwd=tmp_path)
+    assert (listed.code, listed.out, listed.err) == (0, "no tickets\n", "")
 
 
 @pytest.mark.parametrize(("status", "ok"), [(None, True), (401, False)])
@@ -174,6 +249,25 @@ async def test_llm_check(tmp_path: Path, status: int | None, ok: bool) -> None:
         run = await supportbot("llm", "check", cwd=tmp_path)
     assert run.code == (0 if ok else 1), run.out + run.err
     assert ("401" in run.out) != ok
+
+
+async def test_llm_check_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:
+    run = await supportbot("llm", "check", cwd=tmp_path)
+    assert run.code == 1 and run.out == ""
+    assert run.err == (
+        "Error: no API key is set for https://api.core.today/llm/gemini/v1beta/openai: export "
+        "SUPPORTBOT_LLM_API_KEY=<your key> or set llm.api_key in config.yaml (a local server at another "
+        "llm.base_url needs none)\n"
+    )
+
+
+async def test_llm_check_probes_a_local_server_without_a_key(tmp_path: Path) -> None:
+    async with FakeLLMServer(mode="gemini") as fake:
+        (tmp_path / "config.yaml").write_text(f"llm:\n  base_url: {fake.base_url}\n")
+        fake.script(Reply("OK"), Reply(tool_calls=[("get_order_status", {"order_id": "A1001"})]), Reply("Shipped."))
+        run = await supportbot("llm", "check", cwd=tmp_path)
+    assert run.code == 0, run.out + run.err
+    assert "Verdict: OK" in run.out and "Authorization" not in fake.requests[0].headers
 
 
 async def test_db_upgrade_creates_the_database(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from supportbot.admin.passwords import verify_password
 from supportbot.cli import main
-from supportbot.messages import ToolCall
+from supportbot.messages import ToolCall, Usage
 from supportbot.store.base import NewMessage
 from supportbot.store.sql import SQLStore
 
@@ -145,3 +145,46 @@ def test_export_to_a_file_and_list_by_customer(db: dict[str, Any], tmp_path: Pat
     assert json.loads(target.read_text())[0]["customer_email"] == "ana@example.com"
     assert db["conversation"] in run(db, "conversations", "list", "--customer", "ANA@").output
     assert run(db, "conversations", "list", "--customer", "bob").output.strip() == "no conversations"
+
+
+def add_costly_reply(db: dict[str, Any]) -> None:
+    async def go() -> None:
+        store = await SQLStore.open(db["url"])
+        try:
+            await store.add_messages(db["conversation"], [
+                NewMessage(role="assistant", content="It is lost.\nSorry.", model="m", cost_usd=0.0030644999999999995,
+                           usage=Usage(input_tokens=3000, output_tokens=181)),
+            ])  # fmt: skip
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_costs_print_as_money_and_round_in_json(db: dict[str, Any]) -> None:
+    add_costly_reply(db)
+    listed = run(db, "conversations", "list")
+    assert "$0.0031" in listed.output and "0.00306" not in listed.output
+    shown = run(db, "conversations", "show", db["conversation"])
+    assert "tokens · $0.0031" in shown.output and "0.00306" not in shown.output
+    ticket = run(db, "tickets", "show", str(db["ticket"]))
+    assert "tokens, $0.0031):" in ticket.output and "m · 3000+181 tokens · $0.0031 ·" in ticket.output
+    data = json.loads(run(db, "conversations", "show", db["conversation"], "--format", "json").output)
+    assert data["conversation"]["cost_usd"] == 0.0030645 and data["messages"][-1]["cost_usd"] == 0.0030645
+    exported = json.loads(run(db, "tickets", "export", "--format", "json").output)
+    assert exported[0]["messages"][-1]["cost_usd"] == 0.0030645
+    [row] = list(csv.DictReader(io.StringIO(run(db, "tickets", "export").output)))
+    assert row["cost_usd"] == "0.0030645"
+
+
+@pytest.mark.parametrize("command", [("tickets", "list", "--format", "csv"), ("tickets", "export")])
+def test_csv_lines_end_with_a_newline_only(db: dict[str, Any], command: tuple[str, ...]) -> None:
+    add_costly_reply(db)
+    result = run(db, *command)
+    assert result.exit_code == 0, result.output
+    written = result.stdout_bytes.decode()  # not .output: click's runner turns \r\n into \n there
+    assert "\r" not in written and "\\x0d" not in written
+    lines = written.split("\n")
+    assert lines[0].startswith("id,") and lines[-1] == "" and len(lines) == 3
+    [row] = list(csv.DictReader(io.StringIO(result.output)))
+    assert row["id"] == str(db["ticket"])

@@ -13,6 +13,7 @@ from supportbot.config import (
     HttpOrders,
     SqlOrders,
     load_config,
+    read_config,
 )
 from supportbot.errors import ConfigError
 from supportbot.flows import load_flows
@@ -341,16 +342,66 @@ def test_http_orders_headers_are_expanded(tmp_path: Path) -> None:
     assert "t0k" not in repr(config)
 
 
+def test_null_means_what_ships_with_supportbot(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "flows: {dir: null}\norders: {source: file, path: null}\n"), env={})
+    assert config.flows.dir == EXAMPLE_FLOWS_DIR and config.flows.include_examples is False
+    assert isinstance(config.orders, FileOrders) and config.orders.path == EXAMPLE_ORDERS_FILE
+
+
+def test_a_file_with_problems_still_reads_for_the_other_checks(tmp_path: Path) -> None:
+    # `supportbot validate` goes on to the flows, tools and orders: a refused key takes its default.
+    path = write(
+        tmp_path,
+        """\
+        llm:
+          max_tokens: 70000
+          model: m
+        flows:
+          dir: my_flows
+          default: Sales
+        tools:
+          modules: acme_tools
+        orders: {path: x.csv}
+        """,
+    )
+    report = read_config(path, env={})
+    assert [(p.line, p.key) for p in report.problems.items] == [
+        (2, "llm.max_tokens"),
+        (6, "flows.default"),
+        (8, "tools.modules"),
+        (9, "orders.source"),
+    ]
+    config = report.config
+    assert (config.llm.max_tokens, config.llm.model) == (1024, "m")
+    assert config.flows.dir == tmp_path.absolute() / "my_flows" and config.flows.default == "general"
+    assert config.tools.modules == [] and config.orders == Config().orders
+    assert report.is_faulty(("flows", "default")) and report.is_faulty(("tools",)) and report.is_faulty(("orders",))
+    assert not report.is_faulty(("flows", "dir")) and not report.is_faulty(("llm", "model"))
+    assert config.locate(("tools", "modules", 0)) == (str(path), 8)
+    assert config.locate(("flows", "include_examples")) == (str(path), 4)  # not written: its section's line
+    with pytest.raises(ConfigError):
+        load_config(path, env={})
+    assert Config().locate(("flows", "default")) == ("", None)  # the embedded defaults are written nowhere
+
+
 # --- the example ------------------------------------------------------------------------------
 
 
-def test_the_example_config_loads_and_its_flows_validate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
-    config = load_config(REPO / "config.example.yaml", env={"SUPPORTBOT_LLM_API_KEY": "sk-test"})
+def test_the_example_config_works_copied_into_an_empty_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As its header says: copy it to config.yaml anywhere; the example flows and demo orders come with the package.
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = tmp_path / "config.yaml"
+    path.write_text((REPO / "config.example.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    config = load_config(path, env={"SUPPORTBOT_LLM_API_KEY": "sk-test"})
     assert config.llm == Config().llm.model_copy(update={"api_key": config.llm.api_key})
-    assert config.flows.dir == REPO / "flows" and config.flows.dir.is_dir()
-    assert isinstance(config.orders, FileOrders) and config.orders.path.resolve() == EXAMPLE_ORDERS_FILE
-    assert config.database.url == f"sqlite+aiosqlite:///{REPO / 'supportbot.db'}"
+    assert config.flows == Config().flows and config.flows.dir == EXAMPLE_FLOWS_DIR
+    assert config.orders == Config().orders and isinstance(config.orders, FileOrders)
+    assert config.orders.path == EXAMPLE_ORDERS_FILE
+    assert config.database.url == f"sqlite+aiosqlite:///{tmp_path.absolute() / 'supportbot.db'}"
     assert config.admin.password_hash is None and config.admin.token is None
     assert config.warnings == ()
     flows = load_flows(config.flows.dir, tool_names=BUILTIN_TOOLS, company=config.company, default=config.flows.default)

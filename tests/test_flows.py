@@ -318,7 +318,8 @@ def test_default_flow_and_lookup(flows_dir: Path) -> None:
         flows["removed_long_ago"]
     assert load_flows(flows_dir, tool_names=TOOLS).default_name == "general"
     assert problems(flows_dir, default="sales") == [
-        "flows: flows.default: no flow named 'sales'; use one of general, returns"
+        "flows: flows.default: no flow named 'sales' in flows (found: general, returns); "
+        "set flows.default to one of them or add flows/sales.yaml"
     ]
 
 
@@ -342,4 +343,45 @@ def test_from_dict_checks_one_flow() -> None:
     assert str(info.value).splitlines() == [
         "x.yaml: description: missing required key 'description'; add it",
         "x.yaml: tools[0]: unknown tool 'nope'; registered tools: create_ticket, handoff_to_human, lookup_order",
+    ]
+
+
+# --- a flows directory of one's own -----------------------------------------------------------------
+
+
+def at_line(line: int) -> object:
+    """A stand-in for ``Config.locate``: every flows key is written at ``line`` of config.yaml."""
+    return lambda path: ("config.yaml", line)
+
+
+def test_own_directory_replaces_the_examples_and_says_so(flows_dir: Path) -> None:
+    write(flows_dir, "a.yaml", MINIMAL.format(name="a") + "handoffs: [returns]\n")
+    write(flows_dir, "b.yaml", MINIMAL.format(name="b"))
+    note = (
+        " (the example flows are not loaded once flows.dir is set: set flows.include_examples: true to keep them "
+        f"beside yours, or copy them into flows from {EXAMPLE_FLOWS_DIR})"
+    )
+    assert problems(flows_dir, default="general", locate=at_line(7)) == [
+        "config.yaml:7: flows.default: no flow named 'general' in flows (found: a, b); "
+        "set flows.default to one of them or add flows/general.yaml" + note,
+        "flows/a.yaml:4: handoffs[0]: unknown flow 'returns'; flows in flows: a, b" + note,
+    ]
+    # A name no example has gets no word about the examples.
+    assert problems(flows_dir, default="sales", locate=at_line(7))[0].endswith("or add flows/sales.yaml")
+
+
+def test_include_examples_keeps_them_and_an_own_flow_replaces_one(flows_dir: Path) -> None:
+    write(flows_dir, "general.yaml", "name: general\ndescription: Ours\nsystem_prompt: s\nhandoffs: [shipping]\n")
+    write(flows_dir, "shipping.yaml", MINIMAL.format(name="shipping") + "handoffs: [returns]\n")
+    flows = load_flows(flows_dir, tool_names=TOOLS, company=COMPANY, default="general", include_examples=True)
+    assert sorted(flows) == ["general", "order_status", "returns", "shipping"]
+    assert flows["general"].description == "Ours" and flows["general"].source == "flows/general.yaml"
+    assert flows["returns"].source == str(EXAMPLE_FLOWS_DIR / "returns.yaml")
+    assert flows.default_name == "general"
+
+
+def test_a_missing_flows_dir_is_reported_at_its_config_line(flows_dir: Path) -> None:
+    assert problems(Path("nowhere"), locate=at_line(3)) == [
+        "config.yaml:3: flows.dir: nowhere does not exist; create it and add flow files, or remove flows.dir "
+        "to use the example flows"
     ]

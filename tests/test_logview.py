@@ -130,7 +130,7 @@ def test_a_turn_is_one_readable_line() -> None:
     (line,) = render(turn(transfers=["order_status"], handoff="human", tools=FAILING_TOOLS[:2], ticket_id=12))
     assert line.startswith("2026-11-24 09:00:00 INFO    c1 web general→order_status→human finished · ")
     assert "tools transfer_to_order_status ✓ 0 ms, lookup_order ✗ 12 ms" in line
-    assert "370+37 tokens · $0.00123 · 812 ms (first token 240 ms) · ticket #12" in line
+    assert "370+37 tokens · $0.0012 · 812 ms (first token 240 ms) · ticket #12" in line
     assert "\n" not in line
 
 

@@ -34,6 +34,7 @@ from supportbot.admin.params import (
 )
 from supportbot.admin.transcript import arrange, totals
 from supportbot.operators import OperatorError, Operators, OperatorStore
+from supportbot.pricing import format_usd as _usd
 from supportbot.records import ticket_json
 from supportbot.server import error_response
 from supportbot.store.base import TicketPriority, TicketStatus
@@ -75,11 +76,6 @@ def _filters(request: web.Request) -> MultiDict[str]:
 
 def _flash_signature(session: AdminSession, message: str, kind: str) -> str:
     return hmac.new(session.csrf_token.encode(), f"{kind}:{message}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def _usd(value: float) -> str:
-    """Dollars with the digits that matter: a day of test traffic costs fractions of a cent."""
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
 def _next_path(value: str | None) -> str:

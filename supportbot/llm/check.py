@@ -14,14 +14,14 @@ from typing import Any
 
 import aiohttp
 
-from supportbot.config import LLMSettings
+from supportbot.config import API_KEY_ENV, LLMSettings
 from supportbot.errors import LLMConnectionError, LLMError, LLMHTTPError, LLMProtocolError, LLMTimeout
 from supportbot.llm.accumulate import StreamFacts
 from supportbot.llm.base import Completion, LLMRequest, TextChunk
 from supportbot.llm.client import OpenAICompatibleLLM
 from supportbot.messages import ChatMessage
 
-__all__ = ["CheckReport", "ProbeResult", "check_endpoint"]
+__all__ = ["CheckReport", "ProbeResult", "check_endpoint", "missing_key"]
 
 PROBE_TOOL: dict[str, Any] = {
     "type": "function",
@@ -100,6 +100,19 @@ class CheckReport:
             hint = f" {failed.hint}" if failed.hint else ""
             lines.append(f"Verdict: FAILED at '{failed.name}'.{hint}")
         return "\n".join(lines)
+
+
+def missing_key(settings: LLMSettings) -> str | None:
+    """Why the endpoint cannot be probed yet (no key for the default hosted endpoint), or None.
+
+    An endpoint at another ``base_url`` is probed without a key: a local server may need none.
+    """
+    if not settings.key_missing:
+        return None
+    return (
+        f"no API key is set for {settings.base_url}: export {API_KEY_ENV}=<your key> or set llm.api_key in "
+        "config.yaml (a local server at another llm.base_url needs none)"
+    )
 
 
 async def check_endpoint(settings: LLMSettings, *, session: aiohttp.ClientSession | None = None) -> CheckReport:

@@ -19,9 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from supportbot.errors import StorageError
-from supportbot.store._engine import make_engine, masked, parse_url, storage_error
+from supportbot.store._engine import is_memory_sqlite, make_engine, masked, parse_url, storage_error
 
-__all__ = ["check_schema", "current_revision", "head_revision", "upgrade"]
+__all__ = ["check_schema", "current_revision", "database_file", "head_revision", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Two processes starting on one new PostgreSQL database must not both create the tables.
@@ -142,3 +142,18 @@ async def current_revision(url: str) -> str | None:
         raise storage_error(exc, url, "reading the schema revision") from exc
     finally:
         await engine.dispose()
+
+
+def database_file(url: str) -> Path | None:
+    """The file of a SQLite database URL, as SQLite opens it (a relative one from the working directory).
+
+    Returns:
+        The absolute path; None for an in-memory SQLite database, a ``file:`` URI or a server database.
+
+    Raises:
+        StorageError: the URL is malformed or names a database supportbot does not support.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_memory_sqlite(parsed) or str(parsed.database).startswith("file:"):
+        return None
+    return Path(str(parsed.database)).absolute()

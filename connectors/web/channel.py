@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 import secrets
 import uuid
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.web import wire
 from connectors.web.security import (
+    MIN_SECRET_BYTES,
     Identity,
     IdentityError,
     RateLimiter,
@@ -41,6 +43,8 @@ from supportbot.server import client_ip, max_message_bytes
 from supportbot.store.base import ConversationTokens, Mailboxes, Store
 
 __all__ = ["CHANNEL", "Refused", "WebChannel"]
+
+log = logging.getLogger("supportbot.web")
 
 CHANNEL = "web"
 HISTORY_MESSAGES = 100
@@ -121,7 +125,14 @@ class WebChannel:
         self.demo = isinstance(runtime.llm, DemoLLM)
         secret = self.settings.identity_secret
         # The demo page signs in a demo customer; with no secret configured, a per-process one serves it.
-        self.identity_secret = secret.get_secret_value() if secret else secrets.token_hex(32) if self.demo else None
+        configured = secret.get_secret_value() if secret else None
+        self.identity_secret = configured or (secrets.token_hex(32) if self.demo else None)
+        if configured and len(configured.encode()) < MIN_SECRET_BYTES:
+            log.warning(
+                "connectors.web.identity_secret is %d bytes; HS256 wants at least %d random bytes: make one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))' and give it to your site's backend too",
+                len(configured.encode()), MIN_SECRET_BYTES,
+            )  # fmt: skip
         limits = self.settings.rate_limits
         self.per_ip = RateLimiter(limits.requests_per_minute_per_ip, 60)
         self.new_per_ip = RateLimiter(limits.conversations_per_hour_per_ip, 3600)

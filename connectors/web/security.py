@@ -19,11 +19,15 @@ import math
 import re
 import secrets
 import time
+import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import jwt.warnings
 from aiohttp import web
 
 from supportbot.config import WebSettings
@@ -64,6 +68,8 @@ IDENTITY_LEEWAY_S = 60
 """Clock skew allowed between the site's backend and this server when checking ``exp``, ``nbf`` and ``iat``."""
 MAX_TOKEN_LIFETIME_S = 7 * 24 * 3600
 """An identity token whose ``exp`` is further ahead than this is refused: it would be a password for good."""
+MIN_SECRET_BYTES = 32
+"""Shorter identity secrets work, but HS256 wants at least this many random bytes (RFC 7518 3.2)."""
 HASH_V2_PREFIX = "v2:"
 _HASH_V2_CONTEXT = "supportbot-identity-v2"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -137,7 +143,8 @@ def identity_token(
         claims["email"] = email
     if name is not None:
         claims["name"] = name
-    return jwt.encode(claims, secret, algorithm=IDENTITY_ALGORITHM)
+    with _short_secret_allowed():
+        return jwt.encode(claims, secret, algorithm=IDENTITY_ALGORITHM)
 
 
 def verify_identity_token(secret: str, token: str, *, now: float | None = None) -> Identity:
@@ -155,10 +162,11 @@ def verify_identity_token(secret: str, token: str, *, now: float | None = None) 
         raise IdentityError(f"user.token is signed with alg {algorithm!r}, but only HS256 is accepted; {_HOW_TO_SIGN}")
     now = time.time() if now is None else now
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=[IDENTITY_ALGORITHM], leeway=IDENTITY_LEEWAY_S,
-            options={"require": ["exp", "sub"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
-        )  # fmt: skip
+        with _short_secret_allowed():
+            claims: dict[str, Any] = jwt.decode(
+                token, secret, algorithms=[IDENTITY_ALGORITHM], leeway=IDENTITY_LEEWAY_S,
+                options={"require": ["exp", "sub"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )  # fmt: skip
     except jwt.MissingRequiredClaimError as exc:
         raise IdentityError(f"user.token has no {exc.claim!r} claim; {_HOW_TO_SIGN}") from None
     except jwt.InvalidSignatureError:
@@ -177,6 +185,16 @@ def verify_identity_token(secret: str, token: str, *, now: float | None = None) 
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise IdentityError("user.token's 'name' must be a string of at most 200 characters (or left out)")
     return Identity(id=sub, email=email, name=name)
+
+
+@contextmanager
+def _short_secret_allowed() -> Iterator[None]:
+    """The web channel warns once at start about a short secret; PyJWT (2.10+) would warn at every use."""
+    category = getattr(jwt.warnings, "InsecureKeyLengthWarning", None)
+    with warnings.catch_warnings():
+        if category is not None:
+            warnings.simplefilter("ignore", category)
+        yield
 
 
 def _check_times(claims: dict[str, Any], now: float) -> None:

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from connectors.web.security import identity_hash_v2
+from connectors.web.security import identity_hash_v2, identity_token
 from supportbot.runtime import open_runtime
 from supportbot.server import DISPATCHER, build_app
 from supportbot.testing.fake_llm import FakeLLMServer, Reply
@@ -231,3 +231,14 @@ async def test_the_demo_page_signs_in_its_customer_whose_orders_the_demo_model_r
         await app[DISPATCHER].drain(5)
         await runner.cleanup()
         await runtime.aclose()
+
+
+@pytest.mark.parametrize("settings", [{"web": {"identity_secret": "short-secret"}}], indirect=True)
+async def test_a_short_secret_still_works_and_the_operator_is_told_once(
+    server: WebServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    warned = [r.getMessage() for r in caplog.get_records("setup") if r.name == "supportbot.web"]
+    assert any("identity_secret is 12 bytes; HS256 wants at least 32" in m for m in warned), warned
+    user = {"token": identity_token("short-secret", "42", email=ANA)}
+    status, opened = await post_user(server, user)  # no InsecureKeyLengthWarning at every use (an error here)
+    assert status == 201 and opened["email_verified"] is True

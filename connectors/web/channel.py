@@ -105,6 +105,21 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         raise Refused(400, "bad_request", f"{where}: {first['msg']}") from None
 
 
+def _beside_token(user: _User, identity: Identity) -> Identity:
+    """Fields sent beside a token must say what the token says: a mismatch is a page that mixes up users."""
+    beside = (("id", "sub", user.id, identity.id), ("email", "email", user.email, identity.email),
+              ("name", "name", user.name, identity.name))  # fmt: skip
+    for field, claim, given, signed in beside:
+        if given is None or (given.casefold() == signed.casefold() if field == "email" and signed else given == signed):
+            continue
+        says = f"its {claim!r} is {signed!r}" if signed else f"it has no {claim!r} claim"
+        raise IdentityError(
+            f"user.{field} {given!r} is not what user.token signs ({says}); send only user.token, which carries "
+            f"sub, email and name"
+        )
+    return identity
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Opened:
     id: str
@@ -261,21 +276,6 @@ class WebChannel:
             "messages": shown[-HISTORY_MESSAGES:],
             "live": wire.live(live),
         }
-
-
-def _beside_token(user: _User, identity: Identity) -> Identity:
-    """Fields sent beside a token must say what the token says: a mismatch is a page that mixes up users."""
-    beside = (("id", "sub", user.id, identity.id), ("email", "email", user.email, identity.email),
-              ("name", "name", user.name, identity.name))  # fmt: skip
-    for field, claim, given, signed in beside:
-        if given is None or (given.casefold() == signed.casefold() if field == "email" and signed else given == signed):
-            continue
-        says = f"its {claim!r} is {signed!r}" if signed else f"it has no {claim!r} claim"
-        raise IdentityError(
-            f"user.{field} {given!r} is not what user.token signs ({says}); send only user.token, which carries "
-            f"sub, email and name"
-        )
-    return identity
 
 
 def _image_url(url: str, max_bytes: int) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
 from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
@@ -179,7 +180,10 @@ def test_the_command_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path
             assert "Content-Security-Policy" in response.headers
         assert "/widget.js" in page
         assert "SUPPORTBOT_BOOT" not in page  # the boot options were filled in
-        assert '"email": "ana@example.com"' in page  # --demo signs in the demo customer
+        # --demo signs in the demo customer with an identity token, as a shop's backend would.
+        boot = re.search(r'"user": \{"token": "([^"]+)"\}', page)
+        assert boot, page
+        assert jwt.decode(boot.group(1), options={"verify_signature": False})["email"] == "ana@example.com"
         with urllib.request.urlopen(f"{base}/widget.js") as response:
             assert response.headers["Content-Type"].startswith("application/javascript")
         with urllib.request.urlopen(f"{base}/favicon.ico") as response:  # the demo page's icon: no 404

@@ -24,7 +24,7 @@ from aiohttp import web
 from connectors.web import api, ws
 from connectors.web.channel import Refused, WebChannel
 from connectors.web.openapi import OPENAPI
-from connectors.web.security import identity_hash, origin_allowed, retry_after
+from connectors.web.security import identity_token, origin_allowed, retry_after
 from supportbot.runtime import NO_MODEL
 from supportbot.server import DISPATCHER, RUNTIME, add_openapi, error_response
 
@@ -36,6 +36,8 @@ CHANNEL_KEY = web.AppKey("web_channel", WebChannel)
 BOOT_PLACEHOLDER = "/*SUPPORTBOT_BOOT*/{}"
 DEMO_USER = {"id": "demo-ana", "email": "ana@example.com", "name": "Ana Example"}
 """Who the demo page signs in as under ``--demo``: the owner of the demo orders A1001 and A1002."""
+DEMO_TOKEN_LIFETIME_S = 24 * 3600
+"""The demo page's identity token is signed afresh for each page load, as a shop's backend would."""
 
 _CORS_PATHS = ("/api/v1/", "/widget/config")
 _DEMO_CSP = (
@@ -159,6 +161,8 @@ def _boot_options(channel: WebChannel) -> str:
     """The demo page's boot options: under ``--demo`` it signs in the demo customer, otherwise none."""
     options: dict[str, Any] = {}
     if channel.demo and channel.identity_secret:
-        options["user"] = {**DEMO_USER, "hash": identity_hash(channel.identity_secret, DEMO_USER["id"])}
+        token = identity_token(channel.identity_secret, DEMO_USER["id"], email=DEMO_USER["email"],
+                               name=DEMO_USER["name"], lifetime_s=DEMO_TOKEN_LIFETIME_S)  # fmt: skip
+        options["user"] = {"token": token}
     # Safe inside <script>: no "</script>" or "<!--" can be formed.
     return json.dumps(options).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -33,8 +33,8 @@ async def create_conversation(request: web.Request, channel: WebChannel) -> web.
     body = parse(NewConversation, await _json_body(request))
     channel.check_ip(request, channel.new_per_ip)
     opened = await channel.open_conversation(body)
-    conversation = {"id": opened.id, "token": opened.token, "verified": opened.verified, "status": "bot",
-                    "greeting": opened.greeting}  # fmt: skip
+    conversation = {"id": opened.id, "token": opened.token, "verified": opened.verified,
+                    "email_verified": opened.email_verified, "status": "bot", "greeting": opened.greeting}  # fmt: skip
     return web.json_response(conversation, status=201, headers={"Cache-Control": "no-store"})
 
 

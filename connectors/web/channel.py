@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 import secrets
 import uuid
@@ -20,13 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.web import wire
 from connectors.web.security import (
+    MIN_SECRET_BYTES,
+    Identity,
+    IdentityError,
     RateLimiter,
     hash_token,
-    identity_valid,
     new_token,
     origin_allowed,
     retry_after,
     token_from_request,
+    verify_hash,
+    verify_identity_token,
 )
 from supportbot.config import WebSettings
 from supportbot.dispatch import Accepted, Dispatcher, Inbound
@@ -38,6 +43,8 @@ from supportbot.server import client_ip, max_message_bytes
 from supportbot.store.base import ConversationTokens, Mailboxes, Store
 
 __all__ = ["CHANNEL", "Refused", "WebChannel"]
+
+log = logging.getLogger("supportbot.web")
 
 CHANNEL = "web"
 HISTORY_MESSAGES = 100
@@ -60,11 +67,14 @@ class WebStore(Store, Mailboxes, ConversationTokens):
 
 
 class _User(BaseModel):
+    """The host site's user as the page describes them; only what ``token`` or ``hash`` signs is verified."""
+
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, min_length=1, max_length=200)
+    id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
     name: str | None = Field(None, max_length=200)
     hash: str | None = Field(None, max_length=200)
+    token: str | None = Field(None, min_length=1, max_length=4096)
 
 
 class NewConversation(BaseModel):
@@ -95,11 +105,27 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         raise Refused(400, "bad_request", f"{where}: {first['msg']}") from None
 
 
+def _beside_token(user: _User, identity: Identity) -> Identity:
+    """Fields sent beside a token must say what the token says: a mismatch is a page that mixes up users."""
+    beside = (("id", "sub", user.id, identity.id), ("email", "email", user.email, identity.email),
+              ("name", "name", user.name, identity.name))  # fmt: skip
+    for field, claim, given, signed in beside:
+        if given is None or (given.casefold() == signed.casefold() if field == "email" and signed else given == signed):
+            continue
+        says = f"its {claim!r} is {signed!r}" if signed else f"it has no {claim!r} claim"
+        raise IdentityError(
+            f"user.{field} {given!r} is not what user.token signs ({says}); send only user.token, which carries "
+            f"sub, email and name"
+        )
+    return identity
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Opened:
     id: str
     token: str
     verified: bool
+    email_verified: bool
     greeting: str | None
 
 
@@ -114,7 +140,14 @@ class WebChannel:
         self.demo = isinstance(runtime.llm, DemoLLM)
         secret = self.settings.identity_secret
         # The demo page signs in a demo customer; with no secret configured, a per-process one serves it.
-        self.identity_secret = secret.get_secret_value() if secret else secrets.token_hex(32) if self.demo else None
+        configured = secret.get_secret_value() if secret else None
+        self.identity_secret = configured or (secrets.token_hex(32) if self.demo else None)
+        if configured and len(configured.encode()) < MIN_SECRET_BYTES:
+            log.warning(
+                "connectors.web.identity_secret is %d bytes; HS256 wants at least %d random bytes: make one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))' and give it to your site's backend too",
+                len(configured.encode()), MIN_SECRET_BYTES,
+            )  # fmt: skip
         limits = self.settings.rate_limits
         self.per_ip = RateLimiter(limits.requests_per_minute_per_ip, 60)
         self.new_per_ip = RateLimiter(limits.conversations_per_hour_per_ip, 3600)
@@ -160,27 +193,20 @@ class WebChannel:
 
     async def open_conversation(self, body: NewConversation) -> Opened:
         user = body.user
-        verified = False
-        if user is not None and user.hash is not None:
-            identifier = user.id or user.email
-            if identifier is None:
-                raise Refused(400, "bad_request", "user.hash signs user.id (or user.email); send the one it signs")
-            if self.identity_secret is None:
-                raise Refused(403, "identity_invalid",
-                              "this server has no connectors.web.identity_secret, so it cannot verify user.hash; "
-                              "set it, or boot the widget without a hash")  # fmt: skip
-            if not identity_valid(self.identity_secret, identifier, user.hash):
-                self.count_error("identity_invalid")
-                raise Refused(403, "identity_invalid",
-                              "user.hash is not the HMAC-SHA256 of the user's id with the identity secret; "
-                              "compute it on your server with connectors.web.identity_secret")  # fmt: skip
-            verified = True
-        customer = await self.store.get_or_create_customer(
-            email=user.email if user else None,
-            external_id=f"web:{user.id}" if user and user.id else None,
-            name=user.name if user else None,
-            verified=verified,
-        )
+        identity = self.verify_user(user) if user is not None else None
+        if identity is not None:
+            # Verified attributes are exactly the signed ones: an email nobody signed is neither
+            # stored on this record nor used to find one.
+            customer = await self.store.get_or_create_customer(
+                email=identity.email, external_id=f"web:{identity.id}", name=identity.name, verified=True
+            )
+        else:
+            customer = await self.store.get_or_create_customer(
+                email=user.email if user else None,
+                external_id=f"web:{user.id}" if user and user.id else None,
+                name=user.name if user else None,
+                verified=False,
+            )
         try:
             conversation, greeting = await self.runtime.engine.start_conversation(customer, channel=CHANNEL,
                                                                                   flow=body.flow)  # fmt: skip
@@ -188,7 +214,31 @@ class WebChannel:
             raise Refused(400, "bad_request", f"flow: {exc}") from None
         token = new_token()
         await self.store.add_conversation_token(conversation.id, hash_token(token))
-        return Opened(id=conversation.id, token=token, verified=verified, greeting=greeting)
+        email_verified = identity is not None and identity.email is not None
+        return Opened(id=conversation.id, token=token, verified=identity is not None, email_verified=email_verified,
+                      greeting=greeting)  # fmt: skip
+
+    def verify_user(self, user: _User) -> Identity | None:
+        """What the host site signed about ``user`` (``token`` or ``hash``); None for a user nobody signed."""
+        if user.token is None and user.hash is None:
+            return None
+        if self.identity_secret is None:
+            raise Refused(403, "identity_invalid",
+                          "this server has no connectors.web.identity_secret, so it cannot verify a signed-in user; "
+                          "set it, or boot the widget without user.token and user.hash")  # fmt: skip
+        try:
+            if user.token is not None:
+                if user.hash is not None:
+                    raise Refused(400, "bad_request", "user: send user.token or user.hash, not both")
+                return _beside_token(user, verify_identity_token(self.identity_secret, user.token))
+            if user.id is None:
+                raise Refused(400, "bad_request", "user.hash signs user.id: send the id it signs (or a user.token)")
+            identity = verify_hash(self.identity_secret, user.id, user.email, user.hash or "")
+        except IdentityError as exc:
+            self.count_error("identity_invalid")
+            raise Refused(403, "identity_invalid", str(exc)) from None
+        # The older hash signs the id alone: the name is the page's to give, the email is not verified.
+        return Identity(id=identity.id, email=identity.email, name=user.name)
 
     async def accept(self, conversation_id: str, body: NewMessage) -> Accepted:
         """Validate and durably store a customer's message; its turn runs in the background.

@@ -44,12 +44,18 @@ OPENAPI: dict[str, Any] = {
             "User": {
                 "type": "object",
                 "additionalProperties": False,
-                "description": "A signed-in user of the host site; hash = hex HMAC-SHA256(secret, id or email)",
+                "description": (
+                    "A user of the host site. Only what the site's backend signs with the identity secret is "
+                    "verified: token (a JWT, HS256: sub, email, name, exp) verifies its claims; "
+                    "hash = 'v2:' + hex HMAC-SHA256(secret, 'supportbot-identity-v2\\n' + id + '\\n' + email) "
+                    "verifies the id and email; hash = hex HMAC-SHA256(secret, id) verifies the id only."
+                ),
                 "properties": {
+                    "token": {"type": "string", "maxLength": 4096, "description": "JWT (HS256) signed by the site"},
                     "id": {"type": "string", "maxLength": 200},
                     "email": {"type": "string", "maxLength": 320},
                     "name": {"type": "string", "maxLength": 200},
-                    "hash": {"type": "string"},
+                    "hash": {"type": "string", "maxLength": 200},
                 },
             },
             "NewConversation": {
@@ -59,11 +65,12 @@ OPENAPI: dict[str, Any] = {
             },
             "Conversation": {
                 "type": "object",
-                "required": ["id", "token", "verified", "status"],
+                "required": ["id", "token", "verified", "email_verified", "status"],
                 "properties": {
                     "id": {"type": "string"},
                     "token": {"type": "string", "description": "Keep it secret; 256 random bits"},
-                    "verified": {"type": "boolean"},
+                    "verified": {"type": "boolean", "description": "the site signed the user's id"},
+                    "email_verified": {"type": "boolean", "description": "the site signed the user's email too"},
                     "status": {"enum": ["bot", "human", "closed"]},
                     "greeting": {"type": ["string", "null"]},
                 },

@@ -75,18 +75,37 @@ class MemoryStore:
         verified: bool = False,
     ) -> Customer:
         email = email.strip().lower() if email else None
-        # Verified and unverified identities never share a record (as in SQLStore): an email typed
-        # into a widget must not open the record of the customer whose identity a channel proved.
-        for c in self._customers.values():
-            if c.verified == verified and (
-                (external_id and c.external_id == external_id) or (email and c.email == email)
-            ):
-                return c
-        customer = Customer(
-            id=uuid.uuid4().hex, email=email, name=name, external_id=external_id, verified=verified, created_at=_now()
-        )
-        self._customers[customer.id] = customer
-        return customer
+        # As SQLStore: verified and unverified identities never share a record (an email typed into
+        # a widget must not open the record of the customer whose identity a channel proved); the
+        # external id is looked up first, then the email; a verified call's email replaces a stale one.
+        same = [c for c in self._customers.values() if c.verified == verified]
+        found = next((c for c in same if external_id and c.external_id == external_id), None)
+        found = found or next((c for c in same if email and c.email == email), None)
+        if found is None:
+            customer = Customer(
+                id=uuid.uuid4().hex,
+                email=email,
+                name=name,
+                external_id=external_id,
+                verified=verified,
+                created_at=_now(),
+            )
+            self._customers[customer.id] = customer
+            return customer
+        if verified and email and found.email != email:
+            owner = next((c for c in same if c.email == email), None)
+            if owner is not None:
+                self._customers[found.id] = dataclasses.replace(found, email=None)
+                return owner
+            found = dataclasses.replace(found, email=email)
+        taken = {(c.email, c.external_id) for c in same}
+        if email and not found.email and all(e != email for e, _ in taken):
+            found = dataclasses.replace(found, email=email)
+        if external_id and not found.external_id and all(x != external_id for _, x in taken):
+            found = dataclasses.replace(found, external_id=external_id)
+        found = dataclasses.replace(found, name=found.name or name)
+        self._customers[found.id] = found
+        return found
 
     async def get_customer(self, customer_id: str) -> Customer | None:
         return self._customers.get(customer_id)

@@ -67,6 +67,14 @@ _CUSTOMER_FILL = (
         name=func.coalesce(_cu.c.name, bindparam("new_name", type_=_cu.c.name.type)),
     )
 )
+_CUSTOMER_PROVE_EMAIL = (
+    update(_cu)
+    .where(_cu.c.id == bindparam("cid"))
+    .values(
+        email=bindparam("new_email", type_=_cu.c.email.type),
+        name=func.coalesce(_cu.c.name, bindparam("new_name", type_=_cu.c.name.type)),
+    )
+)
 
 _CONV_COLS = (
     _co.c.id, _co.c.customer_id, _co.c.channel, _co.c.flow, _co.c.status, _co.c.turns, _co.c.input_tokens,
@@ -170,7 +178,9 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin, ReviewMixin):
         Verified and unverified identities are kept apart: an unverified call never returns (and
         so never unlocks) the record of a customer whose identity a channel proved, and a proven
         identity never inherits a record someone merely claimed. Missing fields of a found record
-        (email, external id, name) are filled in.
+        (email, external id, name) are filled in. A verified call's email is what the channel
+        proved now: it replaces an older one on the record found by external id, or, when another
+        verified record holds it, that record is the customer (and the older email leaves the first).
         """
         if email:
             email = clean_text(email).strip().lower() or None
@@ -178,6 +188,8 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin, ReviewMixin):
         for attempt in range(2):
             found = await self._find_customer(email, external_id, verified)
             if found is not None:
+                if verified and email and found.email != email:
+                    return await self._prove_email(found, email, name)
                 if (email and not found.email) or (external_id and not found.external_id) or (name and not found.name):
                     return await self._fill_customer(found, email, external_id, name)
                 return found
@@ -212,6 +224,25 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin, ReviewMixin):
                 return found  # the email or external id belongs to another record: keep this one as it is
             raise
         return _customer(row)
+
+    async def _prove_email(self, found: Customer, email: str, name: str | None) -> Customer:
+        """The channel proved ``email`` for ``found``'s external id: never keep serving a stale email."""
+        try:
+            async with self._begin("updating a customer's email") as connection:
+                await connection.execute(_CUSTOMER_PROVE_EMAIL, {"cid": found.id, "new_email": email, "new_name": name})
+                row = (await connection.execute(_CUSTOMER_BY_ID, {"id": found.id})).one()
+            return _customer(row)
+        except StorageError as exc:
+            if not _is_integrity_error(exc.__cause__):
+                raise
+        # Another verified record holds the proven email: its owner is who this is, and the old
+        # email, no longer proven for this external id, leaves its record.
+        async with self._begin("updating a customer's email") as connection:
+            await connection.execute(_CUSTOMER_PROVE_EMAIL, {"cid": found.id, "new_email": None, "new_name": name})
+        owner = await self._find_customer(email, None, True)
+        if owner is None:  # pragma: no cover - customers are never deleted
+            raise StorageError(f"the customer with the email {email!r} vanished while it was being looked up")
+        return owner
 
     async def get_customer(self, customer_id: str) -> Customer | None:
         """The customer with this id, or None."""

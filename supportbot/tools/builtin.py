@@ -36,17 +36,23 @@ _OPEN = ("open", "pending")
 async def lookup_order(ctx: ToolContext, order_id: str) -> dict[str, Any] | str:
     """Look up one of the customer's orders: its status, items, delivery estimate and tracking link.
 
-    Only works for a customer whose identity is verified; the result says so otherwise. Use the
-    order number exactly as the customer gave it.
+    Only works for a customer whose identity and email address are verified; the result says so
+    otherwise. Use the order number exactly as the customer gave it.
 
     Args:
         order_id: The order number, e.g. A1001.
     """
     customer = ctx.customer
-    if not customer.verified or not customer.email:
+    if not customer.verified:
         return (
             "The customer's identity is not verified, so no order details can be shared. Ask them to sign in "
             "(or write from the email address they ordered with), or offer to create a ticket for the team."
+        )
+    if not customer.email:
+        # Orders belong to an email address; a sign-in that proved only a user id does not prove one.
+        return (
+            "The customer is signed in, but their email address is not verified, so no order details can be "
+            "shared. Offer to create a ticket for the team, who can check the order with them."
         )
     normalized = normalize_order_id(order_id)
     if normalized is None:

@@ -1,7 +1,7 @@
 /*! supportbot web chat widget — plain ES2020, no dependencies, no build step.
  * Wire protocol: docs/web-protocol.md. Embed:
  *   <script>window.Supportbot=window.Supportbot||function(){(Supportbot.q=Supportbot.q||[]).push(arguments)};
- *     Supportbot('boot',{user:{id:'42',email:'ana@example.com',name:'Ana',hash:'<hmac>'}});</script>
+ *     Supportbot('boot',{user:{token:'<JWT your backend signed: sub, email, name, exp>'}});</script>
  *   <script async src="https://support.example.com/widget.js" data-title="Acme support"></script>
  * Commands: boot(opts), open, close, identify(user), shutdown, on(event, fn), off(event, fn).
  * Everything lives in one shadow root; the only global is window.Supportbot.
@@ -295,7 +295,16 @@ button svg{fill:currentColor;width:22px;height:22px}
       try { fn(payload); } catch (e) { console.error('[supportbot]', name, 'listener failed:', e); }
     }
   }
-  const userKey = (u) => String((u && (u.id != null && u.id !== '' ? u.id : u.email)) || '');
+  // Whose conversation the stored one is: the user's id (a token's sub), else their email.
+  const userKey = (u) => String((u && (u.token ? tokenSub(u.token) : u.id != null && u.id !== '' ? u.id : u.email)) || '');
+  function tokenSub(token) { // read, not verified: only the server can check the signature
+    try {
+      const part = String(token).split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const sub = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0)))).sub;
+      if (sub != null && sub !== '') return String(sub);
+    } catch (e) { /* not a JWT: the server says so */ }
+    return 'token:' + token; // no readable sub: a conversation of its own, which the server then refuses
+  }
 
   // Defaults < /widget/config < data-* attributes < boot options.
   function theme() {
@@ -915,7 +924,7 @@ button svg{fill:currentColor;width:22px;height:22px}
   function identify(user) {
     const key = userKey(user);
     S.user = S.opts.user = user && typeof user === 'object' ? user : null;
-    if (key === S.key) return; // the same person (maybe with a fresh hash): keep the conversation
+    if (key === S.key) return; // the same person (maybe with a fresh token or hash): keep the conversation
     S.key = key;
     forget();
     if (S.isOpen) wake();

@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from connectors.web.security import identity_hash
+from connectors.web.security import identity_hash, identity_token
 from supportbot.config import Config, load_config
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.server import DISPATCHER, build_app
 from supportbot.testing.fake_llm import FakeLLMServer
 
-SECRET = "test-identity-secret"
+SECRET = "test-identity-secret-of-at-least-32-bytes"  # PyJWT warns about shorter HS256 keys
 OTHER_ORIGIN = "http://127.0.0.1:9"  # an allowed embedding site (nothing listens there)
 
 
@@ -63,7 +63,14 @@ class WebServer:
 
 
 def signed(user_id: str, email: str, name: str = "Ana Example") -> dict[str, Any]:
-    return {"id": user_id, "email": email, "name": name, "hash": identity_hash(SECRET, user_id)}
+    """A signed-in user as the site's backend signs them: a token for their id, email and name."""
+    return {"token": identity_token(SECRET, user_id, email=email, name=name)}
+
+
+def hashed(user_id: str, email: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """A user signed with the older hash, which signs the id alone; email and name ride beside it unsigned."""
+    user = {"id": user_id, "email": email, "name": name, "hash": identity_hash(SECRET, user_id)}
+    return {key: value for key, value in user.items() if value is not None}
 
 
 def write_config(tmp_path: Path, fake: FakeLLMServer, db_url: str, settings: dict[str, Any]) -> Config:

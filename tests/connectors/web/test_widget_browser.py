@@ -10,18 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
+from connectors.web.security import identity_token
 from supportbot.store.base import NewMessage
 from supportbot.testing.fake_llm import Reply, Step
 from tests.conftest import ARTIFACTS, require_chromium
-from tests.connectors.web.conftest import WebServer, signed
+from tests.connectors.web.conftest import SECRET, WebServer, signed
 
 require_chromium()
 
@@ -376,3 +379,40 @@ async def test_identify_starts_a_verified_conversation_for_the_signed_in_user(
     assert conversation is not None
     customer = await server.runtime.store.get_customer(conversation.customer_id)
     assert customer is not None and customer.verified and customer.email == "ana@example.com"
+
+
+async def test_a_token_identity_keeps_its_conversation_across_fresh_tokens_and_a_bad_one_is_explained(
+    page: Page, server: WebServer, host: dict[str, Any]
+) -> None:
+    server.fake.script(Reply(text="Hello, Ana."), Reply(text="Hello, Ben."))
+    host["boot"] = {"user": signed("42", "ana@example.com")}
+    await page.goto(host["url"])
+    await open_widget(page)
+    await send(page, "hi")
+    await expect(bot_messages(page).last).to_have_text("Hello, Ana.", timeout=10_000)
+    key = f"supportbot:{server.url}"
+    first = json.loads(await page.evaluate("k => localStorage.getItem(k)", key))
+    assert first["userKey"] == "42"  # the token's sub, read in the page
+    # The page renders a fresh token for the same user (a new exp): the same conversation goes on.
+    fresh = identity_token(SECRET, "42", email="ana@example.com", lifetime_s=7200)
+    assert {"token": fresh} != host["boot"]["user"]
+    await page.evaluate("u => Supportbot('identify', u)", {"token": fresh})
+    assert json.loads(await page.evaluate("k => localStorage.getItem(k)", key))["id"] == first["id"]
+    # Another user signs in: a conversation of their own, verified for their email.
+    await page.evaluate("u => Supportbot('identify', u)", signed("43", "ben@example.com", "Ben"))
+    await send(page, "hi")
+    await expect(bot_messages(page).last).to_have_text("Hello, Ben.", timeout=10_000)
+    second = json.loads(await page.evaluate("k => localStorage.getItem(k)", key))
+    assert second["id"] != first["id"] and second["userKey"] == "43"
+    conversation = await server.runtime.store.get_conversation(second["id"])
+    assert conversation is not None
+    customer = await server.runtime.store.get_customer(conversation.customer_id)
+    assert customer is not None and (customer.external_id, customer.email) == ("web:43", "ben@example.com")
+    # A token the server refuses (signed with another secret): the customer is told, the console says why.
+    warnings: list[str] = []
+    page.on("console", lambda message: warnings.append(message.text) if message.type == "warning" else None)
+    forged = jwt.encode({"sub": "44", "exp": int(time.time()) + 600}, "another-secret-of-at-least-32-bytes!")
+    await page.evaluate("u => Supportbot('identify', u)", {"token": forged})
+    await send(page, "hello?")
+    await expect(page.locator("#supportbot-widget")).to_contain_text("could not confirm your sign-in", timeout=10_000)
+    assert any("signature does not verify" in text for text in warnings)

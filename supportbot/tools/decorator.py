@@ -42,6 +42,8 @@ class Tool(Generic[P, R]):
         arguments: the argument model, JSON schema and ``ToolContext`` parameter.
         timeout: seconds the call may take; None for the registry's default.
         is_async: whether ``function`` is a coroutine function (sync ones run in a thread).
+        requires_verified: offered to the model, and run, only for a customer whose identity the
+            channel verified (``ToolContext.customer.verified``).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Tool(Generic[P, R]):
     arguments: ArgumentSpec
     timeout: float | None = None
     is_async: bool = False
+    requires_verified: bool = False
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -75,7 +78,11 @@ def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    requires_verified: bool = False,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -86,6 +93,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    requires_verified: bool = False,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a tool; use as ``@tool`` or ``@tool(name=..., description=..., timeout=...)``.
 
@@ -94,6 +102,10 @@ def tool(
         name: the tool's name; defaults to the function's name.
         description: what the model reads; defaults to the docstring without its Args/Returns sections.
         timeout: seconds the call may take before the model is told it timed out.
+        requires_verified: the tool needs a customer whose identity the channel verified (an order
+            lookup, an address change). For an unverified customer the engine does not offer it to
+            the model at all, and refuses a call of it with an error result before it runs; the tool
+            should still check ``ctx.customer.verified`` itself, as the built-in ``lookup_order`` does.
 
     Returns:
         A ``Tool`` (or, with keyword arguments only, a decorator that makes one).
@@ -103,7 +115,9 @@ def tool(
     """
 
     def decorate(function: Callable[P, R]) -> Tool[P, R]:
-        return make_tool(function, name=name, description=description, timeout=timeout)
+        return make_tool(
+            function, name=name, description=description, timeout=timeout, requires_verified=requires_verified
+        )
 
     if fn is not None:
         return decorate(fn)
@@ -111,7 +125,12 @@ def tool(
 
 
 def make_tool(
-    function: Callable[P, R], *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    function: Callable[P, R],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    requires_verified: bool = False,
 ) -> Tool[P, R]:
     """Build a ``Tool`` from a function; what ``@tool`` does. See ``tool`` for the arguments."""
     if isinstance(function, Tool):
@@ -132,6 +151,7 @@ def make_tool(
         arguments=spec,
         timeout=timeout,
         is_async=inspect.iscoroutinefunction(function),
+        requires_verified=requires_verified,
     )
 
 

@@ -400,7 +400,9 @@ async def test_an_order_tool_called_anyway_for_an_unverified_customer_is_refused
     fake.script(Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})]), Reply(text="Please sign in."))
     events = await turn(runtime, cid, "Where is A1001? I am ana@example.com")
     [finished] = of(events, ToolCallFinished)
-    assert finished.is_error and finished.result.startswith("'lookup_order' was not run: it is only available")
+    assert finished.is_error and finished.result.startswith(
+        "'lookup_order' was not run: the customer's identity is not verified"
+    )
     assert "shipped" not in json.dumps([r.body for r in fake.requests])
 
 

@@ -209,8 +209,8 @@ class ToolRegistry:
             return _error(f"unknown tool '{call.name}'; available: {', '.join(available) or 'none'}", started)
         if tool.requires_verified and not ctx.customer.verified:
             return _error(
-                f"'{call.name}' was not run: it is only available for a customer whose identity is verified, "
-                "and this customer's is not; ask them to sign in, or offer to create a ticket for the team",
+                f"'{call.name}' was not run: the customer's identity is not verified, and this tool is only "
+                "for verified customers; ask them to sign in, or offer to create a ticket for the team",
                 started,
             )
         try:

@@ -126,7 +126,9 @@ async def test_lookup_order_requires_a_verified_customer_and_the_registry_refuse
 
     result = await run(registry, make_ctx(customer=stranger, orders=orders), "lookup_order", order_id="A1001")
 
-    assert result.is_error and result.content.startswith("'lookup_order' was not run: it is only available for a")
+    assert result.is_error and result.content.startswith(
+        "'lookup_order' was not run: the customer's identity is not verified"
+    )
     assert orders.lookups == []
     assert [s["function"]["name"] for s in registry.schemas(["lookup_order", "create_ticket"], verified=False)] == [
         "create_ticket"

@@ -119,8 +119,8 @@ async def test_a_call_needing_a_verified_customer_is_refused_for_an_unverified_o
     allowed = await registry.call(call("account_balance", '{"currency": "EUR"}'), make_ctx())
 
     assert refused.is_error and refused.content == (
-        "'account_balance' was not run: it is only available for a customer whose identity is verified, and this "
-        "customer's is not; ask them to sign in, or offer to create a ticket for the team"
+        "'account_balance' was not run: the customer's identity is not verified, and this tool is only for "
+        "verified customers; ask them to sign in, or offer to create a ticket for the team"
     )
     assert (allowed.is_error, allowed.content, ran) == (False, "12 EUR", ["EUR"])
 

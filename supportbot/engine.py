@@ -317,7 +317,8 @@ class Engine:
                 return
             # Only the first calls of a response run (confirm-held ones count); the rest get a not-run error.
             runnable = message.tool_calls[: limits.max_tool_calls_per_response]
-            held = [c for c in runnable if c.name in turn.flow.confirm]
+            # A call that will be refused anyway (a verified-only tool, unverified customer) is not put to the customer.
+            held = [c for c in runnable if c.name in turn.flow.confirm and not self._refused_unverified(turn, c)]
             if held:
                 record = dataclasses.replace(record, status="pending")
             # Stored before any tool runs: a crash in the middle leaves the calls on record.
@@ -404,6 +405,11 @@ class Engine:
                 handoff = await self._apply_handoff(turn, call, result)
                 if handoff is not None:
                     yield handoff
+
+    def _refused_unverified(self, turn: _Turn, call: ToolCall) -> bool:
+        """Whether the call is of a ``requires_verified`` tool and the customer is not verified."""
+        tool = self.tools.get(call.name)
+        return tool is not None and tool.requires_verified and not turn.customer.verified
 
     async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
         started = time.perf_counter()

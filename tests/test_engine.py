@@ -43,8 +43,9 @@ ORDERS = """\
 MAIN_FLOW = """\
 name: main
 description: Orders and general questions
-tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere]
-confirm: [create_ticket]
+tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere,
+        cancel_order]
+confirm: [create_ticket, cancel_order]
 handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
 system_prompt: |
@@ -103,6 +104,20 @@ async def hold_until_released() -> str:
 async def hand_to_nowhere() -> Handoff:
     """Asks for a transfer this flow may not make."""
     return Handoff(target="nowhere", message="moved")
+
+
+cancelled = []
+
+
+@tool(requires_verified=True)
+async def cancel_order(order_id: str) -> str:
+    """Cancels one of the customer's orders.
+
+    Args:
+        order_id: the order number.
+    """
+    cancelled.append(order_id)
+    return "cancelled " + order_id
 '''
 
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
@@ -206,6 +221,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
         "wait_for_both",
         "hold_until_released",
         "hand_to_nowhere",
+        "cancel_order",
         "transfer_to_returns",
     }
 
@@ -388,7 +404,7 @@ async def test_order_tools_are_offered_only_to_a_verified_customer(
         await turn(runtime, cid, "hi")
     bodies = [r.body for r in fake.requests]
     assert "lookup_order" not in offered(bodies[0]) and "lookup_order" not in offered(bodies[2])
-    assert offered(bodies[1]) == offered(bodies[0]) | {"lookup_order"}
+    assert offered(bodies[1]) == offered(bodies[0]) | {"lookup_order", "cancel_order"}
     assert "create_ticket" in offered(bodies[0])
 
 
@@ -404,6 +420,15 @@ async def test_an_order_tool_called_anyway_for_an_unverified_customer_is_refused
         "'lookup_order' was not run: the customer's identity is not verified"
     )
     assert "shipped" not in json.dumps([r.body for r in fake.requests])
+
+    # A verified-only tool that needs the customer's yes is refused at once: no confirmation is asked for.
+    fake.script(Reply(tool_calls=[("cancel_order", {"order_id": "A1001"})]), Reply(text="Please sign in."))
+    events = await turn(runtime, cid, "cancel A1001")
+    assert isinstance(events[-1], TurnFinished) and not events[-1].awaiting_confirmation
+    [finished] = of(events, ToolCallFinished)
+    assert finished.is_error and "not verified" in finished.result
+    module = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    assert module.cancelled == []
 
 
 FIFTY_TICKETS = [("create_ticket", {"subject": f"Issue {n}", "description": "Please help"}) for n in range(50)]

@@ -305,6 +305,7 @@ class LimitSettings(_Section):
     max_message_chars: int = Field(8000, ge=1)
     max_image_bytes: int = Field(5_000_000, ge=1)
     max_images_per_message: int = Field(4, ge=0)
+    tickets_per_customer_per_day: int = Field(3, ge=1)
 
 
 class LoggingSettings(_Section):

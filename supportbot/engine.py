@@ -145,7 +145,7 @@ class Engine:
         self.http = http
         self.orders = orders
         self.clock = clock
-        self._schemas: dict[str, tuple[list[dict[str, Any]], int]] = {}
+        self._schemas: dict[tuple[str, bool], tuple[list[dict[str, Any]], int]] = {}
         self._prompts: dict[tuple[Any, ...], ChatMessage] = {}  # insertion order = least recently used first
 
     # -- conversations ---------------------------------------------------------------------------
@@ -315,14 +315,18 @@ class Engine:
                     latency_ms=latency_ms,
                 )
                 return
-            held = [c for c in message.tool_calls if c.name in turn.flow.confirm]
+            # Only the first calls of a response run (confirm-held ones count); the rest get a not-run error.
+            runnable = message.tool_calls[: limits.max_tool_calls_per_response]
+            # A call that will be refused anyway (a verified-only tool, unverified customer) is not put to the customer.
+            held = [c for c in runnable if c.name in turn.flow.confirm and not self._refused_unverified(turn, c)]
             if held:
                 record = dataclasses.replace(record, status="pending")
             # Stored before any tool runs: a crash in the middle leaves the calls on record.
             await self.store.add_messages(turn.conversation.id, [record])
             turn.round_text = ""  # stored with the calls; the next round starts afresh
             turn.history.append(message)
-            async for event in self._run_calls(turn, [c for c in message.tool_calls if c not in held]):
+            not_run = message.tool_calls[len(runnable) :]
+            async for event in self._run_calls(turn, [c for c in runnable if c not in held], not_run=not_run):
                 yield event
             if held:
                 prompt = confirmation_prompt(held, self.tools)
@@ -353,8 +357,19 @@ class Engine:
 
     # -- tools -----------------------------------------------------------------------------------
 
-    async def _run_calls(self, turn: _Turn, calls: Sequence[ToolCall]) -> AsyncIterator[Event]:
-        """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers."""
+    async def _run_calls(
+        self, turn: _Turn, calls: Sequence[ToolCall], *, not_run: Sequence[ToolCall] = ()
+    ) -> AsyncIterator[Event]:
+        """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers.
+
+        ``not_run`` are the calls past the flow's ``max_tool_calls_per_response``: each gets an
+        error result saying so, and no events (every call of a response must have its result, or
+        the provider refuses the next request).
+        """
+        if not_run:
+            limit = turn.flow.limits.max_tool_calls_per_response
+            log.warning("the model made %d tool calls in one response in conversation %s; ran only the first %d",
+                        limit + len(not_run), turn.conversation.id, limit)  # fmt: skip
         for call in calls:
             yield ToolCallStarted(call_id=call.id, name=call.name, arguments=call.arguments)
         if len(calls) <= 1:
@@ -362,7 +377,8 @@ class Engine:
         else:
             results = list(await asyncio.gather(*(self._run_call(turn, c) for c in calls)))
         records = []
-        for call, result in zip(calls, results, strict=True):
+        refused = [_not_run(turn.flow.limits.max_tool_calls_per_response, len(not_run)) for _ in not_run]
+        for call, result in zip([*calls, *not_run], [*results, *refused], strict=True):
             records.append(
                 NewMessage(
                     role="tool",
@@ -389,6 +405,11 @@ class Engine:
                 handoff = await self._apply_handoff(turn, call, result)
                 if handoff is not None:
                     yield handoff
+
+    def _refused_unverified(self, turn: _Turn, call: ToolCall) -> bool:
+        """Whether the call is of a ``requires_verified`` tool and the customer is not verified."""
+        tool = self.tools.get(call.name)
+        return tool is not None and tool.requires_verified and not turn.customer.verified
 
     async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
         started = time.perf_counter()
@@ -568,7 +589,7 @@ class Engine:
             turn.system = self._system_prompt(turn)
         overrides = flow.model
         max_tokens = overrides.max_tokens or llm.max_tokens
-        tools, tool_tokens = self._tool_schemas(flow)
+        tools, tool_tokens = self._tool_schemas(flow, verified=turn.customer.verified)
         budget = llm.context_window - max_tokens - tool_tokens
         return LLMRequest(
             messages=fit(turn.system, turn.history, budget=budget),
@@ -584,14 +605,19 @@ class Engine:
     def _model(self, flow: Flow) -> str:
         return flow.model.model or self.config.llm.model
 
-    def _tool_schemas(self, flow: Flow) -> tuple[list[dict[str, Any]], int]:
-        """The flow's tool definitions and a high estimate of the tokens they take, computed once per flow."""
-        cached = self._schemas.get(flow.name)
+    def _tool_schemas(self, flow: Flow, *, verified: bool) -> tuple[list[dict[str, Any]], int]:
+        """The tool definitions offered in a flow and a high estimate of the tokens they take.
+
+        Tools declared ``requires_verified`` are offered only to a verified customer; computed once
+        per flow and verification.
+        """
+        key = (flow.name, verified)
+        cached = self._schemas.get(key)
         if cached is None:
-            schemas = list(self.tools.schemas(flow.tools))
+            schemas = list(self.tools.schemas(flow.tools, verified=verified))
             for target in flow.handoffs:
                 schemas.append(_transfer_schema(self.flows.get(target)))
-            cached = self._schemas[flow.name] = (schemas, len(json.dumps(schemas)) // 3 if schemas else 0)
+            cached = self._schemas[key] = (schemas, len(json.dumps(schemas)) // 3 if schemas else 0)
         return cached
 
 
@@ -623,6 +649,19 @@ def _argument(call: ToolCall, name: str) -> str:
     except (ValueError, AttributeError):
         return ""
     return str(value)
+
+
+def _not_run(limit: int, over: int) -> ToolResult:
+    return ToolResult(
+        content=(
+            f"not run: at most {limit} tool calls of one response are run, and this response made {limit + over}; "
+            "make fewer calls at a time, and call it again in a later response if it is still needed"
+        ),
+        is_error=True,
+        handoff=None,
+        data=None,
+        duration_ms=0.0,
+    )
 
 
 def _error(message: str, started: float) -> ToolResult:

@@ -110,9 +110,15 @@ class ModelOverrides(_Section):
 
 
 class FlowLimits(_Section):
-    """Per-conversation caps; reaching one ends the bot's part with a handoff to a human."""
+    """Per-conversation caps; reaching one ends the bot's part with a handoff to a human.
+
+    ``max_tool_calls_per_response`` is the exception: it caps the tool calls run from one model
+    response (those waiting for the customer's yes count too); each call past it gets an error
+    result saying it was not run, and the conversation goes on.
+    """
 
     max_tool_rounds: int = Field(6, ge=1, le=50)
+    max_tool_calls_per_response: int = Field(8, ge=1, le=128)
     max_turns: int = Field(40, ge=1)
     max_cost_usd: float = Field(0.50, ge=0)
 

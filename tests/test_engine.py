@@ -43,8 +43,9 @@ ORDERS = """\
 MAIN_FLOW = """\
 name: main
 description: Orders and general questions
-tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere]
-confirm: [create_ticket]
+tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere,
+        cancel_order]
+confirm: [create_ticket, cancel_order]
 handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
 system_prompt: |
@@ -103,6 +104,20 @@ async def hold_until_released() -> str:
 async def hand_to_nowhere() -> Handoff:
     """Asks for a transfer this flow may not make."""
     return Handoff(target="nowhere", message="moved")
+
+
+cancelled = []
+
+
+@tool(requires_verified=True)
+async def cancel_order(order_id: str) -> str:
+    """Cancels one of the customer's orders.
+
+    Args:
+        order_id: the order number.
+    """
+    cancelled.append(order_id)
+    return "cancelled " + order_id
 '''
 
 RuntimeFactory = Callable[..., Awaitable[Runtime]]
@@ -206,6 +221,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
         "wait_for_both",
         "hold_until_released",
         "hand_to_nowhere",
+        "cancel_order",
         "transfer_to_returns",
     }
 
@@ -373,6 +389,101 @@ async def test_tool_outside_the_flow_is_refused(make_runtime: RuntimeFactory, fa
     refused = of(events, ToolCallFinished)[-1]
     assert refused.is_error and "not available" in refused.result
     assert await runtime.store.list_tickets() == []
+
+
+def offered(body: dict[str, Any]) -> set[str]:
+    return {t["function"]["name"] for t in body.get("tools", [])}
+
+
+async def test_order_tools_are_offered_only_to_a_verified_customer(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    stranger, ana, stranger_again = await start(runtime, email=None), await start(runtime), await start(runtime, None)
+    for cid in (stranger, ana, stranger_again):  # the engine caches schemas: per flow *and* verification
+        fake.script(Reply(text="Hello."))
+        await turn(runtime, cid, "hi")
+    bodies = [r.body for r in fake.requests]
+    assert "lookup_order" not in offered(bodies[0]) and "lookup_order" not in offered(bodies[2])
+    assert offered(bodies[1]) == offered(bodies[0]) | {"lookup_order", "cancel_order"}
+    assert "create_ticket" in offered(bodies[0])
+
+
+async def test_an_order_tool_called_anyway_for_an_unverified_customer_is_refused(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime, email=None)
+    fake.script(Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})]), Reply(text="Please sign in."))
+    events = await turn(runtime, cid, "Where is A1001? I am ana@example.com")
+    [finished] = of(events, ToolCallFinished)
+    assert finished.is_error and finished.result.startswith(
+        "'lookup_order' was not run: the customer's identity is not verified"
+    )
+    assert "shipped" not in json.dumps([r.body for r in fake.requests])
+
+    # A verified-only tool that needs the customer's yes is refused at once: no confirmation is asked for.
+    fake.script(Reply(tool_calls=[("cancel_order", {"order_id": "A1001"})]), Reply(text="Please sign in."))
+    events = await turn(runtime, cid, "cancel A1001")
+    assert isinstance(events[-1], TurnFinished) and not events[-1].awaiting_confirmation
+    [finished] = of(events, ToolCallFinished)
+    assert finished.is_error and "not verified" in finished.result
+    module = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    assert module.cancelled == []
+
+
+FIFTY_TICKETS = [("create_ticket", {"subject": f"Issue {n}", "description": "Please help"}) for n in range(50)]
+
+
+async def test_fifty_create_ticket_calls_in_one_response_run_eight_and_open_three_tickets(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=FIFTY_TICKETS))
+    events = await turn(runtime, cid, "open tickets")
+    assert isinstance(events[-1], TurnFinished) and events[-1].awaiting_confirmation
+    # The first 8 wait for the customer's yes; the other 42 were answered "not run" at once.
+    stored = [m for m in await runtime.store.list_messages(cid) if m.role == "tool"]
+    assert len(stored) == 42 and all(m.status == "error" for m in stored)
+    assert stored[0].content is not None and stored[0].content.startswith(
+        "not run: at most 8 tool calls of one response are run, and this response made 50;"
+    )
+
+    fake.script(Reply(text="Your request is recorded."))
+    events = await turn(runtime, cid, "yes")
+    finished = of(events, ToolCallFinished)
+    assert len(of(events, ToolCallStarted)) == len(finished) == 8
+    assert sum(not f.is_error for f in finished) == 3
+    assert all(f.result.startswith("no ticket was opened") for f in finished if f.is_error)
+    assert len(await runtime.store.list_tickets()) == 3
+    # Every call of the response has its result in what the model is sent next.
+    messages = fake.requests[-1].body["messages"]
+    [calls] = [m["tool_calls"] for m in messages if m.get("tool_calls")]
+    answered = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    assert len(calls) == 50 and sorted(answered) == sorted(c["id"] for c in calls)
+
+
+async def test_fifty_handoff_calls_in_one_response_open_one_handoff_ticket(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(
+        Reply(tool_calls=[("handoff_to_human", {"reason": f"reason {n}"}) for n in range(50)]),
+        Reply(text="A colleague will reply here."),
+    )
+    events = await turn(runtime, cid, "a person, now!")
+    assert isinstance(events[-1], TurnFinished), events[-1]
+    finished = of(events, ToolCallFinished)
+    assert len(finished) == 8 and not any(f.is_error for f in finished)
+    tickets = await runtime.store.list_tickets()
+    assert [t.kind for t in tickets] == ["handoff"]
+    assert {h.ticket_id for h in of(events, Handoff)} == {tickets[0].id}
+    not_run = [m for m in await runtime.store.list_messages(cid) if m.role == "tool" and m.status == "error"]
+    assert len(not_run) == 42
+    sent = fake.requests[-1].body["messages"]
+    assert sum(m["role"] == "tool" for m in sent) == 50
 
 
 async def test_model_failure_gives_fallback_and_one_escalation_ticket(

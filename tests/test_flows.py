@@ -297,9 +297,24 @@ def test_model_overrides_and_limits(flows_dir: Path) -> None:
     assert (flow.model.model, flow.model.temperature, flow.model.top_p) == ("other-model", 0.2, 0.5)
     assert (flow.model.max_tokens, flow.model.reasoning_effort, flow.model.json_mode) == (300, "low", True)
     assert (flow.limits.max_tool_rounds, flow.limits.max_turns, flow.limits.max_cost_usd) == (2, 5, 0.1)
+    assert flow.limits.max_tool_calls_per_response == 8
     default = Flow(name="x", description="d", system_prompt="s")
     assert (default.model.model, default.model.json_mode, default.limits.max_tool_rounds) == (None, False, 6)
     assert (default.limits.max_turns, default.limits.max_cost_usd) == (40, 0.50)
+    assert default.limits.max_tool_calls_per_response == 8
+
+
+def test_tool_calls_per_response_limit_is_read_and_checked(flows_dir: Path) -> None:
+    write(flows_dir, "general.yaml", MINIMAL.format(name="general") + "limits: {max_tool_calls_per_response: 2}\n")
+    assert load_flows(flows_dir, tool_names=TOOLS)["general"].limits.max_tool_calls_per_response == 2
+    write(flows_dir, "a.yaml", MINIMAL.format(name="a") + "limits:\n  max_tool_calls_per_response: 0\n")
+    write(flows_dir, "b.yaml", MINIMAL.format(name="b") + "limits: {max_tool_calls_per_response: 1000}\n")
+    write(flows_dir, "c.yaml", MINIMAL.format(name="c") + "limits: {max_tool_calls_per_response: many}\n")
+    assert problems(flows_dir) == [
+        "flows/a.yaml:5: limits.max_tool_calls_per_response: 0 is less than 1; use at least 1",
+        "flows/b.yaml:4: limits.max_tool_calls_per_response: 1000 is more than 128; use at most 128",
+        "flows/c.yaml:4: limits.max_tool_calls_per_response: expected a whole number, got 'many'",
+    ]
 
 
 # --- the Flows mapping ------------------------------------------------------------------------------

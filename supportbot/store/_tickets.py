@@ -1,15 +1,29 @@
-"""Tickets and their event log, as a part of ``SQLStore``."""
+"""Tickets and their event log, as a part of ``SQLStore``.
+
+The two rules on opening tickets hold in the database, for any number of processes:
+
+* a cap on a customer's tickets per day (``create_ticket_capped``) counts and inserts in one
+  transaction that first takes a lock every competitor must take too: SQLite's write lock
+  (``BEGIN IMMEDIATE``), PostgreSQL's row lock on the customer (``FOR NO KEY UPDATE``, which
+  does not block the foreign-key checks of other writes);
+* one open handoff ticket per conversation (``open_handoff_ticket``) is a partial unique index
+  (``uq_tickets_open_handoff``), written to with ``INSERT ... ON CONFLICT DO NOTHING``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.base import Ticket, TicketEvent, TicketKind, TicketPriority, TicketStatus
+from supportbot.store.base import Ticket, TicketEvent, TicketKind, TicketOutcome, TicketPriority, TicketStatus
+from supportbot.store.models import OPEN_HANDOFF
+from supportbot.store.models import customers as _c
 from supportbot.store.models import ticket_events as _e
 from supportbot.store.models import tickets as _t
 
@@ -23,6 +37,11 @@ _TICKET_INSERT = _t.insert().returning(_t.c.id)
 _TICKET_BY_ID = select(*_TICKET_COLS).where(_t.c.id == bindparam("tid"))
 _EVENT_COLS = (_e.c.id, _e.c.ticket_id, _e.c.actor, _e.c.action, _e.c.detail, _e.c.created_at)
 _EVENTS_OF = select(*_EVENT_COLS).where(_e.c.ticket_id == bindparam("tid")).order_by(_e.c.id)
+_OPEN_HANDOFF_OF = (
+    select(*_TICKET_COLS).where(_t.c.conversation_id == bindparam("cid"), OPEN_HANDOFF).order_by(_t.c.id).limit(1)
+)
+_ATTEMPTS = 3
+"""Tries of ``open_handoff_ticket`` when the open ticket it collided with was closed before it could be read."""
 
 
 def _ticket(row: Sequence[Any]) -> Ticket:
@@ -54,20 +73,91 @@ class TicketMixin(SQLBase):
         actor: str = "bot",
     ) -> Ticket:
         """Open a ticket; its first event is ``created`` by ``actor``."""
-        at = now()
-        values = {
-            "subject": subject, "description": description, "status": "open", "priority": priority, "kind": kind,
-            "conversation_id": conversation_id, "customer_id": customer_id, "channel": channel, "flow": flow,
-            "assignee": None, "created_at": at, "updated_at": at,
-        }  # fmt: skip
+        values = _values(subject, description, kind, priority, conversation_id, customer_id, channel, flow)
         async with self._begin("creating a ticket") as connection:
             ticket_id = (await connection.execute(_TICKET_INSERT, values)).scalar_one()
-            await connection.execute(
-                _e.insert(),
-                {"ticket_id": ticket_id, "actor": actor, "action": "created", "detail": kind, "created_at": at},
-            )
-            row = (await connection.execute(_TICKET_BY_ID, {"tid": ticket_id})).one()
-        return _ticket(row)
+            return await _created(connection, ticket_id, actor, kind)
+
+    async def create_ticket_capped(
+        self,
+        *,
+        cap: int,
+        subject: str,
+        customer_id: str,
+        description: str = "",
+        kind: TicketKind = "request",
+        priority: TicketPriority = "normal",
+        conversation_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+        window: timedelta = timedelta(days=1),
+    ) -> TicketOutcome:
+        """Open a ticket unless the customer has ``cap`` of ``kind`` within ``window``; see ``Store``."""
+        if cap < 1:
+            raise ValueError(f"cap must be at least 1, got {cap}")
+        values = _values(subject, description, kind, priority, conversation_id, customer_id, channel, flow)
+        since = values["created_at"] - window
+        async with self._begin("creating a ticket", write_first=True) as connection:
+            if connection.dialect.name == "postgresql":
+                # Every capped insert for this customer queues here until the one before commits,
+                # so the count below (a new snapshot under READ COMMITTED) sees its ticket.
+                await connection.execute(select(_c.c.id).where(_c.c.id == customer_id).with_for_update(key_share=True))
+            count, latest = (
+                await connection.execute(
+                    select(func.count(), func.max(_t.c.id)).where(
+                        _t.c.customer_id == customer_id, _t.c.kind == kind, _t.c.created_at >= since
+                    )
+                )
+            ).one()
+            if count >= cap:
+                row = (await connection.execute(_TICKET_BY_ID, {"tid": latest})).one()
+                return TicketOutcome(ticket=_ticket(row), created=False)
+            ticket_id = (await connection.execute(_TICKET_INSERT, values)).scalar_one()
+            return TicketOutcome(ticket=await _created(connection, ticket_id, actor, kind), created=True)
+
+    async def open_handoff_ticket(
+        self,
+        *,
+        subject: str,
+        conversation_id: str,
+        note: str,
+        description: str = "",
+        customer_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+    ) -> TicketOutcome:
+        """The conversation's one open handoff ticket, new or with ``note`` added; see ``Store``."""
+        values = _values(subject, description, "handoff", "normal", conversation_id, customer_id, channel, flow)
+        insert = (
+            self._insert(_t)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[_t.c.conversation_id], index_where=OPEN_HANDOFF)
+            .returning(_t.c.id)
+        )
+        for _ in range(_ATTEMPTS):
+            async with self._begin("opening a handoff ticket", write_first=True) as connection:
+                ticket_id = (await connection.execute(insert)).scalar_one_or_none()
+                if ticket_id is not None:
+                    return TicketOutcome(ticket=await _created(connection, ticket_id, actor, "handoff"), created=True)
+                # PostgreSQL waited for the other insert to commit; this statement's snapshot sees it.
+                row = (await connection.execute(_OPEN_HANDOFF_OF, {"cid": conversation_id})).first()
+                if row is None:
+                    continue  # it was closed in between: try the insert again
+                ticket_id = row[0]
+                at = now()
+                await connection.execute(_t.update().where(_t.c.id == ticket_id).values(updated_at=at))
+                await connection.execute(
+                    _e.insert(),
+                    {"ticket_id": ticket_id, "actor": actor, "action": "note", "detail": note, "created_at": at},
+                )
+                row = (await connection.execute(_TICKET_BY_ID, {"tid": ticket_id})).one()
+                return TicketOutcome(ticket=_ticket(row), created=False)
+        raise StorageError(
+            f"opening a handoff ticket for conversation {conversation_id} kept colliding with one being closed; "
+            "try again"
+        )
 
     async def get_ticket(self, ticket_id: int) -> Ticket | None:
         async with self._begin("reading a ticket") as connection:
@@ -113,6 +203,13 @@ class TicketMixin(SQLBase):
             if row is None:
                 raise StorageError(f"no ticket #{ticket_id}; list tickets with `supportbot tickets list`")
             old = _ticket(row)
+            if old.kind == "handoff" and old.status not in _OPEN and status in _OPEN and old.conversation_id:
+                other = (await connection.execute(_OPEN_HANDOFF_OF, {"cid": old.conversation_id})).first()
+                if other is not None:
+                    raise StorageError(
+                        f"ticket #{ticket_id} cannot be reopened: its conversation already has an open handoff "
+                        f"ticket, #{other[0]}; add to that one instead"
+                    )
             changes: dict[str, str | None] = {
                 key: value or None
                 for key, value in (("status", status), ("priority", priority), ("assignee", assignee))
@@ -138,3 +235,34 @@ class TicketMixin(SQLBase):
         async with self._begin("reading ticket events") as connection:
             rows = (await connection.execute(_EVENTS_OF, {"tid": ticket_id})).all()
         return [_event(row) for row in rows]
+
+
+_OPEN = ("open", "pending")
+
+
+def _values(
+    subject: str,
+    description: str,
+    kind: TicketKind,
+    priority: TicketPriority,
+    conversation_id: str | None,
+    customer_id: str | None,
+    channel: str | None,
+    flow: str | None,
+) -> dict[str, Any]:
+    at = now()
+    return {
+        "subject": subject, "description": description, "status": "open", "priority": priority, "kind": kind,
+        "conversation_id": conversation_id, "customer_id": customer_id, "channel": channel, "flow": flow,
+        "assignee": None, "created_at": at, "updated_at": at,
+    }  # fmt: skip
+
+
+async def _created(connection: AsyncConnection, ticket_id: int, actor: str, kind: str) -> Ticket:
+    """Log a new ticket's ``created`` event and read the ticket back, in the transaction that inserted it."""
+    row = (await connection.execute(_TICKET_BY_ID, {"tid": ticket_id})).one()
+    await connection.execute(
+        _e.insert(),
+        {"ticket_id": ticket_id, "actor": actor, "action": "created", "detail": kind, "created_at": row[11]},
+    )
+    return _ticket(row)

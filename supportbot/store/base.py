@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from supportbot.messages import ImagePart, Role, ToolCall, Usage
@@ -114,6 +114,20 @@ class Ticket:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TicketOutcome:
+    """What an operation that opens a ticket only under a rule did.
+
+    Attributes:
+        ticket: the ticket it opened; or, when ``created`` is false, the existing ticket that the
+            rule points to instead (the latest under a cap, the open handoff ticket).
+        created: whether ``ticket`` was opened by this call.
+    """
+
+    ticket: Ticket
+    created: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TicketEvent:
     """One change to a ticket (created, status changed, note, reply), with who made it."""
 
@@ -206,6 +220,52 @@ class Store(Protocol):
         flow: str | None = None,
         actor: str = "bot",
     ) -> Ticket: ...
+
+    async def create_ticket_capped(
+        self,
+        *,
+        cap: int,
+        subject: str,
+        customer_id: str,
+        description: str = "",
+        kind: TicketKind = "request",
+        priority: TicketPriority = "normal",
+        conversation_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+        window: timedelta = timedelta(days=1),
+    ) -> TicketOutcome:
+        """Open a ticket unless the customer already has ``cap`` tickets of ``kind`` opened within ``window``.
+
+        Counting and opening are one atomic step, also between processes: however many calls
+        race, no more than ``cap`` tickets are opened. When refused, ``created`` is false and
+        ``ticket`` is the customer's latest ticket of that kind.
+
+        Raises:
+            ValueError: ``cap`` is less than 1.
+        """
+        ...
+
+    async def open_handoff_ticket(
+        self,
+        *,
+        subject: str,
+        conversation_id: str,
+        note: str,
+        description: str = "",
+        customer_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+    ) -> TicketOutcome:
+        """The conversation's one open handoff ticket: a new one, or the open one with ``note`` added.
+
+        A conversation has at most one ``handoff`` ticket that is ``open`` or ``pending`` (the
+        database enforces it); racing calls get that one ticket, each adding its ``note``.
+        """
+        ...
+
     async def get_ticket(self, ticket_id: int) -> Ticket | None: ...
     async def list_tickets(
         self, *, status: TicketStatus | None = None, conversation_id: str | None = None, limit: int = 100
@@ -219,7 +279,15 @@ class Store(Protocol):
         priority: TicketPriority | None = None,
         assignee: str | None = None,
         note: str | None = None,
-    ) -> Ticket: ...
+    ) -> Ticket:
+        """Change a ticket; see ``SQLStore.update_ticket``.
+
+        Raises:
+            StorageError: there is no such ticket, or reopening a handoff ticket would give its
+                conversation a second open one.
+        """
+        ...
+
     async def ticket_events(self, ticket_id: int) -> list[TicketEvent]: ...
 
     async def close(self) -> None:

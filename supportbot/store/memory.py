@@ -12,7 +12,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from supportbot.errors import StorageError
 from supportbot.store._hot import totals
@@ -26,10 +26,13 @@ from supportbot.store.base import (
     Ticket,
     TicketEvent,
     TicketKind,
+    TicketOutcome,
     TicketPriority,
     TicketStatus,
     TurnStart,
 )
+
+_OPEN = ("open", "pending")
 
 
 def _now() -> datetime:
@@ -217,6 +220,26 @@ class MemoryStore:
         flow: str | None = None,
         actor: str = "bot",
     ) -> Ticket:
+        return self._new_ticket(
+            subject=subject, description=description, kind=kind, priority=priority, conversation_id=conversation_id,
+            customer_id=customer_id, channel=channel, flow=flow, actor=actor,
+        )  # fmt: skip
+
+    def _new_ticket(
+        self,
+        *,
+        subject: str,
+        description: str,
+        kind: TicketKind,
+        priority: TicketPriority,
+        conversation_id: str | None,
+        customer_id: str | None,
+        channel: str | None,
+        flow: str | None,
+        actor: str,
+    ) -> Ticket:
+        # Not a coroutine: the capped operations check and insert with no ``await`` in between, so
+        # under asyncio each runs whole, atomic as the SQL store's transactions are.
         now = _now()
         ticket = Ticket(
             id=len(self._tickets) + 1,
@@ -233,9 +256,79 @@ class MemoryStore:
         )
         self._tickets[ticket.id] = ticket
         self._events[ticket.id] = [
-            TicketEvent(id=next(self._ids), ticket_id=ticket.id, actor=actor, action="created", created_at=now)
+            TicketEvent(
+                id=next(self._ids), ticket_id=ticket.id, actor=actor, action="created", detail=kind, created_at=now
+            )
         ]
         return ticket
+
+    async def create_ticket_capped(
+        self,
+        *,
+        cap: int,
+        subject: str,
+        customer_id: str,
+        description: str = "",
+        kind: TicketKind = "request",
+        priority: TicketPriority = "normal",
+        conversation_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+        window: timedelta = timedelta(days=1),
+    ) -> TicketOutcome:
+        if cap < 1:
+            raise ValueError(f"cap must be at least 1, got {cap}")
+        since = _now() - window
+        recent = [
+            t
+            for t in self._tickets.values()
+            if t.customer_id == customer_id and t.kind == kind and (t.created_at is None or t.created_at >= since)
+        ]
+        if len(recent) >= cap:
+            return TicketOutcome(ticket=max(recent, key=lambda t: t.id), created=False)
+        ticket = self._new_ticket(
+            subject=subject, description=description, kind=kind, priority=priority, conversation_id=conversation_id,
+            customer_id=customer_id, channel=channel, flow=flow, actor=actor,
+        )  # fmt: skip
+        return TicketOutcome(ticket=ticket, created=True)
+
+    async def open_handoff_ticket(
+        self,
+        *,
+        subject: str,
+        conversation_id: str,
+        note: str,
+        description: str = "",
+        customer_id: str | None = None,
+        channel: str | None = None,
+        flow: str | None = None,
+        actor: str = "bot",
+    ) -> TicketOutcome:
+        existing = self._open_handoff(conversation_id)
+        if existing is not None:
+            ticket = self._tickets[existing.id] = dataclasses.replace(existing, updated_at=_now())
+            self._events[ticket.id].append(
+                TicketEvent(
+                    id=next(self._ids), ticket_id=ticket.id, actor=actor, action="note", detail=note, created_at=_now()
+                )
+            )
+            return TicketOutcome(ticket=ticket, created=False)
+        ticket = self._new_ticket(
+            subject=subject, description=description, kind="handoff", priority="normal",
+            conversation_id=conversation_id, customer_id=customer_id, channel=channel, flow=flow, actor=actor,
+        )  # fmt: skip
+        return TicketOutcome(ticket=ticket, created=True)
+
+    def _open_handoff(self, conversation_id: str) -> Ticket | None:
+        return next(
+            (
+                t
+                for t in sorted(self._tickets.values(), key=lambda t: t.id)
+                if t.conversation_id == conversation_id and t.kind == "handoff" and t.status in _OPEN
+            ),
+            None,
+        )
 
     async def get_ticket(self, ticket_id: int) -> Ticket | None:
         return self._tickets.get(ticket_id)
@@ -263,6 +356,13 @@ class MemoryStore:
         ticket = self._tickets.get(ticket_id)
         if ticket is None:
             raise StorageError(f"no ticket #{ticket_id}")
+        if ticket.kind == "handoff" and ticket.status not in _OPEN and status in _OPEN and ticket.conversation_id:
+            other = self._open_handoff(ticket.conversation_id)
+            if other is not None:
+                raise StorageError(
+                    f"ticket #{ticket_id} cannot be reopened: its conversation already has an open handoff "
+                    f"ticket, #{other.id}; add to that one instead"
+                )
         changes = {k: v for k, v in {"status": status, "priority": priority, "assignee": assignee}.items() if v}
         ticket = dataclasses.replace(ticket, **changes, updated_at=_now())  # type: ignore[arg-type]
         self._tickets[ticket_id] = ticket

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -38,6 +39,7 @@ from sqlalchemy.types import TypeDecorator
 from supportbot._json import dumps_compact
 
 __all__ = [
+    "OPEN_HANDOFF",
     "AdminSessionRow",
     "Base",
     "CleanText",
@@ -255,8 +257,24 @@ class ToolRunRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+OPEN_HANDOFF = text("kind = 'handoff' AND status IN ('open', 'pending')")
+"""The tickets of which a conversation may have one: the partial unique index's condition, and the
+``ON CONFLICT`` target that must repeat it (written alike on SQLite and PostgreSQL)."""
+
+
 class TicketRow(Base):
+    """A ticket. A conversation has at most one open handoff ticket (``uq_tickets_open_handoff``)."""
+
     __tablename__ = "tickets"
+    __table_args__ = (
+        Index(
+            "uq_tickets_open_handoff",
+            "conversation_id",
+            unique=True,
+            sqlite_where=OPEN_HANDOFF,
+            postgresql_where=OPEN_HANDOFF,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     subject: Mapped[str] = mapped_column(CleanText())

@@ -8,13 +8,11 @@ exactly the answer a missing one gives, so order numbers can't be probed.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from supportbot.errors import ToolRetry
-from supportbot.store.base import Ticket
 from supportbot.tools.context import ToolContext
 from supportbot.tools.decorator import Tool, tool
 from supportbot.tools.orders import normalize_order_id
@@ -26,13 +24,8 @@ ORDER_FIELDS = (
 )  # fmt: skip
 """What ``lookup_order`` shows the model; everything else in the order (email, address) stays out."""
 
-MAX_TICKETS_PER_DAY = 3
-"""``create_ticket`` calls per conversation in 24 hours; more is a model in a loop, not a customer need."""
 
-_OPEN = ("open", "pending")
-
-
-@tool(timeout=10)
+@tool(timeout=10, requires_verified=True)
 async def lookup_order(ctx: ToolContext, order_id: str) -> dict[str, Any] | str:
     """Look up one of the customer's orders: its status, items, delivery estimate and tracking link.
 
@@ -84,28 +77,28 @@ async def create_ticket(
         description: What the customer needs and every detail they gave (order numbers, dates, what was tried).
         priority: "urgent" only for safety issues or an event about to be missed; usually "normal".
     """
-    conversation = ctx.conversation
-    tickets = await ctx.store.list_tickets(conversation_id=conversation.id)
-    since = datetime.now(UTC) - timedelta(days=1)
-    recent = [t for t in tickets if t.kind == "request" and _after(t.created_at, since)]
-    if len(recent) >= MAX_TICKETS_PER_DAY:
-        latest = max(recent, key=lambda t: t.id)
-        raise ToolRetry(
-            f"a ticket already exists for this conversation: ticket #{latest.id} ({latest.status}); "
-            f"no more tickets can be opened today, so tell the customer their request is recorded under #{latest.id}"
-        )
-    ticket = await ctx.store.create_ticket(
+    # The cap (limits.tickets_per_customer_per_day) is per customer, over all their conversations; more
+    # is a model in a loop, not a customer need. The store counts and opens in one atomic step.
+    opened = await ctx.store.create_ticket_capped(
+        cap=ctx.config.limits.tickets_per_customer_per_day,
         subject=subject.strip(),
         description=description.strip(),
         kind="request",
         priority=priority,
-        conversation_id=conversation.id,
+        conversation_id=ctx.conversation.id,
         customer_id=ctx.customer.id,
         channel=ctx.channel,
         flow=ctx.flow,
         actor="bot",
     )
-    return {"ticket_id": ticket.id, "status": ticket.status}
+    latest = opened.ticket
+    if not opened.created:
+        raise ToolRetry(
+            f"no ticket was opened: this customer already has the most tickets that can be opened in a day; "
+            f"their latest is #{latest.id} ({latest.status}), so tell the customer their request is recorded "
+            f"under #{latest.id}"
+        )
+    return {"ticket_id": latest.id, "status": latest.status}
 
 
 @tool
@@ -119,22 +112,18 @@ async def handoff_to_human(ctx: ToolContext, reason: Annotated[str, Field(min_le
         reason: Why a person is needed, in one or two sentences, for the agent who takes over.
     """
     conversation = ctx.conversation
-    tickets = await ctx.store.list_tickets(conversation_id=conversation.id)
-    existing = [t for t in tickets if t.kind == "handoff" and t.status in _OPEN]
-    ticket: Ticket
-    if existing:
-        ticket = await ctx.store.update_ticket(existing[0].id, actor="bot", note=f"handoff requested again: {reason}")
-    else:
-        ticket = await ctx.store.create_ticket(
-            subject=f"Handoff: {_shorten(reason, 80)}",
-            description=reason,
-            kind="handoff",
-            conversation_id=conversation.id,
-            customer_id=ctx.customer.id,
-            channel=ctx.channel,
-            flow=ctx.flow,
-            actor="bot",
-        )
+    # One open handoff ticket per conversation, however many calls race: the store opens it or adds the note.
+    opened = await ctx.store.open_handoff_ticket(
+        subject=f"Handoff: {_shorten(reason, 80)}",
+        description=reason,
+        note=f"handoff requested again: {reason}",
+        conversation_id=conversation.id,
+        customer_id=ctx.customer.id,
+        channel=ctx.channel,
+        flow=ctx.flow,
+        actor="bot",
+    )
+    ticket = opened.ticket
     await ctx.store.update_conversation(conversation.id, status="human")
     return Handoff(
         target="human",
@@ -147,14 +136,6 @@ async def handoff_to_human(ctx: ToolContext, reason: Annotated[str, Field(min_le
 
 
 BUILTIN_TOOLS: tuple[Tool[..., Any], ...] = (lookup_order, create_ticket, handoff_to_human)
-
-
-def _after(moment: datetime | None, since: datetime) -> bool:
-    if moment is None:
-        return True  # unknown age counts against the cap rather than letting a loop through
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment >= since
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -45,6 +45,8 @@ class Tool(Generic[P, R]):
         is_async: whether ``function`` is a coroutine function (sync ones run in a thread).
         confirm: the question a customer is asked before a call runs, when a flow lists the tool
             under ``confirm``; ``{argument}`` placeholders are filled with the call's arguments.
+        requires_verified: offered to the model, and run, only for a customer whose identity the
+            channel verified (``ToolContext.customer.verified``).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Tool(Generic[P, R]):
     timeout: float | None = None
     is_async: bool = False
     confirm: str | None = None
+    requires_verified: bool = False
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -84,6 +87,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     confirm: str | None = None,
+    requires_verified: bool = False,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -95,6 +99,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     confirm: str | None = None,
+    requires_verified: bool = False,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a tool; use as ``@tool`` or ``@tool(name=..., description=..., timeout=...)``.
 
@@ -107,6 +112,10 @@ def tool(
             under ``confirm``), e.g. ``"Shall I open a ticket “{subject}” for the team?"``; each
             ``{argument}`` is filled with that argument of the call. Without it the customer is asked
             "Shall I go ahead and <the description's first sentence>?".
+        requires_verified: the tool needs a customer whose identity the channel verified (an order
+            lookup, an address change). For an unverified customer the engine does not offer it to
+            the model at all, and refuses a call of it with an error result before it runs; the tool
+            should still check ``ctx.customer.verified`` itself, as the built-in ``lookup_order`` does.
 
     Returns:
         A ``Tool`` (or, with keyword arguments only, a decorator that makes one).
@@ -116,7 +125,14 @@ def tool(
     """
 
     def decorate(function: Callable[P, R]) -> Tool[P, R]:
-        return make_tool(function, name=name, description=description, timeout=timeout, confirm=confirm)
+        return make_tool(
+            function,
+            name=name,
+            description=description,
+            timeout=timeout,
+            confirm=confirm,
+            requires_verified=requires_verified,
+        )
 
     if fn is not None:
         return decorate(fn)
@@ -130,6 +146,7 @@ def make_tool(
     description: str | None = None,
     timeout: float | None = None,
     confirm: str | None = None,
+    requires_verified: bool = False,
 ) -> Tool[P, R]:
     """Build a ``Tool`` from a function; what ``@tool`` does. See ``tool`` for the arguments."""
     if isinstance(function, Tool):
@@ -153,6 +170,7 @@ def make_tool(
         timeout=timeout,
         is_async=inspect.iscoroutinefunction(function),
         confirm=confirm,
+        requires_verified=requires_verified,
     )
 
 

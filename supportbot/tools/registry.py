@@ -51,7 +51,7 @@ class ToolRegistry:
         self, tools: Iterable[Tool[..., Any] | Callable[..., Any]] = (), *, default_timeout: float = DEFAULT_TIMEOUT_S
     ) -> None:
         self._tools: dict[str, Tool[..., Any]] = {}
-        self._schemas: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        self._schemas: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
         self.default_timeout = default_timeout
         for item in tools:
             self.register(item)
@@ -94,22 +94,27 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def schemas(self, names: Iterable[str]) -> list[dict[str, Any]]:
+    def schemas(self, names: Iterable[str], *, verified: bool = True) -> list[dict[str, Any]]:
         """The OpenAI tool definitions of ``names`` (a flow's allowlist), in that order.
 
-        Cached per tuple of names: this runs on every model request. Treat the dicts as read-only.
+        With ``verified=False`` (the customer's identity is not verified) the tools declared
+        ``@tool(requires_verified=True)`` are left out: the model is never offered them.
+        Cached per tuple of names and ``verified``: this runs on every model request. Treat the
+        dicts as read-only.
 
         Raises:
             ConfigError: a name is not registered.
         """
-        key = tuple(names)
+        names = tuple(names)
+        key = (names, verified)
         cached = self._schemas.get(key)
         if cached is None:
-            missing = [name for name in key if name not in self._tools]
+            missing = [name for name in names if name not in self._tools]
             if missing:
                 unknown = ", ".join(repr(name) for name in missing)
                 raise ConfigError(f"unknown tool {unknown}; registered: {', '.join(self._tools) or 'none'}")
-            cached = self._schemas[key] = [self._tools[name].definition for name in key]
+            offered = [self._tools[name] for name in names]
+            cached = self._schemas[key] = [t.definition for t in offered if verified or not t.requires_verified]
         return list(cached)
 
     def load_modules(self, module_names: Iterable[str], *, path: str | os.PathLike[str] | None = None) -> list[str]:
@@ -185,6 +190,9 @@ class ToolRegistry:
     ) -> ToolResult:
         """Validate and run one tool call; every failure becomes an error result.
 
+        A tool declared ``requires_verified`` is refused before its arguments are even read when
+        ``ctx.customer`` is not verified.
+
         Args:
             call: the model's call (``arguments`` is the raw JSON text).
             ctx: injected into the tool's ``ToolContext`` parameter.
@@ -199,6 +207,12 @@ class ToolRegistry:
         if tool is None or (allowed is not None and call.name not in allowed):
             available = [name for name in self._tools if allowed is None or name in allowed]
             return _error(f"unknown tool '{call.name}'; available: {', '.join(available) or 'none'}", started)
+        if tool.requires_verified and not ctx.customer.verified:
+            return _error(
+                f"'{call.name}' was not run: the customer's identity is not verified, and this tool is only "
+                "for verified customers; ask them to sign in, or offer to create a ticket for the team",
+                started,
+            )
         try:
             arguments = loads(call.arguments) if call.arguments.strip() else {}
         except json.JSONDecodeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -21,7 +22,7 @@ async def test_new_database_is_created_at_head(db_url: str) -> None:
     assert await migrate.current_revision(db_url) is None
     store = await SQLStore.open(db_url)
     await store.close()
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0003"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0004"
 
 
 async def test_upgrade_is_idempotent(db_url: str) -> None:
@@ -48,7 +49,7 @@ async def test_database_behind_is_refused_with_the_fix(db_url: str) -> None:
     await migrate.upgrade(db_url, "0001")  # as left by an older supportbot
     with pytest.raises(StorageError) as caught:
         await SQLStore.open(db_url, create=False)
-    assert "is at revision 0001 but this supportbot needs 0003; run `supportbot db upgrade`" in str(caught.value)
+    assert "is at revision 0001 but this supportbot needs 0004; run `supportbot db upgrade`" in str(caught.value)
 
 
 async def test_database_from_a_newer_supportbot_is_refused(db_url: str) -> None:
@@ -83,3 +84,45 @@ async def test_unreachable_database_is_a_storage_error() -> None:
         await migrate.current_revision("postgresql+asyncpg://u:pw@127.0.0.1:1/x")
     with pytest.raises(StorageError, match="upgrading the schema"):
         await migrate.upgrade("postgresql+asyncpg://u:pw@127.0.0.1:1/x")
+
+
+async def test_0004_closes_all_but_the_oldest_open_handoff_ticket_of_a_conversation(db_url: str) -> None:
+    from supportbot.store.models import conversations, customers, tickets
+
+    await migrate.upgrade(db_url, "0003")  # as left by the racing handoffs of an older supportbot
+    at = datetime.now(UTC)
+    ticket = {"description": "", "priority": "normal", "customer_id": "c1", "created_at": at, "updated_at": at}
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(customers.insert(), [{"id": "c1", "verified": True, "created_at": at}])
+            await connection.execute(conversations.insert(), [
+                {"id": conv, "customer_id": "c1", "channel": "web", "flow": "general", "status": "human",
+                 "turns": 1, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "created_at": at, "updated_at": at}
+                for conv in ("a", "b")
+            ])  # fmt: skip
+            await connection.execute(tickets.insert(), [
+                ticket | {"id": 1, "subject": "solved", "kind": "handoff", "status": "solved", "conversation_id": "a"},
+                ticket | {"id": 2, "subject": "kept", "kind": "handoff", "status": "pending", "conversation_id": "a"},
+                ticket | {"id": 3, "subject": "dup", "kind": "handoff", "status": "open", "conversation_id": "a"},
+                ticket | {"id": 4, "subject": "request", "kind": "request", "status": "open", "conversation_id": "a"},
+                ticket | {"id": 5, "subject": "dup", "kind": "handoff", "status": "open", "conversation_id": "a"},
+                ticket | {"id": 6, "subject": "other", "kind": "handoff", "status": "open", "conversation_id": "b"},
+            ])  # fmt: skip
+    finally:
+        await engine.dispose()
+
+    await migrate.upgrade(db_url)
+
+    store = await SQLStore.open(db_url, create=False)
+    try:
+        statuses = {t.id: t.status for t in await store.list_tickets()}
+        assert statuses == {1: "solved", 2: "pending", 3: "closed", 4: "open", 5: "closed", 6: "open"}
+        events = await store.ticket_events(3)
+        assert [(e.actor, e.action) for e in events] == [("migration", "note"), ("migration", "status")]
+        assert events[0].detail == "closed: a second open handoff ticket of its conversation; the handoff is #2"
+        assert await store.ticket_events(2) == []
+        again = await store.open_handoff_ticket(subject="x", note="requested again", conversation_id="a")
+        assert (again.created, again.ticket.id) == (False, 2)
+    finally:
+        await store.close()

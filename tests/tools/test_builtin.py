@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import date
@@ -8,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from supportbot.config import Config, LimitSettings
 from supportbot.messages import ToolCall
 from supportbot.store.base import Conversation, Customer, Store
 from supportbot.store.demo import demo_orders, seed_demo_orders
 from supportbot.store.sql import SQLStore
 from supportbot.tools import ToolContext, ToolRegistry, ToolResult, default_registry
-from supportbot.tools.builtin import MAX_TICKETS_PER_DAY
+from supportbot.tools.builtin import lookup_order
 from supportbot.tools.orders import FileOrderSource, SqlOrderSource
 
 MakeContext = Callable[..., ToolContext]
@@ -100,18 +103,38 @@ async def test_another_customers_order_looks_exactly_like_a_missing_one(
     ids=["unverified", "verified-without-email", "slack-user-without-email"],
 )
 async def test_unverified_customer_is_refused_without_a_lookup(
-    registry: ToolRegistry, make_ctx: MakeContext, dict_orders: Any, customer: Customer
+    make_ctx: MakeContext, dict_orders: Any, customer: Customer
 ) -> None:
     orders = dict_orders(ORDERS)
 
-    result = await run(registry, make_ctx(customer=customer, orders=orders), "lookup_order", order_id="A1001")
+    # The tool itself, as when called directly: the registry refuses unverified customers before it runs.
+    result = await lookup_order(make_ctx(customer=customer, orders=orders), order_id="A1001")
 
+    assert isinstance(result, str)
     if customer.verified:  # signed in by id alone: the email, which orders belong to, is what is missing
-        assert result.content.startswith("The customer is signed in, but their email address is not verified")
+        assert result.startswith("The customer is signed in, but their email address is not verified")
     else:
-        assert result.content.startswith("The customer's identity is not verified, so no order details can be shared.")
-    assert "ticket" in result.content
+        assert result.startswith("The customer's identity is not verified, so no order details can be shared.")
+    assert "ticket" in result
     assert orders.lookups == []
+
+
+async def test_lookup_order_requires_a_verified_customer_and_the_registry_refuses_it_before_it_runs(
+    registry: ToolRegistry, make_ctx: MakeContext, dict_orders: Any
+) -> None:
+    assert lookup_order.requires_verified
+    orders = dict_orders(ORDERS)
+    stranger = Customer(id="c1", email="alice@example.com", verified=False)
+
+    result = await run(registry, make_ctx(customer=stranger, orders=orders), "lookup_order", order_id="A1001")
+
+    assert result.is_error and result.content.startswith(
+        "'lookup_order' was not run: the customer's identity is not verified"
+    )
+    assert orders.lookups == []
+    assert [s["function"]["name"] for s in registry.schemas(["lookup_order", "create_ticket"], verified=False)] == [
+        "create_ticket"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -198,21 +221,76 @@ async def test_create_ticket(
     assert event.actor == "bot"
 
 
-async def test_create_ticket_is_capped_per_conversation(
+async def test_create_ticket_is_capped_per_customer_over_all_their_conversations(
     registry: ToolRegistry, make_ctx: MakeContext, store: Store, conversation: tuple[Customer, Conversation]
 ) -> None:
-    customer, conv = conversation
-    ctx = make_ctx(customer=customer, conversation=conv, store=store)
+    customer, first = conversation
+    second = await store.create_conversation(customer_id=customer.id, channel="web", flow="order_status")
+    contexts = [make_ctx(customer=customer, conversation=c, store=store) for c in (first, second, first)]
     ids = []
-    for n in range(MAX_TICKETS_PER_DAY):
+    for n, ctx in enumerate(contexts):
         made = await run(registry, ctx, "create_ticket", subject=f"Issue {n}", description="details")
         ids.append(made.data["ticket_id"])
 
-    refused = await run(registry, ctx, "create_ticket", subject="Issue again", description="details")
+    refused = await run(registry, make_ctx(customer=customer, conversation=second, store=store), "create_ticket",
+                        subject="Issue again", description="details")  # fmt: skip
 
     assert refused.is_error
-    assert refused.content.startswith(f"a ticket already exists for this conversation: ticket #{ids[-1]} (open)")
-    assert len(await store.list_tickets(conversation_id=conv.id)) == MAX_TICKETS_PER_DAY
+    assert refused.content.startswith("no ticket was opened: this customer already has the most tickets")
+    assert f"their latest is #{ids[-1]} (open)" in refused.content
+    assert len(await store.list_tickets()) == 3
+    other = await store.get_or_create_customer(email="bob@example.com", verified=True)
+    theirs = await store.create_conversation(customer_id=other.id, channel="web", flow="order_status")
+    made = await run(registry, make_ctx(customer=other, conversation=theirs, store=store), "create_ticket",
+                     subject="Bob's issue", description="details")  # fmt: skip
+    assert not made.is_error, made.content
+
+
+async def test_the_ticket_cap_comes_from_the_config(
+    registry: ToolRegistry, make_ctx: MakeContext, store: Store, conversation: tuple[Customer, Conversation]
+) -> None:
+    customer, conv = conversation
+    config = Config(limits=LimitSettings(tickets_per_customer_per_day=1))
+    ctx = dataclasses.replace(make_ctx(customer=customer, conversation=conv, store=store), config=config)
+
+    made = await run(registry, ctx, "create_ticket", subject="One", description="details")
+    refused = await run(registry, ctx, "create_ticket", subject="Two", description="details")
+
+    assert not made.is_error and refused.is_error
+    assert [t.subject for t in await store.list_tickets()] == ["One"]
+
+
+async def test_fifty_parallel_create_ticket_calls_open_three_tickets(
+    registry: ToolRegistry, make_ctx: MakeContext, store: Store, conversation: tuple[Customer, Conversation]
+) -> None:
+    customer, conv = conversation
+    contexts = [make_ctx(customer=customer, conversation=conv, store=store, tool_call_id=f"c{n}") for n in range(50)]
+
+    results = await asyncio.gather(
+        *(run(registry, ctx, "create_ticket", subject=f"Issue {n}", description="d") for n, ctx in enumerate(contexts))
+    )
+
+    assert sum(not r.is_error for r in results) == 3, [r.content for r in results if r.is_error][:1]
+    assert all(r.content.startswith("no ticket was opened") for r in results if r.is_error)
+    assert len(await store.list_tickets()) == 3
+
+
+async def test_fifty_parallel_handoffs_open_one_ticket(
+    registry: ToolRegistry, make_ctx: MakeContext, store: Store, conversation: tuple[Customer, Conversation]
+) -> None:
+    customer, conv = conversation
+    contexts = [make_ctx(customer=customer, conversation=conv, store=store, tool_call_id=f"c{n}") for n in range(50)]
+
+    results = await asyncio.gather(
+        *(run(registry, ctx, "handoff_to_human", reason=f"Reason {n}") for n, ctx in enumerate(contexts))
+    )
+
+    assert not any(r.is_error for r in results), [r.content for r in results if r.is_error][:1]
+    tickets = await store.list_tickets(conversation_id=conv.id)
+    assert [t.kind for t in tickets] == ["handoff"]
+    assert {r.data["ticket_id"] for r in results} == {tickets[0].id}
+    notes = [e for e in await store.ticket_events(tickets[0].id) if e.action == "note"]
+    assert len(notes) == 49 and all(e.detail.startswith("handoff requested again: Reason ") for e in notes)
 
 
 async def test_create_ticket_validates_priority(

@@ -33,6 +33,21 @@ def test_decorator_with_options() -> None:
 
     assert (add.name, add.description, add.timeout, add.is_async) == ("sum-it", "Sums.", 2.5, True)
     assert add.definition["function"]["name"] == "sum-it"
+    assert not add.requires_verified
+
+
+def test_a_tool_may_require_a_verified_customer() -> None:
+    @tool(requires_verified=True)
+    async def change_address(street: str) -> str:
+        """Change the delivery address of the customer's open orders.
+
+        Args:
+            street: the new street and number.
+        """
+        return street
+
+    assert change_address.requires_verified and change_address.name == "change_address"
+    assert "requires_verified" not in str(change_address.definition)  # nothing of it reaches the model
 
 
 def test_function_without_docstring_has_no_description_key() -> None:

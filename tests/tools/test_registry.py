@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from supportbot.errors import ConfigError, ToolRetry
 from supportbot.messages import ToolCall
+from supportbot.store.base import Customer
 from supportbot.tools import Handoff, Tool, ToolContext, ToolRegistry, ToolResult, default_registry, tool
 
 MakeContext = Callable[..., ToolContext]
@@ -80,6 +81,48 @@ def test_schemas_follow_the_allowlist_order_and_are_cached(registry: ToolRegistr
     assert [s["function"]["name"] for s in first] == ["kinds", "lookup"]
     assert registry.schemas(("kinds", "lookup"))[0] is first[0]
     assert registry.schemas([]) == []
+
+
+def test_tools_needing_a_verified_customer_are_left_out_for_an_unverified_one(registry: ToolRegistry) -> None:
+    @tool(requires_verified=True)
+    def account_balance() -> str:
+        """The customer's store credit."""
+        return "12 EUR"
+
+    registry.register(account_balance)
+    names = ["lookup", "account_balance", "kinds"]
+
+    assert [s["function"]["name"] for s in registry.schemas(names)] == names
+    assert [s["function"]["name"] for s in registry.schemas(names, verified=False)] == ["lookup", "kinds"]
+    assert [s["function"]["name"] for s in registry.schemas(names, verified=True)] == names
+
+
+async def test_a_call_needing_a_verified_customer_is_refused_for_an_unverified_one_before_it_runs(
+    registry: ToolRegistry, make_ctx: MakeContext
+) -> None:
+    ran: list[str] = []
+
+    @tool(requires_verified=True)
+    def account_balance(currency: str) -> str:
+        """The customer's store credit.
+
+        Args:
+            currency: the currency to show it in.
+        """
+        ran.append(currency)
+        return "12 " + currency
+
+    registry.register(account_balance)
+    stranger = Customer(id="c9", email="someone@example.com", verified=False)
+
+    refused = await registry.call(call("account_balance", "not json"), make_ctx(customer=stranger))
+    allowed = await registry.call(call("account_balance", '{"currency": "EUR"}'), make_ctx())
+
+    assert refused.is_error and refused.content == (
+        "'account_balance' was not run: the customer's identity is not verified, and this tool is only for "
+        "verified customers; ask them to sign in, or offer to create a ticket for the team"
+    )
+    assert (allowed.is_error, allowed.content, ran) == (False, "12 EUR", ["EUR"])
 
 
 def test_schemas_refuse_unknown_names(registry: ToolRegistry) -> None:

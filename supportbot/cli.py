@@ -540,7 +540,7 @@ def logs(
                                  tool_failures=tool_failures)  # fmt: skip
     as_json = fmt == "json"
     skipped = shown = 0
-    for stream in files or (click.get_text_stream("stdin"),):
+    for stream in files or (click.open_file("-", encoding="utf-8", errors="replace"),):
         for line in stream:
             record = logview.parse_line(line)
             if record is None:

@@ -443,9 +443,10 @@ class OpenAICompatibleLLM:
     def _parse_completion(self, body: bytes) -> Completion:
         try:
             answer = loads(body)
-            choice = answer["choices"][0]
+            choices = answer["choices"]
+            # ``choices: []`` is an (empty) answer, which the engine treats as such; not a protocol error.
             chunk = {
-                "choices": [{"delta": choice["message"], "finish_reason": choice.get("finish_reason")}],
+                "choices": [{"delta": c["message"], "finish_reason": c.get("finish_reason")} for c in choices[:1]],
                 "usage": answer.get("usage"),
                 "model": answer.get("model"),
             }

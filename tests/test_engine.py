@@ -681,3 +681,32 @@ async def test_an_empty_answer_after_a_tool_round_is_tried_again(
     assert [m.content for m in stored if m.role == "assistant"][1:] == ["Let me check.", "It has shipped."]
     last = stored[-1]
     assert last.usage is not None and last.usage.input_tokens == 610  # the empty attempt was billed too
+
+
+async def test_deepseek_reasoning_content_survives_the_store_and_goes_back_in_later_turns(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-reasoner",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(
+        Chunks([
+            chunk({"role": "assistant", "content": None, "reasoning_content": "Look up A1001 — 订单."}),
+            chunk({"content": None, "reasoning_content": None, "tool_calls": [
+                {"index": 0, "id": "call_00_x", "type": "function",
+                 "function": {"name": "lookup_order", "arguments": '{"order_id":"A1001"}'}}]}),
+            chunk({}, "tool_calls"),
+        ]),
+        Reply(text="It has shipped."),
+        Reply(text="You're welcome."),
+    )  # fmt: skip
+    events = await turn(runtime, cid, "where is A1001?")
+    assert isinstance(events[-1], TurnFinished), events[-1]
+    events = await turn(runtime, cid, "thanks")  # history now comes from the store
+    assert isinstance(events[-1], TurnFinished), events[-1]
+    for request in fake.requests[1:]:
+        calls = [m for m in request.body["messages"] if m.get("tool_calls")]
+        assert calls and calls[0]["reasoning_content"] == "Look up A1001 — 订单."

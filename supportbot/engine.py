@@ -514,7 +514,7 @@ class Engine:
         ticket = await self._escalation_ticket(turn, reason)
         fallback = FALLBACK_TEXT.format(ticket=ticket)
         records = []
-        if turn.round_text:
+        if turn.round_text.strip():  # leading whitespace alone was never shown
             records.append(
                 NewMessage(role="assistant", content=turn.round_text, status="interrupted", flow=turn.flow.name)
             )

@@ -65,6 +65,8 @@ TOO_MANY_IMAGES_TEXT = "You attached {count} images; I can look at {limit} per m
 IMAGE_TOO_LARGE_TEXT = (
     "One of your images is larger than {limit} MB. Could you send a smaller one (a screenshot works)?"
 )
+EMPTY_ANSWER_RETRIES = 1
+"""How many times a model call that answered nothing (no text, no tool calls) is tried again before the fallback."""
 _CONTROL = {c: None for c in range(32) if c not in (9, 10, 13)} | {0x7F: None}
 
 
@@ -269,30 +271,50 @@ class Engine:
             return
         for _ in range(limits.max_tool_rounds + 1):
             started = time.perf_counter()
+            request = self._request(turn)
             completion: Completion | None = None
             failure: str | None = None
-            try:
-                async for chunk in self.llm.stream(self._request(turn)):
-                    if isinstance(chunk, TextChunk):
-                        starts_block = not turn.round_text
-                        turn.round_text += chunk.text
-                        yield self._delta(turn, chunk.text, starts_block=starts_block)
-                    else:
-                        completion = chunk
-            except LLMError as exc:
-                failure = str(exc)
-            except Exception as exc:
-                # A bug in a model client must not leave the customer without an answer.
-                log.exception("the model client failed in conversation %s", turn.conversation.id)
-                failure = f"the model client failed: {type(exc).__name__}: {exc}"
+            wasted = Usage()  # what empty answers cost: billed, so counted with the answer that follows
+            for attempt in range(EMPTY_ANSWER_RETRIES + 1):
+                completion = None
+                shown = False
+                try:
+                    async for chunk in self.llm.stream(request):
+                        if isinstance(chunk, TextChunk):
+                            turn.round_text += chunk.text
+                            if shown:
+                                yield self._delta(turn, chunk.text)
+                            elif turn.round_text.strip():
+                                # Leading whitespace waits for the text after it: an answer that turns
+                                # out empty has then shown the customer nothing to take back.
+                                shown = True
+                                yield self._delta(turn, turn.round_text, starts_block=True)
+                        else:
+                            completion = chunk
+                except LLMError as exc:
+                    failure = str(exc)
+                except Exception as exc:
+                    # A bug in a model client must not leave the customer without an answer.
+                    log.exception("the model client failed in conversation %s", turn.conversation.id)
+                    failure = f"the model client failed: {type(exc).__name__}: {exc}"
+                if completion is None or not _is_empty(completion):
+                    break
+                # No text and no tool calls (a content filter, max_tokens spent on thinking, ``choices: []``):
+                # a failed round, tried once more; nothing of it is stored or kept for the next attempt.
+                failure = _empty_reason(completion)
+                wasted += completion.usage
+                turn.round_text = ""
+                completion = None
+                log.warning("%s in conversation %s (attempt %d)", failure, turn.conversation.id, attempt + 1)
             if completion is None:
                 async for event in self._fail(turn, failure or "the model client ended without an answer"):
                     yield event
                 return
             latency_ms = (time.perf_counter() - started) * 1000
             message = completion.message
-            cost = cost_usd(completion.usage, self.config.llm.pricing)
-            turn.usage += completion.usage
+            usage = completion.usage + wasted
+            cost = cost_usd(usage, self.config.llm.pricing)
+            turn.usage += usage
             turn.cost += cost
             record = NewMessage(
                 role="assistant",
@@ -301,7 +323,7 @@ class Engine:
                 extra=message.extra,
                 flow=turn.flow.name,
                 model=completion.model or self._model(turn.flow),
-                usage=completion.usage,
+                usage=usage,
                 cost_usd=cost,
                 latency_ms=latency_ms,
             )
@@ -513,7 +535,7 @@ class Engine:
         ticket = await self._escalation_ticket(turn, reason)
         fallback = FALLBACK_TEXT.format(ticket=ticket)
         records = []
-        if turn.round_text:
+        if turn.round_text.strip():  # leading whitespace alone was never shown
             records.append(
                 NewMessage(role="assistant", content=turn.round_text, status="interrupted", flow=turn.flow.name)
             )
@@ -635,6 +657,23 @@ def _transfer_schema(target: Flow) -> dict[str, Any]:
             },
         },
     }
+
+
+def _is_empty(completion: Completion) -> bool:
+    """An answer the customer would see as nothing: no tool calls and no text but whitespace."""
+    message = completion.message
+    return not message.tool_calls and not (message.content or "").strip()
+
+
+def _empty_reason(completion: Completion) -> str:
+    """Why an empty answer failed, in the provider's own terms (for the log and the escalation ticket)."""
+    if not completion.choices:
+        said = "no choices"
+    elif completion.raw_finish_reason:
+        said = f"finish_reason: {completion.raw_finish_reason}"
+    else:
+        said = "no finish_reason"
+    return f"the model returned an empty answer ({said})"
 
 
 def _pending_at(stored: Sequence[StoredMessage]) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from supportbot._json import dumps_compact
 from supportbot.messages import ChatMessage
 from supportbot.store.base import StoredMessage
 
@@ -62,6 +63,9 @@ def estimate_tokens(message: ChatMessage) -> int:
     chars = len(content) if content.isascii() else len(content.encode("utf-8", "replace"))
     for call in message.tool_calls:
         chars += len(call.name) + len(call.arguments) + 24
+    if message.extra:
+        # Provider extras go back with the message: DeepSeek's reasoning_content can be long.
+        chars += len(dumps_compact(message.extra))
     return chars // 3 + _MESSAGE_OVERHEAD + _IMAGE_TOKENS * len(message.images)
 
 

@@ -33,7 +33,7 @@ from supportbot.events import (
 )
 from supportbot.messages import ImagePart
 from supportbot.runtime import Runtime, open_runtime
-from supportbot.testing import Cut, Fail, FakeLLMServer, Hang, Reply
+from supportbot.testing import Chunks, Cut, Fail, FakeLLMServer, Hang, Reply
 
 ORDERS = """\
 - {order_id: A1001, customer_email: ana@example.com, status: shipped, eta: "2026-12-03", carrier: DHL}
@@ -707,3 +707,118 @@ async def test_too_many_or_too_large_images_are_refused_politely(
     assert isinstance(events[-1], TurnFinished) and words in events[-1].text
     assert fake.requests == []
     assert (await runtime.store.list_messages(cid))[1].status == "error"
+
+
+# -- no silent replies: an answer with no text and no tool calls is a failed round --------------------------
+
+EMPTY_CHOICES = Chunks(
+    [{"id": "chatcmpl-e", "object": "chat.completion.chunk", "model": "m", "choices": [],
+      "usage": {"prompt_tokens": 50, "completion_tokens": 0, "total_tokens": 50}}]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("empty", "said"),
+    [
+        (EMPTY_CHOICES, "no choices"),
+        (Reply(text="", finish_reason="content_filter"), "finish_reason: content_filter"),
+        (Reply(text="", finish_reason="length", reasoning_tokens=900), "finish_reason: length"),
+        (Reply(text=" \n\n  "), "finish_reason: stop"),
+    ],
+)
+async def test_an_empty_answer_is_tried_again_and_nothing_of_it_is_kept(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer, empty: Any, said: str
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(empty, Reply(text="Your order ships tomorrow."))
+    events = await turn(runtime, cid, "where is my order?")
+    done = events[-1]
+    assert isinstance(done, TurnFinished), done
+    assert done.text == "".join(d.text for d in of(events, TextDelta)) == "Your order ships tomorrow."
+    assert len(fake.requests) == 2 and fake.requests[1].body["messages"] == fake.requests[0].body["messages"]
+    stored = await runtime.store.list_messages(cid)
+    assert [(m.role, m.content) for m in stored][1:] == [
+        ("user", "where is my order?"),
+        ("assistant", "Your order ships tomorrow."),
+    ]
+    assert await runtime.store.list_tickets() == []
+
+
+@pytest.mark.parametrize(
+    ("empty", "said"),
+    [
+        (EMPTY_CHOICES, "no choices"),
+        (Reply(text="", finish_reason="content_filter"), "finish_reason: content_filter"),
+        (Reply(text="", finish_reason="length"), "finish_reason: length"),
+        (Reply(text="\n \n"), "finish_reason: stop"),
+    ],
+)
+async def test_an_empty_answer_twice_gives_the_fallback_and_one_ticket(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer, empty: Any, said: str
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(empty, empty)
+    events = await turn(runtime, cid, "hello?")
+    failed = events[-1]
+    assert isinstance(failed, TurnFailed), failed
+    assert failed.reason == f"the model returned an empty answer ({said})"
+    assert failed.fallback_text == FALLBACK_TEXT.format(ticket=failed.ticket_id)
+    assert not of(events, TextDelta) and len(fake.requests) == 2
+    tickets = await runtime.store.list_tickets()
+    assert len(tickets) == 1 and tickets[0].kind == "escalation" and said in tickets[0].subject
+    stored = await runtime.store.list_messages(cid)
+    assert [(m.role, m.kind, m.content) for m in stored][1:] == [
+        ("user", "normal", "hello?"),
+        ("assistant", "fallback", failed.fallback_text),
+    ]
+
+
+async def test_an_empty_answer_after_a_tool_round_is_tried_again(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(
+        Reply(text="Let me check.", tool_calls=[("lookup_order", {"order_id": "A1001"})]),
+        Reply(text="", finish_reason="content_filter", usage=(300, 0)),
+        Reply(text="It has shipped.", usage=(310, 4)),
+    )
+    events = await turn(runtime, cid, "where is A1001?")
+    done = events[-1]
+    assert isinstance(done, TurnFinished), done
+    assert done.text == "Let me check.\n\nIt has shipped."
+    stored = await runtime.store.list_messages(cid)
+    assert [m.content for m in stored if m.role == "assistant"][1:] == ["Let me check.", "It has shipped."]
+    last = stored[-1]
+    assert last.usage is not None and last.usage.input_tokens == 610  # the empty attempt was billed too
+
+
+async def test_deepseek_reasoning_content_survives_the_store_and_goes_back_in_later_turns(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "c", "object": "chat.completion.chunk", "model": "deepseek-reasoner",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(
+        Chunks([
+            chunk({"role": "assistant", "content": None, "reasoning_content": "Look up A1001 — 订单."}),
+            chunk({"content": None, "reasoning_content": None, "tool_calls": [
+                {"index": 0, "id": "call_00_x", "type": "function",
+                 "function": {"name": "lookup_order", "arguments": '{"order_id":"A1001"}'}}]}),
+            chunk({}, "tool_calls"),
+        ]),
+        Reply(text="It has shipped."),
+        Reply(text="You're welcome."),
+    )  # fmt: skip
+    events = await turn(runtime, cid, "where is A1001?")
+    assert isinstance(events[-1], TurnFinished), events[-1]
+    events = await turn(runtime, cid, "thanks")  # history now comes from the store
+    assert isinstance(events[-1], TurnFinished), events[-1]
+    for request in fake.requests[1:]:
+        calls = [m for m in request.body["messages"] if m.get("tool_calls")]
+        assert calls and calls[0]["reasoning_content"] == "Look up A1001 — 订单."

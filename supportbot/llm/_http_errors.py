@@ -1,7 +1,9 @@
 """Turning a provider's failures into supportbot errors that say what happened and what to do.
 
 Error bodies come as ``{"error": {...}}``, as Gemini's ``[{"error": {...}}]``, or as plain text
-from a proxy. Retryability follows openai-python (408, 409, 429 except ``insufficient_quota``,
+from a proxy. A gateway's ``error.metadata.raw`` (OpenRouter: the upstream provider's own error,
+with ``metadata.provider_name``) is added to the message, in HTTP errors and in errors inside a stream.
+Retryability follows openai-python (408, 409, 429 except ``insufficient_quota``,
 5xx; ``x-should-retry`` overrides), and the retry delay comes from ``retry-after-ms``,
 ``Retry-After`` or Gemini's ``details[].retryDelay``.
 """
@@ -18,6 +20,7 @@ from supportbot.errors import LLMConnectionError, LLMError, LLMHTTPError, LLMPro
 
 _RETRY_STATUSES = frozenset({408, 409, 429})
 _RETRY_GOOGLE_STATUSES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED"})
+_RAW_LIMIT = 1000  # characters of a provider's raw error kept in the message
 _TIMEOUT_WHAT = {
     "connect": "could not connect",
     "first_byte": "did not start answering",
@@ -141,8 +144,10 @@ def _hint(status: int, message: str, quota: bool, key: str, model: str) -> str:
         return "The account has no quota left; add credit or use another llm.api_key."
     if status == 429:
         return "The provider is rate limiting; lower the load or ask for a higher limit."
-    if status == 400 and "thought_signature" in message:
+    if status == 400 and ("thought_signature" in message or "reasoning details to be preserved" in message):
         return "supportbot did not send Gemini's thought signature back; please report this bug."
+    if status == 400 and "reasoning_content" in message:
+        return "supportbot did not send the model's reasoning_content back; please report this bug."
     if status == 400:
         return "The provider refused the request; check llm.model and the flow's model settings."
     if status >= 500:
@@ -176,8 +181,28 @@ def _error_object(body: bytes) -> tuple[object, dict[str, Any] | None]:
 
 def _error_message(error: Mapping[str, Any] | None, body: bytes) -> str:
     if error and error.get("message"):
-        return str(error["message"])
+        return str(error["message"]) + _provider_reason(error)
     return body.decode("utf-8", "replace")[:300].strip() or "(empty body)"
+
+
+def _provider_reason(error: Mapping[str, Any]) -> str:
+    """The upstream provider's own words that a gateway passed on (OpenRouter: ``error.metadata.raw``).
+
+    OpenRouter's message is often only "Provider returned error"; the reason is in ``metadata``.
+    """
+    metadata = error.get("metadata")
+    if not isinstance(metadata, dict):
+        return ""
+    raw = metadata.get("raw")
+    if raw is None or raw == "":
+        return ""
+    if not isinstance(raw, str):
+        raw = json.dumps(raw, ensure_ascii=False)
+    if len(raw) > _RAW_LIMIT:
+        raw = raw[:_RAW_LIMIT] + "..."
+    provider = metadata.get("provider_name")
+    who = f"provider {provider}" if isinstance(provider, str) and provider else "the provider"
+    return f" ({who} said: {raw})"
 
 
 def _retry_after_header(headers: Mapping[str, str]) -> float | None:

@@ -10,6 +10,16 @@ Two shapes of tool-call deltas reach us (protocols notes, sections 1 and 2):
 Every key of a tool-call entry we do not interpret (``extra_content`` and whatever a gateway
 invents) is kept verbatim in ``ToolCall.extra`` and sent back in later requests: Gemini
 refuses a history whose function calls lost their thought signatures.
+
+Two message-level fields are kept in ``ChatMessage.extra`` and sent back the same way:
+
+* ``reasoning_content`` (DeepSeek's thinking models, also vLLM): the pieces joined; DeepSeek
+  refuses a history whose assistant tool-call messages lack it. A field that came only as
+  ``null`` is kept as ``""``, as DeepSeek expects.
+* ``reasoning_details`` (OpenRouter; Gemini 3's thought signatures ride in it as
+  ``reasoning.encrypted`` entries): pieces with the same ``type`` and ``index`` are one
+  detail, their ``text``, ``summary`` and ``data`` concatenated and every other field taken
+  from the first piece that has it; pieces without an ``index`` are details of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from supportbot.messages import ChatMessage, ToolCall, Usage
 __all__ = ["ChunkAccumulator", "StreamFacts", "usage_from_dict"]
 
 _KNOWN_CALL_KEYS = frozenset({"index", "id", "type", "function"})
+_STREAMED_DETAIL_KEYS = ("text", "summary", "data")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -100,11 +111,15 @@ class ChunkAccumulator:
         "_by_id",
         "_by_index",
         "_calls",
+        "_choices",
+        "_details",
+        "_details_by_key",
         "_extra",
         "_facts",
         "_finish_reason",
         "_last_delta_calls",
         "_model",
+        "_reasoning",
         "_text",
         "_usage",
     )
@@ -116,6 +131,10 @@ class ChunkAccumulator:
         self._by_id: dict[str, _PartialCall] = {}
         self._last_delta_calls: list[_PartialCall] = []
         self._extra: dict[str, Any] = {}
+        self._reasoning: list[str] | None = None  # DeepSeek's reasoning_content, once the field was seen
+        self._details: list[dict[str, Any]] = []  # OpenRouter's reasoning_details, merged
+        self._details_by_key: dict[tuple[Any, Any], dict[str, Any]] = {}
+        self._choices = False
         self._finish_reason: str | None = None
         self._usage: Mapping[str, Any] | None = None
         self._model = ""
@@ -147,6 +166,7 @@ class ChunkAccumulator:
         if not choices:
             return None
         choice = choices[0]
+        self._choices = True
         finish = choice.get("finish_reason")
         if finish:
             self._finish_reason = finish
@@ -157,6 +177,15 @@ class ChunkAccumulator:
         if extra_content is not None:
             # A thought signature may ride on a text delta or come alone in a metadata-only delta.
             self._extra = {"extra_content": extra_content}
+        if "reasoning_content" in delta:
+            if self._reasoning is None:
+                self._reasoning = []
+            piece = delta["reasoning_content"]
+            if isinstance(piece, str) and piece:
+                self._reasoning.append(piece)
+        details = delta.get("reasoning_details")
+        if details and isinstance(details, list):
+            self._add_details(details)
         tool_calls = delta.get("tool_calls")
         if tool_calls:
             self._add_tool_calls(tool_calls)
@@ -174,6 +203,28 @@ class ChunkAccumulator:
                 return None
         self._text.append(text)
         return text
+
+    def _add_details(self, pieces: list[Any]) -> None:
+        for piece in pieces:
+            if not isinstance(piece, dict):
+                continue
+            index = piece.get("index")
+            key = (piece.get("type"), index)
+            detail = self._details_by_key.get(key) if index is not None else None
+            if detail is None:
+                detail = dict(piece)
+                self._details.append(detail)
+                if index is not None:
+                    self._details_by_key[key] = detail
+                continue
+            for name, value in piece.items():
+                if value is None:
+                    continue
+                old = detail.get(name)
+                if name in _STREAMED_DETAIL_KEYS and isinstance(value, str) and isinstance(old, str):
+                    detail[name] = old + value
+                elif old is None:
+                    detail[name] = value
 
     def _add_tool_calls(self, entries: list[Any]) -> None:
         facts = self._facts
@@ -252,15 +303,29 @@ class ChunkAccumulator:
             for call in self._calls
         )
         text = "".join(self._text)
+        extra = self._extra
+        if self._reasoning is not None or self._details:
+            extra = dict(extra)
+            if self._reasoning is not None:
+                extra["reasoning_content"] = "".join(self._reasoning)
+            if self._details:
+                extra["reasoning_details"] = self._details
         message = ChatMessage(
             role="assistant",
             content=text if text or not tool_calls else None,
             tool_calls=tool_calls,
-            extra=self._extra,
+            extra=extra,
         )
         if self._facts is not None:
             self._facts.raw_finish_reason = self._finish_reason
             self._facts.usage_seen = self._usage is not None
         finish = "tool_calls" if tool_calls else self._finish_reason or "stop"
         usage = usage_from_dict(self._usage) if self._usage is not None else Usage()
-        return Completion(message=message, finish_reason=finish, usage=usage, model=self._model)
+        return Completion(
+            message=message,
+            finish_reason=finish,
+            usage=usage,
+            model=self._model,
+            raw_finish_reason=self._finish_reason,
+            choices=self._choices,
+        )

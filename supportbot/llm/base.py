@@ -48,12 +48,16 @@ class Completion:
             ``stop`` there), else the provider's value (``stop``, ``length``, ``content_filter``...).
         usage: token counts (last value seen wins).
         model: the model that answered, as the provider named it.
+        raw_finish_reason: the finish_reason exactly as the provider sent it; None when it sent none.
+        choices: whether the answer had any choice at all (some providers answer ``choices: []``).
     """
 
     message: ChatMessage
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    raw_finish_reason: str | None = None
+    choices: bool = True
 
 
 StreamEvent = TextChunk | Completion

@@ -4,6 +4,16 @@ One ``POST {base_url}/chat/completions`` per model response, streamed as SSE. Re
 openai-python's policy, except that a response is never retried once any of its text has been
 handed on (the customer may already be reading it). Timeouts are split the way they fail:
 connect, first event, gap between chunks, and total.
+
+Provider quirks (docs/llm-providers.md has one entry per quirk, each with its test):
+
+* Gemini: ``extra_content.google.thought_signature`` on tool calls, kept in ``ToolCall.extra``
+  and sent back verbatim; index-less tool calls; ``stop`` after tool calls.
+* DeepSeek thinking models: ``delta.reasoning_content``, kept in ``ChatMessage.extra`` and sent
+  back on the assistant message (DeepSeek refuses a tool-call history without it).
+* OpenRouter: ``delta.reasoning_details`` (Gemini 3 signatures among them), merged per type and
+  index and sent back on the assistant message; ``error.metadata.raw`` named in errors.
+* An answer with no text and no tool calls is passed on as it is; the engine decides what to do.
 """
 
 from __future__ import annotations
@@ -443,9 +453,10 @@ class OpenAICompatibleLLM:
     def _parse_completion(self, body: bytes) -> Completion:
         try:
             answer = loads(body)
-            choice = answer["choices"][0]
+            choices = answer["choices"]
+            # ``choices: []`` is an (empty) answer, which the engine treats as such; not a protocol error.
             chunk = {
-                "choices": [{"delta": choice["message"], "finish_reason": choice.get("finish_reason")}],
+                "choices": [{"delta": c["message"], "finish_reason": c.get("finish_reason")} for c in choices[:1]],
                 "usage": answer.get("usage"),
                 "model": answer.get("model"),
             }

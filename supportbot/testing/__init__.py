@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supportbot.testing.fake_llm import (
+    Chunks,
     Cut,
     Fail,
     FakeLLMServer,
@@ -15,6 +16,7 @@ from supportbot.testing.fake_llm import (
 )
 
 __all__ = [
+    "Chunks",
     "Cut",
     "Fail",
     "FakeLLMServer",

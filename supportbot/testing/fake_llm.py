@@ -32,6 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 __all__ = [
+    "Chunks",
     "Cut",
     "Fail",
     "FakeLLMServer",
@@ -113,7 +114,21 @@ class StreamError:
     code: int = 500
 
 
-Step = Reply | Fail | Hang | Cut | StreamError
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """Answer 200 and replay a recorded stream: each item is sent as one SSE event, then ``data: [DONE]``.
+
+    A dict is sent as ``data: <its JSON>`` (a ``chat.completion.chunk``, an ``{"error": ...}`` chunk...);
+    a str is sent as the raw event text (``": OPENROUTER PROCESSING"``, ``"event: error\ndata: ..."``).
+    Used to replay the shapes real providers stream (DeepSeek's ``reasoning_content``, OpenRouter's
+    ``reasoning_details``, empty ``choices``).
+    """
+
+    items: Sequence[Mapping[str, Any] | str]
+    done: bool = True
+
+
+Step = Reply | Fail | Hang | Cut | StreamError | Chunks
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -301,6 +316,11 @@ class FakeLLMServer:
             return self._error(503, "the fake model hung and gave up", "server_error")
         if isinstance(step, Cut):
             return await self._cut(request, step, model)
+        if isinstance(step, Chunks):
+            frames = [
+                b"data: %s\n\n" % _json(i) if isinstance(i, Mapping) else i.encode() + b"\n\n" for i in step.items
+            ]
+            return await self._send(request, frames + ([_DONE] if step.done else []))
         return await self._stream_error(request, step, model)
 
     # -- answers --------------------------------------------------------------------------------

@@ -263,3 +263,33 @@ def test_finished_only_after_a_finish_reason() -> None:
 )
 def test_usage_from_dict(raw: dict[str, Any], expected: Usage) -> None:
     assert usage_from_dict(raw) == expected
+
+
+def test_reasoning_details_merge_per_type_and_index_and_pieces_without_index_stay_apart() -> None:
+    _, completion = run(
+        delta(reasoning_details=[{"type": "reasoning.summary", "summary": "Plan ", "index": 0}]),
+        delta(reasoning_details=[{"type": "reasoning.summary", "summary": "made.", "index": 0, "id": "s1"}]),
+        delta(
+            reasoning_details=[
+                {"type": "reasoning.encrypted", "data": "AAA", "id": "e1"},
+                {"type": "reasoning.encrypted", "data": "BBB", "id": "e1"},
+            ]
+        ),
+        delta(reasoning_details=["not a detail", {"type": "reasoning.text", "text": "x", "index": 1}]),
+        delta("stop", content="ok"),
+    )
+    assert completion.message.extra == {
+        "reasoning_details": [
+            {"type": "reasoning.summary", "summary": "Plan made.", "index": 0, "id": "s1"},
+            {"type": "reasoning.encrypted", "data": "AAA", "id": "e1"},
+            {"type": "reasoning.encrypted", "data": "BBB", "id": "e1"},
+            {"type": "reasoning.text", "text": "x", "index": 1},
+        ]
+    }
+
+
+def test_empty_choices_and_raw_finish_reason() -> None:
+    _, empty = run({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 0}})
+    assert not empty.choices and empty.raw_finish_reason is None and not empty.message.content
+    _, filtered = run(delta("content_filter"))
+    assert filtered.choices and filtered.raw_finish_reason == "content_filter" == filtered.finish_reason

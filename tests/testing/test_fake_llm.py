@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from supportbot.testing import Cut, Fail, FakeLLMServer, Hang, Reply, StreamError, tool_then_text
+from supportbot.testing import Chunks, Cut, Fail, FakeLLMServer, Hang, Reply, StreamError, tool_then_text
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -188,3 +188,13 @@ async def test_token_delay_streams_chunk_by_chunk(session: aiohttp.ClientSession
 def test_unknown_mode() -> None:
     with pytest.raises(ValueError, match="mode 'claude' is unknown"):
         FakeLLMServer(mode="claude")  # type: ignore[arg-type]
+
+
+async def test_chunks_replay_a_recorded_stream_verbatim(session: aiohttp.ClientSession) -> None:
+    recorded = {"id": "gen-1", "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}, "finish_reason": None}]}
+    async with FakeLLMServer() as server:
+        server.script(Chunks([": OPENROUTER PROCESSING", recorded]), Chunks([recorded], done=False))
+        _, _, raw = await post(session, server.base_url)
+        _, _, unfinished = await post(session, server.base_url)
+    assert raw == b": OPENROUTER PROCESSING\n\ndata: " + json.dumps(recorded).encode() + b"\n\ndata: [DONE]\n\n"
+    assert unfinished == b"data: " + json.dumps(recorded).encode() + b"\n\n"

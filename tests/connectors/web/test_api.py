@@ -436,3 +436,17 @@ async def test_the_favicon_is_served(server: WebServer) -> None:
         assert response.content_type == "image/x-icon"
         body = await response.read()
     assert body[:4] == b"\x00\x00\x01\x00" and b"PNG" in body[:40]  # an icon file holding one PNG
+
+
+async def test_an_empty_model_answer_reaches_the_customer_as_the_fallback_not_as_nothing(server: WebServer) -> None:
+    server.fake.script(Reply(text="", finish_reason="content_filter"), Reply(text="", finish_reason="content_filter"))
+    opened = await server.open()
+    reply = await server.ask(opened, "hello?")
+    assert reply["status"] == "failed"
+    assert "technical problem" in reply["message"]["text"]
+    async with server.http.get(f"{server.url}/api/v1/conversations/{opened['id']}/messages", headers=auth(opened)) as r:
+        history = await r.json()
+    bot = [m for m in history["messages"] if m["role"] == "bot"]
+    assert [m["kind"] for m in bot] == ["greeting", "fallback"] and all(m["text"].strip() for m in bot)
+    tickets = await server.runtime.store.list_tickets(conversation_id=opened["id"])
+    assert [t.kind for t in tickets] == ["escalation"] and "content_filter" in tickets[0].subject

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -51,6 +52,16 @@ logger = logging.getLogger("supportbot.llm")
 
 _MAX_CONNECTIONS = 1000  # one stream per running turn; aiohttp's default of 100 would queue turns
 _DONE = b"[DONE]"
+_LARGE_BODY = 1 << 20  # aiohttp warns (ResourceWarning) about a bytes body larger than this
+
+
+def _body(payload: bytes) -> bytes | io.BytesIO:
+    """The request body as aiohttp sends a large one without warning: a fresh ``BytesIO`` each attempt.
+
+    aiohttp sets Content-Length from the ``BytesIO``'s size and writes it in chunks; small bodies
+    (nearly all) stay plain bytes, the cheapest path.
+    """
+    return io.BytesIO(payload) if len(payload) > _LARGE_BODY else payload
 
 
 def message_to_dict(message: ChatMessage) -> dict[str, Any]:
@@ -338,7 +349,7 @@ class OpenAICompatibleLLM:
                 # The first-byte phase yields nothing, so one timeout scope can cover it.
                 async with asyncio.timeout(min(timeouts.first_byte_s, timeouts.total_s)):
                     response = resp = await self._get_session().post(
-                        self.url, data=payload, headers=self._sse_headers, timeout=self._client_timeout
+                        self.url, data=_body(payload), headers=self._sse_headers, timeout=self._client_timeout
                     )
                     if response.status >= 300:
                         raise self._http_error(response, await response.read())
@@ -437,7 +448,7 @@ class OpenAICompatibleLLM:
         try:
             async with asyncio.timeout(timeouts.total_s):
                 async with self._get_session().post(
-                    self.url, data=payload, headers=self._json_headers, timeout=self._client_timeout
+                    self.url, data=_body(payload), headers=self._json_headers, timeout=self._client_timeout
                 ) as response:
                     body = await response.read()
                     if response.status >= 300:

@@ -253,7 +253,8 @@ class FakeLLMServer:
 
     async def start(self) -> None:
         """Starts listening on a free port of 127.0.0.1."""
-        app = web.Application()
+        # Real providers take requests of tens of MB (images in the conversation); aiohttp's default is 1 MB.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/chat/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

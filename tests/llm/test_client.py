@@ -564,3 +564,16 @@ async def test_a_chunk_of_the_wrong_shape_is_a_protocol_error(
 
     with pytest.raises(LLMProtocolError):
         await drain(make_llm(await raw_server.start(handler), retries={"max_retries": 0}), request_for())
+
+
+async def test_a_request_over_one_megabyte_is_sent_without_a_warning(
+    fake: FakeLLMServer, make_llm: Any, collect: Any
+) -> None:
+    # An image in the conversation makes a body of several MB; aiohttp warns about large raw
+    # bytes bodies (ResourceWarning, an error under the test settings).
+    image = "data:image/png;base64," + "A" * 1_500_000
+    message = ChatMessage(role="user", content="Is this box damaged?", images=(ImagePart(url=image),))
+    fake.script(Reply("It looks fine."))
+    _, completion = await collect(make_llm(fake.base_url), LLMRequest(messages=[message], model="fake-model"))
+    assert completion.message.content == "It looks fine."
+    assert fake.requests[0].body["messages"][0]["content"][1]["image_url"]["url"] == image

@@ -307,7 +307,7 @@ class Engine:
                 completion = None
                 log.warning("%s in conversation %s (attempt %d)", failure, turn.conversation.id, attempt + 1)
             if completion is None:
-                async for event in self._fail(turn, failure or "the model client ended without an answer"):
+                async for event in self._fail(turn, failure or "the model client ended without an answer", wasted):
                     yield event
                 return
             latency_ms = (time.perf_counter() - started) * 1000
@@ -529,8 +529,12 @@ class Engine:
 
     # -- failure paths ---------------------------------------------------------------------------
 
-    async def _fail(self, turn: _Turn, reason: str) -> AsyncIterator[Event]:
-        """The model could not answer: store what streamed, reply with the fallback, open one escalation ticket."""
+    async def _fail(self, turn: _Turn, reason: str, billed: Usage | None = None) -> AsyncIterator[Event]:
+        """The model could not answer: store what streamed, reply with the fallback, open one escalation ticket.
+
+        ``billed`` is what answers that came back empty cost: recorded on the fallback, so the
+        conversation's tokens and cost include what the provider charged for them.
+        """
         log.warning("turn failed in conversation %s: %s", turn.conversation.id, reason)
         ticket = await self._escalation_ticket(turn, reason)
         fallback = FALLBACK_TEXT.format(ticket=ticket)
@@ -539,7 +543,13 @@ class Engine:
             records.append(
                 NewMessage(role="assistant", content=turn.round_text, status="interrupted", flow=turn.flow.name)
             )
-        records.append(NewMessage(role="assistant", content=fallback, kind="fallback", flow=turn.flow.name))
+        usage = billed if billed is not None and (billed.input_tokens or billed.output_tokens) else None
+        records.append(
+            NewMessage(
+                role="assistant", content=fallback, kind="fallback", flow=turn.flow.name, usage=usage,
+                cost_usd=cost_usd(usage, self.config.llm.pricing) if usage is not None else 0.0,
+            )
+        )  # fmt: skip
         saved = await self.store.add_messages(turn.conversation.id, records)
         yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)
 

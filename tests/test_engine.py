@@ -32,6 +32,7 @@ from supportbot.events import (
     TurnStarted,
 )
 from supportbot.messages import ImagePart
+from supportbot.pricing import cost_usd
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.testing import Chunks, Cut, Fail, FakeLLMServer, Hang, Reply
 
@@ -773,6 +774,12 @@ async def test_an_empty_answer_twice_gives_the_fallback_and_one_ticket(
         ("user", "normal", "hello?"),
         ("assistant", "fallback", failed.fallback_text),
     ]
+    # The provider billed both empty answers: their tokens and cost are on the fallback, and so in the totals.
+    billed = stored[-1].usage
+    assert billed is not None and billed.input_tokens > 0
+    assert stored[-1].cost_usd == cost_usd(billed, runtime.config.llm.pricing) > 0
+    conversation = await runtime.store.get_conversation(cid)
+    assert conversation is not None and conversation.cost_usd == pytest.approx(stored[-1].cost_usd)
 
 
 async def test_an_empty_answer_after_a_tool_round_is_tried_again(

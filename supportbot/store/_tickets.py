@@ -21,8 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.base import Ticket, TicketEvent, TicketKind, TicketOutcome, TicketPriority, TicketStatus
+from supportbot.store.base import (
+    CapScope,
+    Ticket,
+    TicketEvent,
+    TicketKind,
+    TicketOutcome,
+    TicketPriority,
+    TicketStatus,
+)
 from supportbot.store.models import OPEN_HANDOFF
+from supportbot.store.models import conversations as _conv
 from supportbot.store.models import customers as _c
 from supportbot.store.models import ticket_events as _e
 from supportbot.store.models import tickets as _t
@@ -92,22 +101,25 @@ class TicketMixin(SQLBase):
         flow: str | None = None,
         actor: str = "bot",
         window: timedelta = timedelta(days=1),
+        per: CapScope = "customer",
     ) -> TicketOutcome:
         """Open a ticket unless the customer has ``cap`` of ``kind`` within ``window``; see ``Store``."""
         if cap < 1:
             raise ValueError(f"cap must be at least 1, got {cap}")
+        if per == "conversation" and conversation_id is None:
+            raise ValueError("a cap per conversation needs conversation_id")
         values = _values(subject, description, kind, priority, conversation_id, customer_id, channel, flow)
         since = values["created_at"] - window
+        owner, key = (_c, customer_id) if per == "customer" else (_conv, conversation_id)
+        counted = _t.c.customer_id == customer_id if per == "customer" else _t.c.conversation_id == conversation_id
         async with self._begin("creating a ticket", write_first=True) as connection:
             if connection.dialect.name == "postgresql":
-                # Every capped insert for this customer queues here until the one before commits,
-                # so the count below (a new snapshot under READ COMMITTED) sees its ticket.
-                await connection.execute(select(_c.c.id).where(_c.c.id == customer_id).with_for_update(key_share=True))
+                # Every capped insert for this customer (or conversation) queues here until the one
+                # before commits, so the count below (a new snapshot under READ COMMITTED) sees its ticket.
+                await connection.execute(select(owner.c.id).where(owner.c.id == key).with_for_update(key_share=True))
             count, latest = (
                 await connection.execute(
-                    select(func.count(), func.max(_t.c.id)).where(
-                        _t.c.customer_id == customer_id, _t.c.kind == kind, _t.c.created_at >= since
-                    )
+                    select(func.count(), func.max(_t.c.id)).where(counted, _t.c.kind == kind, _t.c.created_at >= since)
                 )
             ).one()
             if count >= cap:

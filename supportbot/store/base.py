@@ -31,6 +31,8 @@ TicketPriority = Literal["low", "normal", "high", "urgent"]
 TicketKind = Literal["request", "handoff", "escalation"]
 """``request``: the bot's ``create_ticket``; ``handoff``: the conversation went to a human;
 ``escalation``: opened by the engine itself when the model failed or a limit was hit."""
+CapScope = Literal["customer", "conversation"]
+"""What a ticket cap counts: a customer's tickets, or one conversation's."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -235,12 +237,14 @@ class Store(Protocol):
         flow: str | None = None,
         actor: str = "bot",
         window: timedelta = timedelta(days=1),
+        per: CapScope = "customer",
     ) -> TicketOutcome:
         """Open a ticket unless the customer already has ``cap`` tickets of ``kind`` opened within ``window``.
 
         Counting and opening are one atomic step, also between processes: however many calls
         race, no more than ``cap`` tickets are opened. When refused, ``created`` is false and
-        ``ticket`` is the customer's latest ticket of that kind.
+        ``ticket`` is the customer's latest ticket of that kind. ``per="conversation"`` counts the
+        tickets of ``conversation_id`` instead (for a customer record several people may claim).
 
         Raises:
             ValueError: ``cap`` is less than 1.

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from supportbot.errors import StorageError
 from supportbot.store._hot import totals
 from supportbot.store.base import (
+    CapScope,
     Conversation,
     ConversationStatus,
     Customer,
@@ -276,14 +277,19 @@ class MemoryStore:
         flow: str | None = None,
         actor: str = "bot",
         window: timedelta = timedelta(days=1),
+        per: CapScope = "customer",
     ) -> TicketOutcome:
         if cap < 1:
             raise ValueError(f"cap must be at least 1, got {cap}")
+        if per == "conversation" and conversation_id is None:
+            raise ValueError("a cap per conversation needs conversation_id")
         since = _now() - window
         recent = [
             t
             for t in self._tickets.values()
-            if t.customer_id == customer_id and t.kind == kind and (t.created_at is None or t.created_at >= since)
+            if (t.customer_id == customer_id if per == "customer" else t.conversation_id == conversation_id)
+            and t.kind == kind
+            and (t.created_at is None or t.created_at >= since)
         ]
         if len(recent) >= cap:
             return TicketOutcome(ticket=max(recent, key=lambda t: t.id), created=False)

@@ -78,8 +78,11 @@ async def create_ticket(
         priority: "urgent" only for safety issues or an event about to be missed; usually "normal".
     """
     # The cap (limits.tickets_per_customer_per_day) is per customer, over all their conversations; more
-    # is a model in a loop, not a customer need. The store counts and opens in one atomic step.
+    # is a model in a loop, not a customer need. An unverified customer's record is whoever claimed that
+    # email or id, so there one visitor must not use up another's tickets: the cap counts the conversation.
+    # The store counts and opens in one atomic step.
     opened = await ctx.store.create_ticket_capped(
+        per="customer" if ctx.customer.verified else "conversation",
         cap=ctx.config.limits.tickets_per_customer_per_day,
         subject=subject.strip(),
         description=description.strip(),

@@ -215,3 +215,29 @@ async def test_processes_racing_still_open_the_cap_and_one_handoff(db_url: str) 
     finally:
         await check.close()
     assert sorted(t.kind for t in tickets) == ["handoff", "request", "request", "request"]
+
+
+async def test_a_cap_per_conversation_counts_one_conversation_atomically(any_store: Store) -> None:
+    # An unverified record is whoever claimed that email: each of its conversations has a cap of its own.
+    claimed = await any_store.get_or_create_customer(email="ana@example.com", verified=False)
+    mine, theirs = [
+        (await any_store.create_conversation(customer_id=claimed.id, channel="web", flow="general")).id
+        for _ in range(2)
+    ]
+
+    outcomes = await asyncio.gather(
+        *(
+            any_store.create_ticket_capped(
+                cap=3, subject=f"issue {n}", customer_id=claimed.id, conversation_id=mine, per="conversation"
+            )
+            for n in range(50)
+        )
+    )
+
+    assert sum(o.created for o in outcomes) == 3
+    other = await any_store.create_ticket_capped(
+        cap=3, subject="theirs", customer_id=claimed.id, conversation_id=theirs, per="conversation"
+    )
+    assert other.created and other.ticket.conversation_id == theirs
+    with pytest.raises(ValueError, match="needs conversation_id"):
+        await any_store.create_ticket_capped(cap=3, subject="never", customer_id=claimed.id, per="conversation")

@@ -368,3 +368,24 @@ async def test_lookup_order_against_the_stores_orders_table(
     assert bens.content == "no order A1003 found for this customer"
     assert missing.content == "no order A9999 found for this customer"
     assert (bens.is_error, bens.handoff) == (missing.is_error, missing.handoff) == (False, None)
+
+
+async def test_unverified_visitors_claiming_one_email_do_not_use_up_each_others_tickets(
+    registry: ToolRegistry, make_ctx: MakeContext, store: Store
+) -> None:
+    claimed = await store.get_or_create_customer(email="ana@example.com", verified=False)
+    first, second = [
+        await store.create_conversation(customer_id=claimed.id, channel="web", flow="order_status") for _ in range(2)
+    ]
+    for n in range(3):
+        made = await run(registry, make_ctx(customer=claimed, conversation=first, store=store), "create_ticket",
+                         subject=f"Spam {n}", description="details")  # fmt: skip
+        assert not made.is_error, made.content
+    refused = await run(registry, make_ctx(customer=claimed, conversation=first, store=store), "create_ticket",
+                        subject="Spam again", description="details")  # fmt: skip
+    assert refused.is_error
+
+    theirs = await run(registry, make_ctx(customer=claimed, conversation=second, store=store), "create_ticket",
+                       subject="My real problem", description="details")  # fmt: skip
+
+    assert not theirs.is_error, theirs.content

@@ -210,7 +210,7 @@ def _enabled(config: Config, name: str) -> bool:
 
 
 # What one code point of text can take on the wire: a character outside the BMP written as a JSON
-# escape is a surrogate pair, "\ud83d\ude00", 12 bytes (a BMP one escaped is 6, \uXXXX; raw UTF-8 at
+# escape is a surrogate pair, "\ud83d\ude00", 12 bytes (a BMP one escaped is 6, \u and four hex digits; raw UTF-8 at
 # most 4). Browsers send raw UTF-8, but any JSON encoder may escape, so a valid text must always fit.
 _TEXT_BYTES_PER_CHAR = 12
 # Per image: the JSON around its data URL, {"url":"data:image/jpeg;base64,"}, and a comma (35 bytes).

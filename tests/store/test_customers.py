@@ -7,83 +7,57 @@ claimed one, and a proven email is the one a channel proved last for that extern
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from supportbot.store.base import Store
-from supportbot.store.memory import MemoryStore
-from supportbot.store.sql import SQLStore
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
-async def customers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The SQL store on SQLite and on PostgreSQL, and the memory store."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        shutil.copyfile(request.getfixturevalue("_sqlite_template"), tmp_path / "supportbot.db")
-        url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    opened = await SQLStore.open(url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def test_a_claimed_email_never_opens_the_verified_customer(customers: Store) -> None:
-    ana = await customers.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
-    claimed = await customers.get_or_create_customer(email="ANA@example.com", external_id="web:42", verified=False)
+async def test_a_claimed_email_never_opens_the_verified_customer(any_store: Store) -> None:
+    ana = await any_store.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
+    claimed = await any_store.get_or_create_customer(email="ANA@example.com", external_id="web:42", verified=False)
     assert claimed.id != ana.id and claimed.verified is False
     # ... and the claimed record never becomes the verified one either.
-    again = await customers.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
+    again = await any_store.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
     assert again.id == ana.id
 
 
-async def test_a_proven_identity_never_takes_over_a_claimed_record(customers: Store) -> None:
-    claimed = await customers.get_or_create_customer(email="ben@example.com", verified=False)
-    proven = await customers.get_or_create_customer(email="ben@example.com", verified=True)
+async def test_a_proven_identity_never_takes_over_a_claimed_record(any_store: Store) -> None:
+    claimed = await any_store.get_or_create_customer(email="ben@example.com", verified=False)
+    proven = await any_store.get_or_create_customer(email="ben@example.com", verified=True)
     assert proven.id != claimed.id and proven.verified is True
 
 
-async def test_the_external_id_is_looked_up_before_the_email(customers: Store) -> None:
-    ana = await customers.get_or_create_customer(email="ana@example.com", verified=True)  # e.g. from email
-    shop_user = await customers.get_or_create_customer(external_id="web:7", verified=True)  # id proven, no email
+async def test_the_external_id_is_looked_up_before_the_email(any_store: Store) -> None:
+    ana = await any_store.get_or_create_customer(email="ana@example.com", verified=True)  # e.g. from email
+    shop_user = await any_store.get_or_create_customer(external_id="web:7", verified=True)  # id proven, no email
     assert shop_user.id != ana.id and shop_user.email is None
     # A later proof of both for web:7 finds web:7 first; ana's address is proven for it, so ana is who this is.
-    found = await customers.get_or_create_customer(email="ana@example.com", external_id="web:7", verified=True)
+    found = await any_store.get_or_create_customer(email="ana@example.com", external_id="web:7", verified=True)
     assert found.id == ana.id
-    stale = await customers.get_customer(shop_user.id)
+    stale = await any_store.get_customer(shop_user.id)
     assert stale is not None and stale.email is None
 
 
-async def test_a_newly_proven_email_replaces_the_old_one(customers: Store) -> None:
-    first = await customers.get_or_create_customer(email="old@example.com", external_id="web:42", verified=True)
-    moved = await customers.get_or_create_customer(email="new@example.com", external_id="web:42", verified=True)
+async def test_a_newly_proven_email_replaces_the_old_one(any_store: Store) -> None:
+    first = await any_store.get_or_create_customer(email="old@example.com", external_id="web:42", verified=True)
+    moved = await any_store.get_or_create_customer(email="new@example.com", external_id="web:42", verified=True)
     assert moved.id == first.id and moved.email == "new@example.com"
     # The old address is nobody's proven one any more: a proof of it makes a new customer.
-    other = await customers.get_or_create_customer(email="old@example.com", verified=True)
+    other = await any_store.get_or_create_customer(email="old@example.com", verified=True)
     assert other.id != first.id
 
 
-async def test_a_proven_email_held_by_another_record_leads_to_that_record(customers: Store) -> None:
-    owner = await customers.get_or_create_customer(email="ana@example.com", external_id="slack:T1:U1", verified=True)
-    web = await customers.get_or_create_customer(email="old@example.com", external_id="web:42", verified=True)
-    found = await customers.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
+async def test_a_proven_email_held_by_another_record_leads_to_that_record(any_store: Store) -> None:
+    owner = await any_store.get_or_create_customer(email="ana@example.com", external_id="slack:T1:U1", verified=True)
+    web = await any_store.get_or_create_customer(email="old@example.com", external_id="web:42", verified=True)
+    found = await any_store.get_or_create_customer(email="ana@example.com", external_id="web:42", verified=True)
     assert found.id == owner.id and found.email == "ana@example.com"
-    left = await customers.get_customer(web.id)
+    left = await any_store.get_customer(web.id)
     assert left is not None and left.email is None  # the old address is no longer proven for web:42
     # The id alone (e.g. an id-only signature) now finds a record with no email to read orders by.
-    by_id = await customers.get_or_create_customer(external_id="web:42", verified=True)
+    by_id = await any_store.get_or_create_customer(external_id="web:42", verified=True)
     assert by_id.id == web.id and by_id.email is None
 
 
-async def test_an_unverified_call_keeps_the_first_claimed_email(customers: Store) -> None:
-    first = await customers.get_or_create_customer(email="a@example.com", external_id="web:9", verified=False)
-    again = await customers.get_or_create_customer(email="b@example.com", external_id="web:9", verified=False)
+async def test_an_unverified_call_keeps_the_first_claimed_email(any_store: Store) -> None:
+    first = await any_store.get_or_create_customer(email="a@example.com", external_id="web:9", verified=False)
+    again = await any_store.get_or_create_customer(email="b@example.com", external_id="web:9", verified=False)
     assert again.id == first.id and again.email == "a@example.com"

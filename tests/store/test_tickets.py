@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,26 +18,9 @@ import pytest
 
 from supportbot.errors import StorageError
 from supportbot.store.base import Store
-from supportbot.store.memory import MemoryStore
 from supportbot.store.sql import SQLStore
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Each kind of store: SQLite, PostgreSQL and in memory."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-    store = await SQLStore.open(url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def _customer_with_conversations(store: Store, email: str, count: int) -> tuple[str, list[str]]:

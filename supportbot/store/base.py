@@ -99,6 +99,18 @@ class StoredMessage(NewMessage):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Outgoing:
+    """A reply to queue in the outbox together with the messages that hold it (one transaction).
+
+    The row names the last of the messages (``message_id``) and the conversation; ``payload`` is
+    JSON-able: ``{"kind": ReplyKind, "text": str, "turn": int | None, "author": str | None, ...}``.
+    """
+
+    channel: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Ticket:
     id: int
     subject: str
@@ -197,7 +209,16 @@ class Store(Protocol):
         """
         ...
 
-    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]: ...
+    async def add_messages(
+        self, conversation_id: str, messages: Sequence[NewMessage], *, outgoing: Outgoing | None = None
+    ) -> list[StoredMessage]:
+        """Store messages (and add their tokens and cost to the conversation's totals).
+
+        With ``outgoing``, the same transaction queues one outbox row for the last of ``messages``
+        (a store without an outbox ignores it): a stored reply is always a queued reply.
+        """
+        ...
+
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]: ...
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None: ...
 
@@ -333,6 +354,26 @@ class OutboxItem:
     external_id: str | None = None
     created_at: datetime | None = None
     sent_at: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChannelState:
+    """A value a channel keeps between runs (a cursor), set in the same transaction as an outbox row."""
+
+    channel: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConversationAddress:
+    """Where a conversation's replies go on its channel: the key it is found by and the channel's address."""
+
+    conversation_id: str
+    channel: str
+    key: str | None
+    address: dict[str, Any]
 
 
 class Mailboxes(Protocol):
@@ -352,15 +393,70 @@ class Mailboxes(Protocol):
     ) -> list[InboxItem]: ...
 
     async def outbox_add(
-        self, channel: str, payload: Any, *, conversation_id: str | None = None, message_id: int | None = None
-    ) -> int: ...
-    async def outbox_pending(self, channel: str, limit: int = 100) -> list[OutboxItem]: ...
-    async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
-        """Mark a reply delivered; False if it was already marked (another worker sent it)."""
+        self,
+        channel: str,
+        payload: Any,
+        *,
+        conversation_id: str | None = None,
+        message_id: int | None = None,
+        state: ChannelState | None = None,
+    ) -> int:
+        """Queue a reply; with ``state``, set that channel state in the same transaction. Returns the row's id."""
         ...
 
-    async def outbox_mark_failed(self, outbox_id: int, *, give_up: bool = False) -> int:
-        """Count a failed delivery attempt; ``give_up`` marks it ``failed`` for good. Returns the attempts so far."""
+    async def outbox_pending(self, channel: str, limit: int = 100) -> list[OutboxItem]:
+        """Rows of ``channel`` still to deliver, oldest first."""
+        ...
+
+    async def outbox_get(self, outbox_id: int) -> OutboxItem | None: ...
+    async def outbox_find(self, channel: str, external_id: str) -> OutboxItem | None:
+        """The row that was delivered as the channel's message ``external_id`` (e.g. a Slack message's ts)."""
+        ...
+
+    async def outbox_attempt(self, outbox_id: int) -> int | None:
+        """Count an attempt before sending (so after a crash the row shows it may have been sent).
+
+        Returns the attempts so far, this one included; None when the row is not pending any more.
+        """
+        ...
+
+    async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
+        """Mark a reply delivered; False if it was not pending any more (another worker sent it)."""
+        ...
+
+    async def outbox_mark_failed(self, outbox_id: int, *, error: str, give_up: bool = False) -> None:
+        """Record why the last attempt failed; ``give_up`` marks the row ``failed`` for good.
+
+        Raises:
+            StorageError: the row does not exist or is no longer pending.
+        """
+        ...
+
+    async def outbox_failed(self, *, limit: int = 100) -> list[OutboxItem]:
+        """Rows given up on, newest first (for operators)."""
+        ...
+
+    async def channel_state(self, channel: str, key: str) -> str | None: ...
+    async def set_channel_state(self, state: ChannelState) -> None: ...
+
+    async def conversation_for_key(self, channel: str, key: str) -> str | None:
+        """The newest conversation bound to ``key`` on ``channel`` (any status), or None."""
+        ...
+
+    async def set_conversation_address(
+        self, conversation_id: str, *, channel: str, key: str | None, address: dict[str, Any]
+    ) -> None:
+        """Bind the conversation to its key and where its replies go (replacing the previous address)."""
+        ...
+
+    async def conversation_address(self, conversation_id: str) -> ConversationAddress | None: ...
+
+    async def tickets_after(self, ticket_id: int, *, limit: int = 100) -> list[Ticket]:
+        """Tickets with an id above ``ticket_id``, oldest first (announcing new tickets)."""
+        ...
+
+    async def last_ticket_id(self) -> int:
+        """The highest ticket id so far, 0 with none."""
         ...
 
 

@@ -127,3 +127,30 @@ async def test_0004_closes_all_but_the_oldest_open_handoff_ticket_of_a_conversat
     finally:
         await store.close()
 
+
+async def test_0005_keeps_the_outbox_rows_and_leaves_their_last_error_empty(db_url: str) -> None:
+    from sqlalchemy import JSON, DateTime, column, table
+
+    await migrate.upgrade(db_url, "0004")
+    # The outbox as 0004 left it (the model has columns it had not yet).
+    old_outbox = table("outbox", column("id"), column("channel"), column("payload", JSON()), column("status"),
+                       column("attempts"), column("created_at", DateTime(timezone=True)))  # fmt: skip
+    at = datetime.now(UTC)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(old_outbox.insert(), [
+                {"id": 1, "channel": "email", "payload": {"text": "hi"}, "status": "failed", "attempts": 5,
+                 "created_at": at.replace(tzinfo=None) if db_url.startswith("sqlite") else at},
+            ])  # fmt: skip
+    finally:
+        await engine.dispose()
+
+    await migrate.upgrade(db_url)
+
+    store = await SQLStore.open(db_url, create=False)
+    try:
+        (row,) = await store.outbox_failed()
+        assert (row.id, row.payload, row.attempts, row.last_error) == (1, {"text": "hi"}, 5, None)
+    finally:
+        await store.close()

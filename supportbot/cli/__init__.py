@@ -556,11 +556,4 @@ def logs(
 
 
 # The operators' commands (tickets reply|note|close|…, conversations, admin) live in their own module.
-from supportbot import _cli_operators  # noqa: E402, F401 - registers its commands on the groups above
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run the imported module's group: `python -m supportbot.cli` executes this file as __main__, a
-    # second copy whose groups the operators' module did not register its commands on.
-    from supportbot.cli import main as _main
-
-    _main()
+from supportbot.cli import _operators  # noqa: E402, F401 - registers its commands on the groups above

@@ -535,6 +535,8 @@ def _check_connectors(
     sections = config.connectors.model_dump(exclude={"web"})
     for name, raw in sections.items():
         path: YamlPath = ("connectors", name)
+        if any(f[:2] == path for f in faulty):
+            continue  # a variable of it is not set: reported already, and its values are not known
         if not isinstance(raw, dict):
             problems.add(file, doc.line(path), f"connectors.{name}", "must be a mapping of settings")
             faulty.add(path)

@@ -142,8 +142,11 @@ class DeliveryWorker:
                 await self.run_once()
             except Exception:  # the database may be away for a moment; try again at the next poll
                 log.warning("could not read the %s outbox; retrying", self.channel.name, exc_info=True)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the wake-up
+            # does, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._next_wait())
+                async with asyncio.timeout(self._next_wait()):
+                    await self._wake.wait()
             self._wake.clear()
 
     def _next_wait(self) -> float:

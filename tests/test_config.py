@@ -269,7 +269,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
         database:
           url: postgresql+asyncpg://bot:hunter2pass@db.example/support
         connectors:
-          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: sk-live-123456, channel: "#x"}
+          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: sk-live-123456, tickets_channel: "#x"}
         admin:
           token: sk-live-1234567890123456
         """,
@@ -279,7 +279,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
         assert "sk-live" not in text
         assert "hunter2pass" not in text
     dump = config.redacted_dump()
-    assert dump["connectors"]["slack"]["channel"] == "#x"
+    assert dump["connectors"]["slack"]["tickets_channel"] == "#x"
     assert dump["connectors"]["slack"]["enabled"] is True
     assert dump["llm"]["api_key"] == "**********"
     assert dump["database"]["url"] == "postgresql+asyncpg://bot:***@db.example/support"

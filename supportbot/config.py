@@ -220,55 +220,13 @@ class ServerSettings(_Section):
         return value.rstrip("/") if value else value
 
 
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
-
-
-class WebRateLimits(_Section):
-    """Per worker process; a refused request gets 429 with Retry-After."""
-
-    requests_per_minute_per_ip: int = Field(300, ge=1)
-    conversations_per_hour_per_ip: int = Field(60, ge=1)
-    messages_per_minute_per_conversation: int = Field(20, ge=1)
-    connections_per_conversation: int = Field(10, ge=1)
-
-
-class WebSettings(_Section):
-    """The web widget and the conversation REST/SSE API (``connectors/web``)."""
-
-    enabled: bool = True
-    allowed_origins: tuple[str, ...] = ()
-    identity_secret: SecretStr | None = None
-    title: str | None = Field(None, max_length=80)
-    color: str = Field("#0b6e4f", pattern=r"^#[0-9a-fA-F]{6}$")
-    position: Literal["right", "left"] = "right"
-    greeting: str | None = Field(None, max_length=500)
-    demo_page: bool = True
-    rate_limits: WebRateLimits = WebRateLimits()
-
-    @field_validator("identity_secret", mode="before")
-    @classmethod
-    def _empty_secret(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("allowed_origins")
-    @classmethod
-    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in value:
-            if not _ORIGIN.match(origin):
-                raise ValueError(
-                    f"{origin!r} is not an origin; write scheme://host[:port] with no path, "
-                    f"e.g. https://shop.example.com"
-                )
-        return tuple(origin.lower() for origin in value)
-
-
 class ConnectorSettings(_Section):
-    """``web`` is checked here; every other section belongs to its connector, which checks it (see
-    ``supportbot.channels.Connector``): ``Config.connector(name)`` gives the checked settings."""
+    """Each section belongs to its connector, whose settings model checks it (see
+    ``supportbot.channels.Connector``); ``Config.connector(name)`` gives the checked settings."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    web: WebSettings = WebSettings()
+    web: dict[str, Any] = {}
     slack: dict[str, Any] = {}
     email: dict[str, Any] = {}
 
@@ -363,10 +321,8 @@ class Config(_Section):
     _connectors: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
     def connector(self, name: str) -> BaseModel | None:
-        """The settings of connector ``name`` as its own model checked them (``connectors.web`` is
-        ``WebSettings``); None when no installed connector has that name."""
-        if name == "web":
-            return self.connectors.web
+        """The settings of connector ``name`` as its own model checked them (the defaults when the file
+        has no section for it); None when no installed connector has that name."""
         if name not in self._connectors:
             found = _connector_settings(name, self.connectors)
             if found is None:
@@ -532,7 +488,7 @@ def _check_connectors(
     """Check each ``connectors.<name>`` section with its connector's own settings model."""
     checked: dict[str, BaseModel] = {}
     installed = _installed_connectors()
-    sections = config.connectors.model_dump(exclude={"web"})
+    sections = config.connectors.model_dump()
     for name, raw in sections.items():
         path: YamlPath = ("connectors", name)
         if any(f[:2] == path for f in faulty):

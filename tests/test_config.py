@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import textwrap
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 from supportbot.config import (
+    CONNECTOR_GROUP,
     EXAMPLE_FLOWS_DIR,
     EXAMPLE_ORDERS_FILE,
     Config,
@@ -418,7 +420,8 @@ def test_the_example_config_documents_every_option() -> None:
             names |= keys(info.annotation) if isinstance(info.annotation, type) else set()
         return names
 
-    missing = sorted(k for k in keys(Config) | keys(SqlOrders) | keys(HttpOrders) if f"{k}:" not in text)
+    connectors = set().union(*(keys(entry.load().settings) for entry in entry_points(group=CONNECTOR_GROUP)))
+    missing = sorted(k for k in keys(Config) | keys(SqlOrders) | keys(HttpOrders) | connectors if f"{k}:" not in text)
     assert missing == []
 
 

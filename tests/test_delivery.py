@@ -43,9 +43,11 @@ class Recorder(ChannelBase):
         self.identity: Identity | None = None
         self.ignore: set[str] = set()
         self.arrived = asyncio.Event()
+        self.tried = asyncio.Event()
 
     async def deliver(self, reply: Reply) -> str:
         self.attempts.append(reply)
+        self.tried.set()
         if self.failures:
             raise self.failures.pop(0)
         self.delivered.append(reply)
@@ -110,8 +112,9 @@ def store_of(runtime: Runtime) -> DeliveryStore:
 
 
 def message(text: str, *, key: str = "T1/C1/1700.1", external_id: str | None = None, **extra: Any) -> InboundMessage:
-    return InboundMessage(channel="chat", external_id=external_id or text, text=text, key=key,
-                          identity=Identity(external_id="T1/U1", name="Ana"), address={"thread": key}, **extra)  # fmt: skip
+    identity = Identity(external_id="T1/U1", name="Ana")
+    return InboundMessage(channel="chat", external_id=external_id or text, text=text, key=key, identity=identity,
+                          address={"thread": key}, **extra)  # fmt: skip
 
 
 async def test_a_keyed_message_gets_one_conversation_and_one_reply_through_the_outbox(
@@ -194,12 +197,11 @@ async def test_a_reply_the_channel_refuses_is_given_up_and_shown_to_operators(
     await hub.submit(message("hello"))
     store = store_of(runtime)
     async with asyncio.timeout(10):
-        while not (failed := await store.outbox_failed()):
-            await asyncio.sleep(0.02)
-    assert failed[0].last_error is not None and "channel_not_found" in failed[0].last_error
-    async with asyncio.timeout(10):
-        while not (tickets := await runtime.store.list_tickets(conversation_id=failed[0].conversation_id)):
-            await asyncio.sleep(0.02)
+        await channel.tried.wait()
+        await hub.workers["chat"].idle()
+    [failed] = await store.outbox_failed()
+    assert failed.last_error is not None and "channel_not_found" in failed.last_error
+    tickets = await runtime.store.list_tickets(conversation_id=failed.conversation_id)
     assert tickets[0].kind == "escalation" and "not delivered" in tickets[0].subject
     assert "An answer nobody gets." in tickets[0].description
     assert channel.delivered == []

@@ -25,8 +25,8 @@ from connectors.web import api, ws
 from connectors.web.channel import Refused, WebChannel
 from connectors.web.openapi import OPENAPI
 from connectors.web.security import identity_token, origin_allowed, retry_after
+from connectors.web.settings import WebSettings
 from supportbot.channels import Connector
-from supportbot.config import WebSettings
 from supportbot.runtime import NO_MODEL
 from supportbot.server import DISPATCHER, INTAKE, RUNTIME, add_openapi, error_response
 

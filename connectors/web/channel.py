@@ -33,8 +33,8 @@ from connectors.web.security import (
     verify_hash,
     verify_identity_token,
 )
+from connectors.web.settings import WebSettings
 from supportbot.channels import Accepted, ChannelBase, InboundMessage, Intake, Reply
-from supportbot.config import WebSettings
 from supportbot.dispatch import Dispatcher
 from supportbot.errors import ConfigError, MessageTooLarge
 from supportbot.messages import ImagePart

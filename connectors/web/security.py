@@ -30,7 +30,7 @@ import jwt
 import jwt.warnings
 from aiohttp import web
 
-from supportbot.config import WebSettings
+from connectors.web.settings import WebSettings
 from supportbot.server import public_origin
 
 __all__ = [

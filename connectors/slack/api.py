@@ -35,7 +35,16 @@ TIERS: dict[str, int] = {
 # Errors after which the same call may work later; any other ok:false error is final (channel_not_found,
 # not_in_channel, is_archived, invalid_auth, missing_scope, msg_too_long, ...).
 _TRANSIENT = frozenset(
-    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout", "team_added_to_org"}
+    {
+        "ratelimited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "team_added_to_org",
+        # a message still streaming cannot be edited; Slack ends idle streams within minutes
+        "streaming_state_conflict",
+    }
 )
 
 

@@ -213,31 +213,23 @@ class LiveMessage:
             return None
         if self.mode == "native" and not self.stopped:
             if not self.failed and final.startswith(self.shown):
-                rest = final[len(self.shown) :]
-                while len(rest) > _PIECE_CHARS:
-                    cut = stream_ready(rest[:_PIECE_CHARS]) or _PIECE_CHARS
-                    self.calls.append("chat.appendStream")
-                    await self.api.chat_appendStream(
-                        channel=self.channel, ts=self.ts, markdown_text=to_markdown(rest[:cut])
-                    )
-                    self.shown += rest[:cut]
-                    rest = rest[cut:]
+                try:
+                    await self._stop_with(final, metadata=metadata, buttons=buttons)
+                    return self.ts
+                except SlackApiError as exc:
+                    if retry_after(exc) is not None:
+                        raise
+                    # The stream ended on its own (Slack stops idle ones) or the person stopped it: replace it.
+                    log.info("could not finish the live stream in %s (%s); replacing it", self.channel, error_code(exc))
+            else:
+                # What was shown is not the start of the reply (or the stream broke): stop it, then replace it.
                 self.calls.append("chat.stopStream")
-                await self.api.chat_stopStream(
-                    channel=self.channel, ts=self.ts, markdown_text=to_markdown(rest) or None,
-                    blocks=list(buttons) or None, metadata=metadata,
-                )  # fmt: skip
-                self.stopped = True
-                self.shown = final
-                return self.ts
-            # What was shown is not the start of the reply (or the stream broke): stop it, then replace it.
-            self.calls.append("chat.stopStream")
-            try:
-                await self.api.chat_stopStream(channel=self.channel, ts=self.ts)
-            except SlackApiError as exc:
-                if retry_after(exc) is not None:
-                    raise
-                log.info("could not stop the live stream in %s (%s); replacing it", self.channel, error_code(exc))
+                try:
+                    await self.api.chat_stopStream(channel=self.channel, ts=self.ts)
+                except SlackApiError as exc:
+                    if retry_after(exc) is not None:
+                        raise
+                    log.info("could not stop the live stream in %s (%s); replacing it", self.channel, error_code(exc))
             self.stopped = True
         self.calls.append("chat.update")
         await self.api.chat_update(
@@ -245,6 +237,24 @@ class LiveMessage:
         )
         self.shown = final
         return self.ts
+
+    async def _stop_with(self, final: str, *, metadata: dict[str, Any], buttons: Sequence[dict[str, Any]]) -> None:
+        """Append what the stream has not shown of ``final`` and stop it with the metadata and buttons."""
+        assert self.ts is not None
+        rest = final[len(self.shown) :]
+        while len(rest) > _PIECE_CHARS:
+            cut = stream_ready(rest[:_PIECE_CHARS]) or _PIECE_CHARS
+            self.calls.append("chat.appendStream")
+            await self.api.chat_appendStream(channel=self.channel, ts=self.ts, markdown_text=to_markdown(rest[:cut]))
+            self.shown += rest[:cut]
+            rest = rest[cut:]
+        self.calls.append("chat.stopStream")
+        await self.api.chat_stopStream(
+            channel=self.channel, ts=self.ts, markdown_text=to_markdown(rest) or None,
+            blocks=list(buttons) or None, metadata=metadata,
+        )  # fmt: skip
+        self.stopped = True
+        self.shown = final
 
     async def abandon(self) -> None:
         """The reply never came (or went elsewhere): end a native stream so Slack does not show it as running."""

@@ -24,13 +24,14 @@ from connectors.slack.routes import OPENAPI, add_routes
 from connectors.slack.settings import SlackSettings
 from connectors.slack.socket_mode import SocketMode
 from supportbot.channels import Connector
-from supportbot.server import INTAKE, RUNTIME, add_openapi, error_response
 
 __all__ = ["CONNECTOR", "SlackChannel", "SlackSettings", "setup"]
 
 
 def setup(app: web.Application, settings: SlackSettings) -> SlackChannel:
     """Add the Slack routes to the server and return the channel the core delivers through."""
+    from supportbot.server import INTAKE, RUNTIME, add_openapi, error_response  # the server imports connectors
+
     runtime = app[RUNTIME]
     limits = runtime.config.limits
     store = runtime.store

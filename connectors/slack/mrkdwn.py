@@ -138,14 +138,17 @@ def stream_ready(text: str) -> int:
     """How much of a growing ``text`` ``to_markdown`` can render now: all but a trailing ``<``, ``&`` or
     ``@`` with the start of a broadcast word, whose rendering depends on what comes next."""
     end = len(text)
-    if text.endswith(("<", "&")):
-        return end - 1
-    at = text.rfind("@", max(0, end - 9))
-    if at >= 0:
-        tail = text[at + 1 :].lower()
-        if len(tail) < 8 and any(word.startswith(tail) and word != tail for word in _BROADCAST_WORDS):
-            return at
-    return end
+    while True:
+        if text.endswith(("<", "&"), 0, end):
+            end -= 1
+            continue
+        at = text.rfind("@", max(0, end - 9), end)
+        if at >= 0:
+            tail = text[at + 1 : end].lower()
+            if any(word.startswith(tail) and word != tail for word in _BROADCAST_WORDS):
+                end = at  # '<@he' may still become '<@here': what precedes the '@' is checked again
+                continue
+        return end
 
 
 # -- Slack to plain text ------------------------------------------------------------------------------

@@ -120,26 +120,27 @@ class Receiver:
             first = found.kind == "assistant" and not known
         else:
             first = False
-        outcome = await self._submit(message, intake)
-        if first and outcome is _STORED:
+        outcome, new = await self._submit(message, intake)
+        if first and new:
             thread = message.address.get("thread_ts")
             if thread:
                 channel.spawn(channel.set_title(str(message.address["channel"]), str(thread), message.text))
         return outcome
 
-    async def _submit(self, message: InboundMessage, intake: Intake) -> Outcome:
+    async def _submit(self, message: InboundMessage, intake: Intake) -> tuple[Outcome, bool]:
+        """Store the message; the outcome, and whether it is new (not a redelivery)."""
         try:
-            await intake.submit(message)
+            accepted = await intake.submit(message)
         except MessageTooLarge as exc:
             address = message.address
             self.channel.spawn(self.channel.note(str(address["channel"]), address.get("thread_ts"), _too_large(exc)))
-            return _STORED  # answered with the note: nothing to store, nothing for Slack to retry
+            return _STORED, False  # answered with the note: nothing to store, nothing for Slack to retry
         except StorageError as exc:
             log.error("a Slack message could not be stored (Slack will retry): %s", exc)
-            return _NOT_STORED
+            return _NOT_STORED, False
         except Unavailable:
-            return _DRAINING
-        return _STORED
+            return _DRAINING, False
+        return _STORED, not accepted.duplicate
 
     async def _operator(self, found: Operator, intake: Intake) -> Outcome:
         delivered: _Delivered | None = getattr(intake, "delivered", None)
@@ -195,8 +196,8 @@ class Receiver:
                 actor=await self._actor(found.user), ticket_id=found.ticket_id, hand_back=True,
             )  # fmt: skip
             return await self._operator_reply(reply, intake, found.channel, found.message_ts)
-        outcome = await self._submit(found.message, intake)
-        if outcome.ok:
+        outcome, new = await self._submit(found.message, intake)
+        if new:
             self.channel.spawn(self._answered(found, payload))
         return outcome
 

@@ -39,6 +39,8 @@ _NO_NATIVE = frozenset(
      "invalid_arguments", "streaming_not_enabled"}
 )  # fmt: skip
 
+_STOPPED_BY_USER = "stopped_by_user"
+
 Mode = Literal["native", "update"]
 
 
@@ -219,7 +221,9 @@ class LiveMessage:
                 except SlackApiError as exc:
                     if retry_after(exc) is not None:
                         raise
-                    # The stream ended on its own (Slack stops idle ones) or the person stopped it: replace it.
+                    if error_code(exc) == _STOPPED_BY_USER:
+                        return self._stopped_by_user()
+                    # The stream ended on its own (Slack ends streams left open): replace its text.
                     log.info("could not finish the live stream in %s (%s); replacing it", self.channel, error_code(exc))
             else:
                 # What was shown is not the start of the reply (or the stream broke): stop it, then replace it.
@@ -229,6 +233,8 @@ class LiveMessage:
                 except SlackApiError as exc:
                     if retry_after(exc) is not None:
                         raise
+                    if error_code(exc) == _STOPPED_BY_USER:
+                        return self._stopped_by_user()
                     log.info("could not stop the live stream in %s (%s); replacing it", self.channel, error_code(exc))
             self.stopped = True
         self.calls.append("chat.update")
@@ -236,6 +242,12 @@ class LiveMessage:
             channel=self.channel, ts=self.ts, text=to_mrkdwn(final), blocks=list(blocks), metadata=metadata
         )
         self.shown = final
+        return self.ts
+
+    def _stopped_by_user(self) -> str | None:
+        # The customer pressed "stop" on the streaming answer: it stays as they stopped it, and counts as sent.
+        log.info("the customer stopped the live reply in %s; it is left as it is", self.channel)
+        self.stopped = True
         return self.ts
 
     async def _stop_with(self, final: str, *, metadata: dict[str, Any], buttons: Sequence[dict[str, Any]]) -> None:

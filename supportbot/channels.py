@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from supportbot.errors import ConnectorError
 from supportbot.events import Event
@@ -213,6 +213,11 @@ class Intake(Protocol):
         """
         ...
 
+    async def delivered(self, channel: str, external_id: str) -> Reply | None:
+        """The reply that was delivered as the channel's message ``external_id`` (the ticket announcement
+        an operator answers in its thread), or None."""
+        ...
+
 
 @runtime_checkable
 class Channel(Protocol):
@@ -233,7 +238,9 @@ class Channel(Protocol):
 class ChannelBase:
     """A ``Channel`` with the optional hooks as no-ops; connectors subclass it and override what they use."""
 
-    name: ClassVar[str] = ""
+    name: str = ""
+    announces_tickets: bool = False
+    """True: new tickets are queued to this channel as ``ticket`` replies (Slack's tickets channel)."""
 
     async def deliver(self, reply: Reply) -> str:  # pragma: no cover - every channel overrides it
         raise NotImplementedError
@@ -241,9 +248,10 @@ class ChannelBase:
     def render(self, turn: TurnInfo, event: Event) -> None:
         """Show a running turn live (must not block: schedule network work on a task of your own)."""
 
-    async def prepare(self, message: InboundMessage) -> InboundMessage:
+    async def prepare(self, message: InboundMessage) -> InboundMessage | None:
         """Complete a stored message before its turn (after the acknowledgement): look up the sender,
-        download images. Runs again after a restart; returns the message to answer."""
+        download images. Runs again after a restart; returns the message to answer, or None to leave it
+        unanswered (a deleted user, another bot)."""
         return message
 
     async def start(self, intake: Intake) -> None:
@@ -267,4 +275,4 @@ class Connector:
 
     name: str
     settings: type[BaseModel]
-    setup: Callable[[web.Application, Any], Channel | None]
+    setup: Callable[[web.Application, Any], ChannelBase | None]

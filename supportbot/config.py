@@ -211,6 +211,13 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     drain_timeout_s: float = Field(30.0, ge=0, le=600)
     trust_forwarded_for: bool = False
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    delivery_give_up_after_s: float = Field(3600.0, ge=1, le=7 * 24 * 3600)
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
 
 
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -256,6 +263,11 @@ class WebSettings(_Section):
 
 
 class ConnectorSettings(_Section):
+    """``web`` is checked here; every other section belongs to its connector, which checks it (see
+    ``supportbot.channels.Connector``): ``Config.connector(name)`` gives the checked settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     web: WebSettings = WebSettings()
     slack: dict[str, Any] = {}
     email: dict[str, Any] = {}
@@ -348,6 +360,19 @@ class Config(_Section):
     _warnings: tuple[str, ...] = PrivateAttr(default=())
     _shown_as: str = PrivateAttr(default="")
     _lines: Mapping[YamlPath, int] = PrivateAttr(default_factory=dict)
+    _connectors: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    def connector(self, name: str) -> BaseModel | None:
+        """The settings of connector ``name`` as its own model checked them (``connectors.web`` is
+        ``WebSettings``); None when no installed connector has that name."""
+        if name == "web":
+            return self.connectors.web
+        if name not in self._connectors:
+            found = _connector_settings(name, self.connectors)
+            if found is None:
+                return None
+            self._connectors[name] = found
+        return self._connectors[name]
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -466,12 +491,72 @@ def read_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
         )
         config = _without_faulty_keys(expanded, exc, faulty)
     config = _resolve_paths(config, file.parent).model_copy(update={"source": file})
+    config._connectors = _check_connectors(config, doc, display, problems, faulty)
     if config.llm.api_key is None and not any("llm.api_key" in w for w in warnings):
         warnings.append(f"{display}:{doc.line(('llm', 'api_key'))}: llm.api_key: no API key is set, so {_NO_KEY}")
     config._warnings = tuple(warnings)
     config._shown_as = display
     config._lines = doc.lines
     return ConfigReport(config=config, problems=problems, faulty=frozenset(faulty))
+
+
+CONNECTOR_GROUP = "supportbot.connectors"
+"""The entry point group naming the connectors (``supportbot.channels.Connector``)."""
+
+
+def _installed_connectors() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group=CONNECTOR_GROUP)}
+
+
+def _connector_settings(name: str, sections: ConnectorSettings) -> BaseModel | None:
+    """Connector ``name``'s settings from its section (checked already by ``read_config`` for a file)."""
+    entry = _installed_connectors().get(name)
+    if entry is None:
+        return None
+    model = getattr(entry.load(), "settings", None)
+    if model is None:
+        return None
+    raw = getattr(sections, name, None) or {}
+    try:
+        settings: BaseModel = model.model_validate(raw)
+    except ValidationError:
+        return None  # reported by read_config; the connector stays off
+    return settings
+
+
+def _check_connectors(
+    config: Config, doc: YamlDocument, file: str, problems: Problems, faulty: set[YamlPath]
+) -> dict[str, BaseModel]:
+    """Check each ``connectors.<name>`` section with its connector's own settings model."""
+    checked: dict[str, BaseModel] = {}
+    installed = _installed_connectors()
+    sections = config.connectors.model_dump(exclude={"web"})
+    for name, raw in sections.items():
+        path: YamlPath = ("connectors", name)
+        if not isinstance(raw, dict):
+            problems.add(file, doc.line(path), f"connectors.{name}", "must be a mapping of settings")
+            faulty.add(path)
+            continue
+        entry = installed.get(name)
+        if entry is None:
+            if raw.get("enabled") is True:
+                known = ", ".join(sorted(installed)) or "none"
+                problems.add(file, doc.line(path), f"connectors.{name}",
+                             f"no connector named {name!r} is installed (installed: {known}); "
+                             "remove the section or install the package that provides it")  # fmt: skip
+                faulty.add(path)
+            continue
+        model = getattr(entry.load(), "settings", None)
+        if model is None:
+            continue
+        try:
+            checked[name] = model.model_validate(raw)
+        except ValidationError as exc:
+            validation_problems(exc, model, file=file, doc=doc, problems=problems, prefix=path)
+            faulty.add(path)
+    return checked
 
 
 def _without_faulty_keys(data: dict[str, Any], exc: ValidationError, faulty: set[YamlPath]) -> Config:

@@ -1,6 +1,6 @@
 """From a channel's message to the engine and back out to everyone watching the conversation.
 
-A channel hands the ``Dispatcher`` an ``Inbound`` message. ``submit`` refuses one over the
+A channel hands the ``Dispatcher`` an ``InboundMessage`` (``supportbot.channels``). ``submit`` refuses one over the
 ``limits`` (``MessageTooLarge``, nothing stored), then stores it in the durable inbox (UNIQUE per
 channel and external id) and returns only then, so the channel may acknowledge it: a
 redelivered message is recognised and not answered twice. The turn runs in a task of its
@@ -9,8 +9,15 @@ browser tab) never cuts a turn short. Every event of the turn is published to th
 subscribers (open widget tabs, an SSE stream), and the reply being streamed is kept as a
 ``LiveTurn`` so a client that reconnects mid-reply can be shown what it missed.
 
+A message that names a conversation key instead of a conversation (Slack, email) is taken to its
+conversation when its turn starts, after the channel's ``prepare`` (which may call the channel's
+API, so it never delays the acknowledgement): the newest conversation of that key, or a new one
+when there is none or it is closed. While a turn runs, its events also go to the channel's
+``render``; its reply reaches the customer through the outbox (``supportbot.delivery``).
+
 Inbox statuses: ``received`` (stored, the engine has not taken it), ``stored`` (the engine stored
-the customer's message; ``Engine.run_turn`` sets it in the message's own transaction), ``done``.
+the customer's message; ``Engine.run_turn`` sets it in the message's own transaction), ``done``,
+``ignored`` (the channel's ``prepare`` declined it: another bot, a deleted user).
 On start, ``resume`` runs what a stopped server left ``received`` or ``stored``; ``drain`` lets
 running turns finish within a grace period and hands the rest back to the inbox.
 """
@@ -20,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from supportbot.channels import Accepted, ChannelBase, Identity, InboundMessage, Reply, TurnInfo
 from supportbot.config import LimitSettings
 from supportbot.engine import Engine, clean_text
 from supportbot.errors import MessageTooLarge, SupportbotError
@@ -40,25 +48,29 @@ from supportbot.events import (
 )
 from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
-from supportbot.store.base import InboxItem, StoredMessage
+from supportbot.store.base import Conversation, Customer, InboxItem
 
 __all__ = [
     "Accepted",
     "CustomerMessage",
+    "Delivered",
     "Dispatcher",
-    "Inbound",
     "LiveTurn",
     "Published",
-    "StaffMessage",
+    "Subscription",
     "TurnEvent",
     "Unavailable",
     "check_size",
     "data_url_bytes",
+    "decode_message",
+    "encode_message",
 ]
 
 log = logging.getLogger("supportbot.dispatch")
 
 RESTART_TEXT = "Our support assistant is restarting. Your message is saved, and I'll answer it in a moment."
+PREPARE_ATTEMPTS = 3
+"""How often a channel's ``prepare`` is tried (1 s, then 2 s apart) before the message is answered as it came."""
 SAVED_TEXT = (
     "I'm sorry, something went wrong on our side and I couldn't answer just now. "
     "Your message is saved, and it will be answered as soon as the problem is fixed."
@@ -70,6 +82,8 @@ class Unavailable(SupportbotError):
 
 
 class _Inbox(Protocol):
+    """What the dispatcher needs of storage: the inbox, and conversation keys (``SQLStore`` has both)."""
+
     async def inbox_add(
         self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
     ) -> int | None: ...
@@ -77,17 +91,59 @@ class _Inbox(Protocol):
     async def inbox_pending(
         self, channel: str | None = None, *, statuses: tuple[str, ...] = ("received",), limit: int = 100
     ) -> list[InboxItem]: ...
+    async def conversation_for_key(self, channel: str, key: str) -> str | None: ...
+    async def set_conversation_address(
+        self, conversation_id: str, *, channel: str, key: str | None, address: dict[str, Any]
+    ) -> None: ...
+    async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+    async def get_or_create_customer(
+        self, *, email: str | None = None, external_id: str | None = None, name: str | None = None,
+        verified: bool = False,
+    ) -> Customer: ...  # fmt: skip
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Inbound:
-    """A customer's message as a channel received it; ``external_id`` is unique per channel."""
+def encode_message(message: InboundMessage) -> dict[str, Any]:
+    """The inbox payload of a message: everything needed to answer it after a restart (JSON)."""
+    identity = message.identity
+    return {
+        "text": message.text,
+        "images": [image.url for image in message.images],
+        "key": message.key,
+        "identity": {"external_id": identity.external_id, "email": identity.email, "name": identity.name,
+                     "verified": identity.verified},
+        "address": dict(message.address),
+        "data": dict(message.data),
+    }  # fmt: skip
 
-    channel: str
-    external_id: str
-    conversation_id: str
-    text: str
-    images: tuple[ImagePart, ...] = ()
+
+def decode_message(item: InboxItem) -> InboundMessage | None:
+    """The message an inbox row holds (also rows written before conversation keys existed); None if unreadable."""
+    payload = item.payload
+    if not isinstance(payload, dict) or payload.get("type", "message") != "message":
+        return None
+    key = payload.get("key")
+    if not isinstance(key, str) and item.conversation_id is None:
+        return None
+    raw = _mapping(payload.get("identity"))
+    identity = Identity(
+        external_id=raw.get("external_id"), email=raw.get("email"), name=raw.get("name"),
+        verified=raw.get("verified") is True,
+    )  # fmt: skip
+    return InboundMessage(
+        channel=item.channel,
+        external_id=item.external_id,
+        text=str(payload.get("text") or ""),
+        key=key if isinstance(key, str) else None,
+        conversation_id=None if isinstance(key, str) else item.conversation_id,
+        identity=identity,
+        images=tuple(ImagePart(url=str(url)) for url in payload.get("images") or ()),
+        address=_mapping(payload.get("address")),
+        data=_mapping(payload.get("data")),
+    )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def data_url_bytes(url: str) -> int:
@@ -100,7 +156,7 @@ def data_url_bytes(url: str) -> int:
     return len(payload) * 3 // 4 if header.endswith(";base64") else len(payload)
 
 
-def check_size(message: Inbound, limits: LimitSettings) -> None:
+def check_size(message: InboundMessage, limits: LimitSettings) -> None:
     """Refuse a message over ``limits`` (text characters, number of images, bytes per image).
 
     Text counts as the engine stores it (control characters removed, NFC), and as it came: over
@@ -136,14 +192,6 @@ def check_size(message: Inbound, limits: LimitSettings) -> None:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Accepted:
-    """``turn`` numbers the message's turn (its inbox id); ``duplicate``: it was stored before, not answered again."""
-
-    turn: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class TurnEvent:
     turn: int
     event: Event
@@ -161,13 +209,14 @@ class CustomerMessage:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class StaffMessage:
-    """A reply a person from the team wrote, already stored (``kind="human"``)."""
+class Delivered:
+    """A reply from the outbox, shown to the conversation's open clients (a person's reply, a notice, or
+    the bot's answer to a turn they did not watch live)."""
 
-    message: StoredMessage
+    reply: Reply
 
 
-Published = TurnEvent | CustomerMessage | StaffMessage
+Published = TurnEvent | CustomerMessage | Delivered
 
 
 @dataclass(kw_only=True)
@@ -211,15 +260,22 @@ class Dispatcher:
         engine: runs the turns.
         inbox: the durable inbox (``SQLStore`` is one).
         metrics: counts turns, latency and errors; optional.
+
+    Attributes:
+        channels: the channels by name, whose ``prepare`` and ``render`` hooks are called (set by the
+            server; a channel not in it gets neither).
+        turn_ended: called with the channel's name after each turn (the reply is queued: wake its delivery).
     """
 
     def __init__(self, engine: Engine, inbox: _Inbox, *, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.inbox = inbox
         self.metrics = metrics
+        self.channels: dict[str, ChannelBase] = {}
+        self.turn_ended: Callable[[str], None] | None = None
         self._subscribers: dict[str, set[Subscription]] = {}
         self._live: dict[str, LiveTurn] = {}
-        self._tails: dict[str, asyncio.Task[None]] = {}  # the newest turn task of each conversation
+        self._tails: dict[str, asyncio.Task[None]] = {}  # the newest turn task of each conversation or key
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
 
@@ -228,7 +284,7 @@ class Dispatcher:
         """Turns running or waiting for their conversation's previous turn."""
         return len(self._tasks)
 
-    async def submit(self, message: Inbound) -> Accepted:
+    async def submit(self, message: InboundMessage) -> Accepted:
         """Store the message durably and start its turn; returns once it is stored.
 
         Raises:
@@ -239,21 +295,21 @@ class Dispatcher:
         self.check(message)
         if not self._accepting:
             raise Unavailable("the server is shutting down; send the message again in a moment")
-        payload = {"text": message.text, "images": [image.url for image in message.images]}
         inbox_id = await self.inbox.inbox_add(
-            message.channel, message.external_id, payload, conversation_id=message.conversation_id
+            message.channel, message.external_id, encode_message(message), conversation_id=message.conversation_id
         )
         if inbox_id is None:
             return Accepted(turn=0, duplicate=True)
-        self.publish(
-            message.conversation_id,
-            CustomerMessage(turn=inbox_id, channel=message.channel, external_id=message.external_id,
-                            text=message.text, images=len(message.images)),
-        )  # fmt: skip
+        if message.conversation_id is not None:
+            self.publish(
+                message.conversation_id,
+                CustomerMessage(turn=inbox_id, channel=message.channel, external_id=message.external_id,
+                                text=message.text, images=len(message.images)),
+            )  # fmt: skip
         self._start(inbox_id, message, stored=False)
         return Accepted(turn=inbox_id)
 
-    def check(self, message: Inbound) -> None:
+    def check(self, message: InboundMessage) -> None:
         """Refuse a message over the engine's ``limits`` before anything is stored (``check_size``).
 
         Raises:
@@ -264,21 +320,19 @@ class Dispatcher:
     async def resume(self, *, limit: int = 1000) -> int:
         """Run again what a stopped server left unanswered; returns how many turns were started."""
         items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=limit)
+        started = 0
         for item in items:
-            if item.conversation_id is None or not isinstance(item.payload, dict):
+            if isinstance(item.payload, dict) and item.payload.get("type", "message") != "message":
+                continue  # an operator's reply: supportbot.delivery resumes those
+            message = decode_message(item)
+            if message is None:
                 await self.inbox.inbox_set_status(item.id, "failed")
                 continue
-            message = Inbound(
-                channel=item.channel,
-                external_id=item.external_id,
-                conversation_id=item.conversation_id,
-                text=str(item.payload.get("text") or ""),
-                images=tuple(ImagePart(url=str(url)) for url in item.payload.get("images") or ()),
-            )
-            self._start(item.id, message, stored=item.status == "stored")
-        if items:
-            log.info("resumed %d unanswered message(s) left by the last run", len(items))
-        return len(items)
+            self._start(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
+            started += 1
+        if started:
+            log.info("resumed %d unanswered message(s) left by the last run", started)
+        return started
 
     async def drain(self, grace: float) -> int:
         """Take no new messages, let running turns finish for up to ``grace`` seconds, hand back the rest.
@@ -321,9 +375,10 @@ class Dispatcher:
         for subscription in self._subscribers.get(conversation_id, ()):
             subscription._queue.put_nowait(item)
 
-    def deliver(self, message: StoredMessage) -> None:
-        """Show a stored operator reply to the conversation's open clients now (they also see it in the history)."""
-        self.publish(message.conversation_id, StaffMessage(message=message))
+    def show(self, reply: Reply) -> None:
+        """Show a delivered reply to the conversation's open clients now (they also see it in the history)."""
+        if reply.conversation_id is not None:
+            self.publish(reply.conversation_id, Delivered(reply=reply))
 
     def live(self, conversation_id: str) -> LiveTurn | None:
         """The reply streaming in this conversation now, if any."""
@@ -331,31 +386,93 @@ class Dispatcher:
 
     # -- running turns -----------------------------------------------------------------------------
 
-    def _start(self, inbox_id: int, message: Inbound, *, stored: bool) -> None:
-        previous = self._tails.get(message.conversation_id)
-        task = asyncio.create_task(self._run(inbox_id, message, stored=stored, after=previous))
+    def _start(
+        self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None
+    ) -> None:
+        # One turn at a time per conversation, in arrival order; a keyed message waits on its key's
+        # previous message (which may be creating the conversation both go to).
+        route = message.conversation_id or f"{message.channel}\x00{message.key}"
+        previous = self._tails.get(route)
+        task = asyncio.create_task(
+            self._run(inbox_id, message, stored=stored, after=previous, conversation_id=conversation_id)
+        )
         self._tasks.add(task)
-        self._tails[message.conversation_id] = task
+        self._tails[route] = task
 
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
-            if self._tails.get(message.conversation_id) is finished:
-                del self._tails[message.conversation_id]
+            if self._tails.get(route) is finished:
+                del self._tails[route]
 
         task.add_done_callback(done)
 
-    async def _run(self, inbox_id: int, message: Inbound, *, stored: bool, after: asyncio.Task[None] | None) -> None:
+    async def _prepared(self, inbox_id: int, message: InboundMessage) -> InboundMessage | None:
+        """The channel's ``prepare`` of a message, tried a few times (it may call the channel's API);
+        after that the message is answered as it came. None: the channel declined it."""
+        channel = self.channels.get(message.channel)
+        if channel is None:
+            return message
+        for attempt in range(PREPARE_ATTEMPTS):
+            try:
+                return await channel.prepare(message)
+            except Exception:
+                log.warning("channel %s could not prepare message %d (attempt %d of %d)", message.channel, inbox_id,
+                            attempt + 1, PREPARE_ATTEMPTS, exc_info=True)  # fmt: skip
+                if attempt + 1 < PREPARE_ATTEMPTS:
+                    await asyncio.sleep(2**attempt)
+        return message
+
+    async def _conversation_of(self, inbox_id: int, message: InboundMessage) -> str:
+        """The conversation a keyed message goes to: its key's newest, or a new one when there is none or
+        it is closed. Records where replies go (the message's address) and the inbox row's conversation."""
+        key = message.key or ""  # only keyed messages come here
+        found = await self.inbox.conversation_for_key(message.channel, key)
+        conversation = await self.inbox.get_conversation(found) if found is not None else None
+        if conversation is None or conversation.status == "closed":
+            identity = message.identity
+            customer = await self.inbox.get_or_create_customer(
+                email=identity.email,
+                external_id=f"{message.channel}:{identity.external_id}" if identity.external_id else None,
+                name=identity.name,
+                verified=identity.verified,
+            )
+            conversation, _ = await self.engine.start_conversation(customer, channel=message.channel, greet=False)
+        await self.inbox.set_conversation_address(
+            conversation.id, channel=message.channel, key=key, address=dict(message.address)
+        )
+        await self.inbox.inbox_set_status(inbox_id, "received", conversation_id=conversation.id)
+        return conversation.id
+
+    async def _run(
+        self,
+        inbox_id: int,
+        message: InboundMessage,
+        *,
+        stored: bool,
+        after: asyncio.Task[None] | None,
+        conversation_id: str | None = None,
+    ) -> None:
         if after is not None:
             await asyncio.wait({after})  # arrival order within a conversation
-        conversation_id = message.conversation_id
         live = LiveTurn(turn=inbox_id)
         metrics = self.metrics
         record = _TurnRecord(started=time.perf_counter())
+        channel = self.channels.get(message.channel)
         if metrics:
             metrics.turns_in_progress.inc()
         try:
+            if not stored:
+                prepared = await self._prepared(inbox_id, message)
+                if prepared is None:
+                    await self.inbox.inbox_set_status(inbox_id, "ignored")
+                    return
+                message = prepared
+            conversation_id = conversation_id or message.conversation_id
+            if conversation_id is None:
+                conversation_id = await self._conversation_of(inbox_id, message)
+            info = TurnInfo(turn=inbox_id, conversation_id=conversation_id, message=message)
             if stored:
-                events = self.engine.resume_turn(conversation_id)
+                events = self.engine.resume_turn(conversation_id, inbox_id=inbox_id)
             else:
                 # The engine marks the inbox row "stored" with the message, in one transaction.
                 events = self.engine.run_turn(conversation_id, message.text, images=message.images, inbox_id=inbox_id)
@@ -367,20 +484,25 @@ class Dispatcher:
                         metrics.first_token_seconds.labels(message.channel).observe(record.elapsed())
                     self._follow(conversation_id, live, event)
                     if isinstance(event, TurnFinished | TurnFailed):
-                        _log_turn(message, inbox_id, event, record)
+                        _log_turn(message, conversation_id, inbox_id, event, record)
                     if metrics:
                         metrics.turn_event(message.channel, event)
                         if isinstance(event, TurnFinished | TurnFailed):
                             metrics.turn_seconds.labels(message.channel).observe(record.elapsed())
                     self.publish(conversation_id, TurnEvent(turn=inbox_id, event=event))
+                    if channel is not None:
+                        _render(channel, info, event)
             await self.inbox.inbox_set_status(inbox_id, "done")
+            if self.turn_ended is not None:
+                self.turn_ended(message.channel)
         except asyncio.CancelledError:
             # Draining: the inbox keeps the message for the next start; the client hears why it waits.
             # No turn line: the turn runs again at the next start and is logged then.
             stopped = TurnFailed(
                 reason="the server stopped", fallback_text=RESTART_TEXT, ticket_id=None, message_id=None
             )
-            self.publish(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
+            if conversation_id is not None:
+                self.publish(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
             raise
         except Exception as exc:
             # Storage down or a bug: the inbox keeps the message for the next start; the client hears now.
@@ -394,12 +516,13 @@ class Dispatcher:
                 message_id=None,
             )
             if not record.logged:
-                _log_turn(message, inbox_id, failed, record)
-            self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
+                _log_turn(message, conversation_id, inbox_id, failed, record)
+            if conversation_id is not None:
+                self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
         finally:
             if metrics:
                 metrics.turns_in_progress.dec()
-            if self._live.get(conversation_id) is live:
+            if conversation_id is not None and self._live.get(conversation_id) is live:
                 del self._live[conversation_id]
 
     def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
@@ -460,7 +583,18 @@ class _TurnRecord:
             self.ticket_id = event.ticket_id or self.ticket_id
 
 
-def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, record: _TurnRecord) -> None:
+def _render(channel: ChannelBase, turn: TurnInfo, event: Event) -> None:
+    """Hand a live event to the channel; a failure of its rendering never stops the turn (the outbox delivers)."""
+    try:
+        channel.render(turn, event)
+    except Exception:
+        log.exception("channel %s failed to render %s of turn %d", channel.name, event.type, turn.turn)
+
+
+def _log_turn(
+    message: InboundMessage, conversation_id: str | None, turn: int, event: TurnFinished | TurnFailed,
+    record: _TurnRecord,
+) -> None:  # fmt: skip
     """One structured line per turn, ``event: "turn"``: where, what ran, how it ended, how long, what it cost.
 
     Every field is present in every line (None when it does not apply) so the lines read the same
@@ -471,7 +605,7 @@ def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, rec
     usage = event.usage if isinstance(event, TurnFinished) else None
     fields: dict[str, Any] = {
         "event": "turn",
-        "conversation_id": message.conversation_id,
+        "conversation_id": conversation_id,
         "channel": message.channel,
         "turn": turn,
         "flow": record.flow,
@@ -489,6 +623,6 @@ def _log_turn(message: Inbound, turn: int, event: TurnFinished | TurnFailed, rec
         "reason": event.reason if isinstance(event, TurnFailed) else None,
     }
     if isinstance(event, TurnFinished):
-        log.info("turn %d of %s finished in %.0f ms", turn, message.conversation_id, seconds * 1000, extra=fields)
+        log.info("turn %d of %s finished in %.0f ms", turn, conversation_id, seconds * 1000, extra=fields)
     else:
-        log.warning("turn %d of %s failed: %s", turn, message.conversation_id, event.reason, extra=fields)
+        log.warning("turn %d of %s failed: %s", turn, conversation_id, event.reason, extra=fields)

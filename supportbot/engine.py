@@ -40,7 +40,7 @@ from supportbot.history import fit, to_chat_messages
 from supportbot.llm.base import LLM, Completion, LLMRequest, TextChunk
 from supportbot.messages import ChatMessage, ImagePart, ToolCall, Usage
 from supportbot.pricing import cost_usd
-from supportbot.store.base import Conversation, Customer, NewMessage, Store, StoredMessage
+from supportbot.store.base import Conversation, Customer, NewMessage, Outgoing, Store, StoredMessage
 from supportbot.tools import ToolContext, ToolRegistry, ToolResult
 from supportbot.tools.orders import OrderSource
 
@@ -111,6 +111,11 @@ class _Turn:
     cost: float = 0.0
     text: str = ""  # everything the customer was sent this turn
     round_text: str = ""  # what the current model response streamed, not stored yet
+    inbox_id: int | None = None  # the customer message this turn answers (its delivery names it)
+
+    def reply(self, kind: str, text: str) -> Outgoing:
+        """The outbox row that delivers this turn's reply on the conversation's channel."""
+        return Outgoing(channel=self.conversation.channel, payload={"kind": kind, "text": text, "turn": self.inbox_id})
 
 
 class Engine:
@@ -153,14 +158,18 @@ class Engine:
     # -- conversations ---------------------------------------------------------------------------
 
     async def start_conversation(
-        self, customer: Customer, *, channel: str, flow: str | None = None
+        self, customer: Customer, *, channel: str, flow: str | None = None, greet: bool = True
     ) -> tuple[Conversation, str | None]:
-        """Open a conversation and store the flow's greeting, if it has one. Returns both."""
+        """Open a conversation and store the flow's greeting, if it has one and ``greet``. Returns both.
+
+        A channel where the customer writes first (Slack, email) opens it without a greeting: the
+        model would otherwise see a greeting the customer was never shown.
+        """
         if flow is not None and flow not in self.flows:
             raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(self.flows))}")
         chosen = self.flows.get(flow or self.config.flows.default)
         conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
-        greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen))
+        greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen)) if greet else None
         if greeting:
             await self.store.add_messages(
                 conversation.id, [NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name)]
@@ -191,7 +200,9 @@ class Engine:
                 saved = await self.store.add_messages(
                     conversation_id,
                     [NewMessage(role="assistant", content=refusal, kind="notice", flow=conversation.flow)],
-                )
+                    outgoing=Outgoing(channel=conversation.channel,
+                                      payload={"kind": "notice", "text": refusal, "turn": inbox_id}),
+                )  # fmt: skip
                 yield TextDelta(text=refusal, seq=0)
                 yield TurnFinished(text=refusal, message_id=saved[0].id)
                 return
@@ -206,6 +217,7 @@ class Engine:
                 customer=start.customer,
                 flow=self.flows.get(conversation.flow),
                 history=to_chat_messages(start.history),
+                inbox_id=inbox_id,
             )
             yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
             pending = _pending_at(start.history)
@@ -216,8 +228,8 @@ class Engine:
             async for event in self._loop(turn):
                 yield event
 
-    async def resume_turn(self, conversation_id: str) -> AsyncIterator[Event]:
-        """Finish a turn that a stop cut off after the customer's message was stored.
+    async def resume_turn(self, conversation_id: str, *, inbox_id: int | None = None) -> AsyncIterator[Event]:
+        """Finish a turn that a stop cut off after the customer's message was stored (``inbox_id``'s).
 
         Yields the events ``run_turn`` would have yielded from there on. A turn that in fact
         ended (its reply is stored), or a conversation a person has taken, gives only a
@@ -241,6 +253,7 @@ class Engine:
                 customer=customer,
                 flow=self.flows.get(conversation.flow),
                 history=to_chat_messages(stored),
+                inbox_id=inbox_id,
             )
             yield TurnStarted(conversation_id=conversation_id, flow=turn.flow.name)
             async for event in self._loop(turn):
@@ -328,7 +341,9 @@ class Engine:
                 latency_ms=latency_ms,
             )
             if not message.tool_calls:
-                saved = await self.store.add_messages(turn.conversation.id, [record])
+                saved = await self.store.add_messages(
+                    turn.conversation.id, [record], outgoing=turn.reply("answer", turn.text)
+                )
                 yield TurnFinished(
                     text=turn.text,
                     message_id=saved[0].id,
@@ -352,11 +367,13 @@ class Engine:
                 yield event
             if held:
                 prompt = confirmation_prompt(held, self.tools)
+                delta = self._delta(turn, prompt, starts_block=True)
                 saved = await self.store.add_messages(
                     turn.conversation.id,
                     [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],
+                    outgoing=turn.reply("confirmation", turn.text),
                 )
-                yield self._delta(turn, prompt, starts_block=True)
+                yield delta
                 yield TurnFinished(
                     text=turn.text,
                     message_id=saved[0].id,
@@ -550,7 +567,7 @@ class Engine:
                 cost_usd=cost_usd(usage, self.config.llm.pricing) if usage is not None else 0.0,
             )
         )  # fmt: skip
-        saved = await self.store.add_messages(turn.conversation.id, records)
+        saved = await self.store.add_messages(turn.conversation.id, records, outgoing=turn.reply("fallback", fallback))
         yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)
 
     async def _escalate_to_human(self, turn: _Turn, reason: str) -> AsyncIterator[Event]:
@@ -558,7 +575,9 @@ class Engine:
         await self.store.update_conversation(turn.conversation.id, status="human")
         text = LIMIT_TEXT.format(ticket=ticket)
         saved = await self.store.add_messages(
-            turn.conversation.id, [NewMessage(role="assistant", content=text, kind="notice", flow=turn.flow.name)]
+            turn.conversation.id,
+            [NewMessage(role="assistant", content=text, kind="notice", flow=turn.flow.name)],
+            outgoing=turn.reply("notice", text),
         )
         yield Handoff(target="human", reason=reason, ticket_id=ticket)
         yield TextDelta(text=text, seq=turn.seq)

@@ -123,6 +123,14 @@ class FlowLimits(_Section):
     max_cost_usd: float = Field(0.50, ge=0)
 
 
+class SuggestedPrompt(_Section):
+    """A prompt a channel may offer before the customer writes (Slack's assistant threads): a short
+    ``title`` on the button and the ``message`` it sends."""
+
+    title: str = Field(min_length=1, max_length=75)
+    message: str = Field(min_length=1, max_length=2000)
+
+
 class _FlowFile(_Section):
     name: str = Field(pattern=FLOW_NAME_PATTERN)
     description: str = Field(min_length=1)
@@ -131,6 +139,7 @@ class _FlowFile(_Section):
     confirm: list[str] = []
     handoffs: list[str] = []
     greeting: str | None = None
+    suggested_prompts: list[SuggestedPrompt] = Field([], max_length=4)
     system_prompt: str = Field(min_length=1)
     limits: FlowLimits = FlowLimits()
 
@@ -155,6 +164,7 @@ class Flow:
     confirm: tuple[str, ...] = ()
     handoffs: tuple[str, ...] = ()
     greeting: str | None = None
+    suggested_prompts: tuple[SuggestedPrompt, ...] = ()
     limits: FlowLimits = field(default_factory=FlowLimits)
     source: str | None = None
     template_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
@@ -533,6 +543,7 @@ def _check(
         confirm=tuple(spec.confirm),
         handoffs=tuple(spec.handoffs),
         greeting=spec.greeting,
+        suggested_prompts=tuple(spec.suggested_prompts),
         limits=spec.limits,
         source=file,
         template_lines={

@@ -44,6 +44,14 @@ class Metrics:
             "supportbot_tool_duration_seconds", "Tool run time", ["tool"], buckets=_FAST_BUCKETS, registry=r
         )
         self.errors = Counter("supportbot_errors", "Errors and refusals, by kind", ["kind"], registry=r)
+        self.deliveries = Counter(
+            "supportbot_deliveries", "Outbox deliveries, by channel and outcome (sent, retried, failed)",
+            ["channel", "outcome"], registry=r,
+        )  # fmt: skip
+        self.delivery_seconds = Histogram(
+            "supportbot_delivery_duration_seconds", "Time a channel took to send one reply", ["channel"],
+            buckets=_FAST_BUCKETS, registry=r,
+        )  # fmt: skip
         self.websockets = Gauge("supportbot_websocket_connections", "Open widget WebSocket connections", registry=r)
         self.http_requests = Counter(
             "supportbot_http_requests", "HTTP requests, by method, route and status", ["method", "route", "status"],

@@ -2,9 +2,10 @@
 
 Every action is stored with who did it (a ticket event). A reply is stored as a ``human``
 message in the conversation; the conversation then belongs to a person (status ``human``) and the
-bot stays silent until an operator hands it back. How a stored reply reaches the customer is the
-channel's business: ``deliver`` (the server's ``OperatorRelay``) pushes it to open widgets at once,
-and the relay also finds replies stored by other processes (the CLI, another worker).
+bot stays silent until an operator hands it back. A reply and the hand-back notice are queued in
+the outbox with their message (one transaction), and the server's delivery worker of the
+conversation's channel sends them: from whichever process stored them (the admin page, the CLI,
+another worker), also after a crash.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from supportbot.errors import SupportbotError
 from supportbot.store.base import (
     Conversation,
     NewMessage,
+    Outgoing,
     Store,
     StoredMessage,
     Ticket,
@@ -48,13 +50,13 @@ class Operators:
 
     Args:
         store: where tickets and conversations live.
-        deliver: called with each stored reply, to show it to the customer now (None: the
-            channel finds it later, e.g. the server's relay).
+        queued: called with the channel's name after a reply was queued for it (the server wakes that
+            channel's delivery at once; without it, delivery finds the reply within a second).
     """
 
-    def __init__(self, store: OperatorStore, *, deliver: Callable[[StoredMessage], None] | None = None) -> None:
+    def __init__(self, store: OperatorStore, *, queued: Callable[[str], None] | None = None) -> None:
         self.store = store
-        self._deliver = deliver
+        self._queued = queued
 
     async def ticket(self, ticket_id: int) -> Ticket:
         ticket = await self.store.get_ticket(ticket_id)
@@ -89,13 +91,16 @@ class Operators:
         [message] = await self.store.add_messages(
             conversation.id,
             [NewMessage(role="assistant", content=text, kind="human", author=actor, flow=conversation.flow)],
+            outgoing=Outgoing(
+                channel=conversation.channel, payload={"kind": "operator", "text": text, "author": actor}
+            ),
         )
         if conversation.status != "human":
             await self.store.update_conversation(conversation.id, status="human")
         if ticket is not None:
             await self.store.add_ticket_event(ticket.id, actor=actor, action="reply", detail=_summary(text))
-        if self._deliver is not None:
-            self._deliver(message)
+        if self._queued is not None:
+            self._queued(conversation.channel)
         return message
 
     async def note(self, ticket_id: int, *, actor: str, text: str) -> Ticket:
@@ -137,13 +142,15 @@ class Operators:
         conversation = await self.conversation(conversation_id)
         if conversation.status != "bot":
             conversation = await self.store.update_conversation(conversation.id, status="bot")
-            [notice] = await self.store.add_messages(
+            await self.store.add_messages(
                 conversation.id,
                 [NewMessage(role="assistant", content=HANDBACK_TEXT, kind="notice", author=actor,
                             flow=conversation.flow)],
+                outgoing=Outgoing(channel=conversation.channel,
+                                  payload={"kind": "handback", "text": HANDBACK_TEXT, "author": actor}),
             )  # fmt: skip
-            if self._deliver is not None:
-                self._deliver(notice)
+            if self._queued is not None:
+                self._queued(conversation.channel)
         if ticket is not None:
             await self.store.add_ticket_event(ticket.id, actor=actor, action="handback", detail="to the bot")
         return conversation

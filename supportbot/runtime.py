@@ -172,6 +172,11 @@ class Runtime:
     closing: AsyncExitStack
 
     @property
+    def demo(self) -> bool:
+        """Whether the offline demo model answers (``--demo``)."""
+        return isinstance(self.llm, DemoLLM)
+
+    @property
     def has_model(self) -> bool:
         """False only for the default hosted endpoint without a key; a local server may need none."""
         return isinstance(self.llm, DemoLLM) or not self.config.llm.key_missing

@@ -1,10 +1,13 @@
 """``supportbot serve``: one aiohttp server for health, metrics and every enabled channel.
 
-The core serves ``/healthz``, ``/readyz`` and ``/metrics``; channels add their routes through the
-``supportbot.connectors`` entry point group (``connectors.web`` is one), so this package never
-imports a connector. ``serve`` binds, resumes what a previous run left unanswered, and on
-SIGTERM or SIGINT stops taking messages, lets running turns finish within
-``server.drain_timeout_s`` and hands the rest back to the inbox before it closes.
+The core serves ``/healthz``, ``/readyz`` and ``/metrics``; connectors come from the
+``supportbot.connectors`` entry point group (each a ``supportbot.channels.Connector``;
+``connectors.web`` is one), so this package never imports a connector. Each enabled connector adds
+its routes and gives its channel to the ``Hub`` (``supportbot.delivery``), which delivers the
+channel's replies from the outbox. ``serve`` binds, resumes what a previous run left unanswered
+(turns, and replies not yet delivered), and on SIGTERM or SIGINT stops taking messages, lets
+running turns finish within ``server.drain_timeout_s`` and hands the rest back to the inbox before
+it closes.
 """
 
 from __future__ import annotations
@@ -15,19 +18,37 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
-from supportbot.config import Config, LimitSettings
+from supportbot import admin
+from supportbot.channels import ChannelBase, Connector
+from supportbot.config import CONNECTOR_GROUP, Config
+from supportbot.delivery import DeliveryStore, Hub
 from supportbot.dispatch import Dispatcher
 from supportbot.errors import ConfigError
 from supportbot.metrics import CONTENT_TYPE, Metrics
 from supportbot.runtime import NO_MODEL, Runtime, open_runtime
+from supportbot.webapp import (
+    DISPATCHER,
+    DRAINING,
+    INTAKE,
+    METRICS,
+    NOTICES,
+    OPENAPI,
+    RUNTIME,
+    add_openapi,
+    client_ip,
+    error_response,
+    max_message_bytes,
+    public_origin,
+)
 
 __all__ = [
     "CONNECTOR_GROUP",
     "DISPATCHER",
+    "INTAKE",
     "METRICS",
     "NOTICES",
     "OPENAPI",
@@ -44,47 +65,12 @@ __all__ = [
 log = logging.getLogger("supportbot.server")
 access_log = logging.getLogger("supportbot.access")
 
-CONNECTOR_GROUP = "supportbot.connectors"
-RUNTIME = web.AppKey("runtime", Runtime)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-METRICS = web.AppKey("metrics", Metrics)
-DRAINING = web.AppKey("draining", asyncio.Event)
-OPENAPI = web.AppKey("openapi", dict[str, Any])
-"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json``; components add theirs with ``add_openapi``."""
-NOTICES = web.AppKey("notices", list[str])
-"""Lines for the operator's console when the server starts (e.g. the admin page's demo token)."""
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _TOO_LARGE = (
     "the request body is larger than {limit:,} bytes, the most a message within limits.max_message_chars, "
     "limits.max_images_per_message and limits.max_image_bytes can need; send a shorter message or smaller images"
 )
-
-
-def client_ip(request: web.Request, *, behind_proxy: bool) -> str:
-    """The client's address: the peer, or behind a trusted proxy (``server.trust_forwarded_for``) its
-    ``X-Forwarded-For`` client."""
-    if behind_proxy:
-        first = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
-
-
-def public_origin(request: web.Request, *, behind_proxy: bool) -> str:
-    """``scheme://host`` of this server as the browser sees it: behind a trusted proxy, ``X-Forwarded-Proto``
-    says whether that is https (the proxy ends TLS and speaks http to us)."""
-    scheme = request.scheme
-    if behind_proxy:
-        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-        scheme = forwarded if forwarded in ("http", "https") else scheme
-    return f"{scheme}://{request.host}".lower()
-
-
-def error_response(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
-    """The JSON error every refused request gets: ``{"error": {"code", "message"}}``."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 @web.middleware
@@ -180,18 +166,6 @@ def _openapi_base() -> dict[str, Any]:
     }
 
 
-def add_openapi(app: web.Application, part: dict[str, Any]) -> None:
-    """Merge a component's OpenAPI ``paths``, ``components`` and description into the served document."""
-    document = app[OPENAPI]
-    document["paths"].update(part.get("paths", {}))
-    for kind, entries in part.get("components", {}).items():
-        document["components"].setdefault(kind, {}).update(entries)
-    description = part.get("info", {}).get("description")
-    if description:
-        info = document["info"]
-        info["description"] = f"{info['description']}\n\n{description}".strip()
-
-
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI])
 
@@ -201,47 +175,33 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _enabled(config: Config, name: str) -> bool:
-    section: Any = getattr(config.connectors, name, None)
-    if section is None:
-        return False
-    enabled = section.get("enabled", False) if isinstance(section, dict) else getattr(section, "enabled", False)
-    return bool(enabled)
-
-
-# What one code point of text can take on the wire: a character outside the BMP written as a JSON
-# escape is a surrogate pair, "\ud83d\ude00", 12 bytes (a BMP one escaped is 6, \u and four hex digits; raw UTF-8 at
-# most 4). Browsers send raw UTF-8, but any JSON encoder may escape, so a valid text must always fit.
-_TEXT_BYTES_PER_CHAR = 12
-# Per image: the JSON around its data URL, {"url":"data:image/jpeg;base64,"}, and a comma (35 bytes).
-_IMAGE_FRAMING = 64
-# The keys, a client_message_id (at most 100 ASCII characters), "type":"message" on the WebSocket
-# and a client's indentation.
-_BODY_MARGIN = 4096
-
-
-def max_message_bytes(limits: LimitSettings) -> int:
-    """The largest body (HTTP) or frame (WebSocket) a valid customer message can need, plus a small margin.
-
-    A bigger one is refused (413, or the WebSocket closed with 1009) before it is read to the end and
-    parsed. The text counts at ``_TEXT_BYTES_PER_CHAR`` bytes per character (JSON escapes, see there);
-    each image at its base64 size as the image check counts it (3 bytes per 4 characters, so at most
-    ``max_image_bytes * 4 / 3`` characters, which JSON writes unescaped: base64 is ASCII without '"'
-    or '\\'; an encoder that writes '/' as '\\/', as PHP's json_encode does by default, must be told
-    not to, JSON_UNESCAPED_SLASHES).
-    """
-    image = limits.max_image_bytes * 4 // 3 + 4 + _IMAGE_FRAMING
-    return limits.max_images_per_message * image + limits.max_message_chars * _TEXT_BYTES_PER_CHAR + _BODY_MARGIN
+def _connectors() -> list[Connector]:
+    found = []
+    for entry in entry_points(group=CONNECTOR_GROUP):
+        connector = entry.load()
+        if not isinstance(connector, Connector):
+            raise ConfigError(
+                f"the connector entry point {entry.name!r} ({entry.value}) is not a supportbot.channels.Connector; "
+                "update the package that provides it"
+            )
+        found.append(connector)
+    return found
 
 
 def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Application:
-    """The server for this runtime, with the core routes and every enabled connector's."""
+    """The server for this runtime, with the core routes, every enabled connector's and the admin page's."""
     config = runtime.config
     # The largest body any route takes is a customer's message (admin forms and replies are far smaller).
     app = web.Application(middlewares=[_observe], client_max_size=max_message_bytes(config.limits))
     app[RUNTIME] = runtime
     app[METRICS] = metrics or Metrics()
-    app[DISPATCHER] = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
+    dispatcher = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
+    app[DISPATCHER] = dispatcher
+    hub = Hub(
+        dispatcher, cast(DeliveryStore, runtime.store), give_up_after_s=config.server.delivery_give_up_after_s,
+        admin_url=config.server.public_url, metrics=app[METRICS],
+    )  # fmt: skip
+    app[INTAKE] = hub
     app[DRAINING] = asyncio.Event()
     app[NOTICES] = []
     app[OPENAPI] = _openapi_base()
@@ -249,14 +209,24 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/v1/openapi.json", _openapi)
-    for entry in entry_points(group=CONNECTOR_GROUP):
-        if _enabled(config, entry.name):
-            setup: Callable[[web.Application], None] = entry.load()
-            setup(app)
-            log.debug("connector %s enabled", entry.name)
-    from supportbot import admin  # the admin page imports this module's keys
-
+    for connector in _connectors():
+        settings = config.connector(connector.name)
+        if settings is None or not getattr(settings, "enabled", False):
+            continue
+        channel = connector.setup(app, settings)
+        if isinstance(channel, ChannelBase):
+            hub.register(channel)
+        log.debug("connector %s enabled", connector.name)
     admin.setup(app)
+
+    async def start_delivery(app: web.Application) -> None:
+        await hub.start()
+
+    async def stop_delivery(app: web.Application) -> None:
+        await hub.stop()
+
+    app.on_startup.append(start_delivery)
+    app.on_cleanup.append(stop_delivery)
     return app
 
 
@@ -302,7 +272,7 @@ async def serve(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            resumed = await app[DISPATCHER].resume()
+            resumed = await app[INTAKE].resume()
             log.info("supportbot serving on %s (resumed %d turn(s))", url, resumed)
             if ready is not None:
                 ready(url)

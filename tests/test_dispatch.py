@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from supportbot.channels import InboundMessage
 from supportbot.config import Config, DatabaseSettings, LLMSettings, LoggingSettings, RetrySettings
 from supportbot.dispatch import (
     CustomerMessage,
     Dispatcher,
-    Inbound,
     TurnEvent,
     Unavailable,
     check_size,
@@ -64,8 +64,8 @@ async def conversation(runtime: Runtime) -> str:
     return started.id
 
 
-def inbound(conversation_id: str, text: str, external_id: str | None = None) -> Inbound:
-    return Inbound(channel="web", external_id=external_id or text, conversation_id=conversation_id, text=text)
+def inbound(conversation_id: str, text: str, external_id: str | None = None) -> InboundMessage:
+    return InboundMessage(channel="web", external_id=external_id or text, conversation_id=conversation_id, text=text)
 
 
 async def until_finished(subscription: object, count: int = 1) -> list[object]:
@@ -344,7 +344,7 @@ async def test_submit_refuses_an_oversized_message_without_touching_the_store(
     runtime: Runtime, text: str, images: tuple[ImagePart, ...], limit: str
 ) -> None:
     dispatcher = Dispatcher(runtime.engine, UntouchableInbox())  # type: ignore[arg-type]
-    message = Inbound(channel="slack", external_id="e1", conversation_id="c1", text=text, images=images)
+    message = InboundMessage(channel="slack", external_id="e1", conversation_id="c1", text=text, images=images)
     with pytest.raises(MessageTooLarge, match=limit) as refused:
         await dispatcher.submit(message)
     assert refused.value.limit == limit
@@ -368,7 +368,7 @@ async def test_submit_takes_a_message_at_the_limits(
 @pytest.mark.parametrize("size", [4_999_998, 4_999_999, 5_000_000, 5_000_001])
 async def test_an_image_passes_intake_exactly_when_the_engine_takes_it(runtime: Runtime, size: int) -> None:
     image = ImagePart(url="data:image/png;base64," + base64.b64encode(b"\0" * size).decode())
-    message = Inbound(channel="web", external_id="e", conversation_id="c", text="look", images=(image,))
+    message = InboundMessage(channel="web", external_id="e", conversation_id="c", text="look", images=(image,))
     try:
         check_size(message, runtime.config.limits)  # the default limit is 5,000,000 bytes
         passed = True

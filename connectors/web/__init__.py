@@ -1,7 +1,7 @@
 """The web channel: the embeddable chat widget, its demo page, and the conversation REST/SSE API.
 
-``setup(app)`` is registered as the ``web`` entry point of ``supportbot.connectors``; ``supportbot
-serve`` calls it when ``connectors.web.enabled`` is true. Routes (docs/web-protocol.md):
+``CONNECTOR`` is the ``web`` entry point of ``supportbot.connectors``; ``supportbot serve`` calls its
+``setup`` when ``connectors.web.enabled`` is true. Routes (docs/web-protocol.md):
 
 * ``GET /`` the demo shop page, ``GET /favicon.ico``, ``GET /widget.js``, ``GET /widget/config``,
   WebSocket ``/widget/ws``;
@@ -25,10 +25,12 @@ from connectors.web import api, ws
 from connectors.web.channel import Refused, WebChannel
 from connectors.web.openapi import OPENAPI
 from connectors.web.security import identity_token, origin_allowed, retry_after
+from supportbot.channels import Connector
+from supportbot.config import WebSettings
 from supportbot.runtime import NO_MODEL
-from supportbot.server import DISPATCHER, RUNTIME, add_openapi, error_response
+from supportbot.server import DISPATCHER, INTAKE, RUNTIME, add_openapi, error_response
 
-__all__ = ["CHANNEL_KEY", "DEMO_USER", "setup"]
+__all__ = ["CHANNEL_KEY", "CONNECTOR", "DEMO_USER", "setup"]
 
 log = logging.getLogger("supportbot.web")
 
@@ -58,9 +60,9 @@ def _static_bytes(name: str) -> bytes:
     return files("connectors.web").joinpath("static", name).read_bytes()
 
 
-def setup(app: web.Application) -> None:
-    """Add the web channel's routes to the server's application."""
-    channel = WebChannel(app[RUNTIME], app[DISPATCHER])
+def setup(app: web.Application, settings: WebSettings) -> WebChannel:
+    """Add the web channel's routes to the server's application; returns the channel to deliver to."""
+    channel = WebChannel(app[RUNTIME], app[DISPATCHER], app[INTAKE], settings)
     app[CHANNEL_KEY] = channel
     if not channel.runtime.has_model:
         # The how-to is for whoever runs the server; customers read only that the assistant is unavailable.
@@ -99,6 +101,10 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/conversations/{id}/messages", route(api.list_messages))
     app.router.add_post("/api/v1/conversations/{id}/messages", route(api.post_message))
     add_openapi(app, OPENAPI)
+    return channel
+
+
+CONNECTOR = Connector(name="web", settings=WebSettings, setup=setup)
 
 
 async def _refusals(

@@ -33,10 +33,10 @@ from connectors.web.security import (
     verify_hash,
     verify_identity_token,
 )
+from supportbot.channels import Accepted, ChannelBase, InboundMessage, Intake, Reply
 from supportbot.config import WebSettings
-from supportbot.dispatch import Accepted, Dispatcher, Inbound
+from supportbot.dispatch import Dispatcher
 from supportbot.errors import ConfigError, MessageTooLarge
-from supportbot.llm.demo import DemoLLM
 from supportbot.messages import ImagePart
 from supportbot.runtime import Runtime
 from supportbot.server import client_ip, max_message_bytes
@@ -129,15 +129,23 @@ class Opened:
     greeting: str | None
 
 
-class WebChannel:
-    """Everything the web routes share: settings, store, dispatcher and the rate limiters."""
+class WebChannel(ChannelBase):
+    """The web channel: what its routes share (settings, store, the rate limiters) and its delivery.
 
-    def __init__(self, runtime: Runtime, dispatcher: Dispatcher) -> None:
+    A reply is delivered by showing it to the conversation's open widgets and streams at once (a
+    widget shows a message id once, so the answer it also saw streamed live is not shown twice);
+    a customer who is not connected finds it in the history when they come back.
+    """
+
+    name = CHANNEL
+
+    def __init__(self, runtime: Runtime, dispatcher: Dispatcher, intake: Intake, settings: WebSettings) -> None:
         self.runtime = runtime
-        self.settings: WebSettings = runtime.config.connectors.web
+        self.settings = settings
         self.store: WebStore = runtime.store  # type: ignore[assignment]
         self.dispatcher = dispatcher
-        self.demo = isinstance(runtime.llm, DemoLLM)
+        self.intake = intake
+        self.demo = runtime.demo
         secret = self.settings.identity_secret
         # The demo page signs in a demo customer; with no secret configured, a per-process one serves it.
         configured = secret.get_secret_value() if secret else None
@@ -154,6 +162,10 @@ class WebChannel:
         self.per_conversation = RateLimiter(limits.messages_per_minute_per_conversation, 60)
         self.max_message_bytes = max_message_bytes(runtime.config.limits)
         self.behind_proxy = runtime.config.server.trust_forwarded_for
+
+    async def deliver(self, reply: Reply) -> str:
+        self.dispatcher.show(reply)
+        return str(reply.outbox_id)
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -250,9 +262,9 @@ class WebChannel:
         if not text.strip() and not body.images:
             raise Refused(400, "bad_request", "text: write a message (or attach an image)")
         client_id = body.client_message_id or uuid.uuid4().hex
-        inbound = Inbound(channel=CHANNEL, external_id=f"{conversation_id}:{client_id}",
-                          conversation_id=conversation_id, text=text,
-                          images=tuple(ImagePart(url=image.url) for image in body.images))  # fmt: skip
+        inbound = InboundMessage(channel=CHANNEL, external_id=f"{conversation_id}:{client_id}",
+                                 conversation_id=conversation_id, text=text,
+                                 images=tuple(ImagePart(url=image.url) for image in body.images))  # fmt: skip
         try:
             self.dispatcher.check(inbound)  # sizes first: cheap, and nothing else is worth doing for a 5 MB text
             for image in inbound.images:
@@ -263,7 +275,7 @@ class WebChannel:
                 raise Refused(429, "rate_limited",
                               f"too many messages in this conversation; wait {retry_after(wait)} s and send it again",
                               retry_after=wait)  # fmt: skip
-            return await self.dispatcher.submit(inbound)
+            return await self.intake.submit(inbound)
         except MessageTooLarge as exc:
             self.count_error("too_large")
             field = "text" if exc.limit == "limits.max_message_chars" else "images"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supportbot._version import __version__
+from supportbot import __version__
 
 __all__ = ["OPENAPI"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from supportbot.dispatch import CustomerMessage, LiveTurn, Published, StaffMessage, TurnEvent
+from supportbot.channels import Reply
+from supportbot.dispatch import CustomerMessage, Delivered, LiveTurn, Published, TurnEvent
 from supportbot.events import (
     Handoff,
     TextDelta,
@@ -22,7 +23,7 @@ from supportbot.events import (
 )
 from supportbot.store.base import StoredMessage
 
-__all__ = ["QUICK_REPLIES", "answered", "frame", "live", "message", "unavailable_text", "visible"]
+__all__ = ["QUICK_REPLIES", "answered", "delivered", "frame", "live", "message", "unavailable_text", "visible"]
 
 QUICK_REPLIES = ("Yes", "No")
 """The answers offered under a confirmation question; "Yes" is a yes to ``supportbot.confirm.is_yes``."""
@@ -91,6 +92,29 @@ def tool_label(name: str) -> str:
     return _TOOL_LABELS.get(name, "Working on it…")
 
 
+# How a delivered reply shows: its role and its message kind (as the history gives it).
+_SHOWN_AS = {
+    "answer": ("bot", "normal"),
+    "confirmation": ("bot", "confirmation"),
+    "fallback": ("bot", "fallback"),
+    "notice": ("bot", "notice"),
+    "operator": ("human", "human"),
+    "handback": ("bot", "notice"),
+}
+
+
+def delivered(reply: Reply) -> dict[str, Any] | None:
+    """The frame of a reply from the outbox. An operator's reply means a person has the conversation; the
+    hand-back notice, that the bot has it again."""
+    role, kind = _SHOWN_AS.get(reply.kind, ("bot", "normal"))
+    shown = _offer({"id": reply.message_id, "role": role, "text": reply.text, "kind": kind, "images": 0,
+                    "created_at": None})  # fmt: skip
+    frame: dict[str, Any] = {"type": "message", "message": shown}
+    if reply.kind in ("operator", "handback"):
+        frame["conversation_status"] = "human" if reply.kind == "operator" else "bot"
+    return frame
+
+
 def _final(text: str, message_id: int | None, kind: str) -> dict[str, Any]:
     return _offer({"id": message_id, "role": "bot", "text": text, "kind": kind, "images": 0, "created_at": None})
 
@@ -104,10 +128,8 @@ def frame(item: Published) -> dict[str, Any] | None:
             "message": {"id": None, "role": "customer", "text": item.text, "kind": "normal", "images": item.images,
                         "created_at": None},
         }  # fmt: skip
-    if isinstance(item, StaffMessage):
-        # An operator's reply means a person has the conversation; an operator's notice, that the bot has it again.
-        status = "human" if item.message.kind == "human" else "bot"
-        return {"type": "message", "message": message(item.message), "conversation_status": status}
+    if isinstance(item, Delivered):
+        return delivered(item.reply)
     if not isinstance(item, TurnEvent):  # pragma: no cover - exhaustive
         return None
     turn, event = item.turn, item.event

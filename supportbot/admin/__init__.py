@@ -19,18 +19,16 @@ from supportbot.admin.openapi import ADMIN_OPENAPI
 from supportbot.admin.views import AdminPages
 from supportbot.llm.demo import DemoLLM
 from supportbot.operators import Operators, OperatorStore
-from supportbot.relay import OperatorRelay
-from supportbot.server import DISPATCHER, NOTICES, RUNTIME, add_openapi
+from supportbot.webapp import INTAKE, NOTICES, RUNTIME, add_openapi
 
-__all__ = ["OPERATORS", "RELAY", "setup"]
+__all__ = ["OPERATORS", "setup"]
 
 OPERATORS = web.AppKey("operators", Operators)
-RELAY = web.AppKey("operator_relay", OperatorRelay)
 STATIC = Path(__file__).parent / "static"
 
 
 def setup(app: web.Application) -> None:
-    """Add the admin page, its API and the operator-reply relay to the server."""
+    """Add the admin page and its API to the server (operators' replies go out through the server's delivery)."""
     runtime = app[RUNTIME]
     settings = runtime.config.admin
     if not settings.enabled or not hasattr(runtime.store, "search_tickets"):
@@ -40,21 +38,10 @@ def setup(app: web.Application) -> None:
     if isinstance(runtime.llm, DemoLLM) and settings.password_hash is None and settings.token is None:
         demo_token = secrets.token_urlsafe(18)
         app[NOTICES].append(f"admin page: /admin, sign in with the token {demo_token} (valid while this server runs)")
-    relay = OperatorRelay(store, app[DISPATCHER])
-    operators = Operators(store, deliver=relay.deliver)
+    operators = app[INTAKE].operators
     auth = Auth(settings, store, extra_token=demo_token, behind_proxy=runtime.config.server.trust_forwarded_for)
-    app[RELAY] = relay
     app[OPERATORS] = operators
     AdminPages(auth, operators, flows=sorted(runtime.flows)).add_routes(app.router)
     AdminAPI(auth, operators).add_routes(app.router)
     add_openapi(app, ADMIN_OPENAPI)
     app.router.add_static("/admin/static", STATIC, append_version=False)
-
-    async def start_relay(app: web.Application) -> None:
-        await relay.start()
-
-    async def stop_relay(app: web.Application) -> None:
-        await relay.stop()
-
-    app.on_startup.append(start_relay)
-    app.on_cleanup.append(stop_relay)

@@ -18,8 +18,8 @@ from supportbot.admin.params import PRIORITIES, STATUSES, ParamError, conversati
 from supportbot.admin.transcript import totals
 from supportbot.operators import NotFound, OperatorError, Operators, OperatorStore
 from supportbot.records import conversation_json, event_json, jsonable, message_json, ticket_json
-from supportbot.server import error_response
 from supportbot.store.base import TicketPriority, TicketStatus
+from supportbot.webapp import error_response
 
 __all__ = ["AdminAPI"]
 

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from supportbot.admin.passwords import verify_password
 from supportbot.config import AdminSettings
-from supportbot.server import client_ip, public_origin
 from supportbot.store.review import AdminSession, Review
+from supportbot.webapp import client_ip, public_origin
 
 __all__ = ["COOKIE", "CSRF_FIELD", "CSRF_HEADER", "Auth", "LoginThrottle"]
 

@@ -36,9 +36,9 @@ from supportbot.admin.transcript import arrange, totals
 from supportbot.operators import OperatorError, Operators, OperatorStore
 from supportbot.pricing import format_usd as _usd
 from supportbot.records import ticket_json
-from supportbot.server import error_response
 from supportbot.store.base import TicketPriority, TicketStatus
 from supportbot.store.review import AdminSession
+from supportbot.webapp import error_response
 
 __all__ = ["CSP", "AdminPages"]
 

@@ -8,7 +8,11 @@ asyncpg pays a round trip each for BEGIN, every statement and COMMIT. Here:
 * SQLite: each operation is one short transaction on the event loop's thread (see
   ``SQLiteHotPath`` for why that is safe, and what goes to aiosqlite's worker thread instead).
 * PostgreSQL: one statement in autocommit mode; ``add_messages`` is a single ``WITH … UPDATE …
-  INSERT … SELECT FROM unnest(…)`` statement, atomic by itself.
+  INSERT … SELECT FROM unnest(…)`` statement, atomic by itself (with an outbox row to queue, the
+  messages' INSERT becomes a CTE and the outbox INSERT follows it, still one statement).
+
+Besides the turn's own calls, the per-message calls of channels run here: the inbox, the
+conversation's key and address, and counting and marking a delivery.
 
 Connections come from the store's SQLAlchemy pool (so the PRAGMAs, codecs and ``search_path``
 are the same). Values are cleaned and encoded the way the SQLAlchemy column types do it, so
@@ -30,7 +34,15 @@ from typing import Any, Protocol
 from supportbot._json import loads
 from supportbot.messages import ImagePart, ToolCall, Usage
 from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
-from supportbot.store.base import Conversation, ConversationStatus, Customer, NewMessage, StoredMessage
+from supportbot.store.base import (
+    Conversation,
+    ConversationAddress,
+    ConversationStatus,
+    Customer,
+    NewMessage,
+    Outgoing,
+    StoredMessage,
+)
 from supportbot.store.models import clean_text, json_dumps
 
 __all__ = ["PostgresHotPath", "SQLiteHotPath", "conversation", "customer", "message", "message_values"]
@@ -411,11 +423,17 @@ class SQLiteHotPath:
         return [_sqlite_message(row) for row in rows]
 
     async def add_messages(
-        self, driver: Any, conversation_id: str, messages: Sequence[NewMessage], now: datetime
+        self,
+        driver: Any,
+        conversation_id: str,
+        messages: Sequence[NewMessage],
+        now: datetime,
+        outgoing: Outgoing | None = None,
     ) -> list[int] | None:
-        """Insert and add to the totals; None when the conversation does not exist."""
+        """Insert, add to the totals, queue ``outgoing`` for the last message; None without the conversation."""
         rows = [message_values(m) for m in messages]
-        return await self._run(driver, _sqlite_add, conversation_id, totals(messages), rows, _sqlite_time(now))  # type: ignore[no-any-return]
+        queued = None if outgoing is None else (outgoing.channel, json_dumps(outgoing.payload))
+        return await self._run(driver, _sqlite_add, conversation_id, totals(messages), rows, _sqlite_time(now), queued)  # type: ignore[no-any-return]
 
     async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
         return await self._run(driver, _sqlite_claim, conversation_id, tool_call_id, _sqlite_time(now))  # type: ignore[no-any-return]
@@ -482,9 +500,61 @@ class SQLiteHotPath:
         rows = await self._run(driver, _fetch, _TOKEN_CONVERSATION, (token_hash,))
         return str(rows[0][0]) if rows else None
 
+    async def outbox_attempt(self, driver: Any, outbox_id: int) -> int | None:
+        rows = await self._run(driver, _fetch, _OUTBOX_ATTEMPT, (outbox_id,))
+        return int(rows[0][0]) if rows else None
+
+    async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
+        return await self._run(driver, _changed, _OUTBOX_SENT, (external_id, _sqlite_time(now), outbox_id))  # type: ignore[no-any-return]
+
+    async def set_conversation_address(
+        self, driver: Any, conversation_id: str, channel: str, key: str | None, address: str, now: datetime
+    ) -> None:
+        """Bind the conversation to its key and address (JSON-encoded); a missing one raises IntegrityError."""
+        await self._run(driver, _fetch, _SET_ADDRESS, (conversation_id, channel, key, address, _sqlite_time(now)))
+
+    async def conversation_for_key(self, driver: Any, channel: str, key: str) -> str | None:
+        rows = await self._run(driver, _fetch, _CONVERSATION_FOR_KEY, (channel, key))
+        return str(rows[0][0]) if rows else None
+
+    async def conversation_address(self, driver: Any, conversation_id: str) -> ConversationAddress | None:
+        rows = await self._run(driver, _fetch, _ADDRESS, (conversation_id,))
+        if not rows:
+            return None
+        conversation_id, channel, key, address = rows[0]
+        return ConversationAddress(conversation_id=conversation_id, channel=channel, key=key,
+                                   address=loads(address) if address else {})  # fmt: skip
+
 
 def _fetch(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[Any]:
     return db.execute(sql, args).fetchall()
+
+
+def _changed(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> bool:
+    return db.execute(sql, args).rowcount == 1
+
+
+def _numbered(sql: str) -> str:
+    """The statement with PostgreSQL's ``$1, $2, …`` for SQLite's ``?`` placeholders (none may be in a literal)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+
+
+# The channels' per-message statements, written once for both databases (SQLite's placeholders).
+_OUTBOX_ATTEMPT = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ? AND status = 'pending' RETURNING attempts"
+# Only a pending row can become sent: of two workers racing to mark one reply, one wins.
+_OUTBOX_SENT = "UPDATE outbox SET status = 'sent', external_id = ?, sent_at = ? WHERE id = ? AND status = 'pending'"
+_SET_ADDRESS = (
+    "INSERT INTO conversation_addresses (conversation_id, channel, key, address, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET channel = excluded.channel, key = excluded.key, "
+    "address = excluded.address, updated_at = excluded.updated_at"
+)
+# Newest by creation; the id (random) only breaks a tie, so the answer is the same on every call.
+_CONVERSATION_FOR_KEY = (
+    "SELECT a.conversation_id FROM conversation_addresses a JOIN conversations c ON c.id = a.conversation_id "
+    "WHERE a.channel = ? AND a.key = ? ORDER BY c.created_at DESC, c.id DESC LIMIT 1"
+)
+_ADDRESS = "SELECT conversation_id, channel, key, address FROM conversation_addresses WHERE conversation_id = ?"
 
 
 _INSERT_CUSTOMER = (
@@ -512,12 +582,19 @@ _SQLITE_CUSTOMER = f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = ?"
 _SQLITE_HISTORY = f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
 
 
+_SQLITE_OUTBOX = (
+    "INSERT INTO outbox (channel, conversation_id, message_id, payload, status, attempts, created_at) "
+    "VALUES (?, ?, ?, ?, 'pending', 0, ?)"
+)
+
+
 def _sqlite_add(
     db: sqlite3.Connection,
     conversation_id: str,
     batch: tuple[int, int, int, float],
     rows: list[tuple[Any, ...]],
     now: str,
+    outgoing: tuple[str, str] | None,
 ) -> list[int] | None:
     # The UPDATE goes first: it finds a missing conversation and takes the write lock at once.
     cursor = db.execute(_SQLITE_COUNT, (*batch, now, conversation_id))
@@ -527,6 +604,9 @@ def _sqlite_add(
     for row in rows:
         cursor.execute(_SQLITE_INSERT, (conversation_id, *row, now))
         ids.append(int(cursor.lastrowid or 0))
+    if outgoing is not None and ids:
+        # In the same transaction as the messages: a stored reply is always a queued one.
+        cursor.execute(_SQLITE_OUTBOX, (outgoing[0], conversation_id, ids[-1], outgoing[1], now))
     return ids
 
 
@@ -578,12 +658,13 @@ def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: st
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
-_PG_ADD_TEMPLATE = f"""
+_PG_CONV = """
 WITH conv AS (
     UPDATE conversations SET turns = turns + $2, input_tokens = input_tokens + $3,
         output_tokens = output_tokens + $4, cost_usd = cost_usd + $5, updated_at = $6
     WHERE id = $1 RETURNING id
-){{mark}}
+)"""
+_PG_INSERT_MESSAGES = f"""
 INSERT INTO messages ({_INSERT_COLS})
 SELECT conv.id, v.role, v.content, v.images::json, v.tool_calls::json, v.tool_call_id, v.tool_name, v.extra::json,
        v.kind, v.status, v.flow, v.model, v.input_tokens, v.output_tokens, v.audio_input_tokens, v.reasoning_tokens,
@@ -597,11 +678,21 @@ FROM conv, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], 
 ORDER BY v.ord
 RETURNING id
 """
-_PG_ADD = _PG_ADD_TEMPLATE.format(mark="")
+_PG_ADD = _PG_CONV + _PG_INSERT_MESSAGES
 # begin_turn's: also marks the message's inbox row stored, in the same statement (so the same transaction).
-_PG_ADD_MARKING = _PG_ADD_TEMPLATE.format(
-    mark=", marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND EXISTS (SELECT FROM conv))"
+_PG_ADD_MARKING = (
+    _PG_CONV
+    + ", marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND EXISTS (SELECT FROM conv))"
+    + _PG_INSERT_MESSAGES
 )
+# With a reply to queue: the outbox row names the last message (ids are drawn in batch order), and
+# is written only when the messages were (no conversation, no messages, no row).
+_PG_ADD_QUEUEING = f"""{_PG_CONV}, added AS ({_PG_INSERT_MESSAGES}), queued AS (
+    INSERT INTO outbox (channel, conversation_id, message_id, payload, status, attempts, created_at)
+    SELECT $25, $1, max(id), $26::text::json, 'pending', 0, $6 FROM added HAVING count(*) > 0
+)
+SELECT id FROM added
+"""
 _PG_INSERT_INBOX = (
     "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at) "
     "VALUES ($1, $2, $3, $4, 'received', $5) ON CONFLICT DO NOTHING RETURNING id"
@@ -653,11 +744,16 @@ class PostgresHotPath:
         conversation_id: str,
         messages: Sequence[NewMessage],
         now: datetime,
+        outgoing: Outgoing | None = None,
+        *,
         inbox_id: int | None = None,
     ) -> list[int] | None:
-        """Insert and add to the totals in one statement; None when the conversation does not exist."""
+        """Insert, add to the totals, queue ``outgoing``, in one statement; None without the conversation."""
         columns = list(zip(*(message_values(m) for m in messages), strict=True))
-        if inbox_id is None:
+        if outgoing is not None:
+            rows = await driver.fetch(_PG_ADD_QUEUEING, conversation_id, *totals(messages), now, *columns,
+                                      outgoing.channel, json_dumps(outgoing.payload))  # fmt: skip
+        elif inbox_id is None:
             rows = await driver.fetch(_PG_ADD, conversation_id, *totals(messages), now, *columns)
         else:
             rows = await driver.fetch(_PG_ADD_MARKING, conversation_id, *totals(messages), now, *columns, inbox_id)
@@ -698,7 +794,7 @@ class PostgresHotPath:
         inbox_id: int | None = None,
     ) -> Started | None:
         """Store the message and mark its inbox row (one statement), then read the conversation, customer, history."""
-        ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id)
+        ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id=inbox_id)
         if ids is None:
             return None
         conv = await self.get_conversation(driver, conversation_id)
@@ -753,3 +849,33 @@ class PostgresHotPath:
             "SELECT conversation_id FROM conversation_tokens WHERE token_hash = $1", token_hash
         )
         return None if found is None else str(found)
+
+    async def outbox_attempt(self, driver: Any, outbox_id: int) -> int | None:
+        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, outbox_id)
+        return None if attempts is None else int(attempts)
+
+    async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
+        return bool(await driver.execute(_PG_OUTBOX_SENT, external_id, now, outbox_id) == "UPDATE 1")
+
+    async def set_conversation_address(
+        self, driver: Any, conversation_id: str, channel: str, key: str | None, address: str, now: datetime
+    ) -> None:
+        """Bind the conversation to its key and address (``address`` JSON-encoded); a missing one raises a violation."""
+        await driver.execute(_PG_SET_ADDRESS, conversation_id, channel, key, address, now)
+
+    async def conversation_for_key(self, driver: Any, channel: str, key: str) -> str | None:
+        found = await driver.fetchval(_PG_CONVERSATION_FOR_KEY, channel, key)
+        return None if found is None else str(found)
+
+    async def conversation_address(self, driver: Any, conversation_id: str) -> ConversationAddress | None:
+        row = await driver.fetchrow(_PG_ADDRESS, conversation_id)
+        if row is None:
+            return None
+        return ConversationAddress(conversation_id=row[0], channel=row[1], key=row[2], address=row[3] or {})
+
+
+_PG_OUTBOX_ATTEMPT = _numbered(_OUTBOX_ATTEMPT)
+_PG_OUTBOX_SENT = _numbered(_OUTBOX_SENT)
+_PG_SET_ADDRESS = _numbered(_SET_ADDRESS)
+_PG_CONVERSATION_FOR_KEY = _numbered(_CONVERSATION_FOR_KEY)
+_PG_ADDRESS = _numbered(_ADDRESS)

@@ -1,4 +1,9 @@
-"""The inbox and outbox (the ``Mailboxes`` protocol), as a part of ``SQLStore``."""
+"""The inbox, the outbox, channel state and conversation keys (the ``Mailboxes`` protocol), as a part of ``SQLStore``.
+
+What a channel does for every message (the inbox, binding a conversation's key and address,
+counting and marking a delivery) runs on the hot path (``_hot``); the rest on SQLAlchemy Core.
+Upserts are ``INSERT … ON CONFLICT DO UPDATE``, atomic on both databases however many callers race.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.base import InboxItem, OutboxItem
+from supportbot.store.base import ChannelState, ConversationAddress, InboxItem, OutboxItem
+from supportbot.store.models import OUTBOX_FAILED, clean_text, json_dumps
+from supportbot.store.models import channel_state as _s
 from supportbot.store.models import inbox as _i
-from supportbot.store.models import json_dumps
 from supportbot.store.models import outbox as _o
 
 __all__ = ["MailboxMixin"]
@@ -36,6 +43,7 @@ _OUTBOX_COLS = (
     _o.c.external_id,
     _o.c.created_at,
     _o.c.sent_at,
+    _o.c.last_error,
 )
 _OUTBOX_INSERT = _o.insert().returning(_o.c.id)
 _OUTBOX_PENDING = (
@@ -44,20 +52,24 @@ _OUTBOX_PENDING = (
     .order_by(_o.c.id)
     .limit(bindparam("n"))
 )
-# Only a pending row can become sent: of two workers racing to mark one reply, one wins.
-_OUTBOX_SENT = (
-    update(_o)
-    .where(_o.c.id == bindparam("oid"), _o.c.status == "pending")
-    .values(
-        status="sent", external_id=bindparam("new_external_id"), sent_at=bindparam("at"), attempts=_o.c.attempts + 1
-    )
+_OUTBOX_BY_ID = select(*_OUTBOX_COLS).where(_o.c.id == bindparam("oid"))
+_OUTBOX_BY_EXTERNAL_ID = select(*_OUTBOX_COLS).where(
+    _o.c.channel == bindparam("channel"), _o.c.external_id == bindparam("eid")
 )
+# ``OUTBOX_FAILED`` as the condition, so PostgreSQL and SQLite use the partial index ``ix_outbox_failed``.
+_OUTBOX_FAILED_LIST = select(*_OUTBOX_COLS).where(OUTBOX_FAILED).order_by(_o.c.id.desc()).limit(bindparam("n"))
 _OUTBOX_FAILED = (
     update(_o)
     .where(_o.c.id == bindparam("oid"), _o.c.status == "pending")
-    .values(status=bindparam("new_status"), attempts=_o.c.attempts + 1)
-    .returning(_o.c.attempts)
+    .values(status=bindparam("new_status"), last_error=bindparam("error"))
+    .returning(_o.c.id)
 )
+_STATE_VALUE = select(_s.c.value).where(_s.c.channel == bindparam("channel"), _s.c.key == bindparam("key"))
+
+ERROR_LIMIT = 1000
+"""Characters of a delivery error kept in ``last_error`` (an API's error body can be long)."""
+KEY_LIMIT = 255
+"""Characters of a conversation key or a channel state's key (the columns' width on PostgreSQL)."""
 
 
 def _inbox_item(row: Sequence[Any]) -> InboxItem:
@@ -84,11 +96,23 @@ def _outbox_item(row: Sequence[Any]) -> OutboxItem:
         external_id=row[7],
         created_at=row[8],
         sent_at=row[9],
+        last_error=row[10],
     )
+
+
+def _check_key(what: str, key: str) -> None:
+    # PostgreSQL would refuse a longer one and SQLite keep it: refuse it on both, the same way.
+    if len(key) > KEY_LIMIT:
+        raise ValueError(
+            f"{what} {key[:40]!r}… is {len(key)} characters long, more than the {KEY_LIMIT} the store keeps; "
+            "shorten it (e.g. a hash of it)"
+        )
 
 
 class MailboxMixin(SQLBase):
     """Implements ``supportbot.store.base.Mailboxes``."""
+
+    # -- inbox -----------------------------------------------------------------------------------
 
     async def inbox_add(
         self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
@@ -114,16 +138,36 @@ class MailboxMixin(SQLBase):
             rows = (await connection.execute(query)).all()
         return [_inbox_item(row) for row in rows]
 
+    # -- outbox ----------------------------------------------------------------------------------
+
     async def outbox_add(
-        self, channel: str, payload: Any, *, conversation_id: str | None = None, message_id: int | None = None
+        self,
+        channel: str,
+        payload: Any,
+        *,
+        conversation_id: str | None = None,
+        message_id: int | None = None,
+        state: ChannelState | None = None,
     ) -> int:
-        """Queue a reply for delivery; returns its outbox id."""
+        """Queue a reply for delivery; with ``state``, set that channel state in the same transaction.
+
+        Returns the row's id. (A reply stored as a message is queued by ``add_messages(outgoing=…)``
+        instead, in the message's own transaction.)
+
+        Raises:
+            ValueError: ``state``'s key is longer than ``KEY_LIMIT``.
+        """
+        if state is not None:
+            _check_key("the channel state key", state.key)
         async with self._begin("queueing a reply") as connection:
-            return int((await connection.execute(_OUTBOX_INSERT, {
+            outbox_id = int((await connection.execute(_OUTBOX_INSERT, {
                 "channel": channel, "conversation_id": conversation_id, "message_id": message_id,
                 "payload": payload, "status": "pending", "attempts": 0, "external_id": None, "created_at": now(),
-                "sent_at": None,
+                "sent_at": None, "last_error": None,
             })).scalar_one())  # fmt: skip
+            if state is not None:
+                await self._set_state(connection, state)
+        return outbox_id
 
     async def outbox_pending(self, channel: str, limit: int = 100) -> list[OutboxItem]:
         """Replies of ``channel`` still to deliver, oldest first."""
@@ -131,27 +175,103 @@ class MailboxMixin(SQLBase):
             rows = (await connection.execute(_OUTBOX_PENDING, {"channel": channel, "n": limit})).all()
         return [_outbox_item(row) for row in rows]
 
+    async def outbox_get(self, outbox_id: int) -> OutboxItem | None:
+        """The outbox row with this id, in any status, or None."""
+        async with self._begin(f"reading reply {outbox_id}") as connection:
+            row = (await connection.execute(_OUTBOX_BY_ID, {"oid": outbox_id})).first()
+        return None if row is None else _outbox_item(row)
+
+    async def outbox_find(self, channel: str, external_id: str) -> OutboxItem | None:
+        """The row delivered as the channel's message ``external_id`` (e.g. a Slack message's ts), or None."""
+        async with self._begin("finding a delivered reply") as connection:
+            row = (await connection.execute(_OUTBOX_BY_EXTERNAL_ID, {"channel": channel, "eid": external_id})).first()
+        return None if row is None else _outbox_item(row)
+
+    async def outbox_attempt(self, outbox_id: int) -> int | None:
+        """Count an attempt before sending; the attempts so far, this one included, or None when not pending."""
+        async with self._driver(f"counting a delivery attempt of reply {outbox_id}") as driver:
+            return await self._hot.outbox_attempt(driver, outbox_id)
+
     async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
         """Mark a reply delivered, with the channel's id for it; False if it was not pending any more.
 
         Raises:
             StorageError: another reply of the same channel already has ``external_id``.
         """
-        async with self._begin(f"marking reply {outbox_id} sent") as connection:
-            result = await connection.execute(
-                _OUTBOX_SENT, {"oid": outbox_id, "new_external_id": external_id, "at": now()}
-            )
-        return bool(result.rowcount == 1)
+        async with self._driver(f"marking reply {outbox_id} sent") as driver:
+            return await self._hot.outbox_mark_sent(driver, outbox_id, external_id, now())
 
-    async def outbox_mark_failed(self, outbox_id: int, *, give_up: bool = False) -> int:
-        """Count a failed delivery; ``give_up`` marks the reply ``failed`` for good. Returns the attempts so far.
+    async def outbox_mark_failed(self, outbox_id: int, *, error: str, give_up: bool = False) -> None:
+        """Record why the last attempt failed (up to ``ERROR_LIMIT`` characters); ``give_up`` marks it ``failed``.
 
         Raises:
             StorageError: the reply does not exist or is no longer pending.
         """
+        if len(error) > ERROR_LIMIT:
+            error = error[: ERROR_LIMIT - 1] + "…"
         async with self._begin(f"marking reply {outbox_id} failed") as connection:
-            attempts = (await connection.execute(_OUTBOX_FAILED, {
-                "oid": outbox_id, "new_status": "failed" if give_up else "pending"})).scalar()  # fmt: skip
-        if attempts is None:
-            raise StorageError(f"outbox reply {outbox_id} does not exist or is not pending; nothing to mark")
-        return int(attempts)
+            values = {"oid": outbox_id, "new_status": "failed" if give_up else "pending", "error": error}
+            found = (await connection.execute(_OUTBOX_FAILED, values)).scalar()
+        if found is None:
+            raise StorageError(
+                f"outbox reply {outbox_id} does not exist or is not pending (sent or given up on already); "
+                "nothing to mark failed"
+            )
+
+    async def outbox_failed(self, *, limit: int = 100) -> list[OutboxItem]:
+        """Replies given up on, newest first (for operators)."""
+        async with self._begin("listing replies given up on") as connection:
+            rows = (await connection.execute(_OUTBOX_FAILED_LIST, {"n": limit})).all()
+        return [_outbox_item(row) for row in rows]
+
+    # -- channel state ---------------------------------------------------------------------------
+
+    async def channel_state(self, channel: str, key: str) -> str | None:
+        """The value ``set_channel_state`` last set for ``channel`` and ``key``, or None."""
+        async with self._begin("reading a channel's state") as connection:
+            value = (await connection.execute(_STATE_VALUE, {"channel": channel, "key": key})).scalar()
+        return None if value is None else str(value)
+
+    async def set_channel_state(self, state: ChannelState) -> None:
+        """Set (or replace) a channel's value for a key.
+
+        Raises:
+            ValueError: the key is longer than ``KEY_LIMIT``.
+        """
+        _check_key("the channel state key", state.key)
+        async with self._begin("setting a channel's state") as connection:
+            await self._set_state(connection, state)
+
+    async def _set_state(self, connection: AsyncConnection, state: ChannelState) -> None:
+        insert = self._insert(_s).values(channel=state.channel, key=state.key, value=state.value, updated_at=now())
+        await connection.execute(insert.on_conflict_do_update(
+            index_elements=[_s.c.channel, _s.c.key],
+            set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+        ))  # fmt: skip
+
+    # -- conversation keys and addresses ---------------------------------------------------------
+
+    async def conversation_for_key(self, channel: str, key: str) -> str | None:
+        """The newest conversation (by creation, any status) bound to ``key`` on ``channel``, or None."""
+        async with self._driver("looking up a conversation key") as driver:
+            return await self._hot.conversation_for_key(driver, channel, clean_text(key))
+
+    async def set_conversation_address(
+        self, conversation_id: str, *, channel: str, key: str | None, address: dict[str, Any]
+    ) -> None:
+        """Bind the conversation to its key and where its replies go, replacing what was bound before.
+
+        Raises:
+            StorageError: there is no such conversation.
+            ValueError: ``key`` is longer than ``KEY_LIMIT``.
+        """
+        if key is not None:
+            key = clean_text(key)
+            _check_key("the conversation key", key)
+        async with self._driver("storing a conversation's address") as driver:
+            await self._hot.set_conversation_address(driver, conversation_id, channel, key, json_dumps(address), now())
+
+    async def conversation_address(self, conversation_id: str) -> ConversationAddress | None:
+        """The conversation's key and address as ``set_conversation_address`` last set them, or None."""
+        async with self._driver("reading a conversation's address") as driver:
+            return await self._hot.conversation_address(driver, conversation_id)

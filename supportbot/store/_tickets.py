@@ -44,6 +44,8 @@ _TICKET_COLS = (
 )  # fmt: skip
 _TICKET_INSERT = _t.insert().returning(_t.c.id)
 _TICKET_BY_ID = select(*_TICKET_COLS).where(_t.c.id == bindparam("tid"))
+_TICKETS_AFTER = select(*_TICKET_COLS).where(_t.c.id > bindparam("tid")).order_by(_t.c.id).limit(bindparam("n"))
+_LAST_TICKET_ID = select(func.coalesce(func.max(_t.c.id), 0))
 _EVENT_COLS = (_e.c.id, _e.c.ticket_id, _e.c.actor, _e.c.action, _e.c.detail, _e.c.created_at)
 _EVENTS_OF = select(*_EVENT_COLS).where(_e.c.ticket_id == bindparam("tid")).order_by(_e.c.id)
 _OPEN_HANDOFF_OF = (
@@ -247,6 +249,21 @@ class TicketMixin(SQLBase):
         async with self._begin("reading ticket events") as connection:
             rows = (await connection.execute(_EVENTS_OF, {"tid": ticket_id})).all()
         return [_event(row) for row in rows]
+
+    async def tickets_after(self, ticket_id: int, *, limit: int = 100) -> list[Ticket]:
+        """Tickets with an id above ``ticket_id``, oldest first (``Mailboxes``: announcing new tickets).
+
+        On PostgreSQL ids are drawn before commit, so a ticket may become visible after one with a
+        higher id: a caller that only ever asks after the highest id it saw can miss it.
+        """
+        async with self._begin("listing new tickets") as connection:
+            rows = (await connection.execute(_TICKETS_AFTER, {"tid": ticket_id, "n": limit})).all()
+        return [_ticket(row) for row in rows]
+
+    async def last_ticket_id(self) -> int:
+        """The highest ticket id so far, 0 with none."""
+        async with self._begin("reading the last ticket id") as connection:
+            return int((await connection.execute(_LAST_TICKET_ID)).scalar_one())
 
 
 _OPEN = ("open", "pending")

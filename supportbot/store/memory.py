@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from supportbot.errors import StorageError
 from supportbot.store._hot import totals
@@ -23,6 +24,7 @@ from supportbot.store.base import (
     Customer,
     MessageStatus,
     NewMessage,
+    Outgoing,
     StoredMessage,
     Ticket,
     TicketEvent,
@@ -50,9 +52,15 @@ def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: da
 
 
 class MemoryStore:
-    """Implements ``supportbot.store.base.Store`` on dicts. Conversations may be dropped with ``forget``."""
+    """Implements ``supportbot.store.base.Store`` on dicts. Conversations may be dropped with ``forget``.
+
+    Attributes:
+        outbox: what ``add_messages(outgoing=…)`` queued, as ``(channel, conversation_id, message_id,
+            payload)``, oldest first. Nothing delivers it: a memory store has no outbox worker.
+    """
 
     def __init__(self) -> None:
+        self.outbox: list[tuple[str, str, int, dict[str, Any]]] = []
         self._customers: dict[str, Customer] = {}
         self._conversations: dict[str, Conversation] = {}
         self._messages: dict[str, list[StoredMessage]] = {}
@@ -149,7 +157,11 @@ class MemoryStore:
         found = [c for c in self._conversations.values() if customer_id in (None, c.customer_id)]
         return sorted(found, key=lambda c: c.updated_at or _now(), reverse=True)[:limit]
 
-    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+    async def add_messages(
+        self, conversation_id: str, messages: Sequence[NewMessage], *, outgoing: Outgoing | None = None
+    ) -> list[StoredMessage]:
+        if outgoing is not None and not messages:
+            raise ValueError("add_messages: outgoing names the last of the messages, but there are none")
         conv = self._conversation(conversation_id)
         now = _now()
         # Spelled out rather than ``dataclasses.replace``/``**fields``: this runs several times a turn.
@@ -162,6 +174,8 @@ class MemoryStore:
             output_tokens=conv.output_tokens + output_tokens, cost_usd=conv.cost_usd + cost,
             created_at=conv.created_at, updated_at=now,
         )  # fmt: skip
+        if outgoing is not None:
+            self.outbox.append((outgoing.channel, conversation_id, stored[-1].id, outgoing.payload))
         return stored
 
     async def begin_turn(

@@ -40,9 +40,12 @@ from supportbot._json import dumps_compact
 
 __all__ = [
     "OPEN_HANDOFF",
+    "OUTBOX_FAILED",
     "AdminSessionRow",
     "Base",
+    "ChannelStateRow",
     "CleanText",
+    "ConversationAddressRow",
     "ConversationRow",
     "ConversationTokenRow",
     "CustomerRow",
@@ -56,8 +59,10 @@ __all__ = [
     "ToolRunRow",
     "UTCDateTime",
     "admin_sessions",
+    "channel_state",
     "clean_json",
     "clean_text",
+    "conversation_addresses",
     "conversation_tokens",
     "conversations",
     "customers",
@@ -318,11 +323,21 @@ class InboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+OUTBOX_FAILED = text("status = 'failed'")
+"""The outbox rows given up on: the condition of the partial index that lists them for operators."""
+
+
 class OutboxRow(Base):
-    """A reply to deliver; ``external_id`` is the channel's id of the delivered message."""
+    """A reply to deliver; ``external_id`` is the channel's id of the delivered message (found by it
+    through the unique key), ``last_error`` why the last attempt failed."""
 
     __tablename__ = "outbox"
-    __table_args__ = (UniqueConstraint("channel", "external_id"), Index(None, "status", "channel", "id"))
+    __table_args__ = (
+        UniqueConstraint("channel", "external_id"),
+        Index(None, "status", "channel", "id"),
+        # Small: only the failed rows are in it (a handful, next to every reply ever sent).
+        Index("ix_outbox_failed", "id", sqlite_where=OUTBOX_FAILED, postgresql_where=OUTBOX_FAILED),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(32))
@@ -334,6 +349,32 @@ class OutboxRow(Base):
     external_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(CleanText())
+
+
+class ConversationAddressRow(Base):
+    """Where a conversation's replies go on its channel, and the conversation key it is found by
+    (Slack: team+channel+thread); several conversations may share a key, the newest is the live one."""
+
+    __tablename__ = "conversation_addresses"
+    __table_args__ = (Index(None, "channel", "key"),)
+
+    conversation_id: Mapped[str] = mapped_column(String(32), ForeignKey("conversations.id"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str | None] = mapped_column(String(255))
+    address: Mapped[Any] = mapped_column(_Json)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ChannelStateRow(Base):
+    """A value a channel keeps between runs (a cursor), by channel and key."""
+
+    __tablename__ = "channel_state"
+
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(CleanText())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ConversationTokenRow(Base):
@@ -398,5 +439,7 @@ inbox = cast(Table, InboxRow.__table__)
 outbox = cast(Table, OutboxRow.__table__)
 orders = cast(Table, OrderRow.__table__)
 conversation_tokens = cast(Table, ConversationTokenRow.__table__)
+conversation_addresses = cast(Table, ConversationAddressRow.__table__)
+channel_state = cast(Table, ChannelStateRow.__table__)
 operators = cast(Table, OperatorRow.__table__)
 admin_sessions = cast(Table, AdminSessionRow.__table__)

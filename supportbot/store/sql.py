@@ -3,9 +3,12 @@
 Every turn reads its conversation and history and stores its messages, so those calls
 (``begin_turn``, ``get_conversation``, ``get_customer``, ``list_messages``, ``add_messages``,
 ``update_conversation``, ``claim_tool_run``) run on the drivers directly, inline on SQLite or one
-round trip on PostgreSQL (``_hot``); so do the web channel's per-message and per-connection
-calls (``inbox_add``, ``inbox_set_status``, ``conversation_for_token``) and what opening a
-conversation writes (the customer, the conversation, its greeting and token). On SQLite a
+round trip on PostgreSQL (``_hot``); so do the channels' per-message and per-connection calls
+(``inbox_add``, ``inbox_set_status``, ``conversation_for_token``, ``conversation_for_key``,
+``set_conversation_address``, ``conversation_address``, ``outbox_attempt``, ``outbox_mark_sent``)
+and what opening a conversation writes (the customer, the conversation, its greeting and token).
+``add_messages(outgoing=…)`` queues its outbox row in the messages' own transaction (still one
+statement on PostgreSQL). On SQLite a
 SQLAlchemy write holds the database's one write lock across several event-loop rounds, so hot
 calls that meet it must wait: the fewer of those on a busy path, the better. Everything else uses
 prebuilt SQLAlchemy Core statements on short transactions. Text is cleaned on the way in (see ``models.clean_text``).
@@ -42,6 +45,7 @@ from supportbot.store.base import (
     Customer,
     MessageStatus,
     NewMessage,
+    Outgoing,
     StoredMessage,
     TurnStart,
 )
@@ -300,20 +304,27 @@ class SQLStore(TicketMixin, MailboxMixin, TokenMixin, ReviewMixin):
 
     # -- messages --------------------------------------------------------------------------------
 
-    async def add_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+    async def add_messages(
+        self, conversation_id: str, messages: Sequence[NewMessage], *, outgoing: Outgoing | None = None
+    ) -> list[StoredMessage]:
         """Store messages and, in the same transaction, add their tokens and cost to the conversation.
 
         Each user message counts as a turn. Text is cleaned (see ``models.clean_text``), and the
-        returned records carry the text as stored.
+        returned records carry the text as stored. With ``outgoing``, the same transaction queues a
+        pending outbox row for the last of ``messages`` (see ``outbox_pending``).
 
         Raises:
-            StorageError: the conversation does not exist, or the database refused the write.
+            StorageError: the conversation does not exist, or the database refused the write
+                (then nothing was stored, and nothing queued).
+            ValueError: ``outgoing`` without messages (it names the last of them).
         """
         if not messages:
+            if outgoing is not None:
+                raise ValueError("add_messages: outgoing names the last of the messages, but there are none")
             return []
         now = _now()
         async with self._driver("storing messages") as driver:
-            ids = await self._hot.add_messages(driver, conversation_id, messages, now)
+            ids = await self._hot.add_messages(driver, conversation_id, messages, now, outgoing)
         if ids is None:
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
         return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]

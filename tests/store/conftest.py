@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Table, text
 
 from supportbot.store.base import Store
 from supportbot.store.memory import MemoryStore
@@ -29,3 +31,26 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield opened
     finally:
         await opened.close()
+
+
+# The hot path writes with the drivers' own SQL; tests compare its rows, as stored, with SQLAlchemy's.
+
+
+async def raw_row(store: SQLStore, table: Table, key: str, value: object) -> dict[str, Any]:
+    """A row as the database stores it (text of each column, and SQLite's storage class)."""
+    if store.dialect == "sqlite":
+        columns = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)
+    else:
+        columns = ", ".join(f"{c.name}::text, pg_typeof({c.name})::text" for c in table.columns)
+    async with store._begin("reading a raw row") as connection:
+        row = (
+            await connection.execute(text(f"SELECT {columns} FROM {table.name} WHERE {key} = :v"), {"v": value})
+        ).one()
+    names = [n for c in table.columns for n in (c.name, f"{c.name}:type")]
+    return dict(zip(names, row, strict=True))
+
+
+async def sqlalchemy_insert(store: SQLStore, table: Table, values: dict[str, Any]) -> None:
+    """Insert a row the way the store's SQLAlchemy statements do (its column types encode the values)."""
+    async with store._begin("inserting through SQLAlchemy") as connection:
+        await connection.execute(table.insert(), values)

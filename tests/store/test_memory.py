@@ -10,7 +10,7 @@ import pytest
 
 from supportbot.errors import StorageError
 from supportbot.messages import ImagePart, ToolCall, Usage
-from supportbot.store.base import Conversation, NewMessage
+from supportbot.store.base import Conversation, NewMessage, Outgoing
 from supportbot.store.memory import MemoryStore
 
 
@@ -97,3 +97,20 @@ async def test_add_messages_keeps_every_field() -> None:
     assert dataclasses.replace(after, updated_at=before.updated_at) == dataclasses.replace(
         before, input_tokens=15, output_tokens=8, cost_usd=0.75
     )
+
+
+async def test_outgoing_replies_are_kept_in_the_outbox_list() -> None:
+    store = MemoryStore()
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="slack", flow="general")
+    await store.add_messages(conversation.id, [NewMessage(role="user", content="hi")])
+    payload = {"kind": "answer", "text": "Hello!", "turn": 1, "author": None}
+    _, last = await store.add_messages(
+        conversation.id,
+        [NewMessage(role="assistant", content=None), NewMessage(role="assistant", content="Hello!")],
+        outgoing=Outgoing(channel="slack", payload=payload),
+    )
+    assert store.outbox == [("slack", conversation.id, last.id, payload)]
+    with pytest.raises(StorageError):
+        await store.add_messages("missing", [NewMessage(role="assistant")], outgoing=Outgoing(channel="x", payload={}))
+    assert len(store.outbox) == 1

@@ -22,7 +22,7 @@ async def test_new_database_is_created_at_head(db_url: str) -> None:
     assert await migrate.current_revision(db_url) is None
     store = await SQLStore.open(db_url)
     await store.close()
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0004"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0005"
 
 
 async def test_upgrade_is_idempotent(db_url: str) -> None:
@@ -49,7 +49,7 @@ async def test_database_behind_is_refused_with_the_fix(db_url: str) -> None:
     await migrate.upgrade(db_url, "0001")  # as left by an older supportbot
     with pytest.raises(StorageError) as caught:
         await SQLStore.open(db_url, create=False)
-    assert "is at revision 0001 but this supportbot needs 0004; run `supportbot db upgrade`" in str(caught.value)
+    assert "is at revision 0001 but this supportbot needs 0005; run `supportbot db upgrade`" in str(caught.value)
 
 
 async def test_database_from_a_newer_supportbot_is_refused(db_url: str) -> None:
@@ -124,5 +124,33 @@ async def test_0004_closes_all_but_the_oldest_open_handoff_ticket_of_a_conversat
         assert await store.ticket_events(2) == []
         again = await store.open_handoff_ticket(subject="x", note="requested again", conversation_id="a")
         assert (again.created, again.ticket.id) == (False, 2)
+    finally:
+        await store.close()
+
+
+async def test_0005_keeps_the_outbox_rows_and_leaves_their_last_error_empty(db_url: str) -> None:
+    from sqlalchemy import JSON, DateTime, column, table
+
+    await migrate.upgrade(db_url, "0004")
+    # The outbox as 0004 left it (the model has columns it had not yet).
+    old_outbox = table("outbox", column("id"), column("channel"), column("payload", JSON()), column("status"),
+                       column("attempts"), column("created_at", DateTime(timezone=True)))  # fmt: skip
+    at = datetime.now(UTC)
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(old_outbox.insert(), [
+                {"id": 1, "channel": "email", "payload": {"text": "hi"}, "status": "failed", "attempts": 5,
+                 "created_at": at.replace(tzinfo=None) if db_url.startswith("sqlite") else at},
+            ])  # fmt: skip
+    finally:
+        await engine.dispose()
+
+    await migrate.upgrade(db_url)
+
+    store = await SQLStore.open(db_url, create=False)
+    try:
+        (row,) = await store.outbox_failed()
+        assert (row.id, row.payload, row.attempts, row.last_error) == (1, {"text": "hi"}, 5, None)
     finally:
         await store.close()

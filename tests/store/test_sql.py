@@ -6,10 +6,8 @@ import asyncio
 import json
 import threading
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
-from sqlalchemy import Table, text
 
 from supportbot.errors import StorageError
 from supportbot.messages import ImagePart, ToolCall, Usage
@@ -18,6 +16,7 @@ from supportbot.store import sql as sql_module
 from supportbot.store.base import NewMessage
 from supportbot.store.models import conversation_tokens, customers, inbox
 from supportbot.store.sql import SQLStore
+from tests.store.conftest import raw_row, sqlalchemy_insert
 
 # A Gemini-style thought signature: nested, non-ASCII, odd key order; must come back exactly.
 SIGNATURE_EXTRA = {
@@ -405,25 +404,6 @@ async def test_inbox_stores_each_channel_message_once(store: SQLStore) -> None:
 AT = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 
-async def _raw(store: SQLStore, table: Table, key: str, value: object) -> dict[str, Any]:
-    """A row as the database stores it (text of each column, and SQLite's storage class)."""
-    if store.dialect == "sqlite":
-        columns = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)
-    else:
-        columns = ", ".join(f"{c.name}::text, pg_typeof({c.name})::text" for c in table.columns)
-    async with store._begin("reading a raw row") as connection:
-        row = (
-            await connection.execute(text(f"SELECT {columns} FROM {table.name} WHERE {key} = :v"), {"v": value})
-        ).one()
-    names = [n for c in table.columns for n in (c.name, f"{c.name}:type")]
-    return dict(zip(names, row, strict=True))
-
-
-async def _sqlalchemy_insert(store: SQLStore, table: Table, values: dict[str, Any]) -> None:
-    async with store._begin("inserting through SQLAlchemy") as connection:
-        await connection.execute(table.insert(), values)
-
-
 async def test_inbox_rows_of_the_hot_path_are_those_sqlalchemy_writes(
     store: SQLStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -432,9 +412,9 @@ async def test_inbox_rows_of_the_hot_path_are_those_sqlalchemy_writes(
     payload = {"text": "olá \U0001f600", "images": [], "n": [1, 2.5, None, True]}
     hot = await store.inbox_add("web", "hot", payload, conversation_id=cid)
     assert hot is not None
-    await _sqlalchemy_insert(store, inbox, {"channel": "web", "external_id": "orm", "conversation_id": cid,
+    await sqlalchemy_insert(store, inbox, {"channel": "web", "external_id": "orm", "conversation_id": cid,
                                             "payload": payload, "status": "received", "created_at": AT})  # fmt: skip
-    rows = [await _raw(store, inbox, "external_id", e) for e in ("hot", "orm")]
+    rows = [await raw_row(store, inbox, "external_id", e) for e in ("hot", "orm")]
     for row in rows:
         del row["id"], row["external_id"]
     assert rows[0] == rows[1]
@@ -453,7 +433,7 @@ async def test_inbox_rows_of_the_hot_path_are_those_sqlalchemy_writes(
         (other, "stored", None, ["a list"]),
     ]
     await store.inbox_set_status(other, "done", conversation_id=cid)
-    assert (await _raw(store, inbox, "id", other))["conversation_id"] == cid
+    assert (await raw_row(store, inbox, "id", other))["conversation_id"] == cid
 
 
 async def test_customer_rows_of_the_hot_path_are_those_sqlalchemy_writes(
@@ -462,9 +442,9 @@ async def test_customer_rows_of_the_hot_path_are_those_sqlalchemy_writes(
     monkeypatch.setattr(sql_module, "_now", lambda: AT.astimezone(timezone(timedelta(hours=2))))
     created = await store.get_or_create_customer(email="Zoë@Example.com", name="Zoë\x00", external_id="x1",
                                                  verified=True)  # fmt: skip
-    await _sqlalchemy_insert(store, customers, {"id": "orm", "email": "zoë@example.com", "name": "Zoë",
+    await sqlalchemy_insert(store, customers, {"id": "orm", "email": "zoë@example.com", "name": "Zoë",
                                                 "external_id": "x1", "verified": False, "created_at": AT})  # fmt: skip
-    hot, orm = await _raw(store, customers, "id", created.id), await _raw(store, customers, "id", "orm")
+    hot, orm = await raw_row(store, customers, "id", created.id), await raw_row(store, customers, "id", "orm")
     assert {k: v for k, v in hot.items() if k not in ("id", "verified")} == {
         k: v for k, v in orm.items() if k not in ("id", "verified")
     }
@@ -483,12 +463,12 @@ async def test_conversation_tokens(store: SQLStore, monkeypatch: pytest.MonkeyPa
         await store.add_conversation_token(cid, "a" * 64)  # a hash opens one conversation only
     with pytest.raises(StorageError):
         await store.add_conversation_token("missing", "c" * 64)
-    await _sqlalchemy_insert(store, conversation_tokens, {"token_hash": "d" * 64, "conversation_id": cid,
+    await sqlalchemy_insert(store, conversation_tokens, {"token_hash": "d" * 64, "conversation_id": cid,
                                                           "created_at": AT})  # fmt: skip
     assert await store.conversation_for_token("d" * 64) == cid
     hot, orm = (
-        await _raw(store, conversation_tokens, "token_hash", "a" * 64),
-        await _raw(store, conversation_tokens, "token_hash", "d" * 64),
+        await raw_row(store, conversation_tokens, "token_hash", "a" * 64),
+        await raw_row(store, conversation_tokens, "token_hash", "d" * 64),
     )
     del hot["token_hash"], orm["token_hash"]
     assert hot == orm
@@ -525,14 +505,20 @@ async def test_outbox_lifecycle(store: SQLStore) -> None:
     ]
     assert pending[0].payload == {"to": "ana@example.com", "text": "Your parcel ships today."}
 
-    assert await store.outbox_mark_failed(first) == 1
+    assert await store.outbox_attempt(first) == 1
+    await store.outbox_mark_failed(first, error="421 try again later")
+    assert await store.outbox_attempt(first) == 2
     assert await store.outbox_mark_sent(first, external_id="<m1@acme.example>") is True
     assert await store.outbox_mark_sent(first, external_id="<m1@acme.example>") is False  # exactly once
-    assert await store.outbox_mark_failed(second, give_up=True) == 1
+    await store.outbox_mark_failed(second, error="550 no such user", give_up=True)
     assert await store.outbox_pending("email") == []
     assert len(await store.outbox_pending("slack", limit=5)) == 1
+    sent, given_up = await store.outbox_get(first), await store.outbox_get(second)
+    assert sent is not None and (sent.status, sent.attempts, sent.last_error) == ("sent", 2, "421 try again later")
+    assert given_up is not None and (given_up.status, given_up.attempts) == ("failed", 0)
+    assert await store.outbox_failed() == [given_up]
     with pytest.raises(StorageError, match="not pending"):
-        await store.outbox_mark_failed(first)
+        await store.outbox_mark_failed(first, error="late")
 
 
 # -- connection handling ------------------------------------------------------------------------

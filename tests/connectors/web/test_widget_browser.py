@@ -21,7 +21,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
 from connectors.web.security import identity_token
-from supportbot.store.base import NewMessage
+from supportbot.server import INTAKE
 from supportbot.testing.fake_llm import Reply, Step
 from tests.conftest import ARTIFACTS, require_chromium
 from tests.connectors.web.conftest import SECRET, WebServer, signed
@@ -269,11 +269,8 @@ async def test_a_handoff_shows_one_message_live_and_after_a_reload_and_the_perso
     await expect(page.locator("#supportbot-widget .sb-sub")).to_have_text("Our team will reply here")
     # An operator answers (as the admin reply of the operators' page will): stored, then delivered.
     conversation = (await server.runtime.store.list_conversations(limit=1))[0]
-    saved = await server.runtime.store.add_messages(
-        conversation.id,
-        [NewMessage(role="assistant", kind="human", content="Hi, Maria here. Let me check.", author="maria")],
-    )
-    server.dispatcher.deliver(saved[0])
+    await server.app[INTAKE].operators.reply(actor="maria", text="Hi, Maria here. Let me check.",
+                                            conversation_id=conversation.id)  # fmt: skip
     human = page.locator('#supportbot-widget .sb-msg[data-role="human"]')
     await expect(human.last).to_contain_text("Maria here", timeout=10_000)
     await page.reload()  # and it is part of the history

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from connectors.web.ws import CLOSE_UNAUTHORIZED
-from supportbot.store.base import NewMessage
+from supportbot.server import INTAKE
 from supportbot.testing.fake_llm import Hang, Reply
 from tests.connectors.web.conftest import OTHER_ORIGIN, WebServer
 from tests.connectors.web.test_api import stored_rows
@@ -239,11 +239,10 @@ async def test_an_operator_reply_reaches_every_open_tab(server: WebServer) -> No
     opened = await server.open()
     async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
         await ws.receive_json()
-        saved = await server.runtime.store.add_messages(
-            opened["id"], [NewMessage(role="assistant", kind="human", content="Maria here.", author="maria")]
+        saved = await server.app[INTAKE].operators.reply(
+            actor="maria", text="Maria here.", conversation_id=opened["id"]
         )
-        server.dispatcher.deliver(saved[0])
         frame = await ws.receive_json()
-    assert frame["type"] == "message"
+    assert frame["type"] == "message" and frame["conversation_status"] == "human"
     assert frame["message"]["role"] == "human" and frame["message"]["text"] == "Maria here."
-    assert frame["message"]["id"] == saved[0].id
+    assert frame["message"]["id"] == saved.id

@@ -1,0 +1,440 @@
+"""Replies out of the outbox and into each channel, exactly once, in order, also after a crash.
+
+Every reply a customer must get (the bot's answer, a fallback, a notice, an operator's reply, the
+hand-back notice) is an outbox row written in the transaction that stored its message. The
+``Hub`` runs one ``DeliveryWorker`` per channel: it reads the channel's pending rows oldest
+first, sends each conversation's rows in order (different conversations concurrently), and marks
+each row sent with the channel's id for it. A failed send is retried with exponential backoff (at
+least what a 429's ``Retry-After`` asked), and given up after ``server.delivery_give_up_after_s``
+or at once when the channel says retrying cannot help; a reply given up on opens (or notes on)
+an escalation ticket, so an operator sees it. At start, rows a stopped server left pending are
+sent; a row whose attempt may have reached the channel before the crash comes with
+``attempt > 1``, for the channel to check before sending again.
+
+The hub is also the connectors' ``Intake`` (``supportbot.channels``): messages go to the
+``Dispatcher``; an operator's reply from inside a channel (a Slack thread) is stored once (the
+inbox de-duplicates it) and queued for the customer's own channel; and for channels that announce
+tickets (``announces_tickets``), new tickets are queued to them as ``ticket`` replies, the
+channel's cursor advancing in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+from supportbot.channels import (
+    Accepted,
+    ChannelBase,
+    DeliveryError,
+    InboundMessage,
+    OperatorReply,
+    Reply,
+    ReplyKind,
+)
+from supportbot.dispatch import Dispatcher
+from supportbot.metrics import Metrics
+from supportbot.operators import Operators, OperatorStore
+from supportbot.store.base import ChannelState, Mailboxes, OutboxItem, Ticket
+
+__all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
+
+log = logging.getLogger("supportbot.delivery")
+
+POLL_S = 1.0
+"""How often a worker looks for rows queued by another process (the CLI, another worker)."""
+TICKET_POLL_S = 2.0
+MAX_BACKOFF_S = 300.0
+CONCURRENT_CONVERSATIONS = 32
+"""Conversations a worker sends to at once (each one's rows in order)."""
+TICKET_CURSOR = "tickets_announced"
+_KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
+
+
+class DeliveryStore(OperatorStore, Mailboxes, Protocol):
+    """What delivery needs of storage (``SQLStore``)."""
+
+
+def reply_of(item: OutboxItem, *, attempt: int, address: Mapping[str, Any], key: str | None) -> Reply:
+    """The ``Reply`` a channel is given for an outbox row."""
+    payload: dict[str, Any] = item.payload if isinstance(item.payload, dict) else {"text": str(item.payload)}
+    kind = payload.get("kind")
+    turn = payload.get("turn")
+    return Reply(
+        outbox_id=item.id,
+        channel=item.channel,
+        kind=cast(ReplyKind, kind if kind in _KINDS else "answer"),
+        text=str(payload.get("text") or ""),
+        attempt=attempt,
+        conversation_id=item.conversation_id,
+        message_id=item.message_id,
+        turn=turn if isinstance(turn, int) else None,
+        key=key,
+        address=address,
+        author=payload.get("author") if isinstance(payload.get("author"), str) else None,
+        data=_mapping(payload.get("data")),
+    )
+
+
+class DeliveryWorker:
+    """Sends one channel's outbox rows: per conversation in order, retried with backoff, each marked sent once.
+
+    Args:
+        channel: the channel to deliver to.
+        store: the outbox.
+        give_up_after_s: how long after a row was queued it is given up on.
+        metrics: counts deliveries; optional.
+    """
+
+    def __init__(
+        self, channel: ChannelBase, store: DeliveryStore, *, give_up_after_s: float, metrics: Metrics | None = None
+    ) -> None:
+        self.channel = channel
+        self.store = store
+        self.give_up_after_s = give_up_after_s
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._busy: dict[str, asyncio.Task[None]] = {}  # conversation (or row) → the task sending its rows
+        self._retry_at: dict[int, float] = {}  # outbox id → monotonic time of its next attempt
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Look for pending rows now (one was just queued)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"supportbot-delivery-{self.channel.name}")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop looking for rows; sends under way get ``grace`` seconds, then are cut off (they stay pending)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        running = list(self._busy.values())
+        if running:
+            await asyncio.wait(running, timeout=grace)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until nothing is pending or being sent (tests, shutdown)."""
+        while True:
+            await self.run_once()
+            if not self._busy and not await self.store.outbox_pending(self.channel.name, limit=1):
+                return
+            if self._busy:
+                await asyncio.wait(list(self._busy.values()), timeout=POLL_S)
+            else:
+                await asyncio.sleep(0.05)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # the database may be away for a moment; try again at the next poll
+                log.warning("could not read the %s outbox; retrying", self.channel.name, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._next_wait())
+            self._wake.clear()
+
+    def _next_wait(self) -> float:
+        if not self._retry_at:
+            return POLL_S
+        return max(0.01, min(POLL_S, min(self._retry_at.values()) - time.monotonic()))
+
+    async def run_once(self) -> int:
+        """Start sending the pending rows that are due; returns how many conversations were started."""
+        rows = await self.store.outbox_pending(self.channel.name, limit=500)
+        queues: dict[str, list[OutboxItem]] = {}
+        for row in rows:
+            queues.setdefault(row.conversation_id or f"row:{row.id}", []).append(row)
+        started = 0
+        for lane, queued in queues.items():
+            if lane in self._busy or len(self._busy) >= CONCURRENT_CONVERSATIONS:
+                continue
+            if self._retry_at.get(queued[0].id, 0.0) > time.monotonic():
+                continue  # the lane's first row waits for its backoff; later rows wait behind it
+            task = asyncio.create_task(self._send_lane(queued))
+            self._busy[lane] = task
+            task.add_done_callback(functools.partial(self._lane_done, lane))
+            started += 1
+        return started
+
+    def _lane_done(self, lane: str, _: asyncio.Task[None]) -> None:
+        self._busy.pop(lane, None)
+        self._wake.set()  # its conversation may have more rows now
+
+    async def _send_lane(self, rows: list[OutboxItem]) -> None:
+        for row in rows:
+            if self._retry_at.get(row.id, 0.0) > time.monotonic():
+                return
+            try:
+                sent = await self._send(row)
+            except Exception:
+                log.exception("delivering reply %d on %s failed unexpectedly", row.id, self.channel.name)
+                return
+            if not sent:
+                return  # it waits for a retry: the conversation's later rows wait behind it
+
+    async def _send(self, row: OutboxItem) -> bool:
+        """One attempt at a row; True when it is done with (sent, given up, or taken by another worker)."""
+        attempt = await self.store.outbox_attempt(row.id)
+        if attempt is None:
+            self._retry_at.pop(row.id, None)
+            return True
+        address, key = await self._address(row)
+        reply = reply_of(row, attempt=attempt, address=address, key=key)
+        started = time.perf_counter()
+        try:
+            external_id = await self.channel.deliver(reply)
+        except Exception as exc:
+            return await self._failed(row, reply, exc)
+        self._retry_at.pop(row.id, None)
+        await self.store.outbox_mark_sent(row.id, external_id)
+        self._count("sent", time.perf_counter() - started)
+        return True
+
+    async def _address(self, row: OutboxItem) -> tuple[Mapping[str, Any], str | None]:
+        if row.conversation_id is None:
+            return {}, None
+        found = await self.store.conversation_address(row.conversation_id)
+        return (found.address, found.key) if found is not None else ({}, None)
+
+    async def _failed(self, row: OutboxItem, reply: Reply, exc: Exception) -> bool:
+        retryable = exc.retryable if isinstance(exc, DeliveryError) else True
+        asked = exc.retry_after if isinstance(exc, DeliveryError) else None
+        error = f"{type(exc).__name__}: {exc}"
+        age = (_utcnow() - row.created_at).total_seconds() if row.created_at is not None else 0.0
+        if not retryable or age >= self.give_up_after_s:
+            why = "the channel refused it" if not retryable else f"still failing after {age:.0f} s"
+            log.error("giving up on reply %d to %s (%s): %s", row.id, self.channel.name, why, error)
+            self._retry_at.pop(row.id, None)
+            await self.store.outbox_mark_failed(row.id, error=error, give_up=True)
+            self._count("failed")
+            await self._tell_operators(reply, error)
+            return True
+        backoff = min(MAX_BACKOFF_S, 2.0 ** max(0, reply.attempt - 1))
+        wait = max(backoff, asked or 0.0)
+        log.warning("reply %d to %s not delivered (attempt %d), retrying in %.1f s: %s",
+                    row.id, self.channel.name, reply.attempt, wait, error)  # fmt: skip
+        self._retry_at[row.id] = time.monotonic() + wait
+        await self.store.outbox_mark_failed(row.id, error=error)
+        self._count("retried")
+        return False
+
+    async def _tell_operators(self, reply: Reply, error: str) -> None:
+        """A reply nobody will receive: say so on the conversation's open escalation ticket, or a new one."""
+        if reply.conversation_id is None:
+            return
+        note = f"a reply could not be delivered on {self.channel.name} ({error}); the customer has not received it:\n\n"
+        try:
+            for ticket in await self.store.list_tickets(conversation_id=reply.conversation_id, status="open"):
+                if ticket.kind == "escalation":
+                    await self.store.update_ticket(ticket.id, actor="delivery", note=note + reply.text[:2000])
+                    return
+            conversation = await self.store.get_conversation(reply.conversation_id)
+            await self.store.create_ticket(
+                subject=f"Reply not delivered on {self.channel.name}"[:200],
+                description=note + reply.text,
+                kind="escalation",
+                priority="high",
+                conversation_id=reply.conversation_id,
+                customer_id=conversation.customer_id if conversation else None,
+                channel=self.channel.name,
+                flow=conversation.flow if conversation else None,
+                actor="delivery",
+            )
+        except Exception:
+            log.exception("could not open a ticket for the undelivered reply %d", reply.outbox_id)
+
+    def _count(self, outcome: str, seconds: float | None = None) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.deliveries.labels(self.channel.name, outcome).inc()
+        if seconds is not None:
+            self.metrics.delivery_seconds.labels(self.channel.name).observe(seconds)
+
+
+class Hub:
+    """The connectors' ``Intake`` and every channel's delivery: what the server runs besides the turns.
+
+    Args:
+        dispatcher: runs the turns.
+        store: the outbox, inbox, tickets and conversations.
+        give_up_after_s: ``server.delivery_give_up_after_s``.
+        admin_url: the base of links to the admin page in ticket announcements (``server.public_url``);
+            None gives links relative to the server.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        store: DeliveryStore,
+        *,
+        give_up_after_s: float = 3600.0,
+        admin_url: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.store = store
+        self.give_up_after_s = give_up_after_s
+        self.admin_url = (admin_url or "").rstrip("/")
+        self.metrics = metrics
+        self.channels: dict[str, ChannelBase] = {}
+        self.workers: dict[str, DeliveryWorker] = {}
+        self.operators = Operators(store, queued=self.wake)
+        self._feeds: list[asyncio.Task[None]] = []
+        self._started: list[ChannelBase] = []
+        dispatcher.channels = self.channels
+        dispatcher.turn_ended = self.wake
+
+    def register(self, channel: ChannelBase) -> None:
+        """Deliver to ``channel`` and give it the live events of its conversations."""
+        if channel.name in self.channels:
+            raise ValueError(f"a channel named {channel.name!r} is registered already")
+        self.channels[channel.name] = channel
+        self.workers[channel.name] = DeliveryWorker(
+            channel, self.store, give_up_after_s=self.give_up_after_s, metrics=self.metrics
+        )
+
+    def wake(self, channel: str) -> None:
+        worker = self.workers.get(channel)
+        if worker is not None:
+            worker.wake()
+
+    # -- Intake ------------------------------------------------------------------------------------
+
+    async def submit(self, message: InboundMessage) -> Accepted:
+        return await self.dispatcher.submit(message)
+
+    async def operator_reply(self, reply: OperatorReply) -> bool:
+        payload = {"type": "operator", "actor": reply.actor, "text": reply.text, "ticket_id": reply.ticket_id,
+                   "conversation_id": reply.conversation_id, "hand_back": reply.hand_back}  # fmt: skip
+        inbox_id = await self.store.inbox_add(reply.channel, reply.external_id, payload)
+        if inbox_id is None:
+            return False
+        await self._apply(inbox_id, reply)
+        return True
+
+    async def _apply(self, inbox_id: int, reply: OperatorReply) -> None:
+        try:
+            if reply.hand_back:
+                await self.operators.hand_back(
+                    actor=reply.actor, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
+                )
+            else:
+                await self.operators.reply(
+                    actor=reply.actor, text=reply.text, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
+                )
+        except Exception:
+            await self.store.inbox_set_status(inbox_id, "failed")
+            raise
+        await self.store.inbox_set_status(inbox_id, "done")
+
+    async def delivered(self, channel: str, external_id: str) -> Reply | None:
+        row = await self.store.outbox_find(channel, external_id)
+        if row is None:
+            return None
+        return reply_of(row, attempt=row.attempts, address={}, key=None)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Apply operators' replies a stopped server took but did not store, then resume unanswered turns."""
+        pending = await self.store.inbox_pending(statuses=("received",), limit=1000)
+        for item in pending:
+            payload = item.payload
+            if not isinstance(payload, dict) or payload.get("type") != "operator":
+                continue
+            reply = OperatorReply(
+                channel=item.channel, external_id=item.external_id, actor=str(payload.get("actor") or "operator"),
+                text=str(payload.get("text") or ""), ticket_id=payload.get("ticket_id"),
+                conversation_id=payload.get("conversation_id"), hand_back=payload.get("hand_back") is True,
+            )  # fmt: skip
+            try:
+                await self._apply(item.id, reply)
+            except Exception:
+                log.exception("an operator's reply taken before the last stop could not be stored")
+        return await self.dispatcher.resume()
+
+    async def start(self) -> None:
+        """Start the delivery workers, the ticket announcements and the channels' own receivers."""
+        for worker in self.workers.values():
+            worker.start()
+        for channel in self.channels.values():
+            if channel.announces_tickets:
+                self._feeds.append(asyncio.create_task(self._announce_tickets(channel)))
+            await channel.start(self)
+            self._started.append(channel)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for channel in reversed(self._started):
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("channel %s did not stop cleanly", channel.name)
+        self._started.clear()
+        for feed in self._feeds:
+            feed.cancel()
+        await asyncio.gather(*self._feeds, return_exceptions=True)
+        self._feeds.clear()
+        await asyncio.gather(*(worker.stop(grace) for worker in self.workers.values()))
+
+    async def announce_new_tickets(self, channel: ChannelBase) -> int:
+        """Queue the tickets opened since the channel's cursor as ``ticket`` replies; returns how many."""
+        cursor = await self.store.channel_state(channel.name, TICKET_CURSOR)
+        if cursor is None:
+            # The first start announces what is new from now on, not the whole history.
+            last = await self.store.last_ticket_id()
+            await self.store.set_channel_state(ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(last)))
+            return 0
+        tickets = await self.store.tickets_after(int(cursor), limit=100)
+        for ticket in tickets:
+            await self.store.outbox_add(
+                channel.name,
+                {"kind": "ticket", "text": ticket.subject, "data": await self._ticket_data(ticket)},
+                state=ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(ticket.id)),
+            )
+        if tickets:
+            self.wake(channel.name)
+        return len(tickets)
+
+    async def _ticket_data(self, ticket: Ticket) -> dict[str, Any]:
+        customer = await self.store.get_customer(ticket.customer_id) if ticket.customer_id else None
+        return {
+            "ticket_id": ticket.id,
+            "subject": ticket.subject,
+            "kind": ticket.kind,
+            "priority": ticket.priority,
+            "customer": customer.display_name if customer else None,
+            "customer_email": customer.email if customer else None,
+            "customer_verified": customer.verified if customer else False,
+            "channel": ticket.channel,
+            "conversation_id": ticket.conversation_id,
+            "url": f"{self.admin_url}/admin/tickets/{ticket.id}",
+        }
+
+    async def _announce_tickets(self, channel: ChannelBase) -> None:
+        while True:
+            try:
+                await self.announce_new_tickets(channel)
+            except Exception:
+                log.warning("could not announce new tickets on %s; retrying", channel.name, exc_info=True)
+            await asyncio.sleep(TICKET_POLL_S)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

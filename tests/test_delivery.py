@@ -1,0 +1,293 @@
+"""Delivery: replies out of the outbox exactly once, in order, retried, given up visibly; the channel
+contract's intake (conversation keys, prepare, operators' replies) and ticket announcements. SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from supportbot.channels import (
+    ChannelBase,
+    DeliveryError,
+    Identity,
+    InboundMessage,
+    OperatorReply,
+    Reply,
+    TurnInfo,
+)
+from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
+from supportbot.delivery import DeliveryStore, Hub
+from supportbot.dispatch import Dispatcher
+from supportbot.events import Event, TurnFinished
+from supportbot.runtime import Runtime, open_runtime
+from supportbot.store.sql import SQLStore
+from supportbot.testing.fake_llm import FakeLLMServer
+from supportbot.testing.fake_llm import Reply as Say
+
+
+class Recorder(ChannelBase):
+    """A channel that keeps what it was given; ``failures`` are raised by the next deliveries, in order."""
+
+    def __init__(self, name: str = "chat", *, announces_tickets: bool = False) -> None:
+        self.name = name
+        self.announces_tickets = announces_tickets
+        self.delivered: list[Reply] = []
+        self.attempts: list[Reply] = []
+        self.failures: list[Exception] = []
+        self.events: list[tuple[int, Event]] = []
+        self.prepared: list[InboundMessage] = []
+        self.identity: Identity | None = None
+        self.ignore: set[str] = set()
+        self.arrived = asyncio.Event()
+
+    async def deliver(self, reply: Reply) -> str:
+        self.attempts.append(reply)
+        if self.failures:
+            raise self.failures.pop(0)
+        self.delivered.append(reply)
+        self.arrived.set()
+        return f"m{reply.outbox_id}"
+
+    def render(self, turn: TurnInfo, event: Event) -> None:
+        self.events.append((turn.turn, event))
+
+    async def prepare(self, message: InboundMessage) -> InboundMessage | None:
+        self.prepared.append(message)
+        if message.text in self.ignore:
+            return None
+        if self.identity is not None:
+            return InboundMessage(channel=message.channel, external_id=message.external_id, text=message.text,
+                                  key=message.key, identity=self.identity, address=message.address)  # fmt: skip
+        return message
+
+    async def until(self, count: int) -> list[Reply]:
+        async with asyncio.timeout(10):
+            while len(self.delivered) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.delivered
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def runtime(fake: FakeLLMServer, db_url: str) -> AsyncIterator[Runtime]:
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=db_url),
+    )
+    opened = await open_runtime(config)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture
+async def channel() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def hub(runtime: Runtime, channel: Recorder) -> AsyncIterator[Hub]:
+    dispatcher = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    running = Hub(dispatcher, runtime.store, give_up_after_s=60)  # type: ignore[arg-type]
+    running.register(channel)
+    await running.start()
+    yield running
+    await dispatcher.drain(5)
+    await running.stop()
+
+
+def store_of(runtime: Runtime) -> DeliveryStore:
+    return runtime.store  # type: ignore[return-value]
+
+
+def message(text: str, *, key: str = "T1/C1/1700.1", external_id: str | None = None, **extra: Any) -> InboundMessage:
+    return InboundMessage(channel="chat", external_id=external_id or text, text=text, key=key,
+                          identity=Identity(external_id="T1/U1", name="Ana"), address={"thread": key}, **extra)  # fmt: skip
+
+
+async def test_a_keyed_message_gets_one_conversation_and_one_reply_through_the_outbox(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime
+) -> None:
+    fake.script(Say(text="Hello Ana."), Say(text="Still here."))
+    first = await hub.submit(message("hi"))
+    assert not first.duplicate
+    assert (await hub.submit(message("hi"))).duplicate  # a redelivery is not answered twice
+    [reply] = await channel.until(1)
+    await hub.submit(message("and again"))
+    replies = await channel.until(2)
+    assert [r.text for r in replies] == ["Hello Ana.", "Still here."]
+    assert replies[0].kind == "answer" and replies[0].turn == first.turn and replies[0].attempt == 1
+    assert replies[0].conversation_id == replies[1].conversation_id  # one key, one conversation
+    assert replies[0].address == {"thread": "T1/C1/1700.1"} and replies[0].key == "T1/C1/1700.1"
+    assert any(isinstance(e, TurnFinished) for _, e in channel.events)  # the channel saw the turn live
+    row = await store_of(runtime).outbox_get(reply.outbox_id)
+    assert row is not None and row.status == "sent" and row.external_id == f"m{reply.outbox_id}"
+    conversation = await runtime.store.get_conversation(reply.conversation_id or "")
+    assert conversation is not None and conversation.channel == "chat"
+    messages = await runtime.store.list_messages(conversation.id)
+    assert [m.kind for m in messages if m.role == "assistant"] == ["normal", "normal"]  # no greeting stored
+
+
+async def test_a_closed_conversation_is_not_reopened_by_its_key(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime
+) -> None:
+    fake.script(Say(text="One."), Say(text="Two."))
+    await hub.submit(message("first"))
+    [first] = await channel.until(1)
+    await runtime.store.update_conversation(first.conversation_id or "", status="closed")
+    await hub.submit(message("second"))
+    second = (await channel.until(2))[1]
+    assert second.conversation_id != first.conversation_id
+
+
+async def test_prepare_proves_who_wrote_or_drops_the_message(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime
+) -> None:
+    channel.identity = Identity(external_id="T1/U1", email="ana@example.com", name="Ana Example", verified=True)
+    channel.ignore = {"from a bot"}
+    fake.script(Say(text="Hi Ana."))
+    ignored = await hub.submit(message("from a bot", key="T1/C9/1"))
+    await hub.submit(message("hello"))
+    [reply] = await channel.until(1)
+    conversation = await runtime.store.get_conversation(reply.conversation_id or "")
+    assert conversation is not None
+    customer = await runtime.store.get_customer(conversation.customer_id)
+    assert customer is not None and customer.verified and customer.email == "ana@example.com"
+    assert customer.external_id == "chat:T1/U1"
+    store = store_of(runtime)
+    assert await store.conversation_for_key("chat", "T1/C9/1") is None  # nothing was made for the dropped one
+    assert not [i for i in await store.inbox_pending(statuses=("received", "stored")) if i.id == ignored.turn]
+
+
+async def test_a_rate_limited_reply_is_retried_after_retry_after_and_sent_once_in_order(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime
+) -> None:
+    channel.failures = [DeliveryError("ratelimited", retry_after=0.2), DeliveryError("ratelimited", retry_after=0.2)]
+    fake.script(Say(text="First answer."), Say(text="Second answer."))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await hub.submit(message("one"))
+    await hub.submit(message("two"))
+    replies = await channel.until(2)
+    assert loop.time() - started >= 0.4  # it waited as asked, twice
+    assert [r.text for r in replies] == ["First answer.", "Second answer."]  # the second waited behind the first
+    assert [r.attempt for r in channel.attempts[:3]] == [1, 2, 3]
+    row = await store_of(runtime).outbox_get(replies[0].outbox_id)
+    assert row is not None and row.status == "sent" and row.attempts == 3
+    assert row.last_error is not None and "ratelimited" in row.last_error
+
+
+async def test_a_reply_the_channel_refuses_is_given_up_and_shown_to_operators(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime
+) -> None:
+    channel.failures = [DeliveryError("channel_not_found", retryable=False)]
+    fake.script(Say(text="An answer nobody gets."))
+    await hub.submit(message("hello"))
+    store = store_of(runtime)
+    async with asyncio.timeout(10):
+        while not (failed := await store.outbox_failed()):
+            await asyncio.sleep(0.02)
+    assert failed[0].last_error is not None and "channel_not_found" in failed[0].last_error
+    async with asyncio.timeout(10):
+        while not (tickets := await runtime.store.list_tickets(conversation_id=failed[0].conversation_id)):
+            await asyncio.sleep(0.02)
+    assert tickets[0].kind == "escalation" and "not delivered" in tickets[0].subject
+    assert "An answer nobody gets." in tickets[0].description
+    assert channel.delivered == []
+
+
+async def test_replies_left_pending_by_a_stopped_server_are_sent_at_start_flagged_as_maybe_sent(
+    runtime: Runtime, channel: Recorder
+) -> None:
+    store = store_of(runtime)
+    customer = await runtime.store.get_or_create_customer(email="ben@example.com")
+    conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+    unsent = await store.outbox_add("chat", {"kind": "answer", "text": "queued"}, conversation_id=conversation.id)
+    maybe = await store.outbox_add("chat", {"kind": "answer", "text": "tried"}, conversation_id=conversation.id)
+    await store.outbox_attempt(maybe)  # a crash came between the attempt and its outcome
+    hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+    hub.register(channel)
+    await hub.start()
+    try:
+        replies = await channel.until(2)
+    finally:
+        await hub.stop()
+    assert [(r.outbox_id, r.text, r.attempt) for r in replies] == [(unsent, "queued", 1), (maybe, "tried", 2)]
+
+
+async def test_a_reply_queued_by_another_process_is_delivered(
+    hub: Hub, channel: Recorder, runtime: Runtime, db_url: str
+) -> None:
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+    conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+    other = await SQLStore.open(db_url)  # as `supportbot tickets reply` does, in its own process
+    try:
+        from supportbot.operators import Operators
+
+        await Operators(other).reply(actor="maria", text="Maria here.", conversation_id=conversation.id)
+    finally:
+        await other.close()
+    [reply] = await channel.until(1)
+    assert reply.kind == "operator" and reply.author == "maria" and reply.text == "Maria here."
+
+
+async def test_an_operator_reply_from_a_channel_is_taken_once_and_reaches_the_customer_s_channel(
+    runtime: Runtime, channel: Recorder, fake: FakeLLMServer
+) -> None:
+    web = Recorder("web")
+    hub = Hub(Dispatcher(runtime.engine, runtime.store), store_of(runtime))  # type: ignore[arg-type]
+    hub.register(channel)
+    hub.register(web)
+    await hub.start()
+    try:
+        customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtime.engine.start_conversation(customer, channel="web")
+        ticket = await runtime.store.create_ticket(subject="Broken pole", conversation_id=conversation.id,
+                                                   customer_id=customer.id, channel="web")  # fmt: skip
+        said = OperatorReply(channel="chat", external_id="C7:1.2", actor="Maria (chat)", text="On it.",
+                             ticket_id=ticket.id)  # fmt: skip
+        assert await hub.operator_reply(said) is True
+        assert await hub.operator_reply(said) is False  # a redelivery
+        [reply] = await web.until(1)
+        assert reply.kind == "operator" and reply.text == "On it." and reply.conversation_id == conversation.id
+        assert (await runtime.store.get_conversation(conversation.id)).status == "human"  # type: ignore[union-attr]
+        await hub.operator_reply(OperatorReply(channel="chat", external_id="C7:1.3", actor="Maria (chat)",
+                                               ticket_id=ticket.id, hand_back=True))  # fmt: skip
+        handback = (await web.until(2))[1]
+        assert handback.kind == "handback"
+        assert (await runtime.store.get_conversation(conversation.id)).status == "bot"  # type: ignore[union-attr]
+        assert channel.delivered == []
+    finally:
+        await hub.stop()
+
+
+async def test_new_tickets_are_announced_once_to_a_channel_that_asks(runtime: Runtime) -> None:
+    store = store_of(runtime)
+    old = await runtime.store.create_ticket(subject="Before the channel existed")
+    announcer = Recorder("team", announces_tickets=True)
+    hub = Hub(Dispatcher(runtime.engine, runtime.store), store, admin_url="https://support.acme.example/")  # type: ignore[arg-type]
+    hub.register(announcer)
+    assert await hub.announce_new_tickets(announcer) == 0  # the first run starts from now
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com", name="Ana", verified=True)
+    new = await runtime.store.create_ticket(subject="Tent pole", customer_id=customer.id, channel="web")
+    assert await hub.announce_new_tickets(announcer) == 1
+    assert await hub.announce_new_tickets(announcer) == 0  # the cursor moved with the queued row
+    await hub.start()
+    try:
+        [reply] = await announcer.until(1)
+    finally:
+        await hub.stop()
+    assert reply.kind == "ticket" and reply.data["ticket_id"] == new.id != old.id
+    assert reply.data["customer"] == "Ana" and reply.data["channel"] == "web"
+    assert reply.data["url"] == f"https://support.acme.example/admin/tickets/{new.id}"
+    found = await hub.delivered("team", f"m{reply.outbox_id}")
+    assert found is not None and found.data["ticket_id"] == new.id

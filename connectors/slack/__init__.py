@@ -38,8 +38,7 @@ def setup(app: web.Application, settings: SlackSettings) -> SlackChannel:
 
     def prompts() -> Sequence[tuple[str, str]]:
         flow = runtime.flows.get(runtime.config.flows.default)
-        found = getattr(flow, "suggested_prompts", ()) or ()
-        return [(str(p.title), str(p.message)) for p in found]
+        return [(prompt.title, prompt.message) for prompt in flow.suggested_prompts]
 
     async def has_conversation(key: str) -> bool:
         return await store.conversation_for_key("slack", key) is not None  # type: ignore[attr-defined]
@@ -60,6 +59,4 @@ def setup(app: web.Application, settings: SlackSettings) -> SlackChannel:
     return channel
 
 
-# ChannelBase declares ``name`` a ClassVar, the Channel protocol an instance attribute: mypy sees no Channel in
-# any ChannelBase subclass (reported to the contract's owner); at run time it is one.
-CONNECTOR = Connector(name="slack", settings=SlackSettings, setup=setup)  # type: ignore[arg-type]
+CONNECTOR = Connector(name="slack", settings=SlackSettings, setup=setup)

@@ -235,18 +235,22 @@ class SlackChannel(ChannelBase):
 
     # -- prepare ------------------------------------------------------------------------------------------
 
-    async def prepare(self, message: InboundMessage) -> InboundMessage:
-        """Add the sender's Slack profile (name; email, verified) and download the images they shared."""
+    async def prepare(self, message: InboundMessage) -> InboundMessage | None:
+        """Add the sender's Slack profile (name; email, verified) and download the images they shared.
+
+        None (left unanswered) for a deleted user or a bot: Slack's own record says so.
+        """
         user_id = message.address.get("user")
         identity = message.identity
         if user_id:
             user = await self.users.get(str(user_id))
             if user is not None:
+                if not user.person:
+                    log.info("not answering %s: Slack says the sender is %s", message.external_id,
+                             "deleted" if user.deleted else "a bot")  # fmt: skip
+                    return None
                 identity = Identity(
-                    external_id=identity.external_id,
-                    email=user.email if user.person else None,
-                    name=user.name,
-                    verified=identity.verified and user.person,
+                    external_id=identity.external_id, email=user.email, name=user.name, verified=identity.verified
                 )
         images = message.images
         text = message.text
@@ -456,18 +460,27 @@ def _final_markdown(reply: Reply) -> str:
 
 
 def _ticket(reply: Reply) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A new ticket for the operators: number, subject, customer, their channel, a link to the admin page."""
     data = reply.data
     number = data.get("ticket_id")
     subject = escape(str(data.get("subject") or reply.text or "New ticket"))
     customer = escape(str(data.get("customer") or "a customer"))
+    email = data.get("customer_email")
+    if email and str(email) not in str(data.get("customer")):
+        customer += f" ({escape(str(email))}{'' if data.get('customer_verified') else ', unverified'})"
     where = escape(str(data.get("channel") or "unknown"))
+    priority = data.get("priority")
+    heading = f"*Ticket #{number}*" + (f" ({escape(str(priority))})" if priority and priority != "normal" else "")
+    lines = [f"{heading}: {subject}", f"Customer: {customer} · Channel: {where}"]
     url = str(data.get("url") or "")
-    link = f"<{url.replace('&', '&amp;')}|Open ticket #{number}>" if url.startswith(("https://", "http://")) else ""
-    lines = [f"*Ticket #{number}*: {subject}", f"Customer: {customer} · Channel: {where}"]
-    if link:
-        lines.append(link)
-    lines.append("_Reply in this thread to answer the customer; write `hand back` to give the conversation back to "
-                 "the bot._")  # fmt: skip
+    if url.startswith(("https://", "http://")):
+        lines.append(f"<{url.replace('&', '&amp;')}|Open ticket #{number}>")
+    elif url:
+        # No server.public_url: a path Slack cannot link; shown for the operator to open on the admin page.
+        lines.append(f"Admin page: `{escape(url)}` (set server.public_url to make this a link)")
+    lines.append(
+        "_Reply in this thread to answer the customer; write `hand back` to give the conversation back to the bot._"
+    )
     text = "\n".join(lines)
     buttons: list[dict[str, Any]] = []
     if number is not None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from connectors.slack.channel import SlackChannel
 from connectors.slack.inbound import (
@@ -30,7 +30,7 @@ from connectors.slack.inbound import (
     is_hand_back,
 )
 from connectors.slack.mrkdwn import escape
-from supportbot.channels import InboundMessage, Intake, OperatorReply, Reply
+from supportbot.channels import InboundMessage, Intake, OperatorReply
 from supportbot.dispatch import Unavailable
 from supportbot.errors import MessageTooLarge, StorageError
 from supportbot.operators import OperatorError
@@ -60,10 +60,6 @@ _STORED = Outcome()
 _NOT_STORED = Outcome(500, "not_stored", "the event could not be stored; Slack will send it again")
 _DRAINING = Outcome(503, "unavailable", "the server is shutting down; Slack will send the event again")
 _NOT_READY = Outcome(503, "not_ready", "the tickets channel is not known yet; Slack will send the event again")
-
-
-class _Delivered(Protocol):
-    def __call__(self, channel: str, external_id: str) -> Awaitable[Reply | None]: ...
 
 
 class Receiver:
@@ -143,12 +139,8 @@ class Receiver:
         return _STORED, not accepted.duplicate
 
     async def _operator(self, found: Operator, intake: Intake) -> Outcome:
-        delivered: _Delivered | None = getattr(intake, "delivered", None)
-        if delivered is None:  # pragma: no cover - the core's Intake has it
-            log.warning("an operator replied in Slack, but this server cannot look up ticket announcements")
-            return _STORED
         try:
-            announcement = await delivered(CHANNEL, f"{found.channel}:{found.thread_ts}")
+            announcement = await intake.delivered(CHANNEL, f"{found.channel}:{found.thread_ts}")
         except StorageError:
             return _NOT_STORED
         ticket_id = announcement.data.get("ticket_id") if announcement is not None else None

@@ -133,19 +133,26 @@ async def test_an_operators_reply_names_the_operator(channel: SlackChannel, slac
 async def test_a_ticket_is_announced_in_the_tickets_channel(slack: FakeSlack, make_channel: ChannelFactory) -> None:
     channel = await make_channel(tickets_channel="#support-tickets")
     assert channel.announces_tickets and channel.tickets_channel_id == TICKETS
-    data = {"ticket_id": 12, "subject": "Parcel <!here> lost", "customer": "Ana Example <ana@example.com>",
-            "channel": "web", "url": "https://support.example/admin/tickets/12"}  # fmt: skip
+    data = {"ticket_id": 12, "subject": "Parcel <!here> lost", "customer": "Ana <Example>", "priority": "high",
+            "customer_email": "ana@example.com", "customer_verified": False, "channel": "web",
+            "url": "https://support.example/admin/tickets/12"}  # fmt: skip
     sent = await channel.deliver(Reply(outbox_id=9, channel="slack", kind="ticket", text="", data=data))
     [message] = slack.messages(TICKETS)
     assert sent == f"{TICKETS}:{message['ts']}"
     text = message["text"]
-    assert "*Ticket #12*: Parcel &lt;!here&gt; lost" in text
-    assert "Customer: Ana Example &lt;ana@example.com&gt; · Channel: web" in text
+    assert "*Ticket #12* (high): Parcel &lt;!here&gt; lost" in text
+    assert "Customer: Ana &lt;Example&gt; (ana@example.com, unverified) · Channel: web" in text
     assert "<https://support.example/admin/tickets/12|Open ticket #12>" in text
     button = message["blocks"][-1]["elements"][0]
     assert button["action_id"] == HAND_BACK and button["value"] == "12"
     assert message["metadata"]["event_payload"] == {"outbox_id": 9, "ticket_id": 12}
     assert slack.calls_to("conversations.list")  # "support-tickets" was found by its name
+
+
+async def test_without_a_public_url_the_admin_path_is_shown(channel: SlackChannel, slack: FakeSlack) -> None:
+    data = {"ticket_id": 3, "subject": "Refund", "customer": "Ana", "channel": "slack", "url": "/admin/tickets/3"}
+    await channel.deliver(Reply(outbox_id=1, channel="slack", kind="ticket", text="", data=data))
+    assert "Admin page: `/admin/tickets/3` (set server.public_url" in slack.messages(TICKETS)[0]["text"]
 
 
 async def test_an_unknown_tickets_channel_is_a_final_error(slack: FakeSlack, make_channel: ChannelFactory) -> None:
@@ -176,6 +183,7 @@ def inbound(user: str = CUSTOMER, text: str = "hello", **data: Any) -> InboundMe
 
 async def test_the_customers_email_comes_from_slack_and_is_cached(channel: SlackChannel, slack: FakeSlack) -> None:
     prepared = await channel.prepare(inbound())
+    assert prepared is not None
     assert prepared.identity == Identity(
         external_id=f"{TEAM}/{CUSTOMER}", email="ana@example.com", name="Ana Example", verified=True
     )
@@ -184,16 +192,15 @@ async def test_the_customers_email_comes_from_slack_and_is_cached(channel: Slack
 
 
 @pytest.mark.parametrize("kind", ["deleted", "bot"])
-async def test_deleted_users_and_bots_are_not_verified(channel: SlackChannel, slack: FakeSlack, kind: str) -> None:
+async def test_deleted_users_and_bots_are_left_unanswered(channel: SlackChannel, slack: FakeSlack, kind: str) -> None:
     slack.add_user("U0GONE", email="gone@example.com", deleted=kind == "deleted", is_bot=kind == "bot")
-    prepared = await channel.prepare(inbound(user="U0GONE"))
-    assert not prepared.identity.verified and prepared.identity.email is None
+    assert await channel.prepare(inbound(user="U0GONE")) is None
 
 
 async def test_slack_not_answering_keeps_what_the_event_proved(channel: SlackChannel, slack: FakeSlack) -> None:
     slack.fail("users.info", error="user_not_found")
     prepared = await channel.prepare(inbound())
-    assert prepared.identity == Identity(external_id=f"{TEAM}/{CUSTOMER}", verified=True)
+    assert prepared is not None and prepared.identity == Identity(external_id=f"{TEAM}/{CUSTOMER}", verified=True)
 
 
 def png(size: int) -> bytes:
@@ -223,6 +230,7 @@ async def test_images_are_downloaded_with_the_bot_token_and_capped(channel: Slac
         file_ref(slack, small, "third.png", "image/png"),
     ]
     prepared = await channel.prepare(inbound(text="see attached", files=files))
+    assert prepared is not None
     assert [image.url for image in prepared.images] == [f"data:image/png;base64,{base64.b64encode(small).decode()}"] * 2
     assert prepared.text.splitlines() == [
         "see attached",
@@ -239,10 +247,10 @@ async def test_a_file_slack_will_not_serve_is_left_out(channel: SlackChannel, sl
     ref = file_ref(slack, png(100), "parcel.png", "image/png")
     channel.api.token = "xoxb-revoked"  # Slack answers its sign-in page (HTML) to a bad token
     prepared = await channel.prepare(inbound(files=[ref]))
-    assert prepared.images == () and "[parcel.png could not be read]" in prepared.text
+    assert prepared is not None and prepared.images == () and "[parcel.png could not be read]" in prepared.text
 
 
 async def test_a_file_url_off_slack_is_never_fetched_with_the_token(channel: SlackChannel, slack: FakeSlack) -> None:
     ref = {"name": "x.png", "mimetype": "image/png", "size": 10, "url": "https://evil.example/x.png"}
     prepared = await channel.prepare(inbound(files=[ref]))
-    assert prepared.images == () and "[x.png could not be read]" in prepared.text
+    assert prepared is not None and prepared.images == () and "[x.png could not be read]" in prepared.text

@@ -15,15 +15,18 @@ and images), ``api`` (rate budgets and Slack's errors).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from aiohttp import web
 
 from connectors.slack.channel import SlackChannel
+from connectors.slack.inbound import CHANNEL
 from connectors.slack.receive import Receiver
 from connectors.slack.routes import OPENAPI, add_routes
 from connectors.slack.settings import SlackSettings
 from connectors.slack.socket_mode import SocketMode
 from supportbot.channels import Connector
+from supportbot.store.base import ChannelState, Mailboxes
 
 __all__ = ["CONNECTOR", "SlackChannel", "SlackSettings", "setup"]
 
@@ -40,13 +43,21 @@ def setup(app: web.Application, settings: SlackSettings) -> SlackChannel:
         flow = runtime.flows.get(runtime.config.flows.default)
         return [(prompt.title, prompt.message) for prompt in flow.suggested_prompts]
 
+    mailboxes = cast(Mailboxes, store)  # SQLStore has them; the server delivers through them
+
     async def has_conversation(key: str) -> bool:
-        return await store.conversation_for_key("slack", key) is not None  # type: ignore[attr-defined]
+        return await mailboxes.conversation_for_key(CHANNEL, key) is not None
+
+    async def keep(conversation_id: str, value: str) -> None:
+        await mailboxes.set_channel_state(ChannelState(channel=CHANNEL, key=f"live:{conversation_id}", value=value))
+
+    async def kept(conversation_id: str) -> str | None:
+        return await mailboxes.channel_state(CHANNEL, f"live:{conversation_id}")
 
     channel = SlackChannel(
         settings, session=runtime.http, max_images=limits.max_images_per_message,
-        max_image_bytes=limits.max_image_bytes, suggested_prompts=prompts,
-        has_conversation=has_conversation if hasattr(store, "conversation_for_key") else None,
+        max_image_bytes=limits.max_image_bytes, suggested_prompts=prompts, has_conversation=has_conversation,
+        keep=keep, kept=kept,
     )  # fmt: skip
     receiver = Receiver(channel)
     add_routes(app, receiver, lambda request: request.app[INTAKE], error_response=error_response)

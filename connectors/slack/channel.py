@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -57,6 +59,8 @@ class SlackChannel(ChannelBase):
         suggested_prompts: ``(title, message)`` pairs offered when an assistant thread opens.
         has_conversation: whether a conversation key already has a conversation (the store's
             ``conversation_for_key``).
+        keep, kept: a value per conversation kept durably (the store's channel state): where a turn's live
+            message is, so a restarted server finishes it instead of posting the reply beside it.
     """
 
     name = "slack"
@@ -70,6 +74,8 @@ class SlackChannel(ChannelBase):
         max_image_bytes: int = 5_000_000,
         suggested_prompts: Callable[[], Sequence[tuple[str, str]]] = lambda: (),
         has_conversation: Callable[[str], Awaitable[bool]] | None = None,
+        keep: Callable[[str, str], Awaitable[None]] | None = None,
+        kept: Callable[[str], Awaitable[str | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -90,6 +96,8 @@ class SlackChannel(ChannelBase):
         self._max_image_bytes = min(settings.max_file_bytes, max(0, max_image_bytes - 2))  # base64 rounds up 2 bytes
         self.suggested_prompts = suggested_prompts
         self.has_conversation = has_conversation
+        self.keep = keep
+        self.kept = kept
         self.clock = clock
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
@@ -297,12 +305,11 @@ class SlackChannel(ChannelBase):
                 mode = self._live_mode(address)
                 if mode is None or not event.text:
                     return
-                team, user = address.get("team"), address.get("user")
-                live = LiveMessage(
-                    api=self.api, budgets=self.budgets, channel=str(address["channel"]),
-                    thread_ts=address.get("thread_ts"), recipient=(str(team), str(user)) if team and user else None,
-                    mode=mode, interval=self.settings.update_interval_s, native_unavailable=self._no_native,
-                    clock=self.clock,
+                where = str(address["channel"])
+                live = self._live_message(
+                    where, address, mode,
+                    remember=functools.partial(self._remember, turn.conversation_id, turn.turn, where),
+                    recall=functools.partial(self._recall, turn.conversation_id, turn.turn, where),
                 )  # fmt: skip
                 self._live[turn.turn] = live
             live.add(event.text)
@@ -312,6 +319,45 @@ class SlackChannel(ChannelBase):
                 live.ended = True
                 loop = asyncio.get_running_loop()
                 self._timers[turn.turn] = loop.call_later(LIVE_TTL_S, self._expire, turn.turn)
+
+    def _live_message(
+        self,
+        channel: str,
+        address: Mapping[str, Any],
+        mode: Literal["native", "update"] = "update",
+        *,
+        remember: Callable[[str, Literal["native", "update"]], Awaitable[None]] | None = None,
+        recall: Callable[[], Awaitable[tuple[str, Literal["native", "update"]] | None]] | None = None,
+    ) -> LiveMessage:
+        team, user = address.get("team"), address.get("user")
+        return LiveMessage(
+            api=self.api, budgets=self.budgets, channel=channel, thread_ts=address.get("thread_ts"),
+            recipient=(str(team), str(user)) if team and user else None, mode=mode,
+            interval=self.settings.update_interval_s, native_unavailable=self._no_native, remember=remember,
+            recall=recall, clock=self.clock,
+        )  # fmt: skip
+
+    async def _remember(
+        self, conversation_id: str, turn: int, channel: str, ts: str, mode: Literal["native", "update"]
+    ) -> None:
+        if self.keep is not None:
+            value = json.dumps({"turn": turn, "channel": channel, "ts": ts, "mode": mode}, separators=(",", ":"))
+            await self.keep(conversation_id, value)
+
+    async def _recall(
+        self, conversation_id: str, turn: int, channel: str
+    ) -> tuple[str, Literal["native", "update"]] | None:
+        """The live message an earlier run of the server started for this turn, if any."""
+        if self.kept is None:
+            return None
+        value = await self.kept(conversation_id)
+        try:
+            found = json.loads(value) if value else None
+        except ValueError:
+            return None
+        if not isinstance(found, dict) or found.get("turn") != turn or found.get("channel") != channel:
+            return None
+        return str(found["ts"]), "native" if found.get("mode") == "native" else "update"
 
     def _no_native(self) -> None:
         self.native_streaming = False
@@ -344,20 +390,7 @@ class SlackChannel(ChannelBase):
         """
         method = "chat.postMessage"
         try:
-            if reply.kind == "ticket":
-                await self.ensure_ready()
-                channel, thread_ts = self.tickets_channel_id, None
-                if channel is None:
-                    raise DeliveryError(
-                        "a ticket was to be announced in Slack, but connectors.slack.tickets_channel is not set",
-                        retryable=False,
-                    )
-            else:
-                channel, thread_ts = reply.address.get("channel"), reply.address.get("thread_ts")
-                if not channel:
-                    raise DeliveryError(f"outbox row {reply.outbox_id} has no Slack channel in its address",
-                                        retryable=False)  # fmt: skip
-            channel = str(channel)
+            channel, thread_ts = await self._target(reply)
             payload: dict[str, Any] = {"outbox_id": reply.outbox_id}
             if reply.kind == "ticket" and reply.data.get("ticket_id") is not None:
                 payload["ticket_id"] = reply.data["ticket_id"]
@@ -369,32 +402,72 @@ class SlackChannel(ChannelBase):
                     self._drop_live(reply)
                     return f"{channel}:{found}"
             text, blocks, buttons = self._message(reply)
-            live_turn = reply.turn if reply.turn is not None and reply.kind in LIVE_KINDS else None
-            live = self._live.pop(live_turn, None) if live_turn is not None else None
-            if live is not None and live_turn is not None and live.channel == channel:
-                method = "chat.stopStream" if live.mode == "native" else "chat.update"
-                try:
-                    ts = await live.finish(_final_markdown(reply), metadata=metadata, blocks=blocks, buttons=buttons)
-                except BaseException:
-                    self._live[live_turn] = live  # the next attempt finishes it
-                    raise
-                self._finish_turn(live_turn)
+            turn = reply.turn if reply.turn is not None and reply.kind in LIVE_KINDS else None
+            if turn is not None:
+                method = "chat.update"
+                ts = await self._finish_live(reply, turn, channel, metadata=metadata, blocks=blocks, buttons=buttons)
                 if ts is not None:
                     return f"{channel}:{ts}"
-            elif live is not None and live_turn is not None:
-                self._live[live_turn] = live
             method = "chat.postMessage"
             response = await self.api.chat_postMessage(
                 channel=channel, thread_ts=thread_ts, text=text, blocks=blocks or None, metadata=metadata,
                 unfurl_links=False, unfurl_media=False,
             )  # fmt: skip
-            if reply.turn is not None and reply.kind in LIVE_KINDS:
-                self._finish_turn(reply.turn)
+            if turn is not None:
+                self._finish_turn(turn)
             return f"{response.get('channel') or channel}:{response['ts']}"
         except DeliveryError:
             raise
         except Exception as exc:
             raise delivery_error(exc, method) from exc
+
+    async def _target(self, reply: Reply) -> tuple[str, str | None]:
+        """The channel and thread the reply goes to."""
+        if reply.kind == "ticket":
+            await self.ensure_ready()
+            if self.tickets_channel_id is None:
+                raise DeliveryError(
+                    "a ticket was to be announced in Slack, but connectors.slack.tickets_channel is not set",
+                    retryable=False,
+                )
+            return self.tickets_channel_id, None
+        channel = reply.address.get("channel")
+        if not channel:
+            raise DeliveryError(f"outbox row {reply.outbox_id} has no Slack channel in its address", retryable=False)
+        return str(channel), reply.address.get("thread_ts")
+
+    async def _finish_live(
+        self,
+        reply: Reply,
+        turn: int,
+        channel: str,
+        *,
+        metadata: dict[str, Any],
+        blocks: list[dict[str, Any]],
+        buttons: list[dict[str, Any]],
+    ) -> str | None:
+        """Finish the turn's live message with the whole reply; its ts, or None when there is none to finish.
+
+        The live message is this process's (being shown now), or one an earlier run of the server left
+        half-written before it stopped (kept with the conversation).
+        """
+        live = self._live.pop(turn, None)
+        if live is not None and live.channel != channel:
+            self._live[turn] = live
+            return None
+        if live is None:
+            found = await self._recall(reply.conversation_id, turn, channel) if reply.conversation_id else None
+            if found is None:
+                return None
+            live = self._live_message(channel, reply.address)
+            await live.take_over(*found)
+        try:
+            ts = await live.finish(_final_markdown(reply), metadata=metadata, blocks=blocks, buttons=buttons)
+        except BaseException:
+            self._live[turn] = live  # the next attempt finishes it
+            raise
+        self._finish_turn(turn)
+        return ts
 
     def _drop_live(self, reply: Reply) -> None:
         if reply.turn is not None and reply.kind in LIVE_KINDS:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from slack_sdk.errors import SlackApiError
@@ -56,6 +56,10 @@ class LiveMessage:
             chat.update).
         interval: the least seconds between two calls for this message.
         native_unavailable: called when Slack refuses native streaming here, before switching to ``update``.
+        remember: called with the message's ts and mode once it exists, to keep them durably (a restart
+            then finds the message instead of leaving it half-written beside a new one).
+        recall: what ``remember`` kept for this turn in an earlier run of the server: that message is
+            taken over (edited from then on) instead of starting another.
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class LiveMessage:
         mode: Mode,
         interval: float,
         native_unavailable: Callable[[], None] = lambda: None,
+        remember: Callable[[str, Mode], Awaitable[None]] | None = None,
+        recall: Callable[[], Awaitable[tuple[str, Mode] | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
@@ -79,6 +85,8 @@ class LiveMessage:
         self.mode: Mode = mode if thread_ts else "update"
         self.interval = interval
         self.native_unavailable = native_unavailable
+        self.remember = remember
+        self.recall = recall
         self.clock = clock
         self.raw = ""  # every delta so far
         self.shown = ""  # the part of ``raw`` Slack shows
@@ -116,6 +124,11 @@ class LiveMessage:
         return "chat.update" if self.ts else "chat.postMessage"
 
     async def _run(self) -> None:
+        if self.recall is not None:
+            with contextlib.suppress(Exception):  # nothing recalled: a new message, as usual
+                found = await self.recall()
+                if found is not None:
+                    await self.take_over(*found)
         while not self._closing.is_set():
             waiter = asyncio.ensure_future(self._wake.wait())
             closer = asyncio.ensure_future(self._closing.wait())
@@ -156,6 +169,25 @@ class LiveMessage:
             log.warning("live reply in %s stopped: %s failed: %s: %s", self.channel, method, type(exc).__name__, exc)
             self.failed = True
 
+    async def take_over(self, ts: str, mode: Mode) -> None:
+        """Continue in a message an earlier run of the server started for this turn: end its stream, if it was one,
+        and edit it from now on."""
+        self.ts = ts
+        if mode == "native":
+            self.calls.append("chat.stopStream")
+            with contextlib.suppress(SlackApiError):  # it may have ended already (Slack ends idle streams)
+                await self.api.chat_stopStream(channel=self.channel, ts=ts)
+        self.mode = "update"
+        self.stopped = True
+        log.info("continuing the live reply %s in %s left by an earlier run", ts, self.channel)
+
+    async def _created(self) -> None:
+        if self.remember is not None and self.ts is not None:
+            try:
+                await self.remember(self.ts, self.mode)
+            except Exception as exc:  # the message still works; only a crash now would leave it behind
+                log.warning("could not keep the live reply's ts: %s: %s", type(exc).__name__, exc)
+
     async def _send(self, method: str) -> None:
         self.calls.append(method)
         if self.mode == "native":
@@ -170,6 +202,7 @@ class LiveMessage:
                     recipient_team_id=team, recipient_user_id=user,
                 )  # fmt: skip
                 self.ts = str(response["ts"])
+                await self._created()
             else:
                 await self.api.chat_appendStream(channel=self.channel, ts=self.ts, markdown_text=piece)
             self.shown = self.raw[:end]
@@ -181,6 +214,7 @@ class LiveMessage:
                 unfurl_media=False,
             )  # fmt: skip
             self.ts = str(response["ts"])
+            await self._created()
         else:
             await self.api.chat_update(channel=self.channel, ts=self.ts, text=to_mrkdwn(text), blocks=[])
         self.shown = text

@@ -38,6 +38,7 @@ class FakeIntake:
     operator_replies: dict[str, OperatorReply] = field(default_factory=dict)
     announcements: dict[str, Reply] = field(default_factory=dict)
     conversations: set[str] = field(default_factory=set)
+    state: dict[str, str] = field(default_factory=dict)  # the channel state a restart keeps
     fail_with: BaseException | None = None
     submit_delay: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,6 +71,12 @@ class FakeIntake:
 
     async def has_conversation(self, key: str) -> bool:
         return key in self.conversations
+
+    async def keep(self, conversation_id: str, value: str) -> None:
+        self.state[conversation_id] = value
+
+    async def kept(self, conversation_id: str) -> str | None:
+        return self.state.get(conversation_id)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         async def until() -> None:
@@ -147,6 +154,7 @@ async def make_channel(
         channel = SlackChannel(
             settings, session=http, max_images=2, max_image_bytes=1000, has_conversation=intake.has_conversation,
             suggested_prompts=lambda: [("Track an order", "Where is my order?"), ("Return", "I want to return")],
+            keep=intake.keep, kept=intake.kept,
         )  # fmt: skip
         await channel.start(intake)
         made.append(channel)

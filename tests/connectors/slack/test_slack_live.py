@@ -43,9 +43,13 @@ class Turn:
 
     async def finish(self, final: str = FINAL, *, outbox_id: int = 1, kind: str = "answer") -> str:
         self.channel.render(self.info, TurnFinished(text=final, message_id=1))
-        reply = Reply(outbox_id=outbox_id, channel="slack", kind=kind, text=final, turn=self.turn,  # type: ignore[arg-type]
-                      address=self.address, key="k")  # fmt: skip
-        return await self.channel.deliver(reply)
+        return await self.channel.deliver(reply_of_turn(self.turn, self.address, final, outbox_id=outbox_id, kind=kind))
+
+
+def reply_of_turn(turn: int, address: dict[str, Any], final: str = FINAL, *, outbox_id: int = 1,
+                  kind: str = "answer") -> Reply:  # fmt: skip
+    return Reply(outbox_id=outbox_id, channel="slack", kind=kind, text=final, turn=turn,  # type: ignore[arg-type]
+                 address=address, key="k", conversation_id="c1")  # fmt: skip
 
 
 def bot_messages(slack: FakeSlack, channel: str) -> list[dict[str, Any]]:
@@ -238,6 +242,41 @@ async def test_a_live_message_whose_reply_never_came_is_ended(slack: FakeSlack, 
     await slack.wait_calls("chat.stopStream")
     turn.say("late delta")  # ignored: the turn is over
     assert "streaming" not in bot_messages(slack, SHOP)[0]
+
+
+async def test_a_restarted_server_finishes_the_live_message_it_left(
+    slack: FakeSlack, make_channel: ChannelFactory
+) -> None:
+    """kill -9 after the reply was stored but before it was delivered: the new process finishes the half-written
+    live message instead of posting the reply beside it."""
+    address = thread_address(slack)
+    before = await make_channel(update_interval_s=0.02)
+    turn = Turn(before, address)
+    turn.say("Your order ")
+    await slack.wait_calls("chat.startStream")
+    await slack.wait_until(lambda: bool(before._live[1].ts))
+    after = await make_channel(update_interval_s=0.02)  # the restarted process: nothing in memory
+    sent = await after.deliver(reply_of_turn(1, address))
+    [message] = bot_messages(slack, SHOP)
+    assert sent == f"{SHOP}:{message['ts']}" and message["text"] == to_mrkdwn(FINAL)
+    assert message["metadata"]["event_payload"] == {"outbox_id": 1} and "streaming" not in message
+
+
+async def test_a_resumed_turn_continues_in_the_live_message_it_left(
+    slack: FakeSlack, make_channel: ChannelFactory
+) -> None:
+    """kill -9 while the reply was being written: the resumed turn edits the same message, then finishes it."""
+    before = await make_channel(update_interval_s=0.02)
+    first = Turn(before, DM_ADDRESS)
+    first.say("Your order")
+    await slack.wait_calls("chat.postMessage")
+    after = await make_channel(update_interval_s=0.02)
+    again = Turn(after, DM_ADDRESS)  # the same turn (its inbox id), run again from the start
+    again.say("Your order **A1001**")
+    await slack.wait_calls("chat.update")
+    await again.finish()
+    [message] = bot_messages(slack, DM)
+    assert message["text"] == to_mrkdwn(FINAL) and len(slack.calls_to("chat.postMessage")) == 1
 
 
 def test_a_budget_spends_its_burst_then_keeps_the_rate() -> None:

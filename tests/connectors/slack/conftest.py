@@ -40,13 +40,13 @@ class FakeIntake:
     conversations: set[str] = field(default_factory=set)
     state: dict[str, str] = field(default_factory=dict)  # the channel state a restart keeps
     fail_with: BaseException | None = None
-    submit_delay: float = 0.0
+    submits: int = 0  # calls of submit, failed ones too
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _turns: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def submit(self, message: InboundMessage) -> Accepted:
-        if self.submit_delay:
-            await asyncio.sleep(self.submit_delay)
+        self.submits += 1
+        self.changed.set()
         if self.fail_with is not None:
             raise self.fail_with
         if message.external_id in self.messages:
@@ -143,10 +143,11 @@ ChannelFactory = Callable[..., Awaitable[SlackChannel]]
 async def make_channel(
     slack: FakeSlack, http: aiohttp.ClientSession, intake: FakeIntake
 ) -> AsyncIterator[ChannelFactory]:
-    """``await make_channel(**settings)``: a started channel on the fake; stopped after the test."""
+    """``await make_channel(**settings)``: a channel on the fake, started (unless ``start=False``), stopped after
+    the test."""
     made: list[SlackChannel] = []
 
-    async def make(**overrides: Any) -> SlackChannel:
+    async def make(*, start: bool = True, **overrides: Any) -> SlackChannel:
         interval = overrides.pop("update_interval_s", None)
         settings = make_settings(slack, **overrides)
         if interval is not None:  # below the 1 s a config may set: tests need not wait for Slack's pace
@@ -156,8 +157,9 @@ async def make_channel(
             suggested_prompts=lambda: [("Track an order", "Where is my order?"), ("Return", "I want to return")],
             keep=intake.keep, kept=intake.kept,
         )  # fmt: skip
-        await channel.start(intake)
         made.append(channel)
+        if start:
+            await channel.start(intake)
         return channel
 
     yield make

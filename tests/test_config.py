@@ -271,7 +271,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
         database:
           url: postgresql+asyncpg://bot:hunter2pass@db.example/support
         connectors:
-          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: sk-live-123456, tickets_channel: "#x"}
+          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: a11ce5ec2e7a11ce5ec2e7a11ce5ec2e, tickets_channel: "#x"}
         admin:
           token: sk-live-1234567890123456
         """,
@@ -280,6 +280,7 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
     for text in (repr(config), str(config), repr(config.llm), str(config.redacted_dump())):
         assert "sk-live" not in text
         assert "hunter2pass" not in text
+        assert "a11ce5ec2e7" not in text
     dump = config.redacted_dump()
     assert dump["connectors"]["slack"]["tickets_channel"] == "#x"
     assert dump["connectors"]["slack"]["enabled"] is True

@@ -117,6 +117,7 @@ def test_the_wheel_declares_the_command_the_connector_and_the_version(built: Bui
         metadata = email.parser.Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
     assert entry_points["console_scripts"]["supportbot"].strip() == "supportbot.cli:main"
     assert entry_points["supportbot.connectors"]["web"].strip() == "connectors.web:CONNECTOR"
+    assert entry_points["supportbot.connectors"]["slack"].strip() == "connectors.slack:CONNECTOR"
     assert metadata["Name"] == "supportbot" and metadata["Version"] == __version__
     requires = " ".join(metadata.get_all("Requires-Dist") or [])
     for dependency in ("aiohttp", "alembic", "click", "jinja2", "sqlalchemy"):

@@ -271,7 +271,8 @@ def test_secrets_never_appear_in_repr_or_dump(tmp_path: Path) -> None:
         database:
           url: postgresql+asyncpg://bot:hunter2pass@db.example/support
         connectors:
-          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: a11ce5ec2e7a11ce5ec2e7a11ce5ec2e, tickets_channel: "#x"}
+          slack: {enabled: true, bot_token: xoxb-sk-live-123456, signing_secret: a11ce5ec2e7a11ce5ec2e7a11ce5,
+                  tickets_channel: "#x"}
         admin:
           token: sk-live-1234567890123456
         """,

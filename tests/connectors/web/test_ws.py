@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from connectors.web.ws import CLOSE_UNAUTHORIZED
+from supportbot.operators import Operators
 from supportbot.server import INTAKE
+from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import Hang, Reply
 from tests.connectors.web.conftest import OTHER_ORIGIN, WebServer
 from tests.connectors.web.test_api import stored_rows
@@ -246,3 +249,22 @@ async def test_an_operator_reply_reaches_every_open_tab(server: WebServer) -> No
     assert frame["type"] == "message" and frame["conversation_status"] == "human"
     assert frame["message"]["role"] == "human" and frame["message"]["text"] == "Maria here."
     assert frame["message"]["id"] == saved.id
+
+
+@pytest.mark.parametrize("settings", [{"admin": {"enabled": False}}], indirect=True)
+async def test_a_reply_stored_by_another_process_reaches_the_widget_without_the_admin_page(
+    server: WebServer, tmp_path: Path
+) -> None:
+    # As `supportbot tickets reply` does: its own process, its own connection to the database.
+    opened = await server.open()
+    async with server.http.ws_connect(server.ws_url, protocols=protocols(opened["token"])) as ws:
+        await ws.receive_json()
+        other = await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path / 'web.db'}")
+        try:
+            await Operators(other).reply(actor="maria", text="From the command line.", conversation_id=opened["id"])
+        finally:
+            await other.close()
+        async with asyncio.timeout(10):
+            frame = await ws.receive_json()
+    assert frame["type"] == "message" and frame["message"]["text"] == "From the command line."
+    assert frame["conversation_status"] == "human"

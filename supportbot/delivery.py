@@ -276,6 +276,10 @@ class Hub:
         give_up_after_s: ``server.delivery_give_up_after_s``.
         admin_url: the base of links to the admin page in ticket announcements (``server.public_url``);
             None gives links relative to the server.
+        ticket_settle_s: how old a ticket must be before it is announced. PostgreSQL hands out ids
+            before commit, so a ticket can become visible after one with a higher id; waiting a few
+            seconds lets the slower transaction commit before the cursor passes its id (SQLite
+            commits in id order: 0).
     """
 
     def __init__(
@@ -285,12 +289,14 @@ class Hub:
         *,
         give_up_after_s: float = 3600.0,
         admin_url: str | None = None,
+        ticket_settle_s: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.store = store
         self.give_up_after_s = give_up_after_s
         self.admin_url = (admin_url or "").rstrip("/")
+        self.ticket_settle_s = ticket_settle_s
         self.metrics = metrics
         self.channels: dict[str, ChannelBase] = {}
         self.workers: dict[str, DeliveryWorker] = {}
@@ -400,7 +406,12 @@ class Hub:
             last = await self.store.last_ticket_id()
             await self.store.set_channel_state(ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(last)))
             return 0
-        tickets = await self.store.tickets_after(int(cursor), limit=100)
+        settled = _utcnow().timestamp() - self.ticket_settle_s
+        tickets = []
+        for ticket in await self.store.tickets_after(int(cursor), limit=100):
+            if ticket.created_at is not None and ticket.created_at.timestamp() > settled:
+                break  # too new to pass: a ticket with a lower id may still be committing
+            tickets.append(ticket)
         for ticket in tickets:
             await self.store.outbox_add(
                 channel.name,

@@ -63,6 +63,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("supportbot.server")
+
+TICKET_SETTLE_S = 5.0
+"""On PostgreSQL, how old a ticket must be before it is announced (see ``Hub``)."""
 access_log = logging.getLogger("supportbot.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -200,6 +203,7 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     hub = Hub(
         dispatcher, cast(DeliveryStore, runtime.store), give_up_after_s=config.server.delivery_give_up_after_s,
         admin_url=config.server.public_url, metrics=app[METRICS],
+        ticket_settle_s=0.0 if config.database.url.startswith("sqlite") else TICKET_SETTLE_S,
     )  # fmt: skip
     app[INTAKE] = hub
     app[DRAINING] = asyncio.Event()

@@ -293,3 +293,15 @@ async def test_new_tickets_are_announced_once_to_a_channel_that_asks(runtime: Ru
     assert reply.data["url"] == f"https://support.acme.example/admin/tickets/{new.id}"
     found = await hub.delivered("team", f"m{reply.outbox_id}")
     assert found is not None and found.data["ticket_id"] == new.id
+
+
+async def test_a_ticket_is_announced_only_once_settled_so_a_slower_commit_is_not_passed(runtime: Runtime) -> None:
+    store = store_of(runtime)
+    announcer = Recorder("team", announces_tickets=True)
+    hub = Hub(Dispatcher(runtime.engine, runtime.store), store, ticket_settle_s=60)  # type: ignore[arg-type]
+    assert await hub.announce_new_tickets(announcer) == 0
+    await runtime.store.create_ticket(subject="Just opened")
+    assert await hub.announce_new_tickets(announcer) == 0  # too new: a lower id may still be committing
+    assert await store.channel_state("team", "tickets_announced") == "0"  # the cursor did not pass it
+    hub.ticket_settle_s = 0
+    assert await hub.announce_new_tickets(announcer) == 1

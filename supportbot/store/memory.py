@@ -77,6 +77,7 @@ class MemoryStore:
         """Drop a finished conversation's messages (keeps a long benchmark's memory flat)."""
         self._messages.pop(conversation_id, None)
         self._conversations.pop(conversation_id, None)
+        self.outbox = [row for row in self.outbox if row[1] != conversation_id]
 
     async def get_or_create_customer(
         self,

@@ -45,6 +45,7 @@ LIVE_TTL_S = 600.0
 """How long a live message waits for its turn's reply before it is ended as it stands."""
 _SECTION_CHARS = 3000  # Slack's limit on a section block's text
 _LOOKUP_PAGES = 5
+_LIVE_GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 _THINKING = "is thinking…"
 _WORKING = "is looking that up…"
 
@@ -463,8 +464,15 @@ class SlackChannel(ChannelBase):
             await live.take_over(*found)
         try:
             ts = await live.finish(_final_markdown(reply), metadata=metadata, blocks=blocks, buttons=buttons)
-        except BaseException:
+        except SlackApiError as exc:
+            if error_code(exc) in _LIVE_GONE:
+                # Someone deleted the half-written message (or it can no longer be edited): post the reply.
+                log.info("the live reply in %s is gone (%s); posting the reply", channel, error_code(exc))
+                return None
             self._live[turn] = live  # the next attempt finishes it
+            raise
+        except BaseException:
+            self._live[turn] = live
             raise
         self._finish_turn(turn)
         return ts

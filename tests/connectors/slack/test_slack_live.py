@@ -279,6 +279,20 @@ async def test_a_resumed_turn_continues_in_the_live_message_it_left(
     assert message["text"] == to_mrkdwn(FINAL) and len(slack.calls_to("chat.postMessage")) == 1
 
 
+async def test_a_live_message_someone_deleted_leaves_the_reply_to_a_post(
+    slack: FakeSlack, make_channel: ChannelFactory
+) -> None:
+    channel = await make_channel(update_interval_s=0.02)
+    turn = Turn(channel, DM_ADDRESS)
+    turn.say("Your order")
+    await slack.wait_calls("chat.postMessage")
+    await slack.wait_until(lambda: bool(bot_messages(slack, DM)))
+    await channel.api.chat_delete(channel=DM, ts=bot_messages(slack, DM)[0]["ts"])
+    sent = await turn.finish()
+    [message] = bot_messages(slack, DM)
+    assert sent == f"{DM}:{message['ts']}" and message["text"] == to_mrkdwn(FINAL)
+
+
 def test_a_budget_spends_its_burst_then_keeps_the_rate() -> None:
     now = [0.0]
     budget = Budget(60, burst=3, clock=lambda: now[0])

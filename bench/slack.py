@@ -93,31 +93,11 @@ def _load(server: str, events: int, concurrency: int, users: int, results: Any) 
 # -- the server in this process ---------------------------------------------------------------------------
 
 
-def _with_slack_entry_point() -> None:
-    """A checkout newer than its install may lack the ``slack`` entry point: add it for this run."""
-    import importlib.metadata as metadata
-
-    import supportbot.server
-
-    real = metadata.entry_points
-    slack = metadata.EntryPoint(name="slack", value="connectors.slack:CONNECTOR", group="supportbot.connectors")
-
-    def entry_points(**params: Any) -> Any:
-        found = real(**params)
-        if params.get("group") == "supportbot.connectors" and "slack" not in found.names:
-            return metadata.EntryPoints([*found, slack])
-        return found
-
-    metadata.entry_points = entry_points  # type: ignore[assignment]
-    supportbot.server.entry_points = entry_points  # type: ignore[attr-defined]
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from supportbot.config import load_config
     from supportbot.runtime import open_runtime
     from supportbot.server import INTAKE, build_app, drain
 
-    _with_slack_entry_point()
     ctx = multiprocessing.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
     fakes = ctx.Process(target=_fakes, args=(urls, stop, args.model_seconds, args.users), daemon=True)

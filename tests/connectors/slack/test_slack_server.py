@@ -29,7 +29,6 @@ from connectors.slack.testing import EventReply, FakeSlack, send_event
 from supportbot.config import Config, load_config
 from supportbot.server import serve
 from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
-from tests.connectors.slack import slack_entry
 from tests.connectors.slack.conftest import CUSTOMER, DM, SIGNING_SECRET, TICKETS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -99,16 +98,7 @@ async def start(config: Config, slack: FakeSlack, llm: FakeLLMServer, http: aioh
 
 
 @pytest.fixture
-async def running(
-    tmp_path: Path, llm: FakeLLMServer, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Running]:
-    import importlib.metadata
-
-    import supportbot.server
-
-    patched = slack_entry.entry_points_with_slack(importlib.metadata.entry_points)
-    monkeypatch.setattr(importlib.metadata, "entry_points", patched)
-    monkeypatch.setattr(supportbot.server, "entry_points", patched)
+async def running(tmp_path: Path, llm: FakeLLMServer, slack: FakeSlack) -> AsyncIterator[Running]:
     config = load_config(write_config(tmp_path, llm, slack), env={})
     async with aiohttp.ClientSession() as http:
         server = await start(config, slack, llm, http)
@@ -147,16 +137,7 @@ async def test_postmessage_rate_limited_twice_delivers_once(
     assert len([m for m in slack.messages(DM) if m.get("bot_id")]) == 1
 
 
-async def test_a_slow_model_is_acknowledged_at_once_and_answered_later(
-    tmp_path: Path, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib.metadata
-
-    import supportbot.server
-
-    patched = slack_entry.entry_points_with_slack(importlib.metadata.entry_points)
-    monkeypatch.setattr(importlib.metadata, "entry_points", patched)
-    monkeypatch.setattr(supportbot.server, "entry_points", patched)
+async def test_a_slow_model_is_acknowledged_at_once_and_answered_later(tmp_path: Path, slack: FakeSlack) -> None:
     words = "Your order A1001 left our warehouse on Monday and arrives Thursday."
     async with FakeLLMServer(token_delay=1.0) as slow, aiohttp.ClientSession() as http:  # ten words, ten seconds
         slow.script(Reply(text=words))
@@ -225,7 +206,7 @@ def _free_port() -> int:
 def _serve(config: Path, port: int, tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, str(Path(slack_entry.__file__)), "serve", "-c", str(config), "--port", str(port)],
+        [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30

@@ -404,3 +404,28 @@ async def test_an_operator_reply_the_database_refused_is_stored_when_the_channel
     assert await hub.operator_reply(said) is False
     [reply] = await channel.until(1)
     assert reply.text == "Coming."
+
+
+async def test_a_reply_still_failing_after_the_give_up_time_is_given_up(runtime: Runtime, fake: FakeLLMServer) -> None:
+    failing = Recorder()
+    failing.failures = [DeliveryError("slack is down", retry_after=0.1) for _ in range(50)]
+    dispatcher = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    hub = Hub(dispatcher, store_of(runtime), give_up_after_s=1.0)
+    hub.register(failing)
+    fake.script(Say(text="Nobody hears this."))
+    await hub.start()
+    try:
+        await hub.submit(message("hello"))
+        async with asyncio.timeout(20):
+            while not await store_of(runtime).outbox_failed():
+                failing.tried.clear()
+                await failing.tried.wait()
+                await hub.workers["chat"].idle()
+    finally:
+        await dispatcher.drain(5)
+        await hub.stop()
+    [failed] = await store_of(runtime).outbox_failed()
+    waits = [b.attempt for b in failing.attempts]
+    assert waits == list(range(1, len(waits) + 1)) and len(waits) >= 2  # tried with backoff, then given up
+    assert failed.last_error is not None and "slack is down" in failed.last_error
+    assert failing.delivered == []

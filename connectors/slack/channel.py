@@ -82,7 +82,13 @@ class SlackChannel(ChannelBase):
         self.settings = settings
         self.announces_tickets = settings.tickets_channel is not None
         token = settings.bot_token.get_secret_value() if settings.bot_token else ""
-        self.api = AsyncWebClient(token=token, base_url=settings.api_url, session=session, timeout=10)
+        # No retries inside a call (slack_sdk's default repeats a call whose connection broke): a post Slack
+        # took before the connection broke would be posted twice. The outbox worker retries, looking for it
+        # first; live rendering pauses on a 429 and stops on a broken connection (the reply replaces what it
+        # showed); the core retries prepare (users.info).
+        self.api = AsyncWebClient(
+            token=token, base_url=settings.api_url, session=session, timeout=10, retry_handlers=[]
+        )
         # Calls nothing waits on (prompts, titles, statuses, notes) may wait out a 429 inside the call.
         self.background_api = AsyncWebClient(
             token=token, base_url=settings.api_url, session=session, timeout=10,

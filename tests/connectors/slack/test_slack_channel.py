@@ -47,6 +47,20 @@ async def test_a_reply_goes_to_the_conversations_thread(channel: SlackChannel, s
     assert slack.messages(SHOP)[-1]["thread_ts"] == root["ts"]
 
 
+async def test_a_post_whose_answer_is_lost_is_not_sent_again_within_the_attempt(
+    channel: SlackChannel, slack: FakeSlack
+) -> None:
+    slack.drop("chat.postMessage")  # Slack takes the post; the connection breaks before its answer
+    with pytest.raises(DeliveryError) as failed:
+        await channel.deliver(reply(outbox_id=7))
+    assert failed.value.retryable
+    assert len(slack.calls_to("chat.postMessage")) == 1  # not posted again by the HTTP client
+    # The outbox's next attempt finds the message instead of posting a second one.
+    sent = await channel.deliver(reply(outbox_id=7, attempt=2))
+    [message] = slack.messages(DM)
+    assert sent == f"{DM}:{message['ts']}" and len(slack.calls_to("chat.postMessage")) == 1
+
+
 @pytest.mark.parametrize("threaded", [False, True])
 async def test_a_second_attempt_finds_the_first_instead_of_posting_again(
     channel: SlackChannel, slack: FakeSlack, threaded: bool

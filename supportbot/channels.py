@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from supportbot.errors import ConnectorError
+from supportbot.errors import ConnectorError, MessageTooLarge, StorageError, SupportbotError
 from supportbot.events import Event
 from supportbot.messages import ImagePart
+from supportbot.operators import OperatorError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -46,10 +47,14 @@ __all__ = [
     "Identity",
     "InboundMessage",
     "Intake",
+    "MessageTooLarge",
+    "OperatorError",
     "OperatorReply",
     "Reply",
     "ReplyKind",
+    "StorageError",
     "TurnInfo",
+    "Unavailable",
 ]
 
 
@@ -177,6 +182,10 @@ class TurnInfo:
     message: InboundMessage
 
 
+class Unavailable(SupportbotError):
+    """The server is shutting down and takes no new messages; the channel should ask the client to retry."""
+
+
 class DeliveryError(ConnectorError):
     """A reply could not be delivered now.
 
@@ -200,6 +209,7 @@ class Intake(Protocol):
         Raises:
             MessageTooLarge: it is over the ``limits``; nothing was stored.
             StorageError: it could not be stored; the channel must not acknowledge it.
+            Unavailable: the server is shutting down; the channel should have the message sent again.
         """
         ...
 

@@ -40,7 +40,7 @@ from supportbot.channels import (
 )
 from supportbot.dispatch import Dispatcher
 from supportbot.metrics import Metrics
-from supportbot.operators import Operators, OperatorStore
+from supportbot.operators import HANDBACK_TEXT, OperatorError, Operators, OperatorStore
 from supportbot.store.base import ChannelState, Mailboxes, OutboxItem, Ticket
 
 __all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
@@ -50,6 +50,9 @@ log = logging.getLogger("supportbot.delivery")
 POLL_S = 1.0
 """How often a worker looks for rows queued by another process (the CLI, another worker)."""
 TICKET_POLL_S = 2.0
+PENDING_PAGE = 2000
+"""Pending rows read per look (oldest first); rows waiting out a backoff are among them."""
+UNEXPECTED_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 300.0
 CONCURRENT_CONVERSATIONS = 32
 """Conversations a worker sends to at once (each one's rows in order)."""
@@ -156,7 +159,7 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Start sending the pending rows that are due; returns how many conversations were started."""
-        rows = await self.store.outbox_pending(self.channel.name, limit=500)
+        rows = await self.store.outbox_pending(self.channel.name, limit=PENDING_PAGE)
         queues: dict[str, list[OutboxItem]] = {}
         for row in rows:
             queues.setdefault(row.conversation_id or f"row:{row.id}", []).append(row)
@@ -182,8 +185,10 @@ class DeliveryWorker:
                 return
             try:
                 sent = await self._send(row)
-            except Exception:
-                log.exception("delivering reply %d on %s failed unexpectedly", row.id, self.channel.name)
+            except Exception:  # the database away, or a bug: not in a tight loop
+                log.exception("delivering reply %d on %s failed unexpectedly; trying again in %.0f s",
+                              row.id, self.channel.name, UNEXPECTED_BACKOFF_S)  # fmt: skip
+                self._retry_at[row.id] = time.monotonic() + UNEXPECTED_BACKOFF_S
                 return
             if not sent:
                 return  # it waits for a retry: the conversation's later rows wait behind it
@@ -302,6 +307,9 @@ class Hub:
         self.workers: dict[str, DeliveryWorker] = {}
         self.operators = Operators(store, queued=self.wake)
         self._feeds: list[asyncio.Task[None]] = []
+        self._applying: set[int] = set()  # operators' replies being stored now (inbox ids)
+        self.resumed = 0
+        """How many unanswered turns the last ``start`` resumed."""
         self._started: list[ChannelBase] = []
         dispatcher.channels = self.channels
         dispatcher.turn_ended = self.wake
@@ -329,25 +337,64 @@ class Hub:
         payload = {"type": "operator", "actor": reply.actor, "text": reply.text, "ticket_id": reply.ticket_id,
                    "conversation_id": reply.conversation_id, "hand_back": reply.hand_back}  # fmt: skip
         inbox_id = await self.store.inbox_add(reply.channel, reply.external_id, payload)
-        if inbox_id is None:
-            return False
-        await self._apply(inbox_id, reply)
-        return True
+        if inbox_id is not None:
+            await self._apply(inbox_id, reply)
+            return True
+        # A redelivery: taken before, but perhaps not stored then (the database was away); if so, now.
+        for item in await self.store.inbox_pending(reply.channel, statuses=("received",), limit=1000):
+            if item.external_id == reply.external_id and item.id not in self._applying:
+                await self._apply(item.id, reply, since=item.created_at)
+                return True
+        return False
 
-    async def _apply(self, inbox_id: int, reply: OperatorReply) -> None:
+    async def _apply(self, inbox_id: int, reply: OperatorReply, *, since: datetime | None = None) -> None:
+        """Store an operator's reply or hand-back; with ``since`` (the inbox row's time), first look whether an
+        earlier attempt stored it before a crash, so it is not stored (and sent) twice."""
+        if inbox_id in self._applying:
+            return
+        self._applying.add(inbox_id)
         try:
-            if reply.hand_back:
-                await self.operators.hand_back(
-                    actor=reply.actor, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
-                )
-            else:
-                await self.operators.reply(
-                    actor=reply.actor, text=reply.text, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
-                )
-        except Exception:
-            await self.store.inbox_set_status(inbox_id, "failed")
-            raise
-        await self.store.inbox_set_status(inbox_id, "done")
+            if since is not None and await self._stored_before(reply, since):
+                await self.store.inbox_set_status(inbox_id, "done")
+                return
+            try:
+                if reply.hand_back:
+                    await self.operators.hand_back(
+                        actor=reply.actor, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
+                    )
+                else:
+                    await self.operators.reply(actor=reply.actor, text=reply.text, ticket_id=reply.ticket_id,
+                                               conversation_id=reply.conversation_id)  # fmt: skip
+            except OperatorError:
+                await self.store.inbox_set_status(inbox_id, "failed")  # it can never be stored as asked
+                raise
+            # Any other failure (the database away) leaves the row "received": a redelivery or the next
+            # start stores it.
+            await self.store.inbox_set_status(inbox_id, "done")
+        finally:
+            self._applying.discard(inbox_id)
+
+    async def _stored_before(self, reply: OperatorReply, since: datetime) -> bool:
+        """Whether the reply (or the hand-back notice) is in its conversation already, stored at or after ``since``.
+
+        A hand-back stored before a crash may not have given the conversation back yet: it is given back now.
+        """
+        conversation_id = reply.conversation_id
+        if reply.ticket_id is not None:
+            ticket = await self.store.get_ticket(reply.ticket_id)
+            conversation_id = ticket.conversation_id if ticket is not None else None
+        if conversation_id is None:
+            return False
+        kind, text = (
+            ("notice", HANDBACK_TEXT) if reply.hand_back else ("human", reply.text.replace("\r\n", "\n").strip())
+        )
+        for message in await self.store.list_messages(conversation_id, last=50):
+            if (message.kind == kind and message.author == reply.actor and message.content == text
+                    and message.created_at >= since):  # fmt: skip
+                if reply.hand_back:
+                    await self.store.update_conversation(conversation_id, status="bot")
+                return True
+        return False
 
     async def delivered(self, channel: str, external_id: str) -> Reply | None:
         row = await self.store.outbox_find(channel, external_id)
@@ -370,13 +417,20 @@ class Hub:
                 conversation_id=payload.get("conversation_id"), hand_back=payload.get("hand_back") is True,
             )  # fmt: skip
             try:
-                await self._apply(item.id, reply)
+                await self._apply(item.id, reply, since=item.created_at)
             except Exception:
                 log.exception("an operator's reply taken before the last stop could not be stored")
         return await self.dispatcher.resume()
 
     async def start(self) -> None:
-        """Start the delivery workers, the ticket announcements and the channels' own receivers."""
+        """Resume what a stopped server left, then start the delivery workers, the ticket announcements and
+        the channels' own receivers.
+
+        Resuming comes first, before any channel can bring a message (the server starts listening after
+        this, and Socket Mode connects below): a message redelivered at start is then a duplicate of a
+        row already resumed, never a second start of it.
+        """
+        self.resumed = await self.resume()
         for worker in self.workers.values():
             worker.start()
         for channel in self.channels.values():

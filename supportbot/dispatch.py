@@ -32,10 +32,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from supportbot.channels import Accepted, ChannelBase, Identity, InboundMessage, Reply, TurnInfo
+from supportbot.channels import Accepted, ChannelBase, Identity, InboundMessage, Reply, TurnInfo, Unavailable
 from supportbot.config import LimitSettings
 from supportbot.engine import Engine, clean_text
-from supportbot.errors import MessageTooLarge, SupportbotError
+from supportbot.errors import MessageTooLarge
 from supportbot.events import (
     Event,
     Handoff,
@@ -69,16 +69,15 @@ __all__ = [
 log = logging.getLogger("supportbot.dispatch")
 
 RESTART_TEXT = "Our support assistant is restarting. Your message is saved, and I'll answer it in a moment."
+RETRY_AFTER_S = (5.0, 30.0, 120.0, 600.0)
+"""When a turn failed on something other than the model (the database away, a bug), it is tried again after
+these many seconds, then left to the next start."""
 PREPARE_ATTEMPTS = 3
 """How often a channel's ``prepare`` is tried (1 s, then 2 s apart) before the message is answered as it came."""
 SAVED_TEXT = (
     "I'm sorry, something went wrong on our side and I couldn't answer just now. "
     "Your message is saved, and it will be answered as soon as the problem is fixed."
 )
-
-
-class Unavailable(SupportbotError):
-    """The server is shutting down and takes no new messages; the channel should ask the client to retry."""
 
 
 class _Inbox(Protocol):
@@ -278,6 +277,9 @@ class Dispatcher:
         self._tails: dict[str, asyncio.Task[None]] = {}  # the newest turn task of each conversation or key
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self._running: set[int] = set()  # inbox ids of the turns started and not finished
+        self._retries: dict[int, int] = {}  # inbox id → how often its turn failed
+        self._retry_handles: dict[int, asyncio.TimerHandle] = {}
 
     @property
     def running(self) -> int:
@@ -340,6 +342,9 @@ class Dispatcher:
         Returns how many turns were handed back to the inbox (``resume`` runs them at the next start).
         """
         self._accepting = False
+        for handle in self._retry_handles.values():
+            handle.cancel()
+        self._retry_handles.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         unfinished = list(self._tasks)
@@ -389,6 +394,9 @@ class Dispatcher:
     def _start(
         self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None
     ) -> None:
+        if inbox_id in self._running:
+            return  # started already (a retry or resume finding a turn that runs): never twice at once
+        self._running.add(inbox_id)
         # One turn at a time per conversation, in arrival order; a keyed message waits on its key's
         # previous message (which may be creating the conversation both go to).
         route = message.conversation_id or f"{message.channel}\x00{message.key}"
@@ -401,6 +409,7 @@ class Dispatcher:
 
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
+            self._running.discard(inbox_id)
             if self._tails.get(route) is finished:
                 del self._tails[route]
 
@@ -519,11 +528,44 @@ class Dispatcher:
                 _log_turn(message, conversation_id, inbox_id, failed, record)
             if conversation_id is not None:
                 self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
+            self._retry_later(inbox_id)
         finally:
             if metrics:
                 metrics.turns_in_progress.dec()
             if conversation_id is not None and self._live.get(conversation_id) is live:
                 del self._live[conversation_id]
+
+    def _retry_later(self, inbox_id: int) -> None:
+        """Run a failed turn again after a while (the message is still in the inbox, unanswered)."""
+        tries = self._retries.get(inbox_id, 0)
+        if tries >= len(RETRY_AFTER_S) or not self._accepting:
+            self._retries.pop(inbox_id, None)
+            log.error("turn %d failed %d times; it is left in the inbox for the next start", inbox_id, tries + 1)
+            return
+        self._retries[inbox_id] = tries + 1
+        log.warning("turn %d failed; trying it again in %.0f s", inbox_id, RETRY_AFTER_S[tries])
+        self._retry_handles[inbox_id] = asyncio.get_running_loop().call_later(
+            RETRY_AFTER_S[tries], self._spawn_retry, inbox_id
+        )
+
+    def _spawn_retry(self, inbox_id: int) -> None:
+        self._retry_handles.pop(inbox_id, None)
+        task = asyncio.create_task(self._retry(inbox_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retry(self, inbox_id: int) -> None:
+        try:
+            items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=1000)
+        except Exception:
+            log.warning("could not read the inbox to retry turn %d", inbox_id, exc_info=True)
+            self._retry_later(inbox_id)
+            return
+        for item in items:
+            if item.id == inbox_id and (message := decode_message(item)) is not None:
+                self._start(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
+                return
+        self._retries.pop(inbox_id, None)  # answered meanwhile (another worker, a restart)
 
     def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
         """Keep the conversation's ``LiveTurn`` up to date with the turn's events."""

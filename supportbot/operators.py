@@ -141,7 +141,8 @@ class Operators:
             raise OperatorError("this ticket has no conversation to hand back")
         conversation = await self.conversation(conversation_id)
         if conversation.status != "bot":
-            conversation = await self.store.update_conversation(conversation.id, status="bot")
+            # The notice first, with its outbox row: a crash before the status changes leaves a hand-back
+            # that is finished on recovery, never a conversation given back without the customer told.
             await self.store.add_messages(
                 conversation.id,
                 [NewMessage(role="assistant", content=HANDBACK_TEXT, kind="notice", author=actor,
@@ -149,6 +150,7 @@ class Operators:
                 outgoing=Outgoing(channel=conversation.channel,
                                   payload={"kind": "handback", "text": HANDBACK_TEXT, "author": actor}),
             )  # fmt: skip
+            conversation = await self.store.update_conversation(conversation.id, status="bot")
             if self._queued is not None:
                 self._queued(conversation.channel)
         if ticket is not None:

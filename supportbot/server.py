@@ -276,8 +276,7 @@ async def serve(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            resumed = await app[INTAKE].resume()
-            log.info("supportbot serving on %s (resumed %d turn(s))", url, resumed)
+            log.info("supportbot serving on %s (resumed %d turn(s))", url, app[INTAKE].resumed)
             if ready is not None:
                 ready(url)
             if notice is not None:

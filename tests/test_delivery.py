@@ -21,7 +21,8 @@ from supportbot.channels import (
 )
 from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
 from supportbot.delivery import DeliveryStore, Hub
-from supportbot.dispatch import Dispatcher
+from supportbot.dispatch import Dispatcher, encode_message
+from supportbot.errors import StorageError
 from supportbot.events import Event, TurnFinished
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
@@ -305,3 +306,101 @@ async def test_a_ticket_is_announced_only_once_settled_so_a_slower_commit_is_not
     assert await store.channel_state("team", "tickets_announced") == "0"  # the cursor did not pass it
     hub.ticket_settle_s = 0
     assert await hub.announce_new_tickets(announcer) == 1
+
+
+async def test_a_message_redelivered_at_start_is_answered_once(
+    runtime: Runtime, channel: Recorder, fake: FakeLLMServer
+) -> None:
+    # kill -9 right after the acknowledgement: the row waits in the inbox; at start the channel redelivers it.
+    fake.script(Say(text="Answered once."))
+    store = store_of(runtime)
+    left = message("where is my order?")
+    await store.inbox_add("chat", left.external_id, encode_message(left))
+    dispatcher = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    hub = Hub(dispatcher, store)
+    hub.register(channel)
+    await hub.start()  # resumes before any channel can bring a message
+    try:
+        assert hub.resumed == 1
+        assert (await hub.submit(left)).duplicate
+        assert await dispatcher.resume() in (0, 1)  # finds the turn running (not started twice) or done
+        [reply] = await channel.until(1)
+        await dispatcher.drain(5)
+        await hub.workers["chat"].idle()
+    finally:
+        await hub.stop()
+    assert reply.text == "Answered once." and len(channel.delivered) == 1
+    messages = await runtime.store.list_messages(reply.conversation_id or "")
+    assert [m.content for m in messages if m.role == "user"] == ["where is my order?"]
+
+
+async def test_a_turn_that_failed_on_the_database_is_tried_again(
+    hub: Hub, channel: Recorder, fake: FakeLLMServer, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("supportbot.dispatch.RETRY_AFTER_S", (0.05, 0.05))
+    original = runtime.store.conversation_for_key  # type: ignore[attr-defined]
+    calls = 0
+
+    async def flaky(channel_name: str, key: str) -> str | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError("the database is away for a moment")
+        return await original(channel_name, key)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(runtime.store, "conversation_for_key", flaky)
+    fake.script(Say(text="Here after all."))
+    await hub.submit(message("hello"))
+    [reply] = await channel.until(1)
+    assert reply.text == "Here after all." and calls == 2
+
+
+async def test_an_operator_reply_stored_before_a_crash_is_not_stored_again_at_start(
+    runtime: Runtime, channel: Recorder
+) -> None:
+    store = store_of(runtime)
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+    conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+    said = OperatorReply(channel="chat", external_id="C7:9.1", actor="Maria (chat)", text="On it.",
+                         conversation_id=conversation.id)  # fmt: skip
+    # Taken and stored, then killed before the inbox row was marked done.
+    await store.inbox_add("chat", said.external_id, {"type": "operator", "actor": said.actor, "text": said.text,
+                                                     "ticket_id": None, "conversation_id": conversation.id,
+                                                     "hand_back": False})  # fmt: skip
+    from supportbot.operators import Operators
+
+    await Operators(store).reply(actor=said.actor, text=said.text, conversation_id=conversation.id)
+    hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+    hub.register(channel)
+    await hub.start()
+    try:
+        [reply] = await channel.until(1)
+        await hub.workers["chat"].idle()
+    finally:
+        await hub.stop()
+    assert reply.text == "On it." and len(channel.delivered) == 1
+    human = [m for m in await runtime.store.list_messages(conversation.id) if m.kind == "human"]
+    assert len(human) == 1
+    assert not [i for i in await store.inbox_pending(statuses=("received",)) if i.external_id == "C7:9.1"]
+
+
+async def test_an_operator_reply_the_database_refused_is_stored_when_the_channel_sends_it_again(
+    hub: Hub, channel: Recorder, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+    conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+    said = OperatorReply(channel="chat", external_id="C7:9.2", actor="Maria (chat)", text="Coming.",
+                         conversation_id=conversation.id)  # fmt: skip
+    real = hub.operators.reply
+
+    async def away(**kwargs: Any) -> Any:
+        raise StorageError("the database is away for a moment")
+
+    monkeypatch.setattr(hub.operators, "reply", away)
+    with pytest.raises(StorageError):
+        await hub.operator_reply(said)  # the channel is told it failed (Slack: a 500) and sends it again
+    monkeypatch.setattr(hub.operators, "reply", real)
+    assert await hub.operator_reply(said) is True
+    assert await hub.operator_reply(said) is False
+    [reply] = await channel.until(1)
+    assert reply.text == "Coming."

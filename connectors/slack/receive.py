@@ -30,10 +30,15 @@ from connectors.slack.inbound import (
     is_hand_back,
 )
 from connectors.slack.mrkdwn import escape
-from supportbot.channels import InboundMessage, Intake, OperatorReply
-from supportbot.dispatch import Unavailable
-from supportbot.errors import MessageTooLarge, StorageError
-from supportbot.operators import OperatorError
+from supportbot.channels import (
+    InboundMessage,
+    Intake,
+    MessageTooLarge,
+    OperatorError,
+    OperatorReply,
+    StorageError,
+    Unavailable,
+)
 
 __all__ = ["Outcome", "Receiver"]
 

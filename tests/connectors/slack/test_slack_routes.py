@@ -21,10 +21,7 @@ from connectors.slack.testing import (
     slack_json,
     url_verification,
 )
-from supportbot.channels import Reply
-from supportbot.dispatch import Unavailable
-from supportbot.errors import MessageTooLarge, StorageError
-from supportbot.operators import OperatorError
+from supportbot.channels import MessageTooLarge, OperatorError, Reply, StorageError, Unavailable
 from tests.connectors.slack.conftest import CUSTOMER, DM, SHOP, SIGNING_SECRET, TICKETS, Endpoint
 
 

@@ -13,7 +13,7 @@ from connectors.slack.receive import Receiver
 from connectors.slack.routes import add_routes
 from connectors.slack.socket_mode import SocketMode
 from connectors.slack.testing import FakeSlack, block_actions_payload
-from supportbot.errors import StorageError
+from supportbot.channels import StorageError
 from supportbot.server import error_response
 from tests.connectors.slack.conftest import CUSTOMER, DM, ChannelFactory, FakeIntake
 

@@ -21,6 +21,7 @@ from connectors.slack.testing import (
     slack_json,
     url_verification,
 )
+from connectors.slack.testing import DEFAULT_TEAM_ID as TEAM
 from supportbot.channels import MessageTooLarge, OperatorError, Reply, StorageError, Unavailable
 from tests.connectors.slack.conftest import CUSTOMER, DM, SHOP, SIGNING_SECRET, TICKETS, Endpoint
 
@@ -140,6 +141,29 @@ async def test_a_reply_in_a_thread_the_bot_was_asked_into_is_answered(endpoint: 
     ):
         assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
     assert [m.text for m in endpoint.intake.messages.values()] == ["help", "and one more thing"]
+
+
+async def test_someone_else_in_the_thread_is_answered_only_once_they_ask_the_bot(
+    endpoint: Endpoint, slack: FakeSlack
+) -> None:
+    slack.add_user("U0BOB", email="bob@example.com", real_name="Bob")
+    mention = slack.user_message(SHOP, f"<@{DEFAULT_BOT_USER_ID}> help", user=CUSTOMER, mention=True)
+    thread = mention["event"]["ts"]
+    for event in (
+        mention,
+        slack.user_message(SHOP, "me too", user="U0BOB", thread_ts=thread),  # not Ana's conversation
+        slack.user_message(
+            SHOP, f"<@{DEFAULT_BOT_USER_ID}> mine is late too", user="U0BOB", thread_ts=thread, mention=True
+        ),
+        slack.user_message(SHOP, "A1002", user="U0BOB", thread_ts=thread),
+    ):
+        assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
+    got = [(m.text, m.key, m.identity.external_id, m.address["thread_ts"]) for m in endpoint.intake.messages.values()]
+    assert got == [
+        ("help", f"{TEAM}/{SHOP}/{thread}/{CUSTOMER}", f"{TEAM}/{CUSTOMER}", thread),
+        ("mine is late too", f"{TEAM}/{SHOP}/{thread}/U0BOB", f"{TEAM}/U0BOB", thread),
+        ("A1002", f"{TEAM}/{SHOP}/{thread}/U0BOB", f"{TEAM}/U0BOB", thread),
+    ]
 
 
 # -- what the core said ----------------------------------------------------------------------------------

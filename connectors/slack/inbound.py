@@ -226,7 +226,8 @@ def classify_event(
         external_id=f"{channel}:{ts}",
         key=key,
         text=text,
-        identity=Identity(external_id=f"{user_team}/{user}", verified=True),
+        # Verified only once ``prepare`` has Slack's record of the user (their team, a confirmed email).
+        identity=Identity(external_id=f"{user_team}/{user}"),
         address=address,
         data={"files": files} if files else {},
     )
@@ -285,7 +286,7 @@ def classify_action(payload: Mapping[str, Any]) -> Pressed:
             external_id=f"{channel}:{message_ts}:answer",
             key=key,
             text="yes" if action_id == CONFIRM_YES else "no",
-            identity=Identity(external_id=f"{team}/{user}", verified=True),
+            identity=Identity(external_id=f"{team}/{user}"),
             address=address,
         )
         return ButtonPress(message=message, channel=channel, message_ts=message_ts)

@@ -243,10 +243,26 @@ async def test_an_operators_thread_reply_goes_to_the_ticket(endpoint: Endpoint, 
     for _ in range(2):  # and a retry of it
         assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
     [reply] = endpoint.intake.operator_replies.values()
-    assert reply.ticket_id == 7 and reply.actor == "Olga Operator (Slack)" and not reply.hand_back
+    assert reply.ticket_id == 7 and reply.actor == "U0OP (Slack)" and not reply.hand_back  # the name is not known yet
     assert reply.text == "We sent a new parcel & a voucher."
     assert reply.external_id == f"{TICKETS}:{event['event']['ts']}"
     assert not endpoint.intake.messages
+    # Looked up after the acknowledgement: the operator's next reply carries their name.
+    await slack.wait_until(lambda: endpoint.channel.users.cached_name("U0OP") is not None)
+    later = slack.user_message(TICKETS, "Anything else?", user="U0OP", thread_ts=thread)
+    assert (await send_event(endpoint.http, endpoint.events, later, SIGNING_SECRET)).status == 200
+    assert endpoint.intake.operator_replies[f"{TICKETS}:{later['event']['ts']}"].actor == "Olga Operator (Slack)"
+
+
+async def test_an_operators_reply_is_acknowledged_without_asking_slack(endpoint: Endpoint, slack: FakeSlack) -> None:
+    thread = _announce(endpoint, slack)
+    slack.delay("users.info", 5)
+    started = time.monotonic()
+    event = slack.user_message(TICKETS, "On its way.", user="U0OP", thread_ts=thread)
+    assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
+    assert time.monotonic() - started < 1.0
+    [reply] = endpoint.intake.operator_replies.values()
+    assert reply.actor == "U0OP (Slack)"
 
 
 async def test_hand_back_by_command_and_by_button(endpoint: Endpoint, slack: FakeSlack) -> None:

@@ -19,7 +19,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from supportbot.channels import DeliveryError
 
-__all__ = ["TIERS", "Budget", "Budgets", "delivery_error", "error_code", "retry_after"]
+__all__ = ["TIERS", "Budget", "Budgets", "delivery_error", "error_code", "is_transient", "retry_after"]
 
 TIERS: dict[str, int] = {
     "chat.startStream": 20,  # Tier 2
@@ -107,6 +107,12 @@ def error_code(exc: SlackApiError) -> str:
     return f"http_{status}"
 
 
+def is_transient(exc: SlackApiError) -> bool:
+    """Whether the same call may work later (a 429, a 5xx, ``internal_error``...)."""
+    status = exc.response.status_code if exc.response is not None else 0
+    return status == 429 or status >= 500 or error_code(exc) in _TRANSIENT
+
+
 def retry_after(exc: SlackApiError) -> float | None:
     """Seconds from a 429's ``Retry-After`` header (None without one)."""
     if exc.response is None or exc.response.status_code != 429:
@@ -126,7 +132,7 @@ def delivery_error(exc: BaseException, method: str) -> DeliveryError:
         if status == 429:
             wait = retry_after(exc)
             return DeliveryError(f"Slack rate-limited {method} (429); retrying after {wait:g} s", retry_after=wait)
-        retryable = status >= 500 or code in _TRANSIENT
+        retryable = is_transient(exc)
         fix = "" if retryable else f"; {_FIXES.get(code, 'see https://docs.slack.dev/reference/methods/' + method)}"
         return DeliveryError(f"Slack refused {method}: {code}{fix}", retryable=retryable)
     if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, SlackClientError)):

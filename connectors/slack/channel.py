@@ -3,7 +3,8 @@
 ``deliver`` posts each outbox row once: the message carries metadata naming the row, and a retry
 after a crash (``attempt > 1``) first looks for it in the conversation. A reply to a turn that is
 being shown live finishes that live message with the whole final text instead of posting another.
-``prepare`` adds the sender's Slack profile (verified email) and the images they shared.
+``prepare`` adds the sender's Slack profile (name; email, verified when Slack vouches for it) and the images
+they shared.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from connectors.slack.api import Budgets, delivery_error, error_code
 from connectors.slack.inbound import CONFIRM_NO, CONFIRM_YES, HAND_BACK, ConfirmValue
 from connectors.slack.live import LiveMessage
 from connectors.slack.mrkdwn import escape, to_mrkdwn
-from connectors.slack.people import Downloads, Users
+from connectors.slack.people import Downloads, SlackUser, Users
 from connectors.slack.settings import SlackSettings
 from supportbot.channels import ChannelBase, DeliveryError, Identity, InboundMessage, Intake, Reply, TurnInfo
 from supportbot.events import Event, TextDelta, ToolCallStarted, TurnFailed, TurnFinished, TurnStarted
@@ -82,7 +83,13 @@ class SlackChannel(ChannelBase):
         self.settings = settings
         self.announces_tickets = settings.tickets_channel is not None
         token = settings.bot_token.get_secret_value() if settings.bot_token else ""
-        self.api = AsyncWebClient(token=token, base_url=settings.api_url, session=session, timeout=10)
+        # No retries inside a call (slack_sdk's default repeats a call whose connection broke): a post Slack
+        # took before the connection broke would be posted twice. The outbox worker retries, looking for it
+        # first; live rendering pauses on a 429 and stops on a broken connection (the reply replaces what it
+        # showed); the core retries prepare (users.info).
+        self.api = AsyncWebClient(
+            token=token, base_url=settings.api_url, session=session, timeout=10, retry_handlers=[]
+        )
         # Calls nothing waits on (prompts, titles, statuses, notes) may wait out a 429 inside the call.
         self.background_api = AsyncWebClient(
             token=token, base_url=settings.api_url, session=session, timeout=10,
@@ -102,6 +109,8 @@ class SlackChannel(ChannelBase):
         self.clock = clock
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
+        self.team_id: str | None = None
+        self.enterprise_id: str | None = None
         self.tickets_channel_id: str | None = (
             settings.tickets_channel if settings.tickets_channel and settings.tickets_channel[0] in "CG"
             and settings.tickets_channel.isupper() else None
@@ -174,6 +183,8 @@ class SlackChannel(ChannelBase):
             auth = await self.api.auth_test()
             self.bot_user_id = auth.get("user_id")
             self.bot_id = auth.get("bot_id")
+            self.team_id = auth.get("team_id")
+            self.enterprise_id = auth.get("enterprise_id")
             if self.settings.tickets_channel and self.tickets_channel_id is None:
                 self.tickets_channel_id = await self._find_channel(self.settings.tickets_channel)
             self._ready = True
@@ -245,12 +256,23 @@ class SlackChannel(ChannelBase):
     # -- prepare ------------------------------------------------------------------------------------------
 
     async def prepare(self, message: InboundMessage) -> InboundMessage | None:
-        """Add the sender's Slack profile (name; email, verified) and download the images they shared.
+        """Add the sender's Slack profile and download the images they shared.
 
-        None (left unanswered) for a deleted user or a bot: Slack's own record says so.
+        The customer is verified, with their email, only when ``users.info`` answered for a user of the
+        installing workspace (or its Enterprise Grid org) with an email Slack does not call unconfirmed;
+        anyone else (another organisation's user in a shared channel, no email, Slack not saying) is
+        answered unverified, without an email.
+
+        Returns:
+            The message to answer; None (left unanswered) for a deleted user or a bot: Slack's own record
+            says so.
+
+        Raises:
+            SlackApiError, aiohttp.ClientError, TimeoutError: Slack could not answer now; the core tries
+                again, then answers the message as it came (unverified).
         """
         user_id = message.address.get("user")
-        identity = message.identity
+        identity = replace(message.identity, email=None, verified=False)
         if user_id:
             user = await self.users.get(str(user_id))
             if user is not None:
@@ -258,9 +280,9 @@ class SlackChannel(ChannelBase):
                     log.info("not answering %s: Slack says the sender is %s", message.external_id,
                              "deleted" if user.deleted else "a bot")  # fmt: skip
                     return None
-                identity = Identity(
-                    external_id=identity.external_id, email=user.email, name=user.name, verified=identity.verified
-                )
+                vouched = bool(user.email) and user.email_confirmed is not False and self._ours(user, message)
+                identity = Identity(external_id=identity.external_id, email=user.email if vouched else None,
+                                    name=user.name, verified=vouched)  # fmt: skip
         images = message.images
         text = message.text
         files = message.data.get("files") or ()
@@ -278,6 +300,12 @@ class SlackChannel(ChannelBase):
             if notes:
                 text = "\n".join([text, *(f"[{note}]" for note in notes)]).strip()
         return replace(message, identity=identity, images=images, text=text)
+
+    def _ours(self, user: SlackUser, message: InboundMessage) -> bool:
+        """Whether the user belongs to the workspace the event came from (the installing one) or its org."""
+        if user.team is not None and user.team in (message.address.get("team"), self.team_id):
+            return True
+        return user.enterprise is not None and user.enterprise == self.enterprise_id
 
     # -- live rendering --------------------------------------------------------------------------------
 

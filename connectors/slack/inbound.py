@@ -5,8 +5,11 @@ and reply address), an operator's reply in a ticket's thread, an assistant threa
 something to ignore (the bot's own messages, other bots, edits, deletions, joins, messages not
 meant for the bot). ``classify_action`` does the same for a button press (``block_actions``).
 
-Conversation keys: a DM is one conversation per user, ``<team>/<dm channel>/<user>``; a mention in
-a channel and an assistant thread are one conversation per thread, ``<team>/<channel>/<thread ts>``.
+Conversation keys: a DM is one conversation per user, ``<team>/<dm channel>/<user>``; an assistant
+thread is one conversation, ``<team>/<dm channel>/<thread ts>``; in a channel's thread each person has
+their own, ``<team>/<channel>/<thread ts>/<user>`` (several people may write in one thread; each is
+answered as who they are, in the thread). A Yes/No button is keyed by who pressed it, so it only ever
+answers the presser's own conversation.
 A message's external id is ``<channel>:<ts>``, so the ``app_mention`` and ``message.channels``
 twins of one message and Slack's retries of one event are the same message.
 """
@@ -33,6 +36,7 @@ __all__ = [
     "Ignored",
     "Operator",
     "ThreadStarted",
+    "channel_thread_key",
     "classify_action",
     "classify_event",
     "is_hand_back",
@@ -112,6 +116,11 @@ Pressed = Ignored | ButtonPress | HandBack
 def is_hand_back(text: str) -> bool:
     """An operator's "hand back" command ("hand back", "handback to the bot", "!handback")."""
     return bool(_HAND_BACK.match(text))
+
+
+def channel_thread_key(team: str, channel: str, thread_ts: str, user: str) -> str:
+    """The conversation key of one person in a channel's thread."""
+    return f"{team}/{channel}/{thread_ts}/{user}"
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:
@@ -205,9 +214,9 @@ def classify_event(
     else:
         where = "channel"
         if kind == "app_mention":
-            key = f"{team}/{channel}/{thread_ts or ts}"
+            key = channel_thread_key(team, channel, thread_ts or ts, user)
         elif in_thread:
-            key, if_conversation = f"{team}/{channel}/{thread_ts}", True
+            key, if_conversation = channel_thread_key(team, channel, thread_ts, user), True
         else:
             return Ignored("channel message without a mention")
         address["thread_ts"] = thread_ts or ts
@@ -217,7 +226,8 @@ def classify_event(
         external_id=f"{channel}:{ts}",
         key=key,
         text=text,
-        identity=Identity(external_id=f"{user_team}/{user}", verified=True),
+        # Verified only once ``prepare`` has Slack's record of the user (their team, a confirmed email).
+        identity=Identity(external_id=f"{user_team}/{user}"),
         address=address,
         data={"files": files} if files else {},
     )
@@ -264,13 +274,19 @@ def classify_action(payload: Mapping[str, Any]) -> Pressed:
             return Ignored("confirmation button without its conversation")
         if address.get("user") and address["user"] != user:
             return Ignored("someone else's confirmation")
+        if address.get("kind") == "channel":
+            # Keyed by the presser: in a channel's thread, only their own conversation.
+            pressed_by = channel_thread_key(str(address.get("team") or ""), str(address.get("channel") or ""),
+                                            str(address.get("thread_ts") or ""), user)  # fmt: skip
+            if pressed_by != key:
+                return Ignored("someone else's confirmation")
         message = InboundMessage(
             channel=CHANNEL,
             # One answer per question: a second press (or the other button) is the same message.
             external_id=f"{channel}:{message_ts}:answer",
             key=key,
             text="yes" if action_id == CONFIRM_YES else "no",
-            identity=Identity(external_id=f"{team}/{user}", verified=True),
+            identity=Identity(external_id=f"{team}/{user}"),
             address=address,
         )
         return ButtonPress(message=message, channel=channel, message_ts=message_ts)

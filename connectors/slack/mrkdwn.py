@@ -25,10 +25,22 @@ _BROADCAST = re.compile(r"@(?=(?:here|channel|everyone))", re.IGNORECASE)
 
 # -- plain text ----------------------------------------------------------------------------------
 
+# NUL, and the private-use characters ``to_mrkdwn`` uses as markers (below): never part of a message.
+_MARKERS = re.compile("[\x00\ue000-\ue002]")
+
+
+def _strip(text: str) -> str:
+    return _MARKERS.sub("", text)
+
 
 def escape(text: str) -> str:
     """Plain text as mrkdwn that shows it as it is: ``&``, ``<``, ``>`` as entities, no ``@here``."""
-    text = text.replace("\x00", "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _escape(_strip(text))
+
+
+def _escape(text: str) -> str:
+    """``escape`` of a text already stripped (``to_mrkdwn``'s markers, if any, are its own)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _BROADCAST.sub("@" + WORD_JOINER, text)
 
 
@@ -46,7 +58,8 @@ _BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _ITALIC_STAR = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
 _ITALIC_UNDERSCORE = re.compile(r"(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])")
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
-# Private-use characters stand for rendered pieces while the rest of a line is escaped.
+# Private-use characters stand for rendered pieces while the rest of a line is escaped; ``_strip`` takes
+# them out of the input first, so the model's text can never name a piece.
 _SLOT = "\ue000{}\ue001"
 _SLOTS = re.compile("\ue000(\\d+)\ue001")
 _BOLD_MARK = "\ue002"
@@ -56,7 +69,7 @@ def to_mrkdwn(markdown: str) -> str:
     """The model's Markdown as Slack mrkdwn for a message's ``text``: formatting kept, nothing that notifies."""
     out: list[str] = []
     fence: str | None = None
-    for line in markdown.replace("\x00", "").replace("\r\n", "\n").split("\n"):
+    for line in _strip(markdown).replace("\r\n", "\n").split("\n"):
         opening = _FENCE.match(line)
         if fence is not None:
             if opening and opening.group(2) == fence:
@@ -110,7 +123,7 @@ def _inline(text: str) -> str:
 
     text = _CODE_SPAN.sub(code, text)
     text = _LINK.sub(link, text)
-    text = escape(text)
+    text = _escape(text)
     text = _BOLD.sub(lambda m: f"{_BOLD_MARK}{m.group(2)}{_BOLD_MARK}", text)
     text = _ITALIC_STAR.sub(r"_\1_", text)
     text = _ITALIC_UNDERSCORE.sub(r"_\1_", text)

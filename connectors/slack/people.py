@@ -1,7 +1,9 @@
 """Who wrote (``users.info``, cached) and the images they shared (downloaded with the bot token, capped).
 
 Slack's user record is Slack's word: its ``profile.email`` (scope ``users:read.email``) makes a
-verified customer. Deleted users and bots are never verified.
+verified customer when the user belongs to the installing workspace (or its Enterprise Grid org) and
+Slack does not say the email is unconfirmed; see ``SlackChannel.prepare``. Deleted users and bots are
+never answered.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from connectors.slack.api import error_code
+from connectors.slack.api import error_code, is_transient
 from supportbot.messages import ImagePart
 
 __all__ = ["Downloads", "SlackUser", "Users", "image_type"]
@@ -31,6 +33,12 @@ class SlackUser:
     id: str
     name: str | None
     email: str | None
+    team: str | None = None
+    """The user's own workspace (another organisation's, for an external user in a shared channel)."""
+    enterprise: str | None = None
+    """The user's Enterprise Grid org, if any."""
+    email_confirmed: bool | None = None
+    """``is_email_confirmed``: False when Slack says the email is not confirmed, None when it does not say."""
     deleted: bool = False
     bot: bool = False
 
@@ -56,7 +64,12 @@ class Users:
         return entry[1].name if entry else None
 
     async def get(self, user_id: str) -> SlackUser | None:
-        """The user's record, or None when Slack could not say (the cause is logged)."""
+        """The user's record, or None when Slack will not say (``user_not_found``, a missing scope; logged).
+
+        Raises:
+            SlackApiError, aiohttp.ClientError, TimeoutError: Slack could not answer now (a 429, a 5xx, a
+                broken connection); asking again later may work.
+        """
         entry = self._cache.get(user_id)
         if entry is not None and entry[0] > self.clock():
             return entry[1]
@@ -64,10 +77,9 @@ class Users:
         try:
             response = await self.api.users_info(user=user_id)
         except SlackApiError as exc:
+            if is_transient(exc):
+                raise
             log.warning("users.info for %s failed: %s", user_id, error_code(exc))
-            return None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("users.info for %s failed: %s: %s", user_id, type(exc).__name__, exc)
             return None
         data: Mapping[str, Any] = response.get("user") or {}
         profile: Mapping[str, Any] = data.get("profile") or {}
@@ -78,6 +90,9 @@ class Users:
             id=user_id,
             name=name,
             email=profile.get("email") or None,
+            team=data.get("team_id") or profile.get("team") or None,
+            enterprise=(data.get("enterprise_user") or {}).get("enterprise_id") or None,
+            email_confirmed=data["is_email_confirmed"] if isinstance(data.get("is_email_confirmed"), bool) else None,
             deleted=bool(data.get("deleted")),
             bot=bool(data.get("is_bot") or data.get("is_app_user")) and user_id != "USLACKBOT",
         )

@@ -44,8 +44,9 @@ __all__ = ["Outcome", "Receiver"]
 
 log = logging.getLogger("supportbot.slack")
 
-_QUICK_S = 1.5
-"""The most the acknowledgement waits for a lookup in Slack (the bot's identity, an operator's name)."""
+_READY_S = 1.0
+"""The most an acknowledgement waits for Slack to name the tickets channel (only until it has, once); Slack
+allows 3 s, and storing the event follows. No other call to Slack is on the acknowledgement's path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,16 @@ class Receiver:
         self.channel = channel
 
     async def _ready(self) -> None:
+        """Learn the tickets channel's id if it is named and not known yet: an operator's reply is told apart by it.
+
+        The bot's own user id is not waited for: the envelope's ``authorizations`` name it.
+        """
+        channel = self.channel
+        if channel.settings.tickets_channel is None or channel.tickets_channel_id is not None:
+            return
         try:
-            await asyncio.wait_for(self.channel.ensure_ready(), _QUICK_S)
-        except Exception as exc:  # not fatal here: the envelope names the bot, and Slack retries what needs more
+            await asyncio.wait_for(channel.ensure_ready(), _READY_S)
+        except Exception as exc:  # not fatal here: Slack retries what cannot be told apart yet (_NOT_READY)
             log.debug("Slack not ready while acknowledging: %s", exc)
 
     async def event(self, envelope: Mapping[str, Any], intake: Intake) -> Outcome:
@@ -175,11 +183,16 @@ class Receiver:
         return _STORED
 
     async def _actor(self, user_id: str) -> str:
-        try:
-            user = await asyncio.wait_for(self.channel.users.get(user_id), _QUICK_S)
-        except TimeoutError:
-            user = None
-        return f"{user.name if user is not None and user.name else user_id} (Slack)"
+        """An operator as a ticket's log names them: their name if it is known already, else their user id.
+
+        Never asks Slack while Slack waits for the acknowledgement; an unknown name is looked up afterwards,
+        for the operator's next reply.
+        """
+        users = self.channel.users
+        name = users.cached_name(user_id)
+        if name is None:
+            self.channel.spawn(users.get(user_id))
+        return f"{name or user_id} (Slack)"
 
     async def action(self, payload: Mapping[str, Any], intake: Intake) -> Outcome:
         """Handle a ``block_actions`` interaction (its signature already checked)."""

@@ -123,7 +123,7 @@ class _WebAPIMethods(_Workspace):
             "user_id": self.bot_user_id,
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
-        }
+        } | ({"enterprise_id": self.enterprise_id} if self.enterprise_id else {})
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user = self._users.get(str(params.get("user") or ""))

@@ -100,6 +100,7 @@ class FakeSlack(_WebAPIMethods, _SocketMode):
         self.downloads: list[tuple[str, bool]] = []
         self._failures: dict[str, deque[_Failure]] = {}
         self._delays: dict[str, float] = {}
+        self._drops: dict[str, int] = {}
         self._limits: dict[str, tuple[int, float, bool]] = {}
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._runner: web.AppRunner | None = None
@@ -220,6 +221,13 @@ class FakeSlack(_WebAPIMethods, _SocketMode):
         else:
             failure = _Failure(remaining=times, status=status, error=error or "fatal_error", retry_after=retry_after)
         self._failures.setdefault(method, deque()).append(failure)
+
+    def drop(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` take effect, but the connection breaks before the answer
+        (the client sees ``ServerDisconnectedError``: it cannot tell whether Slack took the call)."""
+        if times < 1:
+            raise ValueError(f"FakeSlack.drop({method!r}): times must be at least 1, got {times}")
+        self._drops[method] = self._drops.get(method, 0) + times
 
     def delay(self, method: str, seconds: float) -> None:
         """Holds every call of ``method`` for ``seconds`` before answering it (0 stops)."""
@@ -354,4 +362,8 @@ class FakeSlack(_WebAPIMethods, _SocketMode):
         call = Call(method=method, params=params, status=status, error=error, at=arrived)
         self.calls.append(call)
         await self._notify()
+        if self._drops.get(method):
+            self._drops[method] -= 1
+            if request.transport is not None:
+                request.transport.close()  # the answer never leaves
         return response

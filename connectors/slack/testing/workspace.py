@@ -52,6 +52,7 @@ class _Workspace:
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
+        self.enterprise_id: str | None = None  # set for an Enterprise Grid workspace (auth.test names it)
         self.app_id = app_id
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
@@ -101,8 +102,14 @@ class _Workspace:
         deleted: bool = False,
         is_bot: bool = False,
         team: str | None = None,
+        enterprise: str | None = None,
+        email_confirmed: bool | None = None,
     ) -> dict[str, Any]:
         """Registers a user (a Slack user object, as ``users.info`` answers it).
+
+        ``team``: the user's workspace (another organisation's in a shared channel); ``enterprise``: their
+        Enterprise Grid org (``enterprise_user``); ``email_confirmed``: ``is_email_confirmed`` (default:
+        whether there is an email).
 
         Returns:
             The user object.
@@ -135,8 +142,12 @@ class _Workspace:
             "is_bot": is_bot,
             "is_app_user": False,
             "updated": int(time.time()),
-            "is_email_confirmed": email is not None,
+            "is_email_confirmed": email is not None if email_confirmed is None else email_confirmed,
         }
+        if enterprise is not None:
+            teams = [team or self.team_id]
+            user["enterprise_user"] = {"id": id, "enterprise_id": enterprise, "enterprise_name": "Fake Org",
+                                       "is_admin": False, "is_owner": False, "teams": teams}  # fmt: skip
         self._users[id] = user
         return copy.deepcopy(user)
 

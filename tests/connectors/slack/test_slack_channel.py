@@ -9,6 +9,7 @@ import zlib
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
 
 from connectors.slack.channel import METADATA_TYPE, SlackChannel
 from connectors.slack.inbound import CONFIRM_NO, CONFIRM_YES, HAND_BACK
@@ -45,6 +46,20 @@ async def test_a_reply_goes_to_the_conversations_thread(channel: SlackChannel, s
     address = {"channel": SHOP, "team": TEAM, "user": CUSTOMER, "thread_ts": root["ts"], "kind": "channel"}
     await channel.deliver(reply(address=address))
     assert slack.messages(SHOP)[-1]["thread_ts"] == root["ts"]
+
+
+async def test_a_post_whose_answer_is_lost_is_not_sent_again_within_the_attempt(
+    channel: SlackChannel, slack: FakeSlack
+) -> None:
+    slack.drop("chat.postMessage")  # Slack takes the post; the connection breaks before its answer
+    with pytest.raises(DeliveryError) as failed:
+        await channel.deliver(reply(outbox_id=7))
+    assert failed.value.retryable
+    assert len(slack.calls_to("chat.postMessage")) == 1  # not posted again by the HTTP client
+    # The outbox's next attempt finds the message instead of posting a second one.
+    sent = await channel.deliver(reply(outbox_id=7, attempt=2))
+    [message] = slack.messages(DM)
+    assert sent == f"{DM}:{message['ts']}" and len(slack.calls_to("chat.postMessage")) == 1
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -176,7 +191,7 @@ async def test_no_tickets_channel_announces_no_tickets(make_channel: ChannelFact
 def inbound(user: str = CUSTOMER, text: str = "hello", **data: Any) -> InboundMessage:
     return InboundMessage(
         channel="slack", external_id=f"{DM}:1.1", key=f"{TEAM}/{DM}/{user}", text=text,
-        identity=Identity(external_id=f"{TEAM}/{user}", verified=True), address={**DM_ADDRESS, "user": user},
+        identity=Identity(external_id=f"{TEAM}/{user}"), address={**DM_ADDRESS, "user": user},
         data=data,
     )  # fmt: skip
 
@@ -197,10 +212,43 @@ async def test_deleted_users_and_bots_are_left_unanswered(channel: SlackChannel,
     assert await channel.prepare(inbound(user="U0GONE")) is None
 
 
-async def test_slack_not_answering_keeps_what_the_event_proved(channel: SlackChannel, slack: FakeSlack) -> None:
+@pytest.mark.parametrize(
+    ("user", "verified"),
+    [
+        ({"team": "T0OTHERORG"}, False),  # another organisation's user in a shared channel
+        ({"email_confirmed": False}, False),
+        ({"email": None}, False),  # no email (or no users:read.email scope)
+        ({"team": "T0SISTER", "enterprise": "E0ORG"}, True),  # another workspace of the installing org
+        ({"team": "T0SISTER", "enterprise": "E0OTHER"}, False),
+    ],
+)
+async def test_only_an_email_slack_vouches_for_makes_a_verified_customer(
+    make_channel: ChannelFactory, slack: FakeSlack, user: dict[str, Any], verified: bool
+) -> None:
+    slack.enterprise_id = "E0ORG"
+    channel = await make_channel()
+    slack.add_user("U0EVE", **{"email": "eve@example.com", "real_name": "Eve", **user})
+    prepared = await channel.prepare(inbound(user="U0EVE"))
+    assert prepared is not None
+    email = "eve@example.com" if verified else None
+    assert prepared.identity == Identity(external_id=f"{TEAM}/U0EVE", email=email, name="Eve", verified=verified)
+
+
+async def test_a_user_slack_does_not_know_is_answered_unverified(channel: SlackChannel, slack: FakeSlack) -> None:
     slack.fail("users.info", error="user_not_found")
     prepared = await channel.prepare(inbound())
-    assert prepared is not None and prepared.identity == Identity(external_id=f"{TEAM}/{CUSTOMER}", verified=True)
+    assert prepared is not None and prepared.identity == Identity(external_id=f"{TEAM}/{CUSTOMER}")
+
+
+@pytest.mark.parametrize("failure", [{"status": 503}, {"status": 429}, {"error": "internal_error"}])
+async def test_slack_not_answering_now_is_retried_by_the_core(
+    channel: SlackChannel, slack: FakeSlack, failure: dict[str, Any]
+) -> None:
+    slack.fail("users.info", **failure)
+    with pytest.raises(SlackApiError):
+        await channel.prepare(inbound())
+    prepared = await channel.prepare(inbound())  # the core's next try
+    assert prepared is not None and prepared.identity.verified and prepared.identity.email == "ana@example.com"
 
 
 def png(size: int) -> bytes:

@@ -76,6 +76,21 @@ def test_markdown_for_native_streams_breaks_every_token(text: str, expected: str
     assert to_markdown(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("markdown", "mrkdwn"),
+    [
+        ("\ue0003\ue001", "3"),  # a slot marker naming no piece
+        ("`a` and \ue0000\ue001", "`a` and 0"),  # or naming another piece
+        ("\ue002not bold\ue002 **bold**", "not bold *bold*"),
+        ("- \ue000\ue001\ue002<!here>", "• &lt;!here&gt;"),
+    ],
+)
+def test_the_renderers_own_markers_in_the_input_are_dropped(markdown: str, mrkdwn: str) -> None:
+    assert to_mrkdwn(markdown) == mrkdwn
+    assert escape(markdown) == escape(markdown.translate({0xE000: None, 0xE001: None, 0xE002: None}))
+    assert not any(mark in escape(markdown) for mark in "\ue000\ue001\ue002")
+
+
 def test_escape_is_plain_text() -> None:
     assert escape("Ana <ana@x> & @here *not bold*") == f"Ana &lt;ana@x&gt; &amp; @{WJ}here *not bold*"
 

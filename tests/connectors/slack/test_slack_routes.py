@@ -21,6 +21,7 @@ from connectors.slack.testing import (
     slack_json,
     url_verification,
 )
+from connectors.slack.testing import DEFAULT_TEAM_ID as TEAM
 from supportbot.channels import MessageTooLarge, OperatorError, Reply, StorageError, Unavailable
 from tests.connectors.slack.conftest import CUSTOMER, DM, SHOP, SIGNING_SECRET, TICKETS, Endpoint
 
@@ -142,6 +143,29 @@ async def test_a_reply_in_a_thread_the_bot_was_asked_into_is_answered(endpoint: 
     assert [m.text for m in endpoint.intake.messages.values()] == ["help", "and one more thing"]
 
 
+async def test_someone_else_in_the_thread_is_answered_only_once_they_ask_the_bot(
+    endpoint: Endpoint, slack: FakeSlack
+) -> None:
+    slack.add_user("U0BOB", email="bob@example.com", real_name="Bob")
+    mention = slack.user_message(SHOP, f"<@{DEFAULT_BOT_USER_ID}> help", user=CUSTOMER, mention=True)
+    thread = mention["event"]["ts"]
+    for event in (
+        mention,
+        slack.user_message(SHOP, "me too", user="U0BOB", thread_ts=thread),  # not Ana's conversation
+        slack.user_message(
+            SHOP, f"<@{DEFAULT_BOT_USER_ID}> mine is late too", user="U0BOB", thread_ts=thread, mention=True
+        ),
+        slack.user_message(SHOP, "A1002", user="U0BOB", thread_ts=thread),
+    ):
+        assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
+    got = [(m.text, m.key, m.identity.external_id, m.address["thread_ts"]) for m in endpoint.intake.messages.values()]
+    assert got == [
+        ("help", f"{TEAM}/{SHOP}/{thread}/{CUSTOMER}", f"{TEAM}/{CUSTOMER}", thread),
+        ("mine is late too", f"{TEAM}/{SHOP}/{thread}/U0BOB", f"{TEAM}/U0BOB", thread),
+        ("A1002", f"{TEAM}/{SHOP}/{thread}/U0BOB", f"{TEAM}/U0BOB", thread),
+    ]
+
+
 # -- what the core said ----------------------------------------------------------------------------------
 
 
@@ -219,10 +243,26 @@ async def test_an_operators_thread_reply_goes_to_the_ticket(endpoint: Endpoint, 
     for _ in range(2):  # and a retry of it
         assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
     [reply] = endpoint.intake.operator_replies.values()
-    assert reply.ticket_id == 7 and reply.actor == "Olga Operator (Slack)" and not reply.hand_back
+    assert reply.ticket_id == 7 and reply.actor == "U0OP (Slack)" and not reply.hand_back  # the name is not known yet
     assert reply.text == "We sent a new parcel & a voucher."
     assert reply.external_id == f"{TICKETS}:{event['event']['ts']}"
     assert not endpoint.intake.messages
+    # Looked up after the acknowledgement: the operator's next reply carries their name.
+    await slack.wait_until(lambda: endpoint.channel.users.cached_name("U0OP") is not None)
+    later = slack.user_message(TICKETS, "Anything else?", user="U0OP", thread_ts=thread)
+    assert (await send_event(endpoint.http, endpoint.events, later, SIGNING_SECRET)).status == 200
+    assert endpoint.intake.operator_replies[f"{TICKETS}:{later['event']['ts']}"].actor == "Olga Operator (Slack)"
+
+
+async def test_an_operators_reply_is_acknowledged_without_asking_slack(endpoint: Endpoint, slack: FakeSlack) -> None:
+    thread = _announce(endpoint, slack)
+    slack.delay("users.info", 5)
+    started = time.monotonic()
+    event = slack.user_message(TICKETS, "On its way.", user="U0OP", thread_ts=thread)
+    assert (await send_event(endpoint.http, endpoint.events, event, SIGNING_SECRET)).status == 200
+    assert time.monotonic() - started < 1.0
+    [reply] = endpoint.intake.operator_replies.values()
+    assert reply.actor == "U0OP (Slack)"
 
 
 async def test_hand_back_by_command_and_by_button(endpoint: Endpoint, slack: FakeSlack) -> None:

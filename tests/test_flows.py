@@ -400,3 +400,26 @@ def test_a_missing_flows_dir_is_reported_at_its_config_line(flows_dir: Path) -> 
         "config.yaml:3: flows.dir: nowhere does not exist; create it and add flow files, or remove flows.dir "
         "to use the example flows"
     ]
+
+
+def test_suggested_prompts_are_checked_with_their_line(flows_dir: Path) -> None:
+    write(flows_dir, "help.yaml", """\
+        name: help
+        description: Anything
+        system_prompt: Help.
+        suggested_prompts:
+          - {title: "Where is my order?", message: "Where is my order?"}
+          - {title: "", message: Hi}
+        """)  # fmt: skip
+    [line] = problems(flows_dir)
+    assert line.startswith("flows/help.yaml:6: suggested_prompts[1].title:")
+    write(flows_dir, "help.yaml", """\
+        name: help
+        description: Anything
+        system_prompt: Help.
+        suggested_prompts:
+          - {title: "Where is my order?", message: "Where is my order?"}
+        """)  # fmt: skip
+    flows = load_flows(flows_dir, tool_names=TOOLS)
+    assert [(p.title, p.message) for p in flows["help"].suggested_prompts] == [("Where is my order?",) * 2]
+    assert len(load_flows(EXAMPLE_FLOWS_DIR, tool_names=TOOLS, company=COMPANY)["general"].suggested_prompts) == 3

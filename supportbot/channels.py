@@ -25,6 +25,7 @@ the public names of ``supportbot`` (a test enforces it).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -245,17 +246,19 @@ class Channel(Protocol):
         ...
 
 
-class ChannelBase:
-    """A ``Channel`` with the optional hooks as no-ops; connectors subclass it and override what they use."""
+class ChannelBase(ABC):
+    """A ``Channel`` with the optional hooks as no-ops; connectors subclass it, implement ``deliver`` and
+    override what else they use."""
 
     name: str = ""
     announces_tickets: bool = False
     """True: new tickets are queued to this channel as ``ticket`` replies (Slack's tickets channel)."""
 
-    async def deliver(self, reply: Reply) -> str:  # pragma: no cover - every channel overrides it
-        raise NotImplementedError
+    @abstractmethod
+    async def deliver(self, reply: Reply) -> str:
+        """See ``Channel.deliver``."""
 
-    def render(self, turn: TurnInfo, event: Event) -> None:
+    def render(self, turn: TurnInfo, event: Event) -> None:  # noqa: B027 - optional, a no-op by default
         """Show a running turn live (must not block: schedule network work on a task of your own)."""
 
     async def prepare(self, message: InboundMessage) -> InboundMessage | None:
@@ -264,10 +267,10 @@ class ChannelBase:
         unanswered (a deleted user, another bot)."""
         return message
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: Intake) -> None:  # noqa: B027 - optional, a no-op by default
         """Begin receiving on your own (Slack's Socket Mode, IMAP IDLE); called once the server is up."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Stop receiving and finish what was started; called before the server closes."""
 
 

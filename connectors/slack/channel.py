@@ -42,6 +42,8 @@ log = logging.getLogger("supportbot.slack")
 METADATA_TYPE = "supportbot_reply"
 """``metadata.event_type`` of every message the bot posts; ``event_payload.outbox_id`` names the outbox row."""
 LIVE_KINDS = frozenset({"answer", "fallback", "notice", "confirmation"})
+ORDER_WAIT_S = 10.0
+"""The longest a live message waits for the conversation's earlier replies to be delivered before it shows."""
 LIVE_TTL_S = 600.0
 """How long a live message waits for its turn's reply before it is ended as it stands."""
 _SECTION_CHARS = 3000  # Slack's limit on a section block's text
@@ -120,6 +122,11 @@ class SlackChannel(ChannelBase):
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._live: dict[int, LiveMessage] = {}
+        # Turns seen live whose reply is not delivered yet, by conversation: a later turn's live message
+        # waits for them, so a reply the outbox is still sending is not shown after the next one.
+        self._open: dict[str, set[int]] = {}
+        self._open_in: dict[int, str] = {}
+        self._closed = asyncio.Event()
         self._finished_turns: OrderedDict[int, None] = OrderedDict()
         self._assistant_threads: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -323,6 +330,11 @@ class SlackChannel(ChannelBase):
         """Show a running turn: a "thinking…" status in assistant threads, the reply as it is written."""
         if turn.turn in self._finished_turns:
             return
+        if turn.turn not in self._open_in:
+            self._open.setdefault(turn.conversation_id, set()).add(turn.turn)
+            self._open_in[turn.turn] = turn.conversation_id
+        if isinstance(event, TurnFinished | TurnFailed) and event.message_id is None:
+            self._close(turn.turn)  # nothing to deliver (a person has the conversation, the server stopped)
         address = turn.message.address
         if isinstance(event, TurnStarted | ToolCallStarted):
             if address.get("kind") == "assistant":
@@ -339,6 +351,7 @@ class SlackChannel(ChannelBase):
                     where, address, mode,
                     remember=functools.partial(self._remember, turn.conversation_id, turn.turn, where),
                     recall=functools.partial(self._recall, turn.conversation_id, turn.turn, where),
+                    ready=functools.partial(self._earlier_delivered, turn.conversation_id, turn.turn),
                 )  # fmt: skip
                 self._live[turn.turn] = live
             live.add(event.text)
@@ -357,13 +370,14 @@ class SlackChannel(ChannelBase):
         *,
         remember: Callable[[str, Literal["native", "update"]], Awaitable[None]] | None = None,
         recall: Callable[[], Awaitable[tuple[str, Literal["native", "update"]] | None]] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> LiveMessage:
         team, user = address.get("team"), address.get("user")
         return LiveMessage(
             api=self.api, budgets=self.budgets, channel=channel, thread_ts=address.get("thread_ts"),
             recipient=(str(team), str(user)) if team and user else None, mode=mode,
             interval=self.settings.update_interval_s, native_unavailable=self._no_native, remember=remember,
-            recall=recall, clock=self.clock,
+            recall=recall, ready=ready, clock=self.clock,
         )  # fmt: skip
 
     async def _remember(
@@ -401,7 +415,29 @@ class SlackChannel(ChannelBase):
             )
             self.spawn(live.abandon())
 
+    def _close(self, turn: int) -> None:
+        conversation = self._open_in.pop(turn, None)
+        if conversation is not None:
+            waiting = self._open.get(conversation)
+            if waiting is not None:
+                waiting.discard(turn)
+                if not waiting:
+                    del self._open[conversation]
+            self._closed.set()
+            self._closed = asyncio.Event()
+
+    async def _earlier_delivered(self, conversation: str, turn: int) -> None:
+        """Wait (at most ``ORDER_WAIT_S``) until the conversation's earlier turns' replies are delivered."""
+        deadline = self.clock() + ORDER_WAIT_S
+        while any(t < turn for t in self._open.get(conversation, ())):
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), left)
+
     def _finish_turn(self, turn: int) -> None:
+        self._close(turn)
         self._finished_turns[turn] = None
         while len(self._finished_turns) > 10_000:
             self._finished_turns.popitem(last=False)

@@ -75,6 +75,7 @@ class LiveMessage:
         native_unavailable: Callable[[], None] = lambda: None,
         remember: Callable[[str, Mode], Awaitable[None]] | None = None,
         recall: Callable[[], Awaitable[tuple[str, Mode] | None]] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
@@ -87,6 +88,7 @@ class LiveMessage:
         self.native_unavailable = native_unavailable
         self.remember = remember
         self.recall = recall
+        self.ready = ready
         self.clock = clock
         self.raw = ""  # every delta so far
         self.shown = ""  # the part of ``raw`` Slack shows
@@ -129,6 +131,8 @@ class LiveMessage:
                 found = await self.recall()
                 if found is not None:
                     await self.take_over(*found)
+        if self.ready is not None and self.ts is None:
+            await self.ready()  # the conversation's earlier replies are in Slack first, so the order holds
         while not self._closing.is_set():
             waiter = asyncio.ensure_future(self._wake.wait())
             closer = asyncio.ensure_future(self._closing.wait())

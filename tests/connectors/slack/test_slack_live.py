@@ -303,3 +303,20 @@ def test_a_budget_spends_its_burst_then_keeps_the_rate() -> None:
     budget.pause(30)
     now[0] += 10
     assert budget.wait() == 20.0 and not budget.take()
+
+
+async def test_a_later_turn_shows_after_the_reply_still_being_delivered(
+    slack: FakeSlack, make_channel: ChannelFactory
+) -> None:
+    channel = await make_channel(update_interval_s=1.0)
+    first = Turn(channel, DM_ADDRESS, turn=1)
+    channel.render(first.info, TurnFinished(text="First answer.", message_id=1))  # queued, not delivered yet
+    second = Turn(channel, DM_ADDRESS, turn=2)
+    second.say("Second answer.")
+    await asyncio.sleep(0.2)  # the second turn's live message would be posted by now
+    assert not slack.calls_to("chat.postMessage")  # it waits for the first reply
+    await channel.deliver(reply_of_turn(1, DM_ADDRESS, "First answer.", outbox_id=1))
+    await slack.wait_until(lambda: len(bot_messages(slack, DM)) == 2, timeout=5)
+    channel.render(second.info, TurnFinished(text="Second answer.", message_id=2))
+    await channel.deliver(reply_of_turn(2, DM_ADDRESS, "Second answer.", outbox_id=2))
+    assert [m["text"] for m in bot_messages(slack, DM)] == ["First answer.", "Second answer."]

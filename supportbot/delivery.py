@@ -230,7 +230,8 @@ class DeliveryWorker:
             self._count("failed")
             await self._tell_operators(reply, error)
             return True
-        backoff = min(MAX_BACKOFF_S, 2.0 ** max(0, reply.attempt - 1))
+        longest = getattr(self.channel, "max_retry_interval_s", None) or MAX_BACKOFF_S
+        backoff = min(longest, 2.0 ** max(0, reply.attempt - 1))
         wait = max(backoff, asked or 0.0)
         log.warning("reply %d to %s not delivered (attempt %d), retrying in %.1f s: %s",
                     row.id, self.channel.name, reply.attempt, wait, error)  # fmt: skip

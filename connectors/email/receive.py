@@ -1,0 +1,152 @@
+"""From a raw mail to the core's inbox: parsed, checked for loops, its sender verified, its thread found.
+
+``Receiver.mail`` returns ``stored`` once the core has the message (or recognised it by its
+Message-ID as stored before) and ``skipped`` for mail the bot must not answer (auto-replies,
+bounces, lists, our own mail); the IMAP loop flags the first and leaves the second unread. A storage
+failure raises, and the mail is fetched again.
+
+The thread: a reply continues its conversation when one of its In-Reply-To/References ids is one of
+the thread's mails, else when its recipients carry the thread's ``address+TAG@``, else when its
+subject carries ``[#TAG]``; and only when it comes from the thread's own sender, verified as the
+thread was (``Thread.admits``). Anything else starts a new conversation.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from connectors.email.authres import dmarc_verified
+from connectors.email.imap import Handled
+from connectors.email.loops import automatic
+from connectors.email.parse import ParsedMail, parse_mail
+from connectors.email.settings import EmailSettings
+from connectors.email.state import Keeper, Thread
+from connectors.email.threads import (
+    message_key,
+    new_tag,
+    normalize_subject,
+    references_for,
+    subject_tag,
+    thread_key,
+    token_from_recipients,
+)
+from supportbot.channels import Identity, InboundMessage, Intake, MessageTooLarge
+
+__all__ = ["CHANNEL", "Receiver"]
+
+log = logging.getLogger("supportbot.email")
+
+CHANNEL = "email"
+_RAW_KEPT = 256_000
+"""Bytes of the raw mail kept (base64) with the inbox row for review: the headers and the start of the body."""
+_ROOM = 600
+"""Characters of the message limit kept free for the subject and the notes added to the body."""
+
+
+class Receiver:
+    """See the module's docstring."""
+
+    def __init__(
+        self, settings: EmailSettings, keeper: Keeper, intake: Intake, *, max_chars: int, max_images: int,
+        max_image_bytes: int,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.keeper = keeper
+        self.intake = intake
+        self.max_chars = max_chars
+        self.max_images = max_images
+        self.max_image_bytes = max_image_bytes
+        self.address = settings.address or ""
+
+    async def mail(self, raw: bytes, truncated: bool = False) -> Handled:
+        parsed = parse_mail(raw, max_text_chars=max(200, self.max_chars - _ROOM), max_images=self.max_images,
+                            max_image_bytes=self.max_image_bytes, truncated=truncated)  # fmt: skip
+        reason = automatic(parsed.message, own_addresses=[self.address])
+        if reason is None and parsed.from_address is None:
+            reason = "no single sender address in From"
+        if reason is not None:
+            log.info(
+                "email: not answering mail %s: %s (left unread)", parsed.message_id or "without Message-ID", reason
+            )
+            return "skipped"
+        sender = (parsed.from_address or "").lower()
+        verified = self._verified(parsed, sender)
+        thread, joined = await self._thread(parsed, sender, verified, raw)
+        external_id = message_key(parsed.message_id) if parsed.message_id else thread_key(None, raw)
+        message = InboundMessage(
+            channel=CHANNEL, external_id=external_id, key=thread.key,
+            identity=Identity(external_id=sender, email=sender, name=parsed.from_name, verified=verified),
+            text=self._text(parsed, joined), images=parsed.images, address=self._address(parsed, sender, thread),
+            data={"raw_base64": base64.b64encode(raw[:_RAW_KEPT]).decode("ascii"), "raw_bytes": len(raw),
+                  "truncated": parsed.truncated},
+        )  # fmt: skip
+        try:
+            accepted = await self.intake.submit(message)
+        except MessageTooLarge as exc:
+            # Caps above keep a mail within the limits; should an operator have set them oddly, the mail
+            # is answered without its images rather than lost.
+            log.warning("email: mail %s over the limits (%s); answering its text only", parsed.message_id, exc)
+            accepted = await self.intake.submit(
+                InboundMessage(
+                    channel=CHANNEL,
+                    external_id=external_id,
+                    key=thread.key,
+                    identity=message.identity,
+                    text=message.text[: self.max_chars // 2],
+                    address=message.address,
+                )
+            )
+        if parsed.message_id:
+            await self.keeper.remember(parsed.message_id, thread)
+        if not joined:
+            await self.keeper.remember_tag(thread)
+        if not accepted.duplicate:
+            answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
+            await self.keeper.set_turn(accepted.turn, answered)
+        return "stored"
+
+    def _verified(self, parsed: ParsedMail, sender: str) -> bool:
+        trusted = self.settings.trusted_authserv_id
+        if trusted is None:
+            return False
+        return dmarc_verified(parsed.message, trusted_authserv_id=trusted) == sender
+
+    async def _thread(self, parsed: ParsedMail, sender: str, verified: bool, raw: bytes) -> tuple[Thread, bool]:
+        """The thread the mail continues (and True), or a new one (and False)."""
+        candidates: list[Thread | None] = []
+        for known in reversed((*parsed.references, *parsed.in_reply_to)):
+            candidates.append(await self.keeper.thread_of(known))
+        token = token_from_recipients(parsed.recipients, self.address)
+        if token is not None:
+            candidates.append(await self.keeper.thread_of_tag(token))
+        tag = subject_tag(parsed.subject)
+        if tag is not None:
+            candidates.append(await self.keeper.thread_of_tag(tag))
+        for thread in candidates:
+            if thread is not None and thread.admits(sender, verified):
+                return thread, True
+        if any(thread is not None for thread in candidates):
+            log.info("email: mail %s refers to a thread of another sender (or verified otherwise); a new conversation",
+                     parsed.message_id)  # fmt: skip
+        return Thread(key=thread_key(parsed.message_id, raw), sender=sender, verified=verified, tag=new_tag()), False
+
+    def _text(self, parsed: ParsedMail, joined: bool) -> str:
+        parts: list[str] = []
+        subject = normalize_subject(parsed.subject)
+        if not joined and subject:
+            parts.append(f"Subject: {subject}")
+        body = parsed.text.strip()
+        parts.append(body or ("(no text; see the attached images)" if parsed.images else "(an empty message)"))
+        if parsed.skipped_attachments:
+            parts.append("[Attachments not read: " + "; ".join(parsed.skipped_attachments)[:300] + "]")
+        if parsed.truncated:
+            parts.append("[The mail was too long; only its beginning was read.]")
+        return "\n\n".join(parts)
+
+    def _address(self, parsed: ParsedMail, sender: str, thread: Thread) -> dict[str, Any]:
+        """Where and how replies go: always to the sender (From, never Reply-To), threaded on this mail."""
+        chain = references_for(parsed.message_id, parsed.references or parsed.in_reply_to)
+        return {"to": sender, "name": parsed.from_name, "subject": parsed.subject, "tag": thread.tag,
+                "verified": thread.verified, "message_id": parsed.message_id, "references": list(chain)}  # fmt: skip

@@ -1,0 +1,186 @@
+"""``connectors.email`` in config.yaml: the support mailbox, its IMAP and SMTP servers, and who is trusted.
+
+Every problem is reported as ``config.yaml:LINE: connectors.email.KEY: problem; fix`` by the core's
+config loader, which validates the section with this model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+__all__ = ["EmailSettings", "ImapSettings", "SmtpSettings"]
+
+_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
+
+
+def _empty_is_none(value: Any) -> Any:
+    # ${IMAP_PASSWORD:-} of an unset variable is "": the same as not set.
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class _Server(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    ssl: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = None
+    timeout_s: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("username", "password", "ca_file", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return _empty_is_none(value)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        value = value.strip()
+        if not _HOST.match(value):
+            raise ValueError(f"{value!r} is not a host name or address; write one like mail.acme.example")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> _Server:
+        if self.ssl and self.starttls:
+            raise ValueError(
+                "ssl and starttls are both true; choose one: ssl for implicit TLS (IMAP 993, SMTP 465), "
+                "starttls to upgrade a plain connection (IMAP 143, SMTP 587)"
+            )
+        return self
+
+
+class ImapSettings(_Server):
+    """Where the support mailbox is read.
+
+    Attributes:
+        host, port: the IMAP server (port defaults to 993 with ``ssl``, else 143).
+        ssl: implicit TLS; ``starttls``: upgrade a plain connection (refused if the server cannot).
+        username, password: the mailbox login (an app password where the provider requires one).
+        ca_file: a PEM file of CA certificates to trust instead of the system's (a private CA).
+        mailbox: the folder answered (``INBOX``).
+        idle: wait for new mail with IDLE when the server offers it; otherwise poll.
+        idle_renew_s: how often IDLE is re-issued (servers drop it after 30 minutes; RFC 2177).
+        move_to: a folder a mail is moved to once it is stored (created if missing); none: it is
+            flagged ``\\Seen`` and stays.
+    """
+
+    mailbox: str = "INBOX"
+    idle: bool = True
+    idle_renew_s: float = Field(1500.0, ge=5, le=1740)
+    move_to: str | None = None
+
+    @field_validator("move_to", mode="before")
+    @classmethod
+    def _empty_folder(cls, value: Any) -> Any:
+        return _empty_is_none(value)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.ssl else 143)
+
+
+class SmtpSettings(_Server):
+    """Where replies are sent.
+
+    Attributes:
+        host, port: the SMTP submission server (port defaults to 465 with ``ssl``, 587 with
+            ``starttls``, else 25).
+        ssl: implicit TLS; ``starttls``: upgrade a plain connection (refused if the server cannot).
+        username, password: the login; leave both empty for an unauthenticated local relay.
+        ca_file: a PEM file of CA certificates to trust instead of the system's.
+    """
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (465 if self.ssl else 587 if self.starttls else 25)
+
+
+class EmailSettings(BaseModel):
+    """The email connector's section (``connectors.email``).
+
+    Attributes:
+        enabled: answer the mailbox.
+        address: the support address customers write to; replies come from it.
+        from_name: the name replies are signed with (default: ``company.name``).
+        imap: where mail is read (``ImapSettings``).
+        smtp: where replies are sent (``SmtpSettings``).
+        trusted_authserv_id: the host name your own mail server writes into the
+            ``Authentication-Results`` header it adds (Gmail: ``mx.google.com``; Microsoft 365: see
+            docs/email.md). A sender is verified only by ``dmarc=pass`` in that server's header;
+            unset: nobody is verified by email.
+        poll_interval_s: how often the mailbox is checked when the server has no IDLE.
+        replies_per_sender_per_hour: the bot's replies to one address in an hour; more are not sent
+            but shown to operators as a ticket (stops a ping-pong with an auto-responder).
+        max_mail_bytes: a bigger mail is read only up to this size (its text, usually at the top, is
+            answered; the rest is left out and said so).
+        retry_max_s: the longest wait between two tries of a reply the SMTP server deferred (4xx).
+        html: send an HTML part beside the plain text.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    address: str | None = Field(None, validate_default=True)
+    from_name: str | None = None
+    imap: ImapSettings = Field(default_factory=ImapSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    trusted_authserv_id: str | None = None
+    poll_interval_s: float = Field(60.0, ge=1, le=3600)
+    replies_per_sender_per_hour: int = Field(5, ge=1, le=1000)
+    max_mail_bytes: int = Field(25_000_000, ge=100_000)
+    retry_max_s: float = Field(60.0, ge=1, le=3600)
+    html: bool = True
+
+    @field_validator("address", "from_name", "trusted_authserv_id", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return _empty_is_none(value)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("enabled"):
+                raise ValueError("required when the email connector is enabled; write the support address, "
+                                 "e.g. address: help@acme.example")  # fmt: skip
+            return None
+        value = value.strip()
+        if not _ADDRESS.match(value):
+            raise ValueError(f"{value!r} is not an email address; write one like help@acme.example")
+        return value.lower()
+
+    @field_validator("trusted_authserv_id")
+    @classmethod
+    def _authserv(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not re.fullmatch(r"[a-z0-9.-]+", value):
+            raise ValueError(
+                f"{value!r} is not a host name; write the name your mail server puts first in the "
+                "Authentication-Results header it adds (e.g. mx.google.com), see docs/email.md"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _logins(self) -> EmailSettings:
+        for name, server in (("imap", self.imap), ("smtp", self.smtp)):
+            if self.enabled and (server.username is None) != (server.password is None):
+                raise ValueError(
+                    f"{name}: set both username and password (an app password for Gmail or Microsoft 365), or "
+                    "neither for a server that needs no login"
+                )
+        return self
+
+    @property
+    def domain(self) -> str:
+        """The support address's domain (Message-IDs of replies are made on it)."""
+        return (self.address or "localhost").rpartition("@")[2]

@@ -47,6 +47,7 @@ log = logging.getLogger("supportbot.email")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _LINK = re.compile(r"https?://[^\s<>()\"']+[^\s<>()\"'.,;:!?]")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
+_ACTOR_PREFIX = re.compile(r"^[a-z]+:")
 
 
 class EmailChannel(ChannelBase):
@@ -123,7 +124,9 @@ class EmailChannel(ChannelBase):
         address = reply.address
         settings = self.settings
         message = EmailMessage()
-        sender = f"{_clean(reply.author)} ({self.from_name})" if person and reply.author else self.from_name
+        # An operator's actor names where they acted ("api:olga", "slack:Olga Operator"); the mail shows the name.
+        author = _ACTOR_PREFIX.sub("", _clean(reply.author))
+        sender = f"{author} ({self.from_name})" if person and author else self.from_name
         message["From"] = Address(display_name=_clean(sender), addr_spec=settings.address or "")
         name = address.get("name")
         message["To"] = formataddr((_clean(name) if isinstance(name, str) else "", str(address["to"])))
@@ -184,10 +187,15 @@ def compose_html(text: str) -> str:
     """The HTML part of a reply: paragraphs, line breaks, links and **bold**, everything else escaped."""
     paragraphs = []
     for block in re.split(r"\n\s*\n", text.strip()):
-        escaped = html.escape(block)
-        escaped = _LINK.sub(lambda found: f'<a href="{found.group(0)}">{found.group(0)}</a>', escaped)
-        escaped = _BOLD.sub(r"<strong>\1</strong>", escaped)
-        paragraphs.append("<p>" + escaped.replace("\n", "<br>\n") + "</p>")
+        pieces: list[str] = []
+        start = 0
+        for found in _LINK.finditer(block):  # links are found in the text, then each piece is escaped
+            pieces.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(block[start : found.start()])))
+            url = html.escape(found.group(0), quote=True)
+            pieces.append(f'<a href="{url}">{url}</a>')
+            start = found.end()
+        pieces.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(block[start:])))
+        paragraphs.append("<p>" + "".join(pieces).replace("\n", "<br>\n") + "</p>")
     body = "\n".join(paragraphs)
     return f'<!DOCTYPE html>\n<html><body style="font-family: sans-serif; line-height: 1.4">\n{body}\n</body></html>\n'
 

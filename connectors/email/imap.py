@@ -95,6 +95,8 @@ class Mailbox:
         """Set while logged in with the mailbox selected (tests wait on it)."""
         self.fetched = 0
         """Mails fetched since the start (tests and the benchmark read it)."""
+        self.idles = 0
+        """IDLE commands issued since the start (renewed every ``idle_renew_s``)."""
         self._task: asyncio.Task[None] | None = None
         self._client: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
@@ -248,6 +250,7 @@ class Mailbox:
     async def _idle(self, client: aioimaplib.IMAP4) -> None:
         """Wait in IDLE until the server reports a change or ``idle_renew_s`` passes."""
         idle = await self._command(client.idle_start(timeout=self.settings.idle_renew_s), "IDLE", ok=False)
+        self.idles += 1
         try:
             while client.has_pending_idle():
                 pushed = await self._command(client.wait_server_push(timeout=self.settings.idle_renew_s + 30), "IDLE",

@@ -74,7 +74,7 @@ class ImapSettings(_Server):
 
     mailbox: str = "INBOX"
     idle: bool = True
-    idle_renew_s: float = Field(1500.0, ge=5, le=1740)
+    idle_renew_s: float = Field(1500.0, ge=1, le=1740)
     move_to: str | None = None
 
     @field_validator("move_to", mode="before")

@@ -107,6 +107,20 @@ async def test_first_start_takes_unread_mail_only_then_everything_new(reader: Re
     assert unread == 2
 
 
+async def test_idle_is_renewed_before_the_server_would_drop_it(reader: Reader, dovecot: Dovecot) -> None:
+    mailbox = reader.start(idle_renew_s=1)
+    await asyncio.wait_for(mailbox.connected.wait(), 10)
+    for _ in range(100):
+        if mailbox.idles >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert mailbox.idles >= 3  # each renewal ends IDLE, looks for mail, and starts it again
+    started = time.monotonic()
+    await dovecot.append(mail(1))
+    await reader.wait_for(1)
+    assert time.monotonic() - started < 3.0
+
+
 async def test_polling_without_idle(reader: Reader, dovecot: Dovecot) -> None:
     mailbox = reader.start(idle=False)
     await asyncio.wait_for(mailbox.connected.wait(), 10)

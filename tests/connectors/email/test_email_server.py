@@ -328,6 +328,28 @@ async def test_a_refused_reply_reaches_the_operators(
     assert sink.mails == []
 
 
+async def test_a_20_mb_mail_is_answered_without_its_attachment(
+    server_for: Callable[..., Any], llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink
+) -> None:
+    llm.script(Reply(text="I can't open attachments, but tell me what is wrong with A1001."))
+    await server_for(max_mail_bytes=5_000_000)
+    message = EmailMessage()
+    message["Authentication-Results"] = f"{MX}; dmarc=pass header.from=example.com"
+    message["From"] = "Ana Example <ana@example.com>"
+    message["Subject"] = "Log attached"
+    message["Message-ID"] = "<big@example.com>"
+    message.set_content("My order A1001 is wrong, see the log.")
+    message.add_attachment(os.urandom(15_000_000), maintype="application", subtype="octet-stream", filename="log.bin")
+    raw = message.as_bytes()
+    assert len(raw) > 20_000_000
+    uid = await dovecot.append(raw)
+    [reply] = await sink.wait_for(1, timeout=30)
+    assert reply.rcpt_tos == ("ana@example.com",) and "\\Seen" in await dovecot.flags(uid)
+    seen = llm.requests[0].body["messages"][-1]["content"]
+    seen = seen if isinstance(seen, str) else " ".join(part.get("text", "") for part in seen)
+    assert "My order A1001 is wrong" in seen and "log.bin" in seen and "only its beginning was read" in seen
+
+
 # -- kill -9 ---------------------------------------------------------------------------------------------
 
 
@@ -391,8 +413,9 @@ def _mark_unread(dovecot: Dovecot, uid: int) -> None:
         imap.uid("STORE", str(uid), "-FLAGS", "(\\Seen)")
 
 
+@pytest.mark.parametrize("renumbered", [False, True])
 async def test_a_mail_stored_but_not_flagged_before_a_crash_is_answered_once(
-    tmp_path: Path, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink
+    tmp_path: Path, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink, renumbered: bool
 ) -> None:
     # The window between storing a mail and flagging it: the mail is in the inbox, still unread on the
     # server, and the cursor is behind it. The next start fetches it again; the inbox knows it.
@@ -408,8 +431,11 @@ async def test_a_mail_stored_but_not_flagged_before_a_crash_is_answered_once(
         first.stop.set()
         await asyncio.wait_for(first.task, 20)
         await first.http.close()
-    # Undo what followed the storing: unread again, and the cursor back before it.
+    # Undo what followed the storing: unread again, and the cursor back before it; or, as well, the server
+    # gives the mailbox a new UIDVALIDITY (a restore): only the Message-ID tells that the mail was stored.
     await asyncio.to_thread(_mark_unread, dovecot, uid)
+    if renumbered:
+        await dovecot.reset_uidvalidity()
     store = await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path / 'email.db'}")
     try:
         state = json.loads(await store.channel_state("email", "imap:INBOX") or "{}")
@@ -419,6 +445,7 @@ async def test_a_mail_stored_but_not_flagged_before_a_crash_is_answered_once(
         await store.close()
     second = await start(config)
     try:
+        [(uid, _, _)] = [(m.uid, m.flags, m.raw) for m in await dovecot.messages()]
         await wait_until(lambda: _seen(dovecot, uid))
         await asyncio.sleep(1.0)
         assert len(sink.mails) == 1 and llm.request_count == 1

@@ -65,7 +65,7 @@ def test_secrets_stay_out_of_repr_and_the_address_is_lower_case() -> None:
         ({"imap": {"ssl": True, "starttls": True}}, "imap", "choose one"),
         ({"enabled": True, "address": "a@b.example", "smtp": {"username": "u"}}, "", "set both username and password"),
         ({"trusted_authserv_id": "mx google com"}, "trusted_authserv_id", "Authentication-Results"),
-        ({"imap": {"idle_renew_s": 1800}}, "imap.idle_renew_s", "less than or equal to 1740"),
+        ({"imap": {"idle_renew_s": 1800}}, "imap.idle_renew_s", "less than or equal to 1740"),  # servers drop at 30 min
         ({"imap": {"host": "imap host"}}, "imap.host", "not a host name"),
         ({"adress": "a@b.example"}, "adress", "Extra inputs are not permitted"),
     ],

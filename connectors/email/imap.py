@@ -195,20 +195,23 @@ class Mailbox:
                             self.settings.mailbox, uidvalidity, cursor.uidvalidity)  # fmt: skip
             uids = await self._search(client, "UNSEEN")
             last = max((uidnext or 1) - 1, max(uids, default=0))
-            await self._take(client, uids, uidvalidity)
+            # The cursor moves only at the end: read mail lies between these UIDs, and a crash halfway
+            # must not make it look new; the next start takes the unread mail again instead.
+            await self._take(client, uids, None)
             await self.save_cursor(Cursor(uidvalidity, last))
             return
         uids = [uid for uid in await self._search(client, "UID", f"{cursor.last_uid + 1}:*") if uid > cursor.last_uid]
         await self._take(client, uids, uidvalidity)
 
-    async def _take(self, client: aioimaplib.IMAP4, uids: list[int], uidvalidity: int) -> None:
+    async def _take(self, client: aioimaplib.IMAP4, uids: list[int], uidvalidity: int | None) -> None:
         for uid in sorted(uids):
             raw, truncated = await self._fetch(client, uid)
             self.fetched += 1
             handled = await self.handle(raw, truncated)
             if handled == "stored":
                 await self._done(client, uid)
-            await self.save_cursor(Cursor(uidvalidity, uid))
+            if uidvalidity is not None:
+                await self.save_cursor(Cursor(uidvalidity, uid))
 
     async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> tuple[bytes, bool]:
         sized = await self._command(client.uid("fetch", str(uid), "(RFC822.SIZE)"), "FETCH")

@@ -69,11 +69,13 @@ def customer_mail(
     return message.as_bytes(), message_id
 
 
-def write_config(tmp_path: Path, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink, **email: Any) -> Path:
+def write_config(
+    tmp_path: Path, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink, database: str | None = None, **email: Any
+) -> Path:
     sections = {
         "company": {"name": "Acme Outdoor"},
         "llm": {"base_url": llm.base_url, "api_key": "test-key", "model": "fake-model", "retries": {"max_retries": 0}},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'email.db'}"},
+        "database": {"url": database or f"sqlite+aiosqlite:///{tmp_path / 'email.db'}"},
         "server": {"drain_timeout_s": 0.5},
         "admin": {"token": ADMIN_TOKEN},
         "connectors": {
@@ -196,6 +198,30 @@ async def test_a_mail_is_answered_in_its_thread_and_the_reply_continues_the_conv
     assert str(answer.message["Message-ID"]) in again.message["References"]
     history = [m["content"] for m in llm.requests[2].body["messages"] if m["role"] == "assistant"]
     assert any("shipped" in str(text) for text in history)
+
+
+@pytest.mark.postgres
+async def test_a_thread_on_postgresql(
+    tmp_path: Path, pg_url: str, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink
+) -> None:
+    llm.script(Reply(text="Your order A1001 has shipped."), Reply(text="You're welcome!"), Reply(text="never"))
+    running = await start(write_config(tmp_path, llm, dovecot, sink, database=pg_url))
+    try:
+        raw, _ = customer_mail("Where is my order A1001?")
+        await dovecot.append(raw)
+        [answer] = await sink.wait_for(1, timeout=20)
+        await dovecot.append(raw)  # the same mail again: recognised
+        raw, _ = customer_mail("Thanks!", reply_to=answer)
+        await dovecot.append(raw)
+        [_, again] = await sink.wait_for(2, timeout=20)
+        assert again.message["Subject"] == answer.message["Subject"]
+        assert str(answer.message["Message-ID"]) in again.message["References"]
+        await asyncio.sleep(0.5)
+        assert len(sink.mails) == 2 and llm.request_count == 2
+    finally:
+        running.stop.set()
+        await asyncio.wait_for(running.task, 20)
+        await running.http.close()
 
 
 async def test_an_unverified_sender_is_not_offered_account_tools(

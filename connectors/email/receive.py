@@ -32,7 +32,7 @@ from connectors.email.threads import (
     thread_key,
     token_from_recipients,
 )
-from supportbot.channels import Identity, InboundMessage, Intake, MessageTooLarge
+from supportbot.channels import Identity, InboundMessage, Intake, MessageTooLarge, StorageError, Unavailable
 
 __all__ = ["CHANNEL", "Receiver"]
 
@@ -61,6 +61,39 @@ class Receiver:
         self.address = settings.address or ""
 
     async def mail(self, raw: bytes, truncated: bool = False) -> Handled:
+        try:
+            found = await self._read(raw, truncated)
+        except (StorageError, Unavailable):
+            raise  # the database or the server is away: the mail stays unread and is read again
+        except Exception:
+            # A mail this code cannot handle must not block every later one: a person reads it.
+            log.exception("email: a mail could not be read (%d bytes); left unread for a person", len(raw))
+            return "skipped"
+        if found is None:
+            return "skipped"
+        parsed, thread, joined, message = found
+        try:
+            accepted = await self.intake.submit(message)
+        except MessageTooLarge as exc:
+            # Caps above keep a mail within the limits; should an operator have set them oddly, the mail
+            # is answered without its images rather than lost.
+            log.warning("email: mail %s over the limits (%s); answering its text only", parsed.message_id, exc)
+            smaller = InboundMessage(channel=CHANNEL, external_id=message.external_id, key=thread.key,
+                                     identity=message.identity, text=message.text[: self.max_chars // 2],
+                                     address=message.address)  # fmt: skip
+            accepted = await self.intake.submit(smaller)
+        if parsed.message_id:
+            await self.keeper.remember(parsed.message_id, thread)
+        if not joined:
+            await self.keeper.remember_tag(thread)
+        if not accepted.duplicate:
+            answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
+            await self.keeper.set_turn(accepted.turn, answered)
+        return "stored"
+
+    async def _read(self, raw: bytes, truncated: bool) -> tuple[ParsedMail, Thread, bool, InboundMessage] | None:
+        """The mail as a message for the core, with its thread (and whether it continues one); None for mail
+        the bot must not answer."""
         parsed = parse_mail(raw, max_text_chars=max(200, self.max_chars - _ROOM), max_images=self.max_images,
                             max_image_bytes=self.max_image_bytes, truncated=truncated)  # fmt: skip
         reason = automatic(parsed.message, own_addresses=[self.address])
@@ -70,7 +103,7 @@ class Receiver:
             log.info(
                 "email: not answering mail %s: %s (left unread)", parsed.message_id or "without Message-ID", reason
             )
-            return "skipped"
+            return None
         sender = (parsed.from_address or "").lower()
         verified = self._verified(parsed, sender)
         thread, joined = await self._thread(parsed, sender, verified, raw)
@@ -82,30 +115,7 @@ class Receiver:
             data={"raw_base64": base64.b64encode(raw[:_RAW_KEPT]).decode("ascii"), "raw_bytes": len(raw),
                   "truncated": parsed.truncated},
         )  # fmt: skip
-        try:
-            accepted = await self.intake.submit(message)
-        except MessageTooLarge as exc:
-            # Caps above keep a mail within the limits; should an operator have set them oddly, the mail
-            # is answered without its images rather than lost.
-            log.warning("email: mail %s over the limits (%s); answering its text only", parsed.message_id, exc)
-            accepted = await self.intake.submit(
-                InboundMessage(
-                    channel=CHANNEL,
-                    external_id=external_id,
-                    key=thread.key,
-                    identity=message.identity,
-                    text=message.text[: self.max_chars // 2],
-                    address=message.address,
-                )
-            )
-        if parsed.message_id:
-            await self.keeper.remember(parsed.message_id, thread)
-        if not joined:
-            await self.keeper.remember_tag(thread)
-        if not accepted.duplicate:
-            answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
-            await self.keeper.set_turn(accepted.turn, answered)
-        return "stored"
+        return parsed, thread, joined, message
 
     def _verified(self, parsed: ParsedMail, sender: str) -> bool:
         trusted = self.settings.trusted_authserv_id

@@ -248,3 +248,16 @@ async def test_a_cut_mail_and_unread_attachments_are_said(setup: Setup) -> None:
     await setup.receiver.mail(message.as_bytes(), truncated=True)
     text = setup.last().text
     assert "invoice.pdf" in text and "only its beginning was read" in text
+
+
+async def test_a_mail_the_code_cannot_handle_is_left_for_a_person_not_retried_forever(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.email.receive as receive
+
+    def broken(raw: bytes, **options: Any) -> Any:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(receive, "parse_mail", broken)
+    assert await setup.receiver.mail(mail()) == "skipped"
+    assert setup.intake.messages == {}

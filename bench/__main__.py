@@ -1,12 +1,12 @@
-"""``python -m bench {engine,widget} [options]``: run a benchmark and print its figures."""
+"""``python -m bench {engine,widget,email} [options]``: run a benchmark and print its figures."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import engine, widget
+from bench import email, engine, widget
 
-BENCHMARKS = {"engine": engine.main, "widget": widget.main}
+BENCHMARKS = {"engine": engine.main, "widget": widget.main, "email": email.main}
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ Handled = Literal["stored", "skipped"]
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _RECONNECT_MAX_S = 60.0
 
 
@@ -100,6 +101,7 @@ class Mailbox:
         self._task: asyncio.Task[None] | None = None
         self._client: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
+        self._new_mail = asyncio.Event()
         self._folder_made = False
 
     def start(self) -> None:
@@ -142,8 +144,11 @@ class Mailbox:
         log.info("email: reading %s on %s:%d (%s)", self.settings.mailbox, self.settings.host,
                  self.settings.effective_port, "IDLE" if idle else f"every {self.poll_interval_s:.0f} s")  # fmt: skip
         while True:
+            self._new_mail.clear()
             await self._read_new(client, uidvalidity, uidnext)
             uidnext = None
+            if self._new_mail.is_set():
+                continue  # mail arrived while reading: look again before waiting
             if idle:
                 await self._idle(client)
             else:
@@ -163,6 +168,17 @@ class Mailbox:
         # aioimaplib leaves a command waiting forever when the connection drops: notice it ourselves.
         self._lost = lost = asyncio.Event()
         client.protocol.conn_lost_cb = lambda exc: lost.set()
+        # A server tells of new mail (* N EXISTS) whenever it likes; aioimaplib drops the notice when it
+        # comes with the answer to another command (a FETCH, a STORE). Catch every one on its way in.
+        self._new_mail = news = asyncio.Event()
+        untagged = client.protocol._untagged_response
+
+        def notice(line: bytes) -> Any:
+            if _EXISTS.match(line):
+                news.set()
+            return untagged(line)
+
+        client.protocol._untagged_response = notice
         await client.wait_hello_from_server()
         if settings.starttls:
             assert context is not None
@@ -251,24 +267,25 @@ class Mailbox:
         return uids
 
     async def _idle(self, client: aioimaplib.IMAP4) -> None:
-        """Wait in IDLE until the server reports a change or ``idle_renew_s`` passes."""
+        """Wait in IDLE until the server reports new mail or ``idle_renew_s`` passes (then IDLE is renewed)."""
         idle = await self._command(client.idle_start(timeout=self.settings.idle_renew_s), "IDLE", ok=False)
         self.idles += 1
+        news = asyncio.ensure_future(self._new_mail.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            while client.has_pending_idle():
-                pushed = await self._command(client.wait_server_push(timeout=self.settings.idle_renew_s + 30), "IDLE",
-                                             wait=self.settings.idle_renew_s + 60)  # fmt: skip
-                if pushed == aioimaplib.STOP_WAIT_SERVER_PUSH:
-                    break  # renewal time: end IDLE and look again
-                if any(b"EXISTS" in line or b"RECENT" in line for line in _lines(pushed)):
-                    break
+            await asyncio.wait({news, lost}, timeout=self.settings.idle_renew_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if client.has_pending_idle() and not self._lost.is_set():
-                client.idle_done()
-            if not self._lost.is_set():
-                await self._command(idle, "IDLE")
-            else:
-                idle.cancel()
+            news.cancel()
+            lost.cancel()
+        if self._lost.is_set():
+            idle.cancel()
+            raise ConnectionError("IDLE: the server closed the connection")
+        if client.has_pending_idle():
+            client.idle_done()
+        await self._command(idle, "IDLE")
+        queue = client.protocol.idle_queue  # what aioimaplib queued meanwhile is known already
+        while not queue.empty():
+            queue.get_nowait()
 
     async def _command(self, call: Awaitable[Any], name: str, *, wait: float | None = None, ok: bool = True) -> Any:
         """Await one command, failing at once if the connection drops, or after ``wait`` s (``timeout_s``)."""
@@ -321,12 +338,6 @@ def _number(pattern: re.Pattern[bytes], lines: list[Any]) -> int | None:
         if isinstance(line, bytes | bytearray) and (found := pattern.search(bytes(line[:200]))):
             return int(found.group(1))
     return None
-
-
-def _lines(pushed: Any) -> list[bytes]:
-    if isinstance(pushed, list):
-        return [bytes(line) for line in pushed if isinstance(line, bytes | bytearray)]
-    return [bytes(pushed)] if isinstance(pushed, bytes | bytearray) else []
 
 
 def _text(lines: list[Any]) -> str:

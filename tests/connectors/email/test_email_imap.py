@@ -107,6 +107,24 @@ async def test_first_start_takes_unread_mail_only_then_everything_new(reader: Re
     assert unread == 2
 
 
+async def test_mail_arriving_while_others_are_read_is_not_left_waiting(reader: Reader, dovecot: Dovecot) -> None:
+    # The server's new-mail notice can come with the answer to a FETCH or STORE, where aioimaplib drops it;
+    # the loop must look again rather than wait in IDLE for a notice that already came.
+    slow = reader.handle
+
+    async def handle(raw: bytes, truncated: bool) -> Handled:
+        await asyncio.sleep(0.05)  # storing takes a moment: more mail arrives meanwhile
+        return await slow(raw, truncated)
+
+    reader.handle = handle  # type: ignore[method-assign]
+    mailbox = reader.start()
+    await asyncio.wait_for(mailbox.connected.wait(), 10)
+    for n in range(30):
+        await dovecot.append(mail(n))
+    await reader.wait_for(30, timeout=15)
+    assert [raw for raw, _ in reader.got] == [mail(n) for n in range(30)]
+
+
 async def test_idle_is_renewed_before_the_server_would_drop_it(reader: Reader, dovecot: Dovecot) -> None:
     mailbox = reader.start(idle_renew_s=1)
     await asyncio.wait_for(mailbox.connected.wait(), 10)

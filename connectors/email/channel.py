@@ -19,6 +19,7 @@ which ends a ping-pong with an auto-responder that does not mark its mail.
 
 from __future__ import annotations
 
+import email.errors
 import html
 import logging
 import re
@@ -95,7 +96,16 @@ class EmailChannel(ChannelBase):
         to = address.get("to")
         if not isinstance(to, str) or "@" not in to:
             raise DeliveryError("the conversation has no email address to reply to", retryable=False)
+        to = _ascii_address(to)
         person = reply.kind == "operator"
+        message_id = make_message_id(
+            domain=self.settings.domain, unique=f"{await self.keeper.install()}.{reply.outbox_id}"
+        )
+        try:
+            message = await self.compose(reply, message_id=message_id, person=person)
+            message.as_bytes()  # what cannot be written fails here, not in the middle of SMTP
+        except (ValueError, TypeError, UnicodeError, email.errors.MessageError) as exc:
+            raise DeliveryError(f"the reply cannot be written as a mail: {exc}", retryable=False) from exc
         cap = self.settings.replies_per_sender_per_hour
         if not person and not await self.keeper.reserve_reply(to, reply.outbox_id, cap=cap):
             raise DeliveryError(
@@ -104,10 +114,6 @@ class EmailChannel(ChannelBase):
                 "an operator should answer",
                 retryable=False,
             )
-        message_id = make_message_id(
-            domain=self.settings.domain, unique=f"{await self.keeper.install()}.{reply.outbox_id}"
-        )
-        message = await self.compose(reply, message_id=message_id, person=person)
         if reply.key is not None:
             # Before sending: a customer's answer may arrive a moment after ours left.
             thread = Thread(
@@ -129,7 +135,7 @@ class EmailChannel(ChannelBase):
         sender = f"{author} ({self.from_name})" if person and author else self.from_name
         message["From"] = Address(display_name=_clean(sender), addr_spec=settings.address or "")
         name = address.get("name")
-        message["To"] = formataddr((_clean(name) if isinstance(name, str) else "", str(address["to"])))
+        message["To"] = formataddr((_clean(name) if isinstance(name, str) else "", _ascii_address(str(address["to"]))))
         tag = address.get("tag")
         message["Subject"] = reply_subject(_clean(str(address.get("subject") or "")), str(tag) if tag else None)
         message["Date"] = format_datetime(datetime.now(UTC))
@@ -198,6 +204,25 @@ def compose_html(text: str) -> str:
         paragraphs.append("<p>" + "".join(pieces).replace("\n", "<br>\n") + "</p>")
     body = "\n".join(paragraphs)
     return f'<!DOCTYPE html>\n<html><body style="font-family: sans-serif; line-height: 1.4">\n{body}\n</body></html>\n'
+
+
+def _ascii_address(address: str) -> str:
+    """The address as a header can carry it without SMTPUTF8: an international domain in IDNA form.
+
+    Raises:
+        DeliveryError: the local part is not ASCII (SMTPUTF8 is not supported yet); not retryable.
+    """
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise DeliveryError(
+            f"the address {address!r} has a non-ASCII local part, which needs SMTPUTF8 (not supported yet); "
+            "an operator should answer from a mail program",
+            retryable=False,
+        )
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}" if not domain.isascii() else address
+    except UnicodeError as exc:
+        raise DeliveryError(f"the address {address!r} has a domain IDNA cannot encode", retryable=False) from exc
 
 
 def _clean(value: str | None) -> str:

@@ -14,6 +14,7 @@ thread was (``Thread.admits``). Anything else starts a new conversation.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 from typing import Any
 
@@ -25,10 +26,10 @@ from connectors.email.settings import EmailSettings
 from connectors.email.state import Keeper, Thread
 from connectors.email.threads import (
     message_key,
-    new_tag,
     normalize_subject,
     references_for,
     subject_tag,
+    tag_for,
     thread_key,
     token_from_recipients,
 )
@@ -82,13 +83,14 @@ class Receiver:
                                      identity=message.identity, text=message.text[: self.max_chars // 2],
                                      address=message.address)  # fmt: skip
             accepted = await self.intake.submit(smaller)
+        if accepted.duplicate:
+            return "stored"  # stored before: what it taught about its thread was kept then
         if parsed.message_id:
             await self.keeper.remember(parsed.message_id, thread)
         if not joined:
             await self.keeper.remember_tag(thread)
-        if not accepted.duplicate:
-            answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
-            await self.keeper.set_turn(accepted.turn, answered)
+        answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
+        await self.keeper.set_turn(accepted.turn, answered)
         return "stored"
 
     async def _read(self, raw: bytes, truncated: bool) -> tuple[ParsedMail, Thread, bool, InboundMessage] | None:
@@ -96,7 +98,7 @@ class Receiver:
         the bot must not answer."""
         parsed = parse_mail(raw, max_text_chars=max(200, self.max_chars - _ROOM), max_images=self.max_images,
                             max_image_bytes=self.max_image_bytes, truncated=truncated)  # fmt: skip
-        reason = automatic(parsed.message, own_addresses=[self.address])
+        reason = automatic(parsed.message, own_addresses=[self.address], own_domain=self.settings.domain)
         if reason is None and parsed.from_address is None:
             reason = "no single sender address in From"
         if reason is not None:
@@ -107,7 +109,13 @@ class Receiver:
         sender = (parsed.from_address or "").lower()
         verified = self._verified(parsed, sender)
         thread, joined = await self._thread(parsed, sender, verified, raw)
-        external_id = message_key(parsed.message_id) if parsed.message_id else thread_key(None, raw)
+        # A redelivery is the same Message-ID from the same sender; another sender reusing one (guessed, or a
+        # form that sends every mail with one id) is a mail of its own, not a duplicate to drop.
+        if parsed.message_id:
+            scoped = f"{message_key(parsed.message_id)}|{sender}".encode()
+            external_id = "m:" + hashlib.sha256(scoped).hexdigest()
+        else:
+            external_id = thread_key(None, raw)
         message = InboundMessage(
             channel=CHANNEL, external_id=external_id, key=thread.key,
             identity=Identity(external_id=sender, email=sender, name=parsed.from_name, verified=verified),
@@ -140,7 +148,8 @@ class Receiver:
         if any(thread is not None for thread in candidates):
             log.info("email: mail %s refers to a thread of another sender (or verified otherwise); a new conversation",
                      parsed.message_id)  # fmt: skip
-        return Thread(key=thread_key(parsed.message_id, raw), sender=sender, verified=verified, tag=new_tag()), False
+        key = thread_key(parsed.message_id, raw)
+        return Thread(key=key, sender=sender, verified=verified, tag=tag_for(key)), False
 
     def _text(self, parsed: ParsedMail, joined: bool) -> str:
         parts: list[str] = []

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 __all__ = ["EmailSettings", "ImapSettings", "SmtpSettings"]
 
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+$")
 
 
@@ -177,6 +178,13 @@ class EmailSettings(BaseModel):
                 raise ValueError(
                     f"{name}: set both username and password (an app password for Gmail or Microsoft 365), or "
                     "neither for a server that needs no login"
+                )
+            plain = not (server.ssl or server.starttls)
+            if self.enabled and server.password is not None and plain and server.host not in _LOOPBACK:
+                raise ValueError(
+                    f"{name}: the password would cross the network unencrypted; set {name}.ssl: true "
+                    f"({'993' if name == 'imap' else '465'}) or {name}.starttls: true "
+                    f"({'143' if name == 'imap' else '587'})"
                 )
         return self
 

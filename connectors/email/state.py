@@ -82,7 +82,10 @@ class Keeper:
         return _thread(await self._json(f"id:{message_key(message_id)}"))
 
     async def remember(self, message_id: str, thread: Thread) -> None:
-        await self._put(f"id:{message_key(message_id)}", asdict(thread))
+        """Bind a Message-ID to its thread, once: a later mail reusing the id does not move it elsewhere."""
+        key = f"id:{message_key(message_id)}"
+        if await self._get(key) is None:
+            await self._put(key, asdict(thread))
 
     async def thread_of_tag(self, tag: str) -> Thread | None:
         return _thread(await self._json(f"tag:{tag.upper()}"))
@@ -113,7 +116,9 @@ class Keeper:
         A reply counts once however often its delivery is tried (keyed by outbox id).
         """
         now = time.time() if now is None else now
-        key = "sent:" + hashlib.sha256(address.lower().encode()).hexdigest()[:40]
+        local, _, domain = address.lower().partition("@")
+        person = f"{local.partition('+')[0]}@{domain}"  # robot+1@, robot+2@ … are one sender
+        key = "sent:" + hashlib.sha256(person.encode()).hexdigest()[:40]
         async with self._sent_lock:  # deliveries to several conversations run at once
             found = await self._json(key)
             sent: dict[str, float] = {}

@@ -89,6 +89,13 @@ def new_tag() -> str:
     return "".join(secrets.choice(CROCKFORD) for _ in range(TAG_LENGTH))
 
 
+def tag_for(key: str) -> str:
+    """The tag of the thread with conversation key ``key``: 10 characters of Crockford's base32 from its hash,
+    so a mail read twice (after a crash, a new UIDVALIDITY) gives its thread the same tag both times."""
+    number = int.from_bytes(hashlib.sha256(b"tag:" + key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+    return "".join(CROCKFORD[(number >> (5 * i)) & 31] for i in range(TAG_LENGTH))
+
+
 def make_message_id(*, domain: str, unique: str) -> str:
     """``<sb.{unique}@{domain}>``: the same outbox row always gets the same Message-ID.
 

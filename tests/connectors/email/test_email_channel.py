@@ -166,3 +166,22 @@ def test_html_escapes_everything_but_paragraphs_links_and_bold() -> None:
     html = compose_html('Hi <b>Ana</b>,\n\nsee "https://acme.example/a?b=1&c=2".\nBye **now**')
     assert "&lt;b&gt;Ana&lt;/b&gt;" in html and "<p>Hi" in html and "<br>" in html
     assert '<a href="https://acme.example/a?b=1&amp;c=2">' in html and "<strong>now</strong>" in html
+
+
+async def test_an_international_domain_is_sent_in_idna_and_a_non_ascii_local_part_is_refused(
+    smtp_sink: SmtpSink,
+) -> None:
+    channel, _ = channel_for(smtp_sink)
+    await channel.deliver(reply(1, address={**THREAD, "to": "ana@exämple.de"}))
+    assert smtp_sink.mails[0].rcpt_tos == ("ana@xn--exmple-cua.de",)
+    with pytest.raises(DeliveryError) as caught:
+        await channel.deliver(reply(2, address={**THREAD, "to": "jörg@example.de"}))
+    assert not caught.value.retryable and "SMTPUTF8" in str(caught.value)
+
+
+async def test_the_cap_counts_plus_addresses_as_one_sender(smtp_sink: SmtpSink) -> None:
+    channel, _ = channel_for(smtp_sink)  # replies_per_sender_per_hour: 3
+    for n in (1, 2, 3):
+        await channel.deliver(reply(n, address={**THREAD, "to": f"robot+{n}@robots.example"}))
+    with pytest.raises(DeliveryError):
+        await channel.deliver(reply(4, address={**THREAD, "to": "Robot+4@robots.example"}))

@@ -64,6 +64,15 @@ def test_secrets_stay_out_of_repr_and_the_address_is_lower_case() -> None:
         ({"address": "help at acme"}, "address", "is not an email address"),
         ({"imap": {"ssl": True, "starttls": True}}, "imap", "choose one"),
         ({"enabled": True, "address": "a@b.example", "smtp": {"username": "u"}}, "", "set both username and password"),
+        (
+            {
+                "enabled": True,
+                "address": "a@b.example",
+                "smtp": {"host": "smtp.b.example", "username": "u", "password": "p"},
+            },
+            "",
+            "unencrypted; set smtp.ssl: true (465) or smtp.starttls: true (587)",
+        ),
         ({"trusted_authserv_id": "mx google com"}, "trusted_authserv_id", "Authentication-Results"),
         ({"imap": {"idle_renew_s": 1800}}, "imap.idle_renew_s", "less than or equal to 1740"),  # servers drop at 30 min
         ({"imap": {"host": "imap host"}}, "imap.host", "not a host name"),

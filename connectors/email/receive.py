@@ -13,9 +13,11 @@ thread was (``Thread.admits``). Anything else starts a new conversation.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
+from functools import partial
 from typing import Any
 
 from connectors.email.authres import dmarc_verified
@@ -42,6 +44,8 @@ log = logging.getLogger("supportbot.email")
 CHANNEL = "email"
 _RAW_KEPT = 256_000
 """Bytes of the raw mail kept (base64) with the inbox row for review: the headers and the start of the body."""
+_PARSE_LIMIT_S = 60.0
+"""A mail not parsed in this time is left unread for a person (parse_mail is linear; this is a backstop)."""
 _ROOM = 600
 """Characters of the message limit kept free for the subject and the notes added to the body."""
 
@@ -96,8 +100,11 @@ class Receiver:
     async def _read(self, raw: bytes, truncated: bool) -> tuple[ParsedMail, Thread, bool, InboundMessage] | None:
         """The mail as a message for the core, with its thread (and whether it continues one); None for mail
         the bot must not answer."""
-        parsed = parse_mail(raw, max_text_chars=max(200, self.max_chars - _ROOM), max_images=self.max_images,
-                            max_image_bytes=self.max_image_bytes, truncated=truncated)  # fmt: skip
+        # In a thread: a big mail takes a moment to parse, and the server's other channels must not wait for it.
+        parse = partial(parse_mail, raw, max_text_chars=max(200, self.max_chars - _ROOM), max_images=self.max_images,
+                        max_image_bytes=self.max_image_bytes, truncated=truncated)  # fmt: skip
+        async with asyncio.timeout(_PARSE_LIMIT_S):
+            parsed = await asyncio.to_thread(parse)
         reason = automatic(parsed.message, own_addresses=[self.address], own_domain=self.settings.domain)
         if reason is None and parsed.from_address is None:
             reason = "no single sender address in From"

@@ -13,9 +13,6 @@ import imaplib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,8 +30,8 @@ from supportbot.server import serve
 from supportbot.store.base import ChannelState
 from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
+from tests.server_process import free_port, start_server, stop_server
 
-REPO = Path(__file__).resolve().parents[3]
 ADDRESS = "help@acme.example"
 MX = "mx.acme.example"
 ADMIN_TOKEN = "admin-token-for-the-email-tests-0123456789"
@@ -379,36 +376,13 @@ async def test_a_20_mb_mail_is_answered_without_its_attachment(
 # -- kill -9 ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(config: Path, port: int, tmp_path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process
-        except OSError:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the server did not start within 30 s"
-            time.sleep(0.1)
-
-
 async def test_kill_9_right_after_a_mail_is_fetched_gives_one_reply_after_restart(
     tmp_path: Path, llm: FakeLLMServer, dovecot: Dovecot, sink: SmtpSink
 ) -> None:
     llm.script(Hang(60), Reply(text="Your order A1001 has shipped."))
     config = write_config(tmp_path, llm, dovecot, sink)
-    port = _free_port()
-    process = await asyncio.to_thread(_serve, config, port, tmp_path)
+    port = free_port()
+    process = await asyncio.to_thread(start_server, config, port, tmp_path)
     try:
         raw, _ = customer_mail("Where is A1001?")
         uid = await dovecot.append(raw)
@@ -416,20 +390,14 @@ async def test_kill_9_right_after_a_mail_is_fetched_gives_one_reply_after_restar
         process.kill()
         await asyncio.to_thread(process.communicate)
         assert process.returncode == -signal.SIGKILL
-        process = await asyncio.to_thread(_serve, config, port, tmp_path)
+        process = await asyncio.to_thread(start_server, config, port, tmp_path)
         [mail] = await sink.wait_for(1, timeout=20)
         assert "shipped" in mail.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         assert "\\Seen" in await dovecot.flags(uid)
         await asyncio.sleep(1.0)
         assert len(sink.mails) == 1 and llm.request_count == 2
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.communicate, timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.communicate)
+        await stop_server(process)
 
 
 def _mark_unread(dovecot: Dovecot, uid: int) -> None:

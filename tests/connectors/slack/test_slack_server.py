@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,8 +26,8 @@ from supportbot.config import Config, load_config
 from supportbot.server import serve
 from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
 from tests.connectors.slack.conftest import CUSTOMER, DM, SIGNING_SECRET, TICKETS
+from tests.server_process import free_port, start_server, stop_server
 
-REPO = Path(__file__).resolve().parents[3]
 WIDGET_SECRET = "test-identity-secret-of-at-least-32-bytes"
 
 
@@ -197,37 +193,14 @@ async def test_an_operators_slack_reply_reaches_a_widget_customer(
 # -- kill -9 ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(config: Path, port: int, tmp_path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process
-        except OSError:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the server did not start within 30 s"
-            time.sleep(0.1)
-
-
 async def test_kill_9_right_after_the_ack_answers_exactly_once_after_restart(
     tmp_path: Path, slack: FakeSlack, llm: FakeLLMServer
 ) -> None:
     llm.script(Hang(60), Reply(text="Your order A1001 has shipped."), Reply(text="Glad to help!"))
     config = write_config(tmp_path, llm, slack)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/slack/events"
-    process = await asyncio.to_thread(_serve, config, port, tmp_path)
+    process = await asyncio.to_thread(start_server, config, port, tmp_path)
     try:
         async with aiohttp.ClientSession() as http:
             event = slack.user_message(DM, "Where is A1001?", user=CUSTOMER)
@@ -236,7 +209,7 @@ async def test_kill_9_right_after_the_ack_answers_exactly_once_after_restart(
             process.kill()  # SIGKILL: no drain, no goodbye
             await asyncio.to_thread(process.communicate)  # and close its pipe
             assert process.returncode == -signal.SIGKILL
-            process = await asyncio.to_thread(_serve, config, port, tmp_path)
+            process = await asyncio.to_thread(start_server, config, port, tmp_path)
             await slack.wait_until(lambda: len(replies(slack, DM)) == 1, timeout=20)
             # Slack, not told in time, retries the event; and the customer writes again.
             assert (await send_event(http, url, event, SIGNING_SECRET, retry_num=1)).status == 200
@@ -248,13 +221,7 @@ async def test_kill_9_right_after_the_ack_answers_exactly_once_after_restart(
         assert texts == ["Your order A1001 has shipped.", "Glad to help!"]
         assert llm.request_count == 3
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.communicate, timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.communicate)
+        await stop_server(process)
 
 
 async def test_kill_9_while_the_reply_is_written_leaves_one_whole_reply(tmp_path: Path, slack: FakeSlack) -> None:
@@ -262,8 +229,8 @@ async def test_kill_9_while_the_reply_is_written_leaves_one_whole_reply(tmp_path
     async with FakeLLMServer(token_delay=0.1) as llm:  # two seconds a reply: the kill lands while it is shown
         llm.script(Reply(text=words), Reply(text=words))
         config = write_config(tmp_path, llm, slack)
-        port = _free_port()
-        process = await asyncio.to_thread(_serve, config, port, tmp_path)
+        port = free_port()
+        process = await asyncio.to_thread(start_server, config, port, tmp_path)
         try:
             async with aiohttp.ClientSession() as http:
                 event = slack.user_message(DM, "Tell me a story", user=CUSTOMER)
@@ -274,16 +241,10 @@ async def test_kill_9_while_the_reply_is_written_leaves_one_whole_reply(tmp_path
                 await asyncio.to_thread(process.communicate)
                 [half] = [m for m in slack.messages(DM) if m.get("bot_id")]
                 assert half["text"] != words
-                process = await asyncio.to_thread(_serve, config, port, tmp_path)
+                process = await asyncio.to_thread(start_server, config, port, tmp_path)
                 await slack.wait_until(lambda: len(replies(slack, DM)) == 1, timeout=20)
             [message] = [m for m in slack.messages(DM) if m.get("bot_id")]
             assert message["ts"] == half["ts"] and message["text"] == words
             assert llm.request_count == 2
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.to_thread(process.communicate, timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    await asyncio.to_thread(process.communicate)
+            await stop_server(process)

@@ -33,7 +33,7 @@ from aioimaplib import aioimaplib
 
 from connectors.email.settings import ImapSettings
 
-__all__ = ["Cursor", "ImapError", "Mailbox", "tls_context"]
+__all__ = ["Cursor", "Handled", "ImapError", "Mailbox", "tls_context"]
 
 log = logging.getLogger("supportbot.email")
 

@@ -25,6 +25,7 @@ import inspect
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,15 +120,16 @@ class Mailbox:
         """Read the mailbox until cancelled, reconnecting with backoff."""
         wait = 1.0
         while True:
+            started = time.monotonic()
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server went away, refused, or a mail could not be stored
+                if time.monotonic() - started > _RECONNECT_MAX_S:
+                    wait = 1.0  # it had worked for a while: a new failure starts the backoff again
                 log.warning("email: IMAP %s:%d: %s: %s; connecting again in %.0f s", self.settings.host,
                             self.settings.effective_port, type(exc).__name__, exc, wait)  # fmt: skip
-            else:
-                wait = 1.0
             self.connected.clear()
             await self._close()
             await asyncio.sleep(wait)
@@ -221,15 +223,17 @@ class Mailbox:
 
     async def _take(self, client: aioimaplib.IMAP4, uids: list[int], uidvalidity: int | None) -> None:
         for uid in sorted(uids):
-            raw, truncated = await self._fetch(client, uid)
-            self.fetched += 1
-            handled = await self.handle(raw, truncated)
-            if handled == "stored":
-                await self._done(client, uid)
+            fetched = await self._fetch(client, uid)
+            if fetched is not None:
+                self.fetched += 1
+                if await self.handle(*fetched) == "stored":
+                    await self._done(client, uid)
             if uidvalidity is not None:
                 await self.save_cursor(Cursor(uidvalidity, uid))
 
-    async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> tuple[bytes, bool]:
+    async def _fetch(self, client: aioimaplib.IMAP4, uid: int) -> tuple[bytes, bool] | None:
+        """The mail (cut at ``max_mail_bytes``) and whether it was cut; None when it is gone (deleted by
+        someone else since the search)."""
         sized = await self._command(client.uid("fetch", str(uid), "(RFC822.SIZE)"), "FETCH")
         size = _number(_SIZE, sized.lines) or 0
         truncated = size > self.max_mail_bytes
@@ -242,7 +246,8 @@ class Mailbox:
         for line in fetched.lines:
             if isinstance(line, bytearray):
                 return bytes(line), truncated
-        raise ImapError(f"mail UID {uid} has no body in the server's answer (deleted meanwhile?)")
+        log.warning("email: mail UID %d is gone from %s (deleted meanwhile?); passed over", uid, self.settings.mailbox)
+        return None
 
     async def _done(self, client: aioimaplib.IMAP4, uid: int) -> None:
         folder = self.settings.move_to

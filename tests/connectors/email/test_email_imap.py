@@ -221,3 +221,14 @@ async def test_a_big_mail_is_read_up_to_the_cap(reader: Reader, dovecot: Dovecot
     await reader.wait_for(1)
     raw, truncated = reader.got[0]
     assert truncated and len(raw) == 200_000 and raw.startswith(big[:1000])
+
+
+async def test_a_stored_mail_is_moved_when_move_to_is_set(reader: Reader, dovecot: Dovecot) -> None:
+    reader.start(move_to="Processed")
+    uid = await dovecot.append(mail(1))
+    await reader.wait_for(1)
+    for _ in range(200):
+        if not [m for m in await dovecot.messages() if m.uid == uid]:
+            break
+        await asyncio.sleep(0.05)
+    assert await dovecot.messages() == []  # out of the INBOX, into Processed

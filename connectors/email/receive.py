@@ -87,14 +87,15 @@ class Receiver:
                                      identity=message.identity, text=message.text[: self.max_chars // 2],
                                      address=message.address)  # fmt: skip
             accepted = await self.intake.submit(smaller)
-        if accepted.duplicate:
-            return "stored"  # stored before: what it taught about its thread was kept then
+        # Also for a mail stored before (a crash may have come between storing it and these): both bind only
+        # what is not bound yet, and a mail read again computes the same thread and tag.
         if parsed.message_id:
             await self.keeper.remember(parsed.message_id, thread)
         if not joined:
             await self.keeper.remember_tag(thread)
-        answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
-        await self.keeper.set_turn(accepted.turn, answered)
+        if not accepted.duplicate:
+            answered = {"message_id": parsed.message_id, "references": message.address.get("references", [])}
+            await self.keeper.set_turn(accepted.turn, answered)
         return "stored"
 
     async def _read(self, raw: bytes, truncated: bool) -> tuple[ParsedMail, Thread, bool, InboundMessage] | None:
@@ -115,14 +116,15 @@ class Receiver:
             return None
         sender = (parsed.from_address or "").lower()
         verified = self._verified(parsed, sender)
-        thread, joined = await self._thread(parsed, sender, verified, raw)
         # A redelivery is the same Message-ID from the same sender; another sender reusing one (guessed, or a
-        # form that sends every mail with one id) is a mail of its own, not a duplicate to drop.
+        # form that sends every mail with one id) is a mail of its own, not a duplicate to drop, and never a
+        # key into someone else's conversation.
         if parsed.message_id:
             scoped = f"{message_key(parsed.message_id)}|{sender}".encode()
             external_id = "m:" + hashlib.sha256(scoped).hexdigest()
         else:
             external_id = thread_key(None, raw)
+        thread, joined = await self._thread(parsed, sender, verified, new_key=external_id)
         message = InboundMessage(
             channel=CHANNEL, external_id=external_id, key=thread.key,
             identity=Identity(external_id=sender, email=sender, name=parsed.from_name, verified=verified),
@@ -138,8 +140,8 @@ class Receiver:
             return False
         return dmarc_verified(parsed.message, trusted_authserv_id=trusted) == sender
 
-    async def _thread(self, parsed: ParsedMail, sender: str, verified: bool, raw: bytes) -> tuple[Thread, bool]:
-        """The thread the mail continues (and True), or a new one (and False)."""
+    async def _thread(self, parsed: ParsedMail, sender: str, verified: bool, *, new_key: str) -> tuple[Thread, bool]:
+        """The thread the mail continues (and True), or a new one with key ``new_key`` (and False)."""
         candidates: list[Thread | None] = []
         for known in reversed((*parsed.references, *parsed.in_reply_to)):
             candidates.append(await self.keeper.thread_of(known))
@@ -155,8 +157,7 @@ class Receiver:
         if any(thread is not None for thread in candidates):
             log.info("email: mail %s refers to a thread of another sender (or verified otherwise); a new conversation",
                      parsed.message_id)  # fmt: skip
-        key = thread_key(parsed.message_id, raw)
-        return Thread(key=key, sender=sender, verified=verified, tag=tag_for(key)), False
+        return Thread(key=new_key, sender=sender, verified=verified, tag=tag_for(new_key)), False
 
     def _text(self, parsed: ParsedMail, joined: bool) -> str:
         parts: list[str] = []

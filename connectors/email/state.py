@@ -91,7 +91,10 @@ class Keeper:
         return _thread(await self._json(f"tag:{tag.upper()}"))
 
     async def remember_tag(self, thread: Thread) -> None:
-        await self._put(f"tag:{thread.tag.upper()}", asdict(thread))
+        """Bind the thread's tag to it, once."""
+        key = f"tag:{thread.tag.upper()}"
+        if await self._get(key) is None:
+            await self._put(key, asdict(thread))
 
     async def turn(self, turn: int) -> Mapping[str, Any] | None:
         found = await self._json(f"turn:{turn}")

@@ -261,3 +261,24 @@ async def test_a_mail_the_code_cannot_handle_is_left_for_a_person_not_retried_fo
     monkeypatch.setattr(receive, "parse_mail", broken)
     assert await setup.receiver.mail(mail()) == "skipped"
     assert setup.intake.messages == {}
+
+
+async def test_a_mail_read_again_keeps_its_thread_and_tag(setup: Setup) -> None:
+    # As after a crash between storing a mail and binding its thread: the binding is made when it is read again.
+    await setup.receiver.mail(mail())
+    first = setup.last()
+    setup.state.clear()
+    assert await setup.receiver.mail(mail()) == "stored"
+    thread = await setup.keeper.thread_of("<m1@example.com>")
+    assert thread is not None and thread.key == first.key and thread.tag == first.address["tag"]
+    assert await setup.keeper.thread_of_tag(first.address["tag"]) == thread
+
+
+async def test_another_sender_reusing_a_message_id_is_a_mail_of_its_own(setup: Setup) -> None:
+    await setup.receiver.mail(mail())
+    first = setup.last()
+    await setup.receiver.mail(mail("Hello", sender="bob@example.org"))  # the same Message-ID
+    bob = setup.last()
+    assert len(setup.intake.messages) == 2 and bob.key != first.key
+    thread = await setup.keeper.thread_of("<m1@example.com>")
+    assert thread is not None and thread.sender == "ana@example.com"  # still Ana's

@@ -142,9 +142,25 @@ def _style_hides(style: str) -> bool:
         return True
     if (indent := _px(get("text-indent", ""))) is not None and indent <= -500:
         return True
+    if _clipped(get("clip", ""), get("clip-path", "")):
+        return True
     if get("position") in ("absolute", "fixed"):
         return any((px := _px(get(side, ""))) is not None and px <= -500 for side in ("left", "top", "right"))
     return False
+
+
+def _clipped(clip: str, clip_path: str) -> bool:
+    """``clip: rect(1px, 1px, 1px, 1px)`` or ``clip-path: inset(50%)``: the usual "visually hidden" styles."""
+    if clip.startswith("rect("):
+        sides = [_px(part) for part in re.split(r"[\s,]+", clip[5:].rstrip(")").strip()) if part]
+        if len(sides) == 4 and all(side is not None for side in sides):
+            top, right, bottom, left = (side or 0.0 for side in sides)
+            if right - left <= 1 or bottom - top <= 1:
+                return True
+    if clip_path.startswith("inset("):  # inset(50%) from every side leaves nothing
+        percents = re.findall(r"(\d+(?:\.\d+)?)%", clip_path)
+        return any(float(value) >= 50 for value in percents)
+    return clip_path.replace(" ", "") in ("circle(0)", "circle(0px)", "polygon(0000)")
 
 
 # -- the converter --------------------------------------------------------------------------------
@@ -226,7 +242,8 @@ class _Converter(HTMLParser):
         elif tag == "a":  # links never nest: a browser closes the open one
             self.handle_endtag("a")
         values = {name.lower(): (value or "") for name, value in attrs}
-        hides = tag in _DROPPED or self._hides(values)
+        # A closed <details> shows only its summary; all of it is left out (hiding more, never less).
+        hides = tag in _DROPPED or (tag == "details" and "open" not in values) or self._hides(values)
         if tag in _VOID:
             if tag == "hr":
                 self.newline(2)

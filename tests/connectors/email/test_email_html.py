@@ -267,3 +267,20 @@ def test_pathological_nesting_is_linear(html: str) -> None:
 )
 def test_css_escapes_do_not_unhide(style: str) -> None:
     assert html_to_text(f"Hi <div style='{style}'>SECRET</div> there").split() == ["Hi", "there"]
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "Hi <span style='position:absolute;clip:rect(1px, 1px, 1px, 1px)'>SECRET</span> there",
+        "Hi <span style='clip: rect(0 0 0 0)'>SECRET</span> there",
+        "Hi <span style='clip-path: inset(50%)'>SECRET</span> there",
+        "Hi <details><summary>More</summary>SECRET</details> there",
+    ],
+)
+def test_visually_hidden_and_closed_details_are_left_out(html: str) -> None:
+    assert "SECRET" not in html_to_text(html) and html_to_text(html).split()[0] == "Hi"
+
+
+def test_an_open_details_is_shown() -> None:
+    assert "shown" in html_to_text("<details open><summary>More</summary>shown</details>")

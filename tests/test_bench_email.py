@@ -15,17 +15,14 @@ from pathlib import Path
 import pytest
 
 from bench.email import tally
-from connectors.email.testing import Dovecot, SentMail
+from connectors.email.testing import SentMail
+from tests.connectors.email.conftest import require_dovecot
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_small_run_prints_the_figures_and_exits_0() -> None:
-    if not Dovecot.available():
-        message = "the email benchmark needs Dovecot (apt-get install --no-install-recommends dovecot-imapd)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, and .ci/run installs it")
-        pytest.skip(message)
+    require_dovecot()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "email", "--mails", "3", "--senders", "2", "--rate", "0", "--grace", "0.5",

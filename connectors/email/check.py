@@ -14,36 +14,12 @@ from collections.abc import Sequence
 
 import aiosmtplib
 
-from connectors.email.imap import Cursor, Handled, Mailbox, tls_context
-from connectors.email.settings import EmailSettings, ImapSettings, SmtpSettings
+from connectors.email.imap import Mailbox, tls_context
+from connectors.email.settings import EmailSettings, SmtpSettings
 from supportbot.config import load_config
 from supportbot.errors import SupportbotError
 
 __all__ = ["check", "main"]
-
-
-async def _imap(settings: ImapSettings) -> str:
-    async def skip(raw: bytes, truncated: bool) -> Handled:
-        return "skipped"  # never called: nothing is read
-
-    async def no_cursor() -> Cursor | None:
-        return None
-
-    async def keep(cursor: Cursor) -> None:
-        return None
-
-    mailbox = Mailbox(settings, handle=skip, load_cursor=no_cursor, save_cursor=keep, max_mail_bytes=1,
-                      poll_interval_s=60)  # fmt: skip
-    try:
-        client = await mailbox._connect()
-        selected = await mailbox._command(client.select(mailbox._quoted(settings.mailbox)), "SELECT")
-        count = next((bytes(line).split()[0].decode() for line in selected.lines
-                      if isinstance(line, bytes) and line.endswith(b"EXISTS")), "?")  # fmt: skip
-        waits = "IDLE" if settings.idle and client.has_capability("IDLE") else "polling (no IDLE)"
-        moves = "; MOVE available" if client.has_capability("MOVE") else ""
-        return f"{settings.mailbox} has {count} mails; new mail by {waits}{moves}"
-    finally:
-        await mailbox._close()
 
 
 async def _smtp(settings: SmtpSettings) -> tuple[str, str | None]:
@@ -64,7 +40,7 @@ async def check(settings: EmailSettings) -> list[tuple[str, bool, str]]:
     found: list[tuple[str, bool, str]] = []
     imap, smtp = settings.imap, settings.smtp
     try:
-        found.append((f"IMAP {imap.host}:{imap.effective_port}", True, await _imap(imap)))
+        found.append((f"IMAP {imap.host}:{imap.effective_port}", True, await Mailbox.probe(imap)))
     except Exception as exc:
         found.append((f"IMAP {imap.host}:{imap.effective_port}", False, f"{type(exc).__name__}: {exc}"))
     try:

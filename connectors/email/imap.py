@@ -105,6 +105,33 @@ class Mailbox:
         self._new_mail = asyncio.Event()
         self._folder_made = False
 
+    @classmethod
+    async def probe(cls, settings: ImapSettings) -> str:
+        """Log in and select the mailbox once, reading nothing; what was found, as one line (for a set-up
+        check). Raises what the connection or the server raised."""
+
+        async def skip(raw: bytes, truncated: bool) -> Handled:
+            return "skipped"  # never called: nothing is read
+
+        async def no_cursor() -> Cursor | None:
+            return None
+
+        async def keep(cursor: Cursor) -> None:
+            return None
+
+        mailbox = cls(settings, handle=skip, load_cursor=no_cursor, save_cursor=keep, max_mail_bytes=1,
+                      poll_interval_s=60)  # fmt: skip
+        try:
+            client = await mailbox._connect()
+            selected = await mailbox._command(client.select(mailbox._quoted(settings.mailbox)), "SELECT")
+            count = next((bytes(line).split()[0].decode() for line in selected.lines
+                          if isinstance(line, bytes) and line.endswith(b"EXISTS")), "?")  # fmt: skip
+            waits = "IDLE" if settings.idle and client.has_capability("IDLE") else "polling (no IDLE)"
+            moves = "; MOVE available" if client.has_capability("MOVE") else ""
+            return f"{settings.mailbox} has {count} mails; new mail by {waits}{moves}"
+        finally:
+            await mailbox._close()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="email-imap")

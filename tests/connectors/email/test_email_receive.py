@@ -35,7 +35,7 @@ class FakeIntake:
         return Accepted(turn=next(self.turns))
 
     async def operator_reply(self, reply: OperatorReply) -> bool:
-        raise NotImplementedError  # the email channel takes no operator replies
+        raise AssertionError("the email channel never sends operator replies to the core")
 
     async def delivered(self, channel: str, external_id: str) -> Reply | None:
         return None

@@ -98,6 +98,11 @@ class Running:
     task: asyncio.Task[None]
     http: aiohttp.ClientSession
 
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 20)
+        await self.http.close()
+
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Operator": "Olga"}
         async with self.http.request(method, f"{self.url}/api/v1/admin{path}", headers=headers, **kwargs) as response:
@@ -140,9 +145,7 @@ async def server_for(
 
     yield make
     for running in started:
-        running.stop.set()
-        await asyncio.wait_for(running.task, 20)
-        await running.http.close()
+        await running.close()
 
 
 async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> None:  # noqa: ASYNC109
@@ -150,6 +153,12 @@ async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> None:  
     while not await check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
+
+
+def last_user_text(request_body: dict[str, Any]) -> str:
+    """The text of the newest message in a chat-completions request (its text parts, when it has images)."""
+    content = request_body["messages"][-1]["content"]
+    return content if isinstance(content, str) else " ".join(part.get("text", "") for part in content)
 
 
 def tools_offered(request_body: dict[str, Any]) -> set[str]:
@@ -181,8 +190,7 @@ async def test_a_mail_is_answered_in_its_thread_and_the_reply_continues_the_conv
     assert "\\Seen" in await dovecot.flags(uid)
     # What the model saw: the subject, the body without its signature; a verified customer.
     first = llm.requests[0].body
-    user_text = first["messages"][-1]["content"]
-    user_text = user_text if isinstance(user_text, str) else " ".join(p.get("text", "") for p in user_text)
+    user_text = last_user_text(first)
     assert "Subject: Where is my order?" in user_text and "A1001" in user_text and "Lisbon" not in user_text
     assert "lookup_order" in tools_offered(llm.requests[1].body)  # the order flow, for a verified sender
 
@@ -216,9 +224,7 @@ async def test_a_thread_on_postgresql(
         await asyncio.sleep(0.5)
         assert len(sink.mails) == 2 and llm.request_count == 2
     finally:
-        running.stop.set()
-        await asyncio.wait_for(running.task, 20)
-        await running.http.close()
+        await running.close()
 
 
 async def test_an_unverified_sender_is_not_offered_account_tools(
@@ -368,8 +374,7 @@ async def test_a_20_mb_mail_is_answered_without_its_attachment(
     uid = await dovecot.append(raw)
     [reply] = await sink.wait_for(1, timeout=30)
     assert reply.rcpt_tos == ("ana@example.com",) and "\\Seen" in await dovecot.flags(uid)
-    seen = llm.requests[0].body["messages"][-1]["content"]
-    seen = seen if isinstance(seen, str) else " ".join(part.get("text", "") for part in seen)
+    seen = last_user_text(llm.requests[0].body)
     assert "My order A1001 is wrong" in seen and "log.bin" in seen and "only its beginning was read" in seen
 
 
@@ -422,9 +427,7 @@ async def test_a_mail_stored_but_not_flagged_before_a_crash_is_answered_once(
         await sink.wait_for(1, timeout=20)
         await wait_until(lambda: _seen(dovecot, uid))
     finally:
-        first.stop.set()
-        await asyncio.wait_for(first.task, 20)
-        await first.http.close()
+        await first.close()
     # Undo what followed the storing: unread again, and the cursor back before it; or, as well, the server
     # gives the mailbox a new UIDVALIDITY (a restore): only the Message-ID tells that the mail was stored.
     await asyncio.to_thread(_mark_unread, dovecot, uid)
@@ -444,6 +447,4 @@ async def test_a_mail_stored_but_not_flagged_before_a_crash_is_answered_once(
         await asyncio.sleep(1.0)
         assert len(sink.mails) == 1 and llm.request_count == 1
     finally:
-        second.stop.set()
-        await asyncio.wait_for(second.task, 20)
-        await second.http.close()
+        await second.close()

@@ -651,6 +651,7 @@ class Engine:
             max_tokens=max_tokens,
             reasoning_effort=overrides.reasoning_effort or llm.reasoning_effort,
             json_mode=overrides.json_mode,
+            hints=flow.demo,
         )
 
     def _model(self, flow: Flow) -> str:

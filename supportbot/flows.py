@@ -30,6 +30,7 @@ from supportbot._yaml import (
 )
 from supportbot.config import EXAMPLE_FLOWS_DIR, FLOW_NAME_PATTERN, MAX_OUTPUT_TOKENS
 from supportbot.errors import ConfigError
+from supportbot.hints import DemoHint
 from supportbot.store.base import Customer
 from supportbot.templating import check_template, compile_template, template_line
 
@@ -142,6 +143,7 @@ class _FlowFile(_Section):
     suggested_prompts: list[SuggestedPrompt] = Field([], max_length=4)
     system_prompt: str = Field(min_length=1)
     limits: FlowLimits = FlowLimits()
+    demo: list[DemoHint] = []
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,6 +168,7 @@ class Flow:
     greeting: str | None = None
     suggested_prompts: tuple[SuggestedPrompt, ...] = ()
     limits: FlowLimits = field(default_factory=FlowLimits)
+    demo: tuple[DemoHint, ...] = ()
     source: str | None = None
     template_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
     _system_template: Template = field(init=False, repr=False, compare=False)
@@ -525,6 +528,19 @@ def _check(
     for index, target in _strings(data, "handoffs"):
         if target == data.get("name"):
             add(("handoffs", index), f"handoffs[{index}]", "a flow cannot hand off to itself; remove it")
+    hints = data.get("demo")
+    offered_tools = listed | {TRANSFER_PREFIX + t for _, t in _strings(data, "handoffs")}
+    for index, hint in enumerate(hints if isinstance(hints, list) else []):
+        for key in ("call", "after"):
+            called = hint.get(key) if isinstance(hint, dict) else None
+            if isinstance(called, str) and called not in offered_tools:
+                offered = ", ".join(sorted(offered_tools)) or "none"
+                add(
+                    ("demo", index, key),
+                    f"demo[{index}].{key}",
+                    f"{called!r} is not a tool of this flow (its tools: {offered}); "
+                    "list it under tools (or its flow under handoffs)",
+                )
     samples = _samples(company, data)
     for key in ("system_prompt", "greeting"):
         source = data.get(key)
@@ -545,6 +561,7 @@ def _check(
         greeting=spec.greeting,
         suggested_prompts=tuple(spec.suggested_prompts),
         limits=spec.limits,
+        demo=tuple(spec.demo),
         source=file,
         template_lines={
             k: doc.value_line((k,)) for k in ("system_prompt", "greeting") if k in data and doc is not None

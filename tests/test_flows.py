@@ -423,3 +423,63 @@ def test_suggested_prompts_are_checked_with_their_line(flows_dir: Path) -> None:
     flows = load_flows(flows_dir, tool_names=TOOLS)
     assert [(p.title, p.message) for p in flows["help"].suggested_prompts] == [("Where is my order?",) * 2]
     assert len(load_flows(EXAMPLE_FLOWS_DIR, tool_names=TOOLS, company=COMPANY)["general"].suggested_prompts) == 3
+
+
+# --- demo hints -----------------------------------------------------------------------------------
+
+
+def test_demo_hints_are_loaded_and_checked(flows_dir: Path) -> None:
+    write(
+        flows_dir,
+        "general.yaml",
+        """\
+        name: general
+        description: Everything
+        system_prompt: You help.
+        tools: [lookup_order]
+        handoffs: [returns]
+        demo:
+          - {when: "where is (?P<id>A\\\\d+)", call: lookup_order, args: {order_id: "{id}"}}
+          - {after: lookup_order, reply: "It is {status}."}
+          - {when: refund, call: transfer_to_returns}
+        """,
+    )
+    write(flows_dir, "returns.yaml", MINIMAL.format(name="returns"))
+    flows = load_flows(flows_dir, tool_names=TOOLS)
+    hints = flows["general"].demo
+    assert [(h.when, h.after, h.call, h.reply) for h in hints] == [
+        ("where is (?P<id>A\\d+)", None, "lookup_order", None),
+        (None, "lookup_order", None, "It is {status}."),
+        ("refund", None, "transfer_to_returns", None),
+    ]
+    pattern = hints[0].pattern()
+    assert pattern is not None
+    match = pattern.search("WHERE IS A1001?")
+    assert match is not None and match["id"] == "A1001"
+
+
+def test_demo_hints_problems_name_file_line_and_fix(flows_dir: Path) -> None:
+    write(
+        flows_dir,
+        "general.yaml",
+        """\
+        name: general
+        description: Everything
+        system_prompt: You help.
+        tools: [lookup_order]
+        demo:
+          - {when: "warranty", call: warranty_status}
+          - {when: "(", reply: x}
+          - {when: x, after: lookup_order, reply: y}
+          - {when: x, reply: y, args: {a: 1}}
+        """,
+    )
+    assert problems(flows_dir) == [
+        "flows/general.yaml:6: demo[0].call: 'warranty_status' is not a tool of this flow (its tools: lookup_order); "
+        "list it under tools (or its flow under handoffs)",
+        "flows/general.yaml:7: demo[1].when: not a valid regular expression: missing ), unterminated subpattern at "
+        "position 0",
+        "flows/general.yaml:8: demo[2]: give exactly one of when: (a pattern of the customer's message) and after: "
+        "(a tool)",
+        "flows/general.yaml:9: demo[3]: args: goes with call:; remove it or add call:",
+    ]

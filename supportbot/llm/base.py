@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from supportbot.hints import DemoHint
 from supportbot.messages import ChatMessage, Usage
 
 
@@ -19,6 +20,7 @@ class LLMRequest:
         model, temperature, top_p, max_tokens, reasoning_effort: sampling settings;
             None leaves a field out of the request.
         json_mode: ask for ``response_format: {"type": "json_object"}``.
+        hints: the flow's ``demo:`` rules, for offline models only; never sent to a provider.
     """
 
     messages: Sequence[ChatMessage]
@@ -29,6 +31,7 @@ class LLMRequest:
     max_tokens: int | None = None
     reasoning_effort: str | None = None
     json_mode: bool = False
+    hints: Sequence[DemoHint] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

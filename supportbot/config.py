@@ -57,45 +57,99 @@ class _Section(BaseModel):
 
 
 class Pricing(_Section):
-    """US dollars per one million tokens."""
+    """What the model costs, in US dollars per one million tokens: the cost of each message, conversation,
+    ticket and flow is computed from it."""
 
-    input_per_mtok: float = Field(0.75, ge=0)
-    output_per_mtok: float = Field(4.50, ge=0)
-    audio_input_per_mtok: float = Field(3.00, ge=0)
+    input_per_mtok: float = Field(
+        0.75, ge=0, description="US dollars per one million input tokens (the prompt: system prompt, history, tools)."
+    )
+    output_per_mtok: float = Field(
+        4.50, ge=0, description="US dollars per one million output tokens (the model's answers and tool calls)."
+    )
+    audio_input_per_mtok: float = Field(3.00, ge=0, description="US dollars per one million audio input tokens.")
 
 
 class RetrySettings(_Section):
-    max_retries: int = Field(2, ge=0, le=10)
-    backoff_initial_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(8.0, ge=0)
+    """Retries of a failed model request: connection errors, timeouts and HTTP 408/409/429/5xx (a Retry-After
+    of up to 60 seconds is honoured)."""
+
+    max_retries: int = Field(
+        2, ge=0, le=10, description="How many times a failed request is tried again (0-10); 0: never."
+    )
+    backoff_initial_s: float = Field(
+        0.5,
+        ge=0,
+        description="Seconds before the first retry; the wait doubles with each retry, up to backoff_max_s.",
+    )
+    backoff_max_s: float = Field(8.0, ge=0, description="The longest wait between two tries, in seconds.")
 
 
 class TimeoutSettings(_Section):
-    connect_s: float = Field(10.0, gt=0)
-    first_byte_s: float = Field(60.0, gt=0)
-    between_chunks_s: float = Field(30.0, gt=0)
-    total_s: float = Field(300.0, gt=0)
+    """How long a model request may take, in seconds; a request that runs out of time is retried (see
+    ``retries``)."""
+
+    connect_s: float = Field(10.0, gt=0, description="Seconds to connect to the endpoint.")
+    first_byte_s: float = Field(60.0, gt=0, description="Seconds until the first byte of the answer.")
+    between_chunks_s: float = Field(30.0, gt=0, description="The longest silence inside a streamed answer, in seconds.")
+    total_s: float = Field(300.0, gt=0, description="Seconds for the whole request, the answer included.")
 
 
 class LLMSettings(_Section):
-    """The OpenAI-compatible chat-completions endpoint and the default sampling settings.
+    """The model: any OpenAI-compatible chat-completions endpoint (Google's own ``.../v1beta/openai``, OpenAI,
+    vLLM, Ollama, LiteLLM...) and the default sampling settings; a flow's ``model`` section overrides them.
 
     ``api_key`` is None when no key is set (an empty value counts as none).
     """
 
-    base_url: str = DEFAULT_BASE_URL
-    api_key: SecretStr | None = None
-    model: str = Field(DEFAULT_MODEL, min_length=1)
-    stream: bool = True
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(0.95, ge=0, le=1)
-    max_tokens: int = Field(1024, ge=1, le=MAX_OUTPUT_TOKENS)
-    context_window: int = Field(CONTEXT_WINDOW, ge=1024, le=CONTEXT_WINDOW)
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
-    pricing: Pricing = Pricing()
-    retries: RetrySettings = RetrySettings()
-    timeouts: TimeoutSettings = TimeoutSettings()
-    extra_headers: dict[str, str] = {}
+    base_url: str = Field(
+        DEFAULT_BASE_URL,
+        description="The endpoint's base URL (http or https); /chat/completions is added to it.",
+        examples=[DEFAULT_BASE_URL, "https://api.openai.com/v1", "http://127.0.0.1:11434/v1"],
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description=(
+            f"A secret: write ${{{API_KEY_ENV}}}, never the key itself. Sent as 'Authorization: Bearer <key>'. "
+            f"Unset or empty: ${API_KEY_ENV} is used if set, else no model is connected and `supportbot "
+            "chat/serve` say how to set one (or run them with --demo)."
+        ),
+        examples=[f"${{{API_KEY_ENV}}}"],
+    )
+    model: str = Field(
+        DEFAULT_MODEL, min_length=1, description="The model's name as the endpoint knows it.", examples=[DEFAULT_MODEL]
+    )
+    stream: bool = Field(True, description="Stream answers token by token; false: each answer is fetched in one piece.")
+    temperature: float = Field(
+        1.0, ge=0, le=2, description="Sampling temperature, 0-2; Google advises leaving Gemini 3 models at 1.0."
+    )
+    top_p: float = Field(0.95, ge=0, le=1, description="Nucleus sampling: the probability mass sampled from, 0-1.")
+    max_tokens: int = Field(
+        1024,
+        ge=1,
+        le=MAX_OUTPUT_TOKENS,
+        description=f"The longest answer in tokens, 1-{MAX_OUTPUT_TOKENS} (the model's output limit); flows may "
+        "override it.",
+    )
+    context_window: int = Field(
+        CONTEXT_WINDOW,
+        ge=1024,
+        le=CONTEXT_WINDOW,
+        description=f"Tokens the model reads and writes in one request, 1024-{CONTEXT_WINDOW}: input and output must "
+        "fit, so older messages are left out to make room.",
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        None, description="Passed through to the model; null: the provider's default. Flows may override it."
+    )
+    pricing: Pricing = Field(Pricing(), description="US dollars per one million tokens, for the cost of each message.")
+    retries: RetrySettings = Field(
+        RetrySettings(), description="Retries of failed requests (connection errors, timeouts, 408/409/429/5xx)."
+    )
+    timeouts: TimeoutSettings = Field(TimeoutSettings(), description="How long a request may take, in seconds.")
+    extra_headers: dict[str, str] = Field(
+        {},
+        description="HTTP headers added to every request.",
+        examples=[{"X-Team": "support"}],
+    )
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -123,8 +177,21 @@ class LLMSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = "sqlite+aiosqlite:///supportbot.db"
-    echo: bool = False
+    """Where conversations, tickets and customers are stored: SQLite (one process) or PostgreSQL (several
+    workers)."""
+
+    url: str = Field(
+        "sqlite+aiosqlite:///supportbot.db",
+        description=(
+            "An SQLAlchemy async URL: sqlite+aiosqlite:///FILE (a relative FILE is relative to the config file) or "
+            "postgresql+asyncpg://USER:PASSWORD@HOST/DB (put the password in a variable)."
+        ),
+        examples=[
+            "sqlite+aiosqlite:///supportbot.db",
+            "postgresql+asyncpg://support:${PGPASSWORD}@db.internal/support",
+        ],
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
 
     @field_validator("url")
     @classmethod
@@ -144,9 +211,28 @@ class FlowSettings(_Section):
     an example flow replaces that one).
     """
 
-    dir: Path = EXAMPLE_FLOWS_DIR
-    include_examples: bool = False
-    default: str = Field("general", pattern=FLOW_NAME_PATTERN)
+    dir: Path = Field(
+        EXAMPLE_FLOWS_DIR,
+        description=(
+            "Your flows, one per *.yaml file (relative to the config file); null: the example flows shipped with "
+            "supportbot (general, order_status, returns). Your own directory replaces them: flows.default and every "
+            "handoffs entry must then name flows in it, unless include_examples keeps them."
+        ),
+        examples=["flows"],
+    )
+    include_examples: bool = Field(
+        False,
+        description=(
+            "Load the example flows beside yours (one of yours with the same name replaces the example); "
+            "`supportbot validate` prints where they are."
+        ),
+    )
+    default: str = Field(
+        "general",
+        pattern=FLOW_NAME_PATTERN,
+        description="The name of the flow new conversations start in.",
+        examples=["general"],
+    )
 
     @field_validator("dir", mode="before")
     @classmethod
@@ -155,28 +241,60 @@ class FlowSettings(_Section):
 
 
 class ToolSettings(_Section):
-    modules: list[str] = []
-    timeout_s: float = Field(15.0, gt=0, description="default per-tool timeout")
+    """The tools flows may offer the model, besides the built-in ones (lookup_order, create_ticket,
+    handoff_to_human).
+
+    Modules are imported from the config file's directory first, then the working directory, then installed
+    packages; the ``*.py`` files of a ``tools/`` directory in either place are registered too.
+    """
+
+    modules: list[str] = Field(
+        [],
+        description="Importable modules whose @tool functions are registered, e.g. acme_tools for acme_tools.py.",
+        examples=[["acme_tools"]],
+    )
+    timeout_s: float = Field(
+        15.0, gt=0, description="The default per-tool timeout in seconds (a @tool(timeout=...) overrides it)."
+    )
 
 
 class SqlOrders(_Section):
     """Orders in a SQL table: the store's own ``orders`` table unless ``url``/``table`` say otherwise."""
 
-    source: Literal["sql"]
-    url: str | None = None
-    table: str = "orders"
-    id_column: str = "order_id"
-    email_column: str = "customer_email"
+    source: Literal["sql"] = Field(description="sql: orders are rows of a SQL table.")
+    url: str | None = Field(
+        None,
+        description="Another database's SQLAlchemy async URL (a relative SQLite file is relative to the config "
+        "file); null: database.url.",
+    )
+    table: str = Field("orders", description="The table holding one row per order.")
+    id_column: str = Field("order_id", description="The column holding the order number the customer gives.")
+    email_column: str = Field(
+        "customer_email", description="The column holding the customer's email: an order is shown only to them."
+    )
 
 
 class HttpOrders(_Section):
     """Orders from the shop's HTTP API: GET ``url_template`` with ``{order_id}`` filled in."""
 
-    source: Literal["http"]
-    url_template: str
-    headers: dict[str, str] = {}
-    email_field: str = "customer_email"
-    timeout_s: float = Field(10.0, gt=0)
+    source: Literal["http"] = Field(description="http: each order is fetched from the shop's HTTP API.")
+    url_template: str = Field(
+        description=(
+            "An http(s) URL containing {order_id}, which is replaced by the URL-quoted order number; the answer is "
+            "the order as a JSON object, and 404 means no such order."
+        ),
+        examples=["https://shop.acme.example/api/orders/{order_id}"],
+    )
+    headers: dict[str, str] = Field(
+        {},
+        description="HTTP headers sent with each request, e.g. the shop's access token (from a variable).",
+        examples=[{"Authorization": "Bearer ${SHOP_API_TOKEN}"}],
+    )
+    email_field: str = Field(
+        "customer_email",
+        description="The key of the order's JSON object holding the customer's email: an order is shown only to them.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Seconds one request to the shop may take.")
 
     @field_validator("url_template")
     @classmethod
@@ -192,10 +310,21 @@ class HttpOrders(_Section):
 class FileOrders(_Section):
     """Orders in a CSV or YAML file (demos and tests)."""
 
-    source: Literal["file"]
-    path: Path = EXAMPLE_ORDERS_FILE
-    id_field: str = "order_id"
-    email_field: str = "customer_email"
+    source: Literal["file"] = Field(
+        description="file: orders are read from a CSV or YAML file (a list of orders or a mapping id -> order)."
+    )
+    path: Path = Field(
+        EXAMPLE_ORDERS_FILE,
+        description=(
+            "The CSV or YAML file (relative to the config file); null: the demo orders shipped with supportbot "
+            "(A1001-A1007)."
+        ),
+        examples=["orders.csv", "orders.yaml"],
+    )
+    id_field: str = Field("order_id", description="The field holding the order number the customer gives.")
+    email_field: str = Field(
+        "customer_email", description="The field holding the customer's email: an order is shown only to them."
+    )
 
     @field_validator("path", mode="before")
     @classmethod
@@ -207,12 +336,48 @@ OrderSettings = SqlOrders | HttpOrders | FileOrders
 
 
 class ServerSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    drain_timeout_s: float = Field(30.0, ge=0, le=600)
-    trust_forwarded_for: bool = False
-    public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
-    delivery_give_up_after_s: float = Field(3600.0, ge=1, le=7 * 24 * 3600)
+    """The HTTP server of ``supportbot serve``: the widget, the APIs, the connectors' webhooks and ``/admin``."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="The address to listen on; 0.0.0.0 accepts connections from other machines.",
+        examples=["127.0.0.1", "0.0.0.0"],
+    )
+    port: int = Field(8080, ge=0, le=65535, description="The TCP port to listen on (0-65535; 0: any free port).")
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description=(
+            "On SIGTERM: how many seconds (0-600) running turns may take to finish before they are handed back to "
+            "the database (and resumed at the next start)."
+        ),
+    )
+    trust_forwarded_for: bool = Field(
+        False,
+        description=(
+            "True behind a reverse proxy: limits use X-Forwarded-For's client, and X-Forwarded-Proto: https makes "
+            "admin cookies Secure. Leave false when clients reach the server directly (they could forge it)."
+        ),
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description=(
+            "How operators reach this server: the base of admin-page links in ticket announcements (Slack); "
+            "null: relative links."
+        ),
+        examples=["https://support.acme.example"],
+    )
+    delivery_give_up_after_s: float = Field(
+        3600.0,
+        ge=1,
+        le=7 * 24 * 3600,
+        description=(
+            "Seconds (1 to 604800, a week) a reply a channel keeps refusing (Slack down, a 429 storm) is retried with "
+            "backoff; then it is given up: marked failed and noted on an escalation ticket so an operator sees it."
+        ),
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -221,14 +386,19 @@ class ServerSettings(_Section):
 
 
 class ConnectorSettings(_Section):
-    """Each section belongs to its connector, whose settings model checks it (see
-    ``supportbot.channels.Connector``); ``Config.connector(name)`` gives the checked settings."""
+    """The channels customers use: one section per connector (web, slack, email, or one installed as a
+    ``supportbot.connectors`` entry point).
+
+    Each section belongs to its connector, whose settings model checks it (see
+    ``supportbot.channels.Connector``); ``Config.connector(name)`` gives the checked settings. A connector
+    with ``enabled: false`` may name variables that are not set yet.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    web: dict[str, Any] = {}
-    slack: dict[str, Any] = {}
-    email: dict[str, Any] = {}
+    web: dict[str, Any] = Field({}, description="The chat widget (/widget.js), its demo page (/) and the REST/SSE API.")
+    slack: dict[str, Any] = Field({}, description="Slack: DMs, @mentions and assistant threads.")
+    email: dict[str, Any] = Field({}, description="A support mailbox: read over IMAP, answered over SMTP.")
 
 
 class AdminSettings(_Section):
@@ -240,11 +410,37 @@ class AdminSettings(_Section):
     accepted on the login page too.
     """
 
-    enabled: bool = True
-    password_hash: SecretStr | None = None
-    token: SecretStr | None = None
-    session_hours: float = Field(12.0, gt=0, le=720)
-    login_attempts_per_5_minutes: int = Field(5, ge=1)
+    enabled: bool = Field(
+        True,
+        description=(
+            "Serve /admin and /api/v1/admin/ (on server.host: keep it on 127.0.0.1 or behind your VPN or proxy)."
+        ),
+    )
+    password_hash: SecretStr | None = Field(
+        None,
+        description=(
+            "The hash of user admin's password (scrypt$..., made by `supportbot admin hash-password`); best from a "
+            "variable. Empty: only operators made with `supportbot admin set-password` sign in."
+        ),
+        examples=["${SUPPORTBOT_ADMIN_PASSWORD_HASH:-}"],
+    )
+    token: SecretStr | None = Field(
+        None,
+        description=(
+            "A secret: the Bearer token of /api/v1/admin/... (16 or more random characters), also accepted on the "
+            "login page; write ${VAR}, never the token itself. Empty: the admin API is off."
+        ),
+        examples=["${SUPPORTBOT_ADMIN_TOKEN:-}"],
+    )
+    session_hours: float = Field(
+        12.0,
+        gt=0,
+        le=720,
+        description="How many hours a sign-in lasts (at most 720; an HttpOnly, SameSite=Strict cookie).",
+    )
+    login_attempts_per_5_minutes: int = Field(
+        5, ge=1, description="Failed sign-ins allowed per client address in 5 minutes; more are refused."
+    )
 
     @field_validator("password_hash", "token", mode="before")
     @classmethod
@@ -272,20 +468,42 @@ class AdminSettings(_Section):
 
 
 class LimitSettings(_Section):
-    max_message_chars: int = Field(8000, ge=1)
-    max_image_bytes: int = Field(5_000_000, ge=1)
-    max_images_per_message: int = Field(4, ge=0)
-    tickets_per_customer_per_day: int = Field(3, ge=1)
+    """What a customer may send: a message over these limits is refused (HTTP 413), never stored."""
+
+    max_message_chars: int = Field(8000, ge=1, description="The longest customer message, in characters.")
+    max_image_bytes: int = Field(5_000_000, ge=1, description="The largest image a customer may send, in bytes.")
+    max_images_per_message: int = Field(4, ge=0, description="Images one message may carry; 0: no images.")
+    tickets_per_customer_per_day: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Tickets the bot's create_ticket may open per customer in 24 hours (all their conversations together; "
+            "per conversation for an unverified customer); more are refused, however many run at once."
+        ),
+    )
 
 
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
-    redact_pii: bool = True
+    """What supportbot logs and how."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="The least severe level logged.")
+    format: Literal["text", "json"] = Field(
+        "text", description="text: lines for people; json: JSON lines, for production log collectors."
+    )
+    redact_pii: bool = Field(True, description="Mask emails, phone and card numbers in logs (the database keeps them).")
 
 
 def _default_orders() -> OrderSettings:
     return FileOrders(source="file", path=EXAMPLE_ORDERS_FILE)
+
+
+_COMPANY_KEYS: dict[str, Any] = {
+    "name": {"type": "string", "description": "The company's name, e.g. in the widget's title and the prompts."},
+    "website": {"type": "string", "description": "The company's website, for the prompts."},
+    "support_email": {"type": "string", "description": "Where customers can write, for the prompts."},
+    "return_days": {"type": "integer", "description": "The return window in days (the example flows say 30 if unset)."},
+}
+"""The ``company`` keys the example flows use, for editors (any other key is allowed)."""
 
 
 class Config(_Section):
@@ -298,22 +516,44 @@ class Config(_Section):
 
     __hidden_keys__: ClassVar[frozenset[str]] = frozenset({"source"})
 
-    company: dict[str, Any] = {
-        "name": "Acme Outdoor",
-        "website": "https://acme.example",
-        "support_email": "help@acme.example",
-    }
-    llm: LLMSettings = LLMSettings()
-    database: DatabaseSettings = DatabaseSettings()
-    flows: FlowSettings = FlowSettings()
-    tools: ToolSettings = ToolSettings()
-    orders: OrderSettings = Field(default_factory=_default_orders, discriminator="source")
-    server: ServerSettings = ServerSettings()
-    connectors: ConnectorSettings = ConnectorSettings()
-    admin: AdminSettings = AdminSettings()
-    limits: LimitSettings = LimitSettings()
-    logging: LoggingSettings = LoggingSettings()
-    source: Path | None = None
+    company: dict[str, Any] = Field(
+        {
+            "name": "Acme Outdoor",
+            "website": "https://acme.example",
+            "support_email": "help@acme.example",
+        },
+        description=(
+            "Free-form: every key reaches the flow templates as {{ company.<key> }}. The example flows use name, "
+            "website and support_email, and return_days (default 30) for the return window."
+        ),
+        json_schema_extra={"properties": _COMPANY_KEYS},
+    )
+    llm: LLMSettings = Field(
+        LLMSettings(), description="The model: any OpenAI-compatible chat-completions endpoint and its settings."
+    )
+    database: DatabaseSettings = Field(DatabaseSettings(), description="Where conversations and tickets are stored.")
+    flows: FlowSettings = Field(
+        FlowSettings(), description="Where the flows are, and which one conversations start in."
+    )
+    tools: ToolSettings = Field(ToolSettings(), description="Your own tools' modules and the default tool timeout.")
+    orders: OrderSettings = Field(
+        default_factory=_default_orders,
+        discriminator="source",
+        description=(
+            "Where lookup_order finds orders: a file (source: file; the default, the demo orders), a SQL table "
+            "(source: sql) or the shop's HTTP API (source: http)."
+        ),
+    )
+    server: ServerSettings = Field(ServerSettings(), description="The HTTP server of `supportbot serve`.")
+    connectors: ConnectorSettings = Field(
+        ConnectorSettings(), description="The channels customers use: web widget, Slack, email."
+    )
+    admin: AdminSettings = Field(AdminSettings(), description="The /admin page and the admin API.")
+    limits: LimitSettings = Field(
+        LimitSettings(), description="What a customer may send; a message over them is refused, never stored."
+    )
+    logging: LoggingSettings = Field(LoggingSettings(), description="Log level and format.")
+    source: Path | None = Field(None, description="Set by the loader, never read from the file.")
 
     _warnings: tuple[str, ...] = PrivateAttr(default=())
     _shown_as: str = PrivateAttr(default="")

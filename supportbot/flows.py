@@ -102,12 +102,24 @@ class _Section(BaseModel):
 class ModelOverrides(_Section):
     """Per-flow model settings; None keeps the value of the config's ``llm`` section."""
 
-    model: str | None = Field(None, min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_OUTPUT_TOKENS)
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
-    json_mode: bool = False
+    model: str | None = Field(
+        None, min_length=1, description="Another model of the same endpoint for this flow; null: llm.model."
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature, 0-2; null: llm.temperature.")
+    top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling, 0-1; null: llm.top_p.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_OUTPUT_TOKENS,
+        description=f"The longest answer in tokens, 1-{MAX_OUTPUT_TOKENS}; null: llm.max_tokens.",
+        examples=[800],
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        None, description="Passed through to the model; null: llm.reasoning_effort."
+    )
+    json_mode: bool = Field(
+        False, description='Ask the model for a JSON object (response_format: {"type": "json_object"}).'
+    )
 
 
 class FlowLimits(_Section):
@@ -118,32 +130,125 @@ class FlowLimits(_Section):
     result saying it was not run, and the conversation goes on.
     """
 
-    max_tool_rounds: int = Field(6, ge=1, le=50)
-    max_tool_calls_per_response: int = Field(8, ge=1, le=128)
-    max_turns: int = Field(40, ge=1)
-    max_cost_usd: float = Field(0.50, ge=0)
+    max_tool_rounds: int = Field(
+        6, ge=1, le=50, description="Model responses with tool calls in one turn (1-50); then a person takes over."
+    )
+    max_tool_calls_per_response: int = Field(
+        8,
+        ge=1,
+        le=128,
+        description=(
+            "Tool calls run from one model response (1-128; calls waiting for the customer's yes count too); each "
+            "call past it gets an error result saying it was not run, and the conversation goes on."
+        ),
+    )
+    max_turns: int = Field(40, ge=1, description="Customer messages in one conversation; then a person takes over.")
+    max_cost_usd: float = Field(
+        0.50, ge=0, description="The model's cost of one conversation in US dollars; then a person takes over."
+    )
 
 
 class SuggestedPrompt(_Section):
     """A prompt a channel may offer before the customer writes (Slack's assistant threads): a short
     ``title`` on the button and the ``message`` it sends."""
 
-    title: str = Field(min_length=1, max_length=75)
-    message: str = Field(min_length=1, max_length=2000)
+    title: str = Field(
+        min_length=1, max_length=75, description="The button's text (1-75 characters).", examples=["Where is my order?"]
+    )
+    message: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="The message the button sends as the customer's (1-2000 characters).",
+        examples=["Where is my order? The number is "],
+    )
+
+
+_TEMPLATE_VARIABLES = (
+    "Variables: company (the config's company section), customer (name, email, first_name, display_name, "
+    "verified), channel (web, slack, email, cli), now (a timezone-aware datetime), conversation_id, flow (name, "
+    "description)."
+)
 
 
 class _FlowFile(_Section):
-    name: str = Field(pattern=FLOW_NAME_PATTERN)
-    description: str = Field(min_length=1)
-    model: ModelOverrides = ModelOverrides()
-    tools: list[str] = []
-    confirm: list[str] = []
-    handoffs: list[str] = []
-    greeting: str | None = None
-    suggested_prompts: list[SuggestedPrompt] = Field([], max_length=4)
-    system_prompt: str = Field(min_length=1)
-    limits: FlowLimits = FlowLimits()
-    demo: list[DemoHint] = []
+    """One flow: what the model is told, which tools it may use, what needs the customer's yes and where the
+    conversation may go. One flow per file."""
+
+    name: str = Field(
+        pattern=FLOW_NAME_PATTERN,
+        description=(
+            "The flow's name (lower-case letters, digits and _, starting with a letter), unique among the flows; "
+            "handoffs and flows.default name flows by it."
+        ),
+        examples=["order_status"],
+    )
+    description: str = Field(
+        min_length=1,
+        description=(
+            "What the flow handles; it routes conversations here: it describes the transfer_to_<name> tool other "
+            "flows get, and the template variable flow.description."
+        ),
+        examples=["Track orders, delivery dates and delivery problems"],
+    )
+    model: ModelOverrides = Field(
+        ModelOverrides(), description="Model settings for this flow; a key left out keeps the config's llm value."
+    )
+    tools: list[str] = Field(
+        [],
+        description=(
+            "The allowlist of tools the model may call in this flow (built-in or registered @tool functions); "
+            "nothing else is offered. transfer_to_<flow> tools come from handoffs, not from here."
+        ),
+        examples=[["lookup_order", "create_ticket", "handoff_to_human"]],
+    )
+    confirm: list[str] = Field(
+        [],
+        description=(
+            "Tools of this flow (side effects) that run only after the customer's explicit yes to that exact call."
+        ),
+        examples=[["create_ticket"]],
+    )
+    handoffs: list[str] = Field(
+        [],
+        description="Flows this one may transfer the conversation to; the model gets a transfer_to_<flow> tool each.",
+        examples=[["returns", "general"]],
+    )
+    greeting: str | None = Field(
+        None,
+        description=(
+            "The bot's first message when a conversation opens in this flow on a channel where the bot speaks first "
+            "(the web widget; on Slack and email the customer writes first): a sandboxed Jinja template. "
+            + _TEMPLATE_VARIABLES
+            + " null (or blank once rendered): no greeting."
+        ),
+        examples=["Hi {{ customer.first_name or 'there' }}! How can I help with your order?"],
+    )
+    suggested_prompts: list[SuggestedPrompt] = Field(
+        [],
+        max_length=4,
+        description=(
+            "At most 4 prompts offered before the customer writes, where a channel can (Slack's assistant threads, "
+            "which offer those of flows.default)."
+        ),
+    )
+    system_prompt: str = Field(
+        min_length=1,
+        description=(
+            "What the model is told, rendered for each turn: a sandboxed Jinja template (StrictUndefined, checked at "
+            "load); customer text is only ever data. " + _TEMPLATE_VARIABLES
+        ),
+        examples=["You are the support assistant of {{ company.name }}. Today is {{ now.date() }}."],
+    )
+    limits: FlowLimits = Field(
+        FlowLimits(), description="Per-conversation caps; reaching one hands the conversation to a person."
+    )
+    demo: list[DemoHint] = Field(
+        [],
+        description=(
+            "Rules for the offline demo model (--demo, supportbot test), never sent to a real model: when the "
+            "customer's message matches (or after a tool answered), call a tool or reply."
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

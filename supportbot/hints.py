@@ -21,12 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# What the model validator below checks, for editors: one trigger, one action, args only with call.
+_ONE_TRIGGER_ONE_ACTION: dict[str, Any] = {
+    "allOf": [
+        {"oneOf": [{"required": ["when"]}, {"required": ["after"]}]},
+        {"oneOf": [{"required": ["call"]}, {"required": ["reply"]}]},
+    ],
+    "dependentRequired": {"args": ["call"]},
+}
+
 
 class DemoHint(BaseModel):
     """One rule: on a customer message matching ``when`` (or right after the tool ``after`` answered),
     call a tool or reply with text."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_ONE_TRIGGER_ONE_ACTION)
 
     when: str | None = Field(
         None,

@@ -24,16 +24,44 @@ def _empty_is_none(value: Any) -> Any:
 
 
 class _Server(BaseModel):
+    """A mail server supportbot connects to (IMAP or SMTP)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int | None = Field(None, ge=1, le=65535)
-    ssl: bool = False
-    starttls: bool = False
-    username: str | None = None
-    password: SecretStr | None = None
-    ca_file: str | None = None
-    timeout_s: float = Field(30.0, gt=0, le=600)
+    host: str = Field(
+        "127.0.0.1",
+        description="The server's host name or address.",
+        examples=["imap.acme.example", "smtp.acme.example"],
+    )
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="The TCP port; null: IMAP 993 with ssl, else 143; SMTP 465 with ssl, 587 with starttls, else 25.",
+    )
+    ssl: bool = Field(False, description="Implicit TLS (IMAP 993, SMTP 465); never together with starttls.")
+    starttls: bool = Field(
+        False,
+        description="Upgrade a plain connection with STARTTLS (IMAP 143, SMTP 587); refused if the server cannot.",
+    )
+    username: str | None = Field(
+        None,
+        description="The login; empty: none (with password empty too: an SMTP relay that needs no login).",
+        examples=["help@acme.example"],
+    )
+    password: SecretStr | None = Field(
+        None,
+        description="A secret (write ${VAR}): the login's password, an app password for Gmail or Microsoft 365.",
+        examples=["${IMAP_PASSWORD:-}", "${SMTP_PASSWORD:-}"],
+    )
+    ca_file: str | None = Field(
+        None,
+        description="A PEM file of CA certificates to trust instead of the system's (a private CA); null: the system's "
+        "CAs.",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, le=600, description="The longest wait for one answer of the server, in seconds (at most 600)."
+    )
 
     @field_validator("username", "password", "ca_file", mode="before")
     @classmethod
@@ -59,24 +87,22 @@ class _Server(BaseModel):
 
 
 class ImapSettings(_Server):
-    """Where the support mailbox is read.
+    """Where the support mailbox is read (IMAP; IDLE when the server offers it, else polled)."""
 
-    Attributes:
-        host, port: the IMAP server (port defaults to 993 with ``ssl``, else 143).
-        ssl: implicit TLS; ``starttls``: upgrade a plain connection (refused if the server cannot).
-        username, password: the mailbox login (an app password where the provider requires one).
-        ca_file: a PEM file of CA certificates to trust instead of the system's (a private CA).
-        mailbox: the folder answered (``INBOX``).
-        idle: wait for new mail with IDLE when the server offers it; otherwise poll.
-        idle_renew_s: how often IDLE is re-issued (servers drop it after 30 minutes; RFC 2177).
-        move_to: a folder a mail is moved to once it is stored (created if missing); none: it is
-            flagged ``\\Seen`` and stays.
-    """
-
-    mailbox: str = "INBOX"
-    idle: bool = True
-    idle_renew_s: float = Field(1500.0, ge=1, le=1740)
-    move_to: str | None = None
+    mailbox: str = Field("INBOX", description="The folder answered.")
+    idle: bool = Field(True, description="Wait for new mail with IDLE when the server offers it; false: poll.")
+    idle_renew_s: float = Field(
+        1500.0,
+        ge=1,
+        le=1740,
+        description="How often IDLE is re-issued, in seconds (1-1740: servers drop it after 30 minutes; RFC 2177).",
+    )
+    move_to: str | None = Field(
+        None,
+        description=(
+            "A folder a mail is moved to once it is stored (created if missing); null: it is flagged \\Seen and stays."
+        ),
+    )
 
     @field_validator("move_to", mode="before")
     @classmethod
@@ -89,15 +115,8 @@ class ImapSettings(_Server):
 
 
 class SmtpSettings(_Server):
-    """Where replies are sent.
-
-    Attributes:
-        host, port: the SMTP submission server (port defaults to 465 with ``ssl``, 587 with
-            ``starttls``, else 25).
-        ssl: implicit TLS; ``starttls``: upgrade a plain connection (refused if the server cannot).
-        username, password: the login; leave both empty for an unauthenticated local relay.
-        ca_file: a PEM file of CA certificates to trust instead of the system's.
-    """
+    """Where replies are sent (SMTP submission); username and password both empty: a local relay that needs no
+    login."""
 
     @property
     def effective_port(self) -> int:
@@ -105,40 +124,60 @@ class SmtpSettings(_Server):
 
 
 class EmailSettings(BaseModel):
-    """The email connector's section (``connectors.email``).
-
-    Attributes:
-        enabled: answer the mailbox.
-        address: the support address customers write to; replies come from it.
-        from_name: the name replies are signed with (default: ``company.name``).
-        imap: where mail is read (``ImapSettings``).
-        smtp: where replies are sent (``SmtpSettings``).
-        trusted_authserv_id: the host name your own mail server writes into the
-            ``Authentication-Results`` header it adds (Gmail: ``mx.google.com``; Microsoft 365: see
-            docs/email.md). A sender is verified only by ``dmarc=pass`` in that server's header;
-            unset: nobody is verified by email.
-        poll_interval_s: how often the mailbox is checked when the server has no IDLE.
-        replies_per_sender_per_hour: the bot's replies to one address in an hour; more are not sent
-            but shown to operators as a ticket (stops a ping-pong with an auto-responder).
-        max_mail_bytes: a bigger mail is read only up to this size (its text, usually at the top, is
-            answered; the rest is left out and said so).
-        retry_max_s: the longest wait between two tries of a reply the SMTP server deferred (4xx).
-        html: send an HTML part beside the plain text.
-    """
+    """The email connector's section (``connectors.email``): a support mailbox read over IMAP and answered over
+    SMTP; see README "Email" and docs/email.md."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
-    address: str | None = Field(None, validate_default=True)
-    from_name: str | None = None
-    imap: ImapSettings = Field(default_factory=ImapSettings)
-    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
-    trusted_authserv_id: str | None = None
-    poll_interval_s: float = Field(60.0, ge=1, le=3600)
-    replies_per_sender_per_hour: int = Field(5, ge=1, le=1000)
-    max_mail_bytes: int = Field(25_000_000, ge=100_000)
-    retry_max_s: float = Field(60.0, ge=1, le=3600)
-    html: bool = True
+    enabled: bool = Field(False, description="Answer the mailbox.")
+    address: str | None = Field(
+        None,
+        validate_default=True,
+        description="The support address customers write to; replies come from it. Required when enabled.",
+        examples=["help@acme.example"],
+    )
+    from_name: str | None = Field(None, description="The name replies are signed with; null: company.name.")
+    imap: ImapSettings = Field(default_factory=ImapSettings, description="Where mail is read.")
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="Where replies are sent.")
+    trusted_authserv_id: str | None = Field(
+        None,
+        description=(
+            "The host name your own mail server writes into the Authentication-Results header it adds (Gmail: "
+            "mx.google.com; Microsoft 365: see docs/email.md). A sender is verified only by dmarc=pass in that "
+            "server's header; null: no email sender is verified (order details are never disclosed)."
+        ),
+        examples=["mx.google.com"],
+    )
+    poll_interval_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="How often the mailbox is checked when the server has no IDLE, in seconds (1-3600).",
+    )
+    replies_per_sender_per_hour: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description=(
+            "The bot's replies to one address in an hour (1-1000); more are not sent but shown to operators as a "
+            "ticket (stops a ping-pong with an auto-responder)."
+        ),
+    )
+    max_mail_bytes: int = Field(
+        25_000_000,
+        ge=100_000,
+        description=(
+            "A bigger mail is read only up to this many bytes (at least 100000): its text, usually at the top, is "
+            "answered; the rest is left out and said so."
+        ),
+    )
+    retry_max_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="The longest wait between two tries of a reply the SMTP server deferred (4xx), 1-3600 seconds.",
+    )
+    html: bool = Field(True, description="Send an HTML part beside the plain text.")
 
     @field_validator("address", "from_name", "trusted_authserv_id", mode="before")
     @classmethod

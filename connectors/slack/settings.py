@@ -25,43 +25,92 @@ def _empty_is_none(value: Any) -> Any:
 
 
 class SlackSettings(BaseModel):
-    """The Slack connector's section (``connectors.slack``).
+    """The Slack connector's section (``connectors.slack``): DMs, @mentions and assistant threads.
 
-    Attributes:
-        enabled: serve Slack (``POST /slack/events``, ``/slack/interactions`` or Socket Mode).
-        bot_token: the Bot User OAuth Token (``xoxb-...``).
-        signing_secret: the app's Signing Secret; checks that HTTP requests come from Slack.
-        app_token: an app-level token (``xapp-...``, scope ``connections:write``): set, Slack events
-            arrive over Socket Mode (no public URL needed) instead of HTTP.
-        api_url: Slack's Web API base URL (a test or a proxy may replace it).
-        tickets_channel: where new tickets are announced for operators, who answer in the
-            announcement's thread: a channel id (``C0123ABCD``) or a name (``#support-tickets``).
-        streaming: how a reply is shown while the model writes it: ``auto`` Slack's native streaming
-            in threads and one message edited about once a second elsewhere; ``native`` only native
-            streaming (elsewhere the reply is posted when complete); ``update`` always the edited
-            message; ``off`` the reply is posted when complete.
-        dm_replies: in a direct message, answer ``top``-level or in a ``thread`` under the customer's
-            message (Slack streams natively only in threads); a customer writing in a thread is
-            always answered there.
-        update_interval_s: the least time between two live updates of one message.
-        max_file_bytes: the largest image downloaded from a customer's message (also capped by
-            ``limits.max_image_bytes``); bigger files and other file types are left out.
-        user_cache_s: how long a customer's Slack profile (name, email) is kept before it is asked again.
+    Each field's description says what it does; README "Slack" shows how to set up the app.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
-    bot_token: SecretStr | None = Field(None, validate_default=True)
-    signing_secret: SecretStr | None = Field(None, validate_default=True)
-    app_token: SecretStr | None = Field(None, validate_default=True)
-    api_url: str = DEFAULT_API_URL
-    tickets_channel: str | None = None
-    streaming: Literal["auto", "native", "update", "off"] = "auto"
-    dm_replies: Literal["top", "thread"] = "top"
-    update_interval_s: float = Field(1.0, ge=1.0, le=60.0)
-    max_file_bytes: int = Field(5_000_000, ge=1)
-    user_cache_s: float = Field(300.0, ge=0)
+    enabled: bool = Field(
+        False,
+        description="Serve Slack: POST /slack/events and /slack/interactions, or Socket Mode when app_token is set.",
+    )
+    bot_token: SecretStr | None = Field(
+        None,
+        validate_default=True,
+        description=(
+            "A secret (write ${VAR}): the Bot User OAuth Token (xoxb-...) from 'OAuth & Permissions' in your Slack "
+            "app's settings. Required when enabled."
+        ),
+        examples=["${SLACK_BOT_TOKEN:-}"],
+    )
+    signing_secret: SecretStr | None = Field(
+        None,
+        validate_default=True,
+        description=(
+            "A secret (write ${VAR}): the app's Signing Secret ('Basic Information'); checks that HTTP requests to "
+            "POST /slack/events come from Slack. Needed unless app_token is set."
+        ),
+        examples=["${SLACK_SIGNING_SECRET:-}"],
+    )
+    app_token: SecretStr | None = Field(
+        None,
+        validate_default=True,
+        description=(
+            "A secret (write ${VAR}): an app-level token (xapp-..., scope connections:write). Set: events arrive "
+            "over Socket Mode (no public URL needed) instead of HTTP."
+        ),
+        examples=["${SLACK_APP_TOKEN:-}"],
+    )
+    api_url: str = Field(
+        DEFAULT_API_URL,
+        description="Slack's Web API base URL (a test or a proxy may replace it).",
+        examples=[DEFAULT_API_URL],
+    )
+    tickets_channel: str | None = Field(
+        None,
+        description=(
+            "Where new tickets are announced for operators, who answer the customer in the announcement's thread "
+            "('hand back' or the button gives the conversation back to the bot): a channel id (C0123ABCD) or a "
+            "name (#support-tickets). The bot must be a member of it. null: no announcements."
+        ),
+        examples=["#support-tickets", "C0123ABCD"],
+    )
+    streaming: Literal["auto", "native", "update", "off"] = Field(
+        "auto",
+        description=(
+            "How a reply is shown while the model writes it: auto: Slack's native streaming in threads, one message "
+            "edited about once a second elsewhere; native: only native streaming (elsewhere the reply is posted "
+            "when complete); update: always the edited message; off: the reply is posted when complete."
+        ),
+    )
+    dm_replies: Literal["top", "thread"] = Field(
+        "top",
+        description=(
+            "In a direct message, answer top-level or in a thread under the customer's message (Slack streams "
+            "natively only in threads); a customer writing in a thread is always answered there."
+        ),
+    )
+    update_interval_s: float = Field(
+        1.0,
+        ge=1.0,
+        le=60.0,
+        description="The least time between two live updates of one message, in seconds (1-60; Slack's limits).",
+    )
+    max_file_bytes: int = Field(
+        5_000_000,
+        ge=1,
+        description=(
+            "The largest image downloaded from a customer's message, in bytes (also capped by "
+            "limits.max_image_bytes); bigger files and other file types are left out."
+        ),
+    )
+    user_cache_s: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds a customer's Slack profile (name, verified email) is kept before it is asked again.",
+    )
 
     @field_validator("bot_token", "signing_secret", "app_token", "tickets_channel", mode="before")
     @classmethod

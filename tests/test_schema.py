@@ -350,6 +350,16 @@ def test_the_command_knows_the_kinds_without_importing_the_schemas() -> None:
     assert _KINDS == KINDS
 
 
+def test_the_test_schema_comes_from_the_test_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The flow-test model lives in supportbot.flowtest; any pydantic model shows the way it is imported.
+    monkeypatch.setattr(supportbot.schema, "TEST_MODEL", "supportbot.flows:FlowLimits")
+    schema = json_schema("test")
+    Draft202012Validator.check_schema(schema)
+    assert schema["title"] == "supportbot flow tests"
+    assert list(schema["properties"])[:2] == ["max_tool_rounds", "max_tool_calls_per_response"]
+    assert "EnvironmentVariable" not in json.dumps(schema)  # test files are not expanded
+
+
 def test_a_missing_test_model_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supportbot.schema, "TEST_MODEL", "supportbot.no_such_module:TestFile")
     result = CliRunner().invoke(main, ["schema", "test"])

@@ -162,7 +162,7 @@ async def bare_script(runtime: Runtime) -> BareScript:
     return BareScript(
         system=flow.render_system_prompt(context),
         greeting=greeting or "",
-        tools=runtime.engine._tool_schemas(flow, verified=customer.verified)[0],
+        tools=runtime.engine.snapshot.tool_schemas(flow, verified=customer.verified)[0],
         tool_result=next(m.content or "" for m in stored if m.role == "tool"),
     )
 

@@ -5,6 +5,9 @@ conversation's lock for the whole turn, stores the customer's message before cal
 model, loops model → tools → model up to the flow's limit, and stores every message with its
 tokens, cost and latency. When the model fails after its retries the customer gets a polite
 fallback and an escalation ticket is opened: a turn never ends in silence.
+
+The flows and tools are one ``Snapshot``; ``Engine.swap`` (a hot reload) replaces it for the turns
+that start afterwards, while each running turn finishes on the snapshot it started with.
 """
 
 from __future__ import annotations
@@ -97,10 +100,50 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Snapshot:
+    """One loaded version of the flows and tools, with what the engine caches about them.
+
+    ``Engine.swap`` replaces the whole snapshot in one assignment. A turn takes the snapshot that
+    is current when it starts and keeps it to its end (model requests, tool calls, confirmations,
+    transfers), so an edit never reaches a turn half-way; the conversation's next turn runs on the
+    new one.
+
+    Attributes:
+        flows: the flows.
+        tools: the registry holding every tool a flow may name.
+        loaded_at: when the engine started serving it.
+        schemas: the tool definitions offered per flow and verification (``tool_schemas``).
+        prompts: rendered system prompts, least recently used first (``Engine._system_prompt``).
+    """
+
+    flows: Flows
+    tools: ToolRegistry
+    loaded_at: datetime
+    schemas: dict[tuple[str, bool], tuple[list[dict[str, Any]], int]] = field(default_factory=dict)
+    prompts: dict[tuple[Any, ...], ChatMessage] = field(default_factory=dict)
+
+    def tool_schemas(self, flow: Flow, *, verified: bool) -> tuple[list[dict[str, Any]], int]:
+        """The tool definitions offered in a flow and a high estimate of the tokens they take.
+
+        Tools declared ``requires_verified`` are offered only to a verified customer; computed once
+        per flow and verification.
+        """
+        key = (flow.name, verified)
+        cached = self.schemas.get(key)
+        if cached is None:
+            schemas = list(self.tools.schemas(flow.tools, verified=verified))
+            for target in flow.handoffs:
+                schemas.append(_transfer_schema(self.flows.get(target)))
+            cached = self.schemas[key] = (schemas, len(json.dumps(schemas)) // 3 if schemas else 0)
+        return cached
+
+
 @dataclass(kw_only=True)
 class _Turn:
     """What one running turn knows; lives only while the turn runs."""
 
+    snapshot: Snapshot  # the flows and tools this turn runs on, to its end
     conversation: Conversation
     customer: Customer
     flow: Flow
@@ -120,6 +163,9 @@ class _Turn:
 
 class Engine:
     """Runs conversations: flows, tools, the model and the store wired together.
+
+    ``flows`` and ``tools`` are read from the current ``Snapshot``; ``swap`` replaces them for the
+    turns that start after it.
 
     Args:
         config: the loaded configuration.
@@ -145,15 +191,40 @@ class Engine:
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.config = config
-        self.flows = flows
-        self.tools = tools
         self.llm = llm
         self.store = store
         self.http = http
         self.orders = orders
         self.clock = clock
-        self._schemas: dict[tuple[str, bool], tuple[list[dict[str, Any]], int]] = {}
-        self._prompts: dict[tuple[Any, ...], ChatMessage] = {}  # insertion order = least recently used first
+        self._snapshot = Snapshot(flows=flows, tools=tools, loaded_at=clock())
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The flows and tools that turns starting now run on."""
+        return self._snapshot
+
+    @property
+    def flows(self) -> Flows:
+        """The current flows."""
+        return self._snapshot.flows
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The current tool registry."""
+        return self._snapshot.tools
+
+    def swap(self, flows: Flows, tools: ToolRegistry) -> Snapshot:
+        """Serve ``flows`` and ``tools`` from the next turn on; turns already running finish on theirs.
+
+        The caller has validated them (``supportbot.runtime.load_tools_and_flows``). A conversation
+        stored under a flow that no longer exists continues in the default flow.
+
+        Returns:
+            The new snapshot.
+        """
+        snapshot = Snapshot(flows=flows, tools=tools, loaded_at=self.clock())
+        self._snapshot = snapshot  # one assignment: a turn sees the old snapshot or the new one, never a mix
+        return snapshot
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -165,9 +236,10 @@ class Engine:
         A channel where the customer writes first (Slack, email) opens it without a greeting: the
         model would otherwise see a greeting the customer was never shown.
         """
-        if flow is not None and flow not in self.flows:
-            raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(self.flows))}")
-        chosen = self.flows.get(flow or self.config.flows.default)
+        flows = self._snapshot.flows
+        if flow is not None and flow not in flows:
+            raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(flows))}")
+        chosen = flows.get(flow or self.config.flows.default)
         conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
         greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen)) if greet else None
         if greeting:
@@ -212,10 +284,12 @@ class Engine:
                 return
             if conversation.status == "closed":
                 conversation = await self.store.update_conversation(conversation_id, status="bot")
+            snapshot = self._snapshot
             turn = _Turn(
+                snapshot=snapshot,
                 conversation=conversation,
                 customer=start.customer,
-                flow=self.flows.get(conversation.flow),
+                flow=snapshot.flows.get(conversation.flow),
                 history=to_chat_messages(start.history),
                 inbox_id=inbox_id,
             )
@@ -248,10 +322,12 @@ class Engine:
             if answered or conversation.status != "bot" or customer is None:
                 yield TurnFinished(text="", message_id=None)
                 return
+            snapshot = self._snapshot
             turn = _Turn(
+                snapshot=snapshot,
                 conversation=conversation,
                 customer=customer,
-                flow=self.flows.get(conversation.flow),
+                flow=snapshot.flows.get(conversation.flow),
                 history=to_chat_messages(stored),
                 inbox_id=inbox_id,
             )
@@ -366,7 +442,7 @@ class Engine:
             async for event in self._run_calls(turn, [c for c in runnable if c not in held], not_run=not_run):
                 yield event
             if held:
-                prompt = confirmation_prompt(held, self.tools)
+                prompt = confirmation_prompt(held, turn.snapshot.tools)
                 delta = self._delta(turn, prompt, starts_block=True)
                 saved = await self.store.add_messages(
                     turn.conversation.id,
@@ -447,7 +523,7 @@ class Engine:
 
     def _refused_unverified(self, turn: _Turn, call: ToolCall) -> bool:
         """Whether the call is of a ``requires_verified`` tool and the customer is not verified."""
-        tool = self.tools.get(call.name)
+        tool = turn.snapshot.tools.get(call.name)
         return tool is not None and tool.requires_verified and not turn.customer.verified
 
     async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
@@ -482,12 +558,12 @@ class Engine:
             orders=self.orders,
             tool_call_id=call.id,
         )
-        return await self.tools.call(call, context, timeout=self.config.tools.timeout_s)
+        return await turn.snapshot.tools.call(call, context, timeout=self.config.tools.timeout_s)
 
     async def _apply_handoff(self, turn: _Turn, call: ToolCall, result: ToolResult) -> Handoff | None:
         target = result.handoff or "human"
         data = result.data if isinstance(result.data, dict) else {}
-        if target != "human" and (target not in turn.flow.handoffs or target not in self.flows):
+        if target != "human" and (target not in turn.flow.handoffs or target not in turn.snapshot.flows):
             log.warning("tool %s asked to hand over to %r, which flow %s may not hand over to; ignored",
                         call.name, target, turn.flow.name)  # fmt: skip
             return None
@@ -499,7 +575,7 @@ class Engine:
                 ticket_id=ticket if isinstance(ticket, int) else None,
             )
         turn.conversation = await self.store.update_conversation(turn.conversation.id, flow=target)
-        turn.flow = self.flows.get(target)
+        turn.flow = turn.snapshot.flows.get(target)
         turn.system = None
         return Handoff(target=target, reason=str(data.get("reason") or ""))
 
@@ -625,12 +701,13 @@ class Engine:
         customer = turn.customer
         key = (turn.flow.name, context.conversation_id, context.channel, context.now,
                customer.id, customer.name, customer.email, customer.verified)  # fmt: skip
-        prompt = self._prompts.pop(key, None)
+        prompts = turn.snapshot.prompts  # a reload starts with an empty cache: the templates may have changed
+        prompt = prompts.pop(key, None)
         if prompt is None:
             prompt = ChatMessage(role="system", content=turn.flow.render_system_prompt(context))
-            if len(self._prompts) >= PROMPT_CACHE_SIZE:
-                del self._prompts[next(iter(self._prompts))]  # the least recently used
-        self._prompts[key] = prompt
+            if len(prompts) >= PROMPT_CACHE_SIZE:
+                del prompts[next(iter(prompts))]  # the least recently used
+        prompts[key] = prompt
         return prompt
 
     def _request(self, turn: _Turn) -> LLMRequest:
@@ -640,7 +717,7 @@ class Engine:
             turn.system = self._system_prompt(turn)
         overrides = flow.model
         max_tokens = overrides.max_tokens or llm.max_tokens
-        tools, tool_tokens = self._tool_schemas(flow, verified=turn.customer.verified)
+        tools, tool_tokens = turn.snapshot.tool_schemas(flow, verified=turn.customer.verified)
         budget = llm.context_window - max_tokens - tool_tokens
         return LLMRequest(
             messages=fit(turn.system, turn.history, budget=budget),
@@ -656,21 +733,6 @@ class Engine:
 
     def _model(self, flow: Flow) -> str:
         return flow.model.model or self.config.llm.model
-
-    def _tool_schemas(self, flow: Flow, *, verified: bool) -> tuple[list[dict[str, Any]], int]:
-        """The tool definitions offered in a flow and a high estimate of the tokens they take.
-
-        Tools declared ``requires_verified`` are offered only to a verified customer; computed once
-        per flow and verification.
-        """
-        key = (flow.name, verified)
-        cached = self._schemas.get(key)
-        if cached is None:
-            schemas = list(self.tools.schemas(flow.tools, verified=verified))
-            for target in flow.handoffs:
-                schemas.append(_transfer_schema(self.flows.get(target)))
-            cached = self._schemas[key] = (schemas, len(json.dumps(schemas)) // 3 if schemas else 0)
-        return cached
 
 
 def _transfer_schema(target: Flow) -> dict[str, Any]:

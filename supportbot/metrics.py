@@ -1,4 +1,4 @@
-"""Prometheus metrics of a running supportbot: turns, latency, tokens, cost, tools, errors, connections.
+"""Prometheus metrics of a running supportbot: turns, latency, tokens, cost, tools, errors, connections, reloads.
 
 Each ``Metrics`` has its own registry, so several servers (tests) in one process don't collide;
 ``GET /metrics`` renders it in the Prometheus text format.
@@ -52,6 +52,9 @@ class Metrics:
             "supportbot_delivery_duration_seconds", "Time a channel took to send one reply", ["channel"],
             buckets=_FAST_BUCKETS, registry=r,
         )  # fmt: skip
+        self.reloads = Counter(
+            "supportbot_reloads", "Reloads of the flows and tools, by outcome (ok, refused)", ["outcome"], registry=r
+        )
         self.websockets = Gauge("supportbot_websocket_connections", "Open widget WebSocket connections", registry=r)
         self.http_requests = Counter(
             "supportbot_http_requests", "HTTP requests, by method, route and status", ["method", "route", "status"],

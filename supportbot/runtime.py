@@ -162,14 +162,22 @@ async def _check_orders(config: Config, problems: Problems) -> None:
 @dataclass(kw_only=True)
 class Runtime:
     config: Config
-    tools: ToolRegistry
-    flows: Flows
     store: Store
     llm: LLM
     http: aiohttp.ClientSession
     orders: OrderSource
     engine: Engine
     closing: AsyncExitStack
+
+    @property
+    def flows(self) -> Flows:
+        """The flows serving now: the engine's, which a reload replaces (``Engine.swap``)."""
+        return self.engine.flows
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The tool registry serving now: the engine's, which a reload replaces (``Engine.swap``)."""
+        return self.engine.tools
 
     @property
     def demo(self) -> bool:
@@ -208,6 +216,6 @@ async def open_runtime(
         model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm))
         stack.push_async_callback(model.aclose)
         engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
-        return Runtime(config=config, tools=tools, flows=flows, store=store, llm=model, http=http, orders=orders,
-                       engine=engine, closing=stack.pop_all())  # fmt: skip
+        return Runtime(config=config, store=store, llm=model, http=http, orders=orders, engine=engine,
+                       closing=stack.pop_all())  # fmt: skip
     raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises

@@ -7,7 +7,8 @@ its routes and gives its channel to the ``Hub`` (``supportbot.delivery``), which
 channel's replies from the outbox. ``serve`` binds, resumes what a previous run left unanswered
 (turns, and replies not yet delivered), and on SIGTERM or SIGINT stops taking messages, lets
 running turns finish within ``server.drain_timeout_s`` and hands the rest back to the inbox before
-it closes.
+it closes. On SIGHUP, and with ``reload`` whenever a watched file changes, it reloads the flows and
+tools (``supportbot.reload``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from supportbot.delivery import DeliveryStore, Hub
 from supportbot.dispatch import Dispatcher
 from supportbot.errors import ConfigError
 from supportbot.metrics import CONTENT_TYPE, Metrics
+from supportbot.reload import Outcome, Reloader
 from supportbot.runtime import NO_MODEL, Runtime, open_runtime
 from supportbot.webapp import (
     DISPATCHER,
@@ -250,16 +252,34 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     notice: Callable[[str], None] | None = None,
+    reload: bool = False,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set), then drain and close.
+
+    A SIGHUP reloads the flows and tools (``supportbot.reload``); a turn running meanwhile finishes
+    on the version it started with.
 
     Args:
         ready: called with the base URL once the server accepts connections.
         notice: called after ``ready`` with each line the operator should see (``NOTICES``).
+        reload: also reload whenever a flow file, a tools module or the config file changes.
     """
     runtime = await open_runtime(config, demo=demo)
     try:
         app = build_app(runtime)
+        metrics = app[METRICS]
+
+        def count(outcome: Outcome) -> None:
+            metrics.reloads.labels("ok" if outcome.ok else "refused").inc()
+
+        reloader = Reloader(runtime, on_outcome=count)
+        if reload:
+            watched = reloader.watched_files()
+            app[NOTICES].append(
+                f"watching {len(watched)} file{'' if len(watched) == 1 else 's'} for changes (flows, tools, config): "
+                "an edit reloads the flows and tools, a bad one is refused and logged"
+                + ("; the built-in example flows are not watched" if reloader.flows_dir is None else "")
+            )
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
@@ -276,6 +296,8 @@ async def serve(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            reloader.start(watch=reload)
+            loop.add_signal_handler(signal.SIGHUP, reloader.request, "on SIGHUP")
             log.info("supportbot serving on %s (resumed %d turn(s))", url, app[INTAKE].resumed)
             if ready is not None:
                 ready(url)
@@ -283,12 +305,14 @@ async def serve(
                 for line in app[NOTICES]:
                     notice(line)
             await stop.wait()
+            await reloader.aclose()
             log.info("shutting down: letting running turns finish (up to %ss)", config.server.drain_timeout_s)
             handed_back = await drain(app)
             log.info("stopped; %d turn(s) handed back for the next start", handed_back)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 asyncio.get_running_loop().remove_signal_handler(sig)
+            await reloader.aclose()
             await runner.cleanup()
     finally:
         await runtime.aclose()

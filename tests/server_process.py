@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +21,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(config: Path, port: int, cwd: Path) -> subprocess.Popen[str]:
-    """Start ``supportbot serve -c config --port port`` and return once the port answers (30 s at most)."""
+def start_server(config: Path, port: int, cwd: Path, args: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """Start ``supportbot serve -c config --port port [args]`` and return once the port answers (30 s at most)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port)],
+        [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port), *args],
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30

@@ -41,7 +41,7 @@ def setup(app: web.Application) -> None:
     operators = app[INTAKE].operators
     auth = Auth(settings, store, extra_token=demo_token, behind_proxy=runtime.config.server.trust_forwarded_for)
     app[OPERATORS] = operators
-    AdminPages(auth, operators, flows=sorted(runtime.flows)).add_routes(app.router)
+    AdminPages(auth, operators, flows=lambda: sorted(runtime.flows)).add_routes(app.router)
     AdminAPI(auth, operators).add_routes(app.router)
     add_openapi(app, ADMIN_OPENAPI)
     app.router.add_static("/admin/static", STATIC, append_version=False)

@@ -91,7 +91,8 @@ def _next_path(value: str | None) -> str:
 class AdminPages:
     """Route handlers of the admin page; ``add_routes`` puts them on an application."""
 
-    def __init__(self, auth: Auth, operators: Operators, *, flows: list[str]) -> None:
+    def __init__(self, auth: Auth, operators: Operators, *, flows: Callable[[], list[str]]) -> None:
+        """``flows`` gives the names of the flows loaded now (a reload may change them)."""
         self.auth = auth
         self.operators = operators
         self.store: OperatorStore = operators.store
@@ -228,7 +229,7 @@ class AdminPages:
 
     def _choices(self) -> dict[str, Any]:
         return {
-            "statuses": STATUSES, "priorities": PRIORITIES, "sorts": SORTS, "flows": self.flows,
+            "statuses": STATUSES, "priorities": PRIORITIES, "sorts": SORTS, "flows": self.flows(),
             "channels": ("web", "terminal", "slack", "email"),
         }  # fmt: skip
 
@@ -312,7 +313,7 @@ class AdminPages:
         return self.render(
             "conversations.html", session=session, section="conversations", query=query, page=found,
             page_number=query.offset // query.limit + 1, params=_filters(request), statuses=CONVERSATION_STATUSES,
-            flows=self.flows, channels=("web", "terminal", "slack", "email"), **self._flash(request, session),
+            flows=self.flows(), channels=("web", "terminal", "slack", "email"), **self._flash(request, session),
         )  # fmt: skip
 
     async def conversation(self, request: web.Request, session: AdminSession) -> web.StreamResponse:

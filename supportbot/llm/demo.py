@@ -3,8 +3,9 @@
 It shows the whole path (streaming, tool calls, confirmations, tickets) without an LLM. On a
 customer message it tries, in this order:
 
-1. the flow's ``demo:`` hints (``supportbot.hints``): the first rule whose ``when`` pattern is found
-   in the message calls its tool (when the flow offers it) or replies;
+1. the ``demo:`` hints (``supportbot.hints``; its own, e.g. a test script's, then the flow's): the
+   first rule whose ``when`` pattern is found in the message calls its tool (when the flow offers
+   it) or replies, ``{name}`` filled from the pattern's named groups;
 2. its own rules for the built-in tools: it looks up an order when the customer names one
    (``A1001``), opens a ticket or hands over to a person when asked, and transfers to the
    ``returns`` and ``order_status`` flows on their keywords;
@@ -13,10 +14,10 @@ customer message it tries, in this order:
    ``transfer_to_<flow>`` by the words of that flow's description;
 
 and otherwise says what it can do, or which argument it still needs. Right after a tool answered,
-the first ``after`` hint for that tool applies; without one the result is described in plain
-words (a tool's error as a problem it reported). After a transfer it acts on the customer's
-question again with the new flow's tools. Its replies are labelled as the demo's. It is never
-used unless asked for.
+the first ``after`` hint for that tool applies (``{key}`` from the result's top-level keys); without
+one the result is described in plain words (a tool's error as a problem it reported). After a
+transfer it acts on the customer's question again with the new flow's tools. Its replies are
+labelled as the demo's. It is never used unless asked for.
 """
 
 from __future__ import annotations
@@ -55,25 +56,31 @@ Tools = Mapping[str, Mapping[str, Any]]
 
 
 class DemoLLM:
-    """Implements ``supportbot.llm.base.LLM`` with fixed rules (see the module docstring)."""
+    """Implements ``supportbot.llm.base.LLM`` with fixed rules (see the module docstring).
 
-    def __init__(self) -> None:
+    Args:
+        hints: rules of its own, followed before each request's hints (e.g. a test script's).
+    """
+
+    def __init__(self, *, hints: Sequence[DemoHint] = ()) -> None:
         self._calls = 0
+        self._hints = tuple(hints)
 
     async def aclose(self) -> None:
         return None
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[StreamEvent]:
         offered: dict[str, Mapping[str, Any]] = {t["function"]["name"]: t for t in request.tools}
+        hints = (*self._hints, *request.hints)
         messages = list(request.messages)
         last = messages[-1]
         if last.role == "user" and len(messages) > 1 and messages[-2].role == "tool":
             messages.pop()  # the customer's yes to a confirmed call: report what the call did
             last = messages[-1]
         if last.role == "tool":
-            answer = self._after_results(messages, offered, request.hints)
+            answer = self._after_results(messages, offered, hints)
         else:
-            answer = self._answer(last.content or "", offered, request.hints)
+            answer = self._answer(last.content or "", offered, hints)
         if isinstance(answer, ToolCall):
             yield _calling(request, answer)
             return
@@ -359,7 +366,8 @@ def _asking(tool: Mapping[str, Any], missing: Sequence[str]) -> str:
             f"the {label} ({shorten(described[:1].lower() + described[1:], 60)})" if described else f"the {label}"
         )
     listed = needs[0] if len(needs) == 1 else ", ".join(needs[:-1]) + " and " + needs[-1]
-    return f"I can {purpose(tool)}, but I need {listed} for that; please include it in your message."
+    name = (tool.get("function") or {}).get("name", "")
+    return f"I could call {name} ({purpose(tool)}), but I need {listed} for that; please include it in your message."
 
 
 def _usage(request: LLMRequest, text: str) -> Usage:

@@ -51,7 +51,7 @@ def store_hours(city: Literal["Berlin", "Paris", "Lisbon"]) -> str:
 
 
 @tool
-def gift_card_balance(card_code: str) -> dict[str, Any]:
+def gift_card_balance(card_code: str, details: str | None = None) -> dict[str, Any]:
     """The remaining balance of a gift card."""
     return {"balance": 25, "currency": "EUR"}
 
@@ -230,6 +230,13 @@ async def test_the_first_matching_hint_wins_and_one_naming_a_tool_not_offered_is
     assert call_of(only_ghost) == ("warranty_status", {"serial": "SN-77777"})
 
 
+async def test_the_models_own_hints_come_before_the_requests() -> None:
+    own = DemoLLM(hints=[DemoHint(when="warranty", reply="From the script.")])
+    hints = [{"when": "warranty", "reply": "From the flow."}]
+    assert text_of(await answer(user("warranty?"), hints=hints, llm=own)) == "From the script."
+    assert text_of(await answer(user("warranty?"), hints=hints)) == "From the flow."
+
+
 async def test_a_reply_hint_fills_its_groups_and_leaves_the_rest_visible() -> None:
     hint = {"when": r"size (?P<size>\d+)(?: in (?P<colour>\w+))?", "reply": "Size {size} {colour} {size.real} {{x}}"}
     assert text_of(await answer(user("Do you have size 42?"), hints=[hint])) == "Size 42 {colour} {size.real} {x}"
@@ -403,14 +410,15 @@ ASK = "; please include it in your message."
     ("text", "tools", "asked"),
     [
         ("I want to book a repair", CUSTOM,
-         "I can book a repair appointment for a broken device, but I need the model name for that" + ASK),
+         "I could call book_repair (book a repair appointment for a broken device), but I need the model name "
+         "for that" + ASK),
         ("Is my tent under warranty?", CUSTOM,
-         "I can check the warranty of a product by its serial number, but I need the serial (the serial number "
-         "on the box, e.g. SN-12345) for that" + ASK),
+         "I could call warranty_status (check the warranty of a product by its serial number), but I need the "
+         "serial (the serial number on the box, e.g. SN-12345) for that" + ASK),
         ("Reserve seats for 20 people: ana@example.com", CUSTOM,
-         "I can reserve seats at a cooking class, but I need the seats for that" + ASK),
+         "I could call reserve_seats (reserve seats at a cooking class), but I need the seats for that" + ASK),
         ("Sign me up for the newsletter", ["newsletter_signup"],
-         "I can sign up for the newsletter, but I need the opt in for that" + ASK),
+         "I could call newsletter_signup (sign up for the newsletter), but I need the opt in for that" + ASK),
     ],
 )  # fmt: skip
 async def test_a_required_argument_that_cannot_be_filled_means_no_call(text: str, tools: list[str], asked: str) -> None:
@@ -440,6 +448,13 @@ async def test_after_a_transfer_the_question_is_acted_on_with_the_new_flows_tool
     assert text_of(hinted) == "Warranty desk here."
     nothing = await answer(*moved, tools=[], extra=[BILLING])
     assert text_of(nothing) == "I've moved you to our warranty assistant. How can I help?"
+
+
+async def test_after_a_transfer_the_question_does_not_transfer_again() -> None:
+    question = user("I'd like a refund of the charges on my invoice")
+    moved = [question, calling("transfer_to_billing", {}), result("transfer_to_billing", "Transferred to billing.")]
+    completion = await answer(*moved, tools=BUILTIN, extra=[RETURNS])
+    assert text_of(completion) == "I've moved you to our billing assistant. How can I help?"
 
 
 # -- results --------------------------------------------------------------------------------------------

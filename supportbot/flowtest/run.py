@@ -35,6 +35,7 @@ from supportbot.flowtest.spec import Case, CustomerSpec, Order, TestFile
 from supportbot.hints import DemoHint
 from supportbot.llm.base import LLM
 from supportbot.llm.demo import DemoLLM
+from supportbot.store._engine import make_engine, parse_url
 from supportbot.store.base import Customer
 from supportbot.store.sql import SQLStore
 from supportbot.tools import ToolRegistry
@@ -98,17 +99,19 @@ class Runner:
         config: the project's configuration.
         tools: its tools.
         flows: its flows.
-        live: the real model for ``--live``; None runs scripts and the demo model.
+        live: the real model for ``--live``; None runs scripts and the offline model.
+        offline: makes the offline model of a case (the demo model) for turns without a script.
         workdir: a temporary directory for databases and fixture files.
         http: the HTTP session tools get.
     """
 
-    def __init__(self, *, config: Config, tools: ToolRegistry, flows: Flows, live: LLM | None, workdir: Path,
-                 http: aiohttp.ClientSession) -> None:  # fmt: skip
+    def __init__(self, *, config: Config, tools: ToolRegistry, flows: Flows, live: LLM | None,
+                 offline: Callable[[], LLM] = DemoLLM, workdir: Path, http: aiohttp.ClientSession) -> None:  # fmt: skip
         self.config = config
         self.tools = tools
         self.flows = flows
         self.live = live
+        self.offline = offline
         self._workdir = workdir
         self._http = http
         self._template = workdir / "template.db"
@@ -156,7 +159,8 @@ class Runner:
         database = self._workdir / f"case-{self._runs}.db"
         shutil.copyfile(self._template, database)
         url = f"sqlite+aiosqlite:///{database}"
-        store = await SQLStore.open(url, create=False)
+        parsed = parse_url(url)
+        store = SQLStore(make_engine(parsed), parsed)  # a copy of the migrated template: no schema check needed
         self._capture.lines.clear()
         conversation: Conversation | None = None
         try:
@@ -176,7 +180,7 @@ class Runner:
         settings = case_settings(file.spec, file.spec.cases[index])
         now = settings.now
         clock: Callable[[], datetime] = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
-        model = CaseModel(fallback=self.live or DemoLLM(), scripted=self.live is None)
+        model = CaseModel(fallback=self.live or self.offline(), scripted=self.live is None)
         config = self.config.model_copy(update={"database": self.config.database.model_copy(update={"url": url})})
         flows = self._flows_with(settings.rules) if self.live is None else self.flows
         engine = Engine(config=config, flows=flows, tools=self.tools, llm=model, store=store, http=self._http,
@@ -247,11 +251,17 @@ def _empty_record(mode: str) -> CaseRecord:
 
 @asynccontextmanager
 async def open_runner(
-    config: Config, *, tools: ToolRegistry, flows: Flows, live: LLM | None = None
+    config: Config,
+    *,
+    tools: ToolRegistry,
+    flows: Flows,
+    live: LLM | None = None,
+    offline: Callable[[], LLM] = DemoLLM,
 ) -> AsyncIterator[Runner]:
     """A runner with its temporary directory (removed afterwards), a migrated template database and an HTTP session.
 
     While it is open, the ``supportbot`` logger's warnings go to the case transcripts, not the console.
+    ``live`` is the model of ``--live``; ``offline`` makes the model of unscripted turns otherwise (one per case).
     """
     logger = logging.getLogger("supportbot")
     saved = (list(logger.handlers), logger.level, logger.propagate)
@@ -259,7 +269,9 @@ async def open_runner(
         workdir = Path(directory)
         await (await SQLStore.open(f"sqlite+aiosqlite:///{workdir / 'template.db'}")).close()
         async with aiohttp.ClientSession() as http:
-            runner = Runner(config=config, tools=tools, flows=flows, live=live, workdir=workdir, http=http)
+            runner = Runner(
+                config=config, tools=tools, flows=flows, live=live, offline=offline, workdir=workdir, http=http
+            )
             logger.handlers[:] = [runner._capture]
             logger.setLevel(logging.WARNING)
             logger.propagate = False

@@ -128,7 +128,7 @@ class Runner:
 
     @property
     def mode(self) -> str:
-        return "live" if self.live is not None else "scripted"
+        return "live" if self.live is not None else "offline"
 
     async def run(
         self,
@@ -143,7 +143,7 @@ class Runner:
         results = []
         for file in files:
             for index, case in enumerate(file.spec.cases):
-                if keyword is not None and keyword.casefold() not in f"{file.name} › {case.name}".casefold():
+                if not selected(file, case.name, keyword):
                     continue
                 runs = tuple([await self.run_case(file, index) for _ in range(repeat)])
                 result = CaseResult(file=file.name, name=case.name, where=file.at(("cases", index)), runs=runs,
@@ -163,24 +163,28 @@ class Runner:
         store = SQLStore(make_engine(parsed), parsed)  # a copy of the migrated template: no schema check needed
         self._capture.lines.clear()
         conversation: Conversation | None = None
+        offline: LLM | None = None
         try:
-            conversation = await self._start(file, index, store, url)
+            fallback = self.live if self.live is not None else (offline := self.offline())
+            model = CaseModel(fallback=fallback, scripted=self.live is None)
+            conversation = await self._start(file, index, store, url, model)
             failures = await self._converse(file, index, conversation)
         except Exception as exc:  # a case that cannot go on (a broken tool module, a template) fails alone
             failures = [Failure(where=file.at(("cases", index)), what="case",
                                 message=f"the case could not run: {type(exc).__name__}: {exc}")]  # fmt: skip
         finally:
+            if offline is not None:
+                await offline.aclose()
             await store.close()
             for leftover in database.parent.glob(database.name + "*"):
                 leftover.unlink(missing_ok=True)
         record = conversation.record(logs=tuple(self._capture.lines)) if conversation else _empty_record(self.mode)
         return CaseRun(failures=tuple(failures), record=record, duration_ms=(time.perf_counter() - started) * 1000)
 
-    async def _start(self, file: SpecFile, index: int, store: SQLStore, url: str) -> Conversation:
+    async def _start(self, file: SpecFile, index: int, store: SQLStore, url: str, model: CaseModel) -> Conversation:
         settings = case_settings(file.spec, file.spec.cases[index])
         now = settings.now
         clock: Callable[[], datetime] = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
-        model = CaseModel(fallback=self.live or self.offline(), scripted=self.live is None)
         config = self.config.model_copy(update={"database": self.config.database.model_copy(update={"url": url})})
         flows = self._flows_with(settings.rules) if self.live is None else self.flows
         engine = Engine(config=config, flows=flows, tools=self.tools, llm=model, store=store, http=self._http,
@@ -236,6 +240,11 @@ class Runner:
             path.write_text(yaml.safe_dump(rows, allow_unicode=True, sort_keys=False), encoding="utf-8")
             source = self._orders[id(orders)] = FileOrderSource(path=path)
         return source
+
+
+def selected(file: SpecFile, name: str, keyword: str | None) -> bool:
+    """Whether ``-k keyword`` selects the case ``name`` of ``file``: its ``file › name`` contains it, ignoring case."""
+    return keyword is None or keyword.casefold() in f"{file.name} › {name}".casefold()
 
 
 async def _customer(store: SQLStore, spec: CustomerSpec | None) -> Customer:

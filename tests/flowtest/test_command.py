@@ -59,7 +59,7 @@ def test_all_pass(project: Path) -> None:
     result = cli("test")
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
-    assert out[0] == "2 cases in 1 file (scripted: model: scripts and the offline demo model)"
+    assert out[0] == "2 cases in 1 file (offline: model: scripts and the demo model)"
     assert out[1].startswith("PASS orders.yaml › a verified customer gets their order's status (")
     assert out[2].startswith("PASS orders.yaml › the demo model looks it up too (")
     assert out[4].split() == ["file", "cases", "passed", "failed", "time"]
@@ -86,7 +86,7 @@ def test_a_failing_case(project: Path) -> None:
         "  tests/billing.yaml:10: turn 1: reply_contains: the reply does not contain '249.8'\n"
         "    - contains: 249.8\n"
         "    + reply: It cost nothing.\n"
-        "  transcript (scripted; flow billing, channel web, customer <ana@example.com> (verified)):\n"
+        "  transcript (offline; flow billing, channel web, customer <ana@example.com> (verified)):\n"
         "    bot: Hello there, billing here.\n"
         "    turn 1 · customer: What did A1001 cost?\n"
         '      → order_total {"order_id": "A1001"}\n'
@@ -139,7 +139,8 @@ def test_verbose_shows_passing_transcripts(project: Path) -> None:
     write(project, "orders.yaml", ORDERS_TEST)
     result = cli("test", "-v", "-k", "demo")
     assert result.exit_code == 0
-    assert "PASS orders.yaml › the demo model looks it up too\n  transcript (scripted;" in result.stdout
+    assert "PASS orders.yaml › the demo model looks it up too\n  transcript (offline;" in result.stdout
+    assert "    turn 1 (demo model) · customer: Where is my order A1001?\n" in result.stdout
     assert '      → lookup_order {"order_id": "A1001"}' in result.stdout
 
 

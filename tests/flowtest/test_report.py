@@ -33,7 +33,7 @@ RECORD = CaseRecord(
     customer="Ana Lima <ana@example.com> (verified)",
     flow="order_status",
     channel="web",
-    mode="scripted",
+    mode="offline",
     turns=(TURN,),
     logs=("warning supportbot.engine: slow",),
 )
@@ -67,7 +67,7 @@ def test_a_failed_case_shows_the_diff_and_the_transcript() -> None:
         "    - contains: shipped",
         "    + reply: Your order is",
         "    + processing.",
-        "  transcript (scripted; flow order_status, channel web, customer Ana Lima <ana@example.com> (verified)):",
+        "  transcript (offline; flow order_status, channel web, customer Ana Lima <ana@example.com> (verified)):",
         "    bot: Hi Ana!",
         "    turn 1 · customer: Where is my order A1001?",
         '      → lookup_order {"order_id": "A1001"}',
@@ -90,7 +90,7 @@ def test_repeated_runs_report_the_rate_and_the_first_failing_run() -> None:
 
 
 def test_a_case_that_did_not_start() -> None:
-    empty = CaseRecord(greeting=None, customer="", flow="", channel="", mode="scripted", turns=())
+    empty = CaseRecord(greeting=None, customer="", flow="", channel="", mode="offline", turns=())
     assert case_report(result(CaseRun(failures=(), record=empty, duration_ms=1))).splitlines()[-1] == (
         "  transcript: (the conversation did not start)"
     )

@@ -2,13 +2,13 @@
 
 Each run of a case gets a SQLite file of its own (a copy of one migrated when the runner opens, so
 a case does not pay for the schema), the fixture orders and customers, an ``Engine`` whose clock is
-the case's ``now``, and a ``CaseModel``: the turn's script, else the demo model following the
-case's and file's ``rules:`` before the flow's ``demo:`` hints (or, with ``--live``, the real model).
+the case's ``now``, and a ``CaseModel``: the turn's script, else the demo model, given the case's
+and file's ``rules:`` as hints of its own, which it follows before the flow's ``demo:`` hints (or,
+with ``--live``, the real model).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import yaml
@@ -82,6 +82,12 @@ class _Capture(logging.Handler):
         self.lines.append(f"{record.levelname.lower()} {record.name}: {record.getMessage()}")
 
 
+class OfflineModel(Protocol):
+    """Makes the model of a case's unscripted turns, with the case's rules (``DemoLLM`` is one)."""
+
+    def __call__(self, *, hints: Sequence[DemoHint]) -> LLM: ...
+
+
 class _NoOrders:
     """The order source when a test has no fixture orders and the project's are not in a file: none at all."""
 
@@ -100,13 +106,13 @@ class Runner:
         tools: its tools.
         flows: its flows.
         live: the real model for ``--live``; None runs scripts and the offline model.
-        offline: makes the offline model of a case (the demo model) for turns without a script.
+        offline: makes the model of a case's turns without a script (the demo model), given the case's rules.
         workdir: a temporary directory for databases and fixture files.
         http: the HTTP session tools get.
     """
 
     def __init__(self, *, config: Config, tools: ToolRegistry, flows: Flows, live: LLM | None,
-                 offline: Callable[[], LLM] = DemoLLM, workdir: Path, http: aiohttp.ClientSession) -> None:  # fmt: skip
+                 offline: OfflineModel = DemoLLM, workdir: Path, http: aiohttp.ClientSession) -> None:  # fmt: skip
         self.config = config
         self.tools = tools
         self.flows = flows
@@ -116,7 +122,6 @@ class Runner:
         self._http = http
         self._template = workdir / "template.db"
         self._runs = 0
-        self._flows: dict[tuple[int, ...], Flows] = {}
         self._orders: dict[int, OrderSource] = {}
         orders = config.orders
         self._project_orders: OrderSource = (
@@ -164,10 +169,11 @@ class Runner:
         self._capture.lines.clear()
         conversation: Conversation | None = None
         offline: LLM | None = None
+        settings = case_settings(file.spec, file.spec.cases[index])
         try:
-            fallback = self.live if self.live is not None else (offline := self.offline())
+            fallback = self.live if self.live is not None else (offline := self.offline(hints=settings.rules))
             model = CaseModel(fallback=fallback, scripted=self.live is None)
-            conversation = await self._start(file, index, store, url, model)
+            conversation = await self._start(settings, store, url, model)
             failures = await self._converse(file, index, conversation)
         except Exception as exc:  # a case that cannot go on (a broken tool module, a template) fails alone
             failures = [Failure(where=file.at(("cases", index)), what="case",
@@ -181,13 +187,11 @@ class Runner:
         record = conversation.record(logs=tuple(self._capture.lines)) if conversation else _empty_record(self.mode)
         return CaseRun(failures=tuple(failures), record=record, duration_ms=(time.perf_counter() - started) * 1000)
 
-    async def _start(self, file: SpecFile, index: int, store: SQLStore, url: str, model: CaseModel) -> Conversation:
-        settings = case_settings(file.spec, file.spec.cases[index])
+    async def _start(self, settings: CaseSettings, store: SQLStore, url: str, model: CaseModel) -> Conversation:
         now = settings.now
         clock: Callable[[], datetime] = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
         config = self.config.model_copy(update={"database": self.config.database.model_copy(update={"url": url})})
-        flows = self._flows_with(settings.rules) if self.live is None else self.flows
-        engine = Engine(config=config, flows=flows, tools=self.tools, llm=model, store=store, http=self._http,
+        engine = Engine(config=config, flows=self.flows, tools=self.tools, llm=model, store=store, http=self._http,
                         orders=self._order_source(settings.orders), clock=clock)  # fmt: skip
         for other in settings.customers:
             await _customer(store, other)
@@ -217,17 +221,6 @@ class Runner:
                 case.expect, await conversation.outcome(), label="case", base=("cases", index, "expect"), at=file.at
             )
         return failures
-
-    def _flows_with(self, rules: tuple[DemoHint, ...]) -> Flows:
-        """The project's flows with ``rules`` before each flow's own ``demo:`` hints (made once per set of rules)."""
-        if not rules:
-            return self.flows
-        key = tuple(id(rule) for rule in rules)
-        flows = self._flows.get(key)
-        if flows is None:
-            changed = [dataclasses.replace(flow, demo=(*rules, *flow.demo)) for flow in self.flows.values()]
-            flows = self._flows[key] = Flows(changed, default=self.flows.default_name)
-        return flows
 
     def _order_source(self, orders: list[Order] | None) -> OrderSource:
         """The fixture orders as an orders file (written once per fixture), or the project's file, or none."""
@@ -265,12 +258,12 @@ async def open_runner(
     tools: ToolRegistry,
     flows: Flows,
     live: LLM | None = None,
-    offline: Callable[[], LLM] = DemoLLM,
+    offline: OfflineModel = DemoLLM,
 ) -> AsyncIterator[Runner]:
     """A runner with its temporary directory (removed afterwards), a migrated template database and an HTTP session.
 
     While it is open, the ``supportbot`` logger's warnings go to the case transcripts, not the console.
-    ``live`` is the model of ``--live``; ``offline`` makes the model of unscripted turns otherwise (one per case).
+    ``live`` is the model of ``--live``; ``offline`` makes the model of unscripted turns otherwise (one per case run).
     """
     logger = logging.getLogger("supportbot")
     saved = (list(logger.handlers), logger.level, logger.propagate)

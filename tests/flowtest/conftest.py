@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from supportbot.cli import main
 from supportbot.config import load_config
 from supportbot.flowtest.load import find_files, load_files
 from supportbot.flowtest.records import CaseResult
-from supportbot.flowtest.run import open_runner
+from supportbot.flowtest.run import OfflineModel, open_runner
 from supportbot.llm.base import LLM
 from supportbot.llm.demo import DemoLLM
 from supportbot.runtime import load_tools_and_flows
@@ -38,11 +38,13 @@ tools: {{modules: [{TOOLS_MODULE}]}}
 TOOLS = '''\
 """The shop's own tools."""
 
+from typing import Any
+
 from supportbot import ToolContext, tool
 
 
 @tool
-async def order_total(ctx: ToolContext, order_id: str) -> str:
+async def order_total(ctx: ToolContext, order_id: str) -> dict[str, Any] | str:
     """Tell what one of the customer's orders cost.
 
     Args:
@@ -51,7 +53,7 @@ async def order_total(ctx: ToolContext, order_id: str) -> str:
     order = await ctx.orders.get(order_id)
     if order is None or not ctx.customer.verified or order.get("customer_email") != ctx.customer.email:
         return f"no order {order_id} found for this customer"
-    return f"order {order['order_id']} cost {order['total']} {order['currency']}"
+    return {"order_id": order["order_id"], "total": order["total"], "currency": order["currency"]}
 
 
 @tool
@@ -117,7 +119,7 @@ class FlowTests:
         text: str,
         *,
         live: LLM | None = None,
-        offline: Callable[[], LLM] = DemoLLM,
+        offline: OfflineModel = DemoLLM,
         repeat: int = 1,
         min_pass_rate: float = 1.0,
     ) -> list[CaseResult]:

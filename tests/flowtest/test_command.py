@@ -90,7 +90,7 @@ def test_a_failing_case(project: Path) -> None:
         "    bot: Hello there, billing here.\n"
         "    turn 1 · customer: What did A1001 cost?\n"
         '      → order_total {"order_id": "A1001"}\n'
-        "      ← order_total: order A1001 cost 249.8 USD\n"
+        '      ← order_total: {"order_id":"A1001","total":249.8,"currency":"USD"}\n'
         "    bot: It cost nothing.\n"
     ) in out
     assert "billing.yaml      2       0       2" in out and "orders.yaml       2       2       0" in out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from supportbot.config import load_config
 from supportbot.flowtest.records import CaseResult
+from supportbot.hints import DemoHint
 from supportbot.llm.base import Completion, LLMRequest, StreamEvent
 from supportbot.llm.client import OpenAICompatibleLLM
 from supportbot.messages import ChatMessage
@@ -89,7 +90,7 @@ cases:
     )  # fmt: skip
     assert failures(result) == []
     assert calls(result) == [
-        ("order_total", "order A1001 cost 249.8 USD", False),
+        ("order_total", '{"order_id":"A1001","total":249.8,"currency":"USD"}', False),
         ("customer_name", "Ben Okafor", False),
     ]
 
@@ -143,12 +144,15 @@ cases:
 
 
 class Recording:
-    """An offline model that keeps the demo hints it is given and answers "ok"."""
+    """An offline model that keeps the rules it is made with and the hints of each request, and answers "ok"."""
 
     hints: ClassVar[list[list[str | None]]] = []
 
+    def __init__(self, *, hints: Sequence[DemoHint] = ()) -> None:
+        self.own = tuple(hints)
+
     async def stream(self, request: LLMRequest) -> AsyncIterator[StreamEvent]:
-        Recording.hints.append([hint.reply for hint in request.hints])
+        Recording.hints.append([hint.reply for hint in (*self.own, *request.hints)])
         yield Completion(message=ChatMessage(role="assistant", content="ok"), finish_reason="stop")
 
     async def aclose(self) -> None:
@@ -174,6 +178,32 @@ cases:
     # Scripted turns never reach the offline model; the flow's hints come last.
     assert Recording.hints == [["the case's", "the file's", flow], ["the case's", "the file's", flow],
                                ["the file's", flow]]  # fmt: skip
+
+
+async def test_the_demo_model_follows_the_rules(flowtests: FlowTests) -> None:
+    results = await flowtests.run(
+        "flow: billing\n" + ANA + ORDERS
+        + """\
+rules:
+  - {when: 'cost of (?P<order>[A-Z]\\d{4})', call: order_total, args: {order_id: "{order}"}}
+  - {after: order_total, reply: "That was {total} {currency}."}
+cases:
+  - name: a file rule calls the tool, another answers with its result
+    turns:
+      - customer: What was the cost of A1001?
+        expect: {called: [{tool: order_total, args: {order_id: A1001}}], reply_contains: That was 249.8 USD.}
+  - name: the case's rule comes first
+    rules: [{when: cost, reply: Ask billing.}]
+    turns:
+      - customer: What was the cost of A1001?
+        expect: {not_called: [order_total], reply_contains: Ask billing.}
+  - name: the flow's hint when no rule fits
+    turns:
+      - customer: Where is my invoice?
+        expect: {reply_contains: the flow's hint}
+"""
+    )  # fmt: skip
+    assert [failures(result) for result in results] == [[], [], []]
 
 
 async def test_the_same_case_runs_the_same_way(flowtests: FlowTests) -> None:
@@ -206,7 +236,7 @@ cases:
 
 
 async def test_a_case_that_cannot_run_fails_alone(flowtests: FlowTests) -> None:
-    def broken() -> Recording:
+    def broken(*, hints: Sequence[DemoHint]) -> Recording:
         raise RuntimeError("no model today")
 
     first, second = await flowtests.run(

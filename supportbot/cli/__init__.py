@@ -1,4 +1,4 @@
-"""The ``supportbot`` command line: validate, serve, chat, llm, tickets, conversations, admin, logs, schema.
+"""The ``supportbot`` command line: validate, serve, chat, test, schema, llm, tickets, conversations, admin, logs.
 
 Every command exits 0 on success and non-zero with a one-line reason (or the list of config
 problems) on failure.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from supportbot._version import __version__
-from supportbot.cli import admin, chat, conversations, db, llm, logs, schema, serve, tickets, validate
+from supportbot.cli import admin, chat, conversations, db, llm, logs, schema, serve, test, tickets, validate
 
 __all__ = ["main"]
 
@@ -35,6 +35,7 @@ for _command in (
     conversations.conversations,
     admin.admin,
     logs.logs,
+    test.run_tests,
     schema.schema,
 ):
     main.add_command(_command)

@@ -358,7 +358,7 @@ class Engine:
             async for event in self._escalate_to_human(turn, reason):
                 yield event
             return
-        for _ in range(limits.max_tool_rounds + 1):
+        for round_ in range(limits.max_tool_rounds + 1):
             started = time.perf_counter()
             request = self._request(turn)
             completion: Completion | None = None
@@ -428,6 +428,12 @@ class Engine:
                     latency_ms=latency_ms,
                 )
                 return
+            if round_ == limits.max_tool_rounds:
+                # One round of calls more than the flow allows: none of them runs, a person takes over.
+                reason = f"the model was still calling tools after {limits.max_tool_rounds} rounds"
+                async for event in self._escalate_to_human(turn, reason, billed=usage):
+                    yield event
+                return
             # Only the first calls of a response run (confirm-held ones count); the rest get a not-run error.
             runnable = message.tool_calls[: limits.max_tool_calls_per_response]
             # A call that will be refused anyway (a verified-only tool, unverified customer) is not put to the customer.
@@ -458,8 +464,7 @@ class Engine:
                     awaiting_confirmation=True,
                 )
                 return
-        async for event in self._fail(turn, f"the model was still calling tools after {limits.max_tool_rounds} rounds"):
-            yield event
+        raise AssertionError("unreachable")  # pragma: no cover - the last round returns whatever it got
 
     @staticmethod
     def _delta(turn: _Turn, text: str, *, starts_block: bool = False) -> TextDelta:
@@ -646,18 +651,29 @@ class Engine:
         saved = await self.store.add_messages(turn.conversation.id, records, outgoing=turn.reply("fallback", fallback))
         yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)
 
-    async def _escalate_to_human(self, turn: _Turn, reason: str) -> AsyncIterator[Event]:
+    async def _escalate_to_human(self, turn: _Turn, reason: str, billed: Usage | None = None) -> AsyncIterator[Event]:
+        """A flow limit was reached: a ticket, the conversation to a person, and a notice to the customer.
+
+        ``billed`` is what the model's last response cost when it is not kept (calls past
+        ``max_tool_rounds``): recorded on the notice, so the conversation's cost includes it.
+        """
+        log.info("conversation %s handed to a person: %s", turn.conversation.id, reason)
         ticket = await self._escalation_ticket(turn, reason)
         await self.store.update_conversation(turn.conversation.id, status="human")
         text = LIMIT_TEXT.format(ticket=ticket)
-        saved = await self.store.add_messages(
-            turn.conversation.id,
-            [NewMessage(role="assistant", content=text, kind="notice", flow=turn.flow.name)],
-            outgoing=turn.reply("notice", text),
-        )
+        records = []
+        if turn.round_text.strip():  # text streamed beside the calls was shown; it is kept
+            records.append(NewMessage(role="assistant", content=turn.round_text, flow=turn.flow.name))
+        records.append(
+            NewMessage(
+                role="assistant", content=text, kind="notice", flow=turn.flow.name, usage=billed,
+                cost_usd=cost_usd(billed, self.config.llm.pricing) if billed is not None else 0.0,
+            )
+        )  # fmt: skip
+        saved = await self.store.add_messages(turn.conversation.id, records, outgoing=turn.reply("notice", text))
         yield Handoff(target="human", reason=reason, ticket_id=ticket)
         yield TextDelta(text=text, seq=turn.seq)
-        yield TurnFinished(text=text, message_id=saved[0].id)
+        yield TurnFinished(text=text, message_id=saved[-1].id)
 
     async def _escalation_ticket(self, turn: _Turn, reason: str) -> int:
         """The conversation's open escalation ticket, or a new one: an outage makes one ticket, not one per message."""

@@ -523,10 +523,19 @@ async def test_cut_stream_after_text_is_not_retried_and_kept(make_runtime: Runti
 async def test_endless_tool_calls_stop_at_the_flow_limit(make_runtime: RuntimeFactory, fake: FakeLLMServer) -> None:
     runtime = await make_runtime()
     cid = await start(runtime)
-    fake.responder = lambda body: Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})])
+    fake.responder = lambda body: Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})], usage=(100, 10))
     events = await turn(runtime, cid, "loop")
-    assert isinstance(events[-1], TurnFailed) and "3 rounds" in events[-1].reason
+    # max_tool_rounds: 3 -> three rounds of calls run; the 4th response's calls do not, and a person takes over.
     assert len(fake.requests) == 4
+    assert len(of(events, ToolCallFinished)) == 3
+    handoffs = of(events, Handoff)
+    assert [h.target for h in handoffs] == ["human"] and "after 3 rounds" in handoffs[0].reason
+    assert isinstance(events[-1], TurnFinished) and "needs a person's attention" in events[-1].text
+    conversation = await runtime.store.get_conversation(cid)
+    assert conversation is not None and conversation.status == "human"
+    stored = await runtime.store.list_messages(cid)
+    assert sum(len(m.tool_calls) for m in stored) == 3  # the 4th response's calls are not kept
+    assert sum(m.usage.input_tokens for m in stored if m.usage is not None) == 400  # but what it cost is
 
 
 async def test_turn_limit_hands_over_to_a_person(make_runtime: RuntimeFactory, fake: FakeLLMServer) -> None:

@@ -80,7 +80,7 @@ class TemplateContext:
     Attributes:
         company: the config's free-form ``company`` section.
         customer: the customer as the channel verified them.
-        channel: ``web``, ``slack``, ``email``, ``cli``...
+        channel: ``web``, ``slack``, ``email``, ``terminal`` (``supportbot chat``)...
         now: the current time (timezone-aware).
         conversation_id: the conversation's id.
         flow: the flow (only its name and description reach the template); None means the
@@ -165,7 +165,7 @@ class SuggestedPrompt(_Section):
 
 _TEMPLATE_VARIABLES = (
     "Variables: company (the config's company section), customer (name, email, first_name, display_name, "
-    "verified), channel (web, slack, email, cli), now (a timezone-aware datetime), conversation_id, flow (name, "
+    "verified), channel (web, slack, email, terminal), now (a timezone-aware datetime), conversation_id, flow (name, "
     "description)."
 )
 
@@ -706,7 +706,7 @@ def _samples(company: Mapping[str, Any] | None, data: dict[str, Any]) -> list[di
             "flow": flow,
         }
         for customer in customers
-        for channel in ("web", "slack", "email", "cli")
+        for channel in ("web", "slack", "email", "terminal")
     ]
 
 

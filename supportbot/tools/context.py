@@ -23,7 +23,7 @@ class ToolContext:
     Attributes:
         customer: the customer as the channel verified them (``verified`` false for self-asserted identities).
         conversation: the conversation the call was made in.
-        channel: ``web``, ``slack``, ``email``, ``cli``...
+        channel: ``web``, ``slack``, ``email``, ``terminal`` (``supportbot chat``)...
         flow: the name of the flow that offered the tool.
         store: persistence (tickets, conversations).
         config: the whole configuration.

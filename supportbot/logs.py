@@ -20,13 +20,14 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{7,}\d\b")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _phone(match: re.Match[str]) -> str:
     found = match.group()
-    # Dates and times look like digit runs too; a phone number has at least 9 digits.
-    if _DATE.match(found) or sum(c.isdigit() for c in found) < 9:
+    # Dates, times and IPv4 addresses look like digit runs too; a phone number has at least 9 digits.
+    if _DATE.match(found) or _IPV4.fullmatch(found) or sum(c.isdigit() for c in found) < 9:
         return found
     return "[phone]"
 

@@ -19,6 +19,8 @@ from supportbot.logs import configure_logging, redact
         ("order A1001 costs 129.90", "order A1001 costs 129.90"),
         ("eta 2026-12-03 10:15, 3 items", "eta 2026-12-03 10:15, 3 items"),
         ("tel 020 7946 0958", "tel [phone]"),
+        ("remote 203.0.113.195 GET /widget.js", "remote 203.0.113.195 GET /widget.js"),
+        ("from 192.168.100.200:443", "from 192.168.100.200:443"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:

@@ -46,12 +46,16 @@ INTAKE = web.AppKey("intake", Hub)
 
 
 def client_ip(request: web.Request, *, behind_proxy: bool) -> str:
-    """The client's address: the peer, or behind a trusted proxy (``server.trust_forwarded_for``) its
-    ``X-Forwarded-For`` client."""
+    """The client's address: the peer, or behind a trusted proxy (``server.trust_forwarded_for``) the
+    address that proxy saw, the last of ``X-Forwarded-For``.
+
+    The last, not the first: a proxy that appends (nginx's ``$proxy_add_x_forwarded_for``) keeps
+    whatever the client sent in front of it, so only the entry the proxy added can be trusted.
+    """
     if behind_proxy:
-        first = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        if first:
-            return first
+        last = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if last:
+            return last
     return request.remote or "unknown"
 
 

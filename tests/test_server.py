@@ -224,7 +224,7 @@ def test_behind_a_trusted_proxy_the_client_and_the_origin_come_from_its_headers(
 
     from supportbot.server import client_ip, public_origin
 
-    headers = {"Host": "Support.Example", "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9, 10.0.0.1"}
+    headers = {"Host": "Support.Example", "X-Forwarded-Proto": "https", "X-Forwarded-For": "10.9.9.9, 203.0.113.9"}
     request = make_mocked_request("GET", "/", headers=headers)
     assert public_origin(request, behind_proxy=True) == "https://support.example"
     assert public_origin(request, behind_proxy=False) == "http://support.example"  # headers anyone could send

@@ -562,6 +562,7 @@ class Engine:
             http=self.http,
             orders=self.orders,
             tool_call_id=call.id,
+            now=self.clock(),
         )
         return await turn.snapshot.tools.call(call, context, timeout=self.config.tools.timeout_s)
 

@@ -7,7 +7,8 @@ verified identity from ``ctx.customer``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -30,6 +31,8 @@ class ToolContext:
         http: a shared HTTP client session; do not close it.
         orders: the configured order source.
         tool_call_id: the provider's id of this call (stable across retries; usable as an idempotency key).
+        now: the current time (timezone-aware) as the engine's clock gives it: read the time from here, not
+            from ``datetime.now()``, and a flow test's ``now:`` reaches the tool too.
     """
 
     customer: Customer
@@ -41,3 +44,4 @@ class ToolContext:
     http: aiohttp.ClientSession
     orders: OrderSource
     tool_call_id: str
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))

@@ -95,6 +95,41 @@ cases:
     ]
 
 
+def add_a_today_tool(project: Path) -> None:
+    """A tool that tells the date from ``ctx.now``, offered in the billing flow."""
+    module = next(project.glob("*.py"))
+    module.write_text(
+        module.read_text()
+        + """
+
+@tool
+def today(ctx: ToolContext) -> str:
+    \"\"\"Tell today's date.\"\"\"
+    return ctx.now.date().isoformat()
+"""
+    )
+    flow = project / "flows" / "billing.yaml"
+    flow.write_text(flow.read_text().replace("tools: [order_total,", "tools: [today, order_total,"))
+
+
+async def test_the_cases_now_reaches_tools_through_ctx_now(flowtests: FlowTests, project: Path) -> None:
+    add_a_today_tool(project)
+    (result,) = await flowtests.run(
+        "flow: billing\n"
+        + ANA
+        + """\
+now: "2026-11-20T10:00:00Z"
+cases:
+  - name: the date
+    turns:
+      - customer: What day is it?
+        model: [{call: today}, {reply: It is the 20th.}]
+"""
+    )
+    assert failures(result) == []
+    assert calls(result) == [("today", "2026-11-20", False)]
+
+
 async def test_each_case_has_a_fresh_database(flowtests: FlowTests) -> None:
     case = """\
   - name: {name}

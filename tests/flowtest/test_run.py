@@ -96,17 +96,13 @@ cases:
 
 
 def add_a_today_tool(project: Path) -> None:
-    """A tool that tells the date from ``ctx.now``, offered in the billing flow."""
-    module = next(project.glob("*.py"))
-    module.write_text(
-        module.read_text()
-        + """
-
-@tool
-def today(ctx: ToolContext) -> str:
-    \"\"\"Tell today's date.\"\"\"
-    return ctx.now.date().isoformat()
-"""
+    """A tool that tells the date from ``ctx.now`` (in ``tools/``: the project's module is imported once per
+    session), offered in the billing flow."""
+    (project / "tools").mkdir()
+    (project / "tools" / "clock.py").write_text(
+        "from supportbot import ToolContext, tool\n\n\n"
+        "@tool\ndef today(ctx: ToolContext) -> str:\n"
+        '    """Tell today\'s date."""\n    return ctx.now.date().isoformat()\n'
     )
     flow = project / "flows" / "billing.yaml"
     flow.write_text(flow.read_text().replace("tools: [order_total,", "tools: [today, order_total,"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from supportbot._version import __version__
-from supportbot.cli import admin, chat, conversations, db, llm, logs, serve, tickets, validate
+from supportbot.cli import admin, chat, conversations, db, init, llm, logs, serve, tickets, validate
 
 __all__ = ["main"]
 
@@ -26,6 +26,7 @@ def main() -> None:
 
 
 for _command in (
+    init.init,
     validate.validate,
     serve.serve,
     chat.chat,

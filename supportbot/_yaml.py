@@ -373,6 +373,11 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[YamlPath, type[
     current: Any = model
     parent: type[BaseModel] | None = model
     for part in loc:
+        item = _item_type(current) if isinstance(part, int) and not isinstance(part, bool) else None
+        if item is not None:  # an index into a list of models: go on inside the item's model
+            path.append(part)
+            current = item
+            continue
         members = _models_in(current)
         if len(members) > 1 and isinstance(part, str):
             tagged = [m for m in members if _has_literal(m, part)]
@@ -387,6 +392,15 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[YamlPath, type[
         else:
             current = None
     return tuple(path), parent
+
+
+def _item_type(annotation: Any) -> Any:
+    """``X`` of ``list[X]`` or ``list[X] | None``; None for anything else."""
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    for candidate in (annotation, *candidates):
+        if typing.get_origin(candidate) in (list, tuple) and typing.get_args(candidate):
+            return typing.get_args(candidate)[0]
+    return None
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

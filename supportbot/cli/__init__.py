@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from supportbot._version import __version__
-from supportbot.cli import admin, chat, conversations, db, init, llm, logs, serve, tickets, validate
+from supportbot.cli import admin, chat, conversations, db, init, llm, logs, serve, test, tickets, validate
 
 __all__ = ["main"]
 
@@ -36,5 +36,6 @@ for _command in (
     conversations.conversations,
     admin.admin,
     logs.logs,
+    test.run_tests,
 ):
     main.add_command(_command)

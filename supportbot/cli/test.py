@@ -82,7 +82,7 @@ async def _main(
     from supportbot.errors import SupportbotError
     from supportbot.flowtest.load import find_files, load_files, shown_path
     from supportbot.flowtest.report import case_report, summary, write_junit_xml
-    from supportbot.flowtest.run import open_runner
+    from supportbot.flowtest.run import open_runner, selected
     from supportbot.llm.base import LLM
     from supportbot.llm.client import OpenAICompatibleLLM
     from supportbot.runtime import NO_MODEL, load_tools_and_flows
@@ -120,16 +120,12 @@ async def _main(
                 NO_MODEL.format(base_url=config.llm.base_url).replace("--demo", "supportbot test without --live")
             )
         model = OpenAICompatibleLLM(config.llm)
-    selected = sum(
-        keyword is None or keyword.casefold() in f"{file.name} › {case.name}".casefold()
-        for file in found.files
-        for case in file.spec.cases
-    )
-    if not selected:
+    count = sum(selected(file, case.name, keyword) for file in found.files for case in file.spec.cases)
+    if not count:
         raise _Invalid(f"no case matches -k {keyword!r}; -k selects by 'file › case name', ignoring case")
-    how = f"live: {config.llm.model}" if live else "scripted: model: scripts and the offline demo model"
+    how = f"live: {config.llm.model}" if live else "offline: model: scripts and the demo model"
     runs = f", {repeat} runs each" if repeat > 1 else ""
-    echo(f"{selected} case{'s' if selected > 1 else ''} in {len(found.files)} file"
+    echo(f"{count} case{'s' if count > 1 else ''} in {len(found.files)} file"
          f"{'s' if len(found.files) > 1 else ''} ({how}{runs})", dim=True)  # fmt: skip
     started = time.perf_counter()
     try:

@@ -89,6 +89,8 @@ class Conversation:
         self.mode = mode
         self.turns: list[TurnRecord] = []
         self._first_prompt: str | None = None
+        self._last = conversation  # as the last turn left it: the next turn's tokens and cost start here
+        self._seen: set[int] = set()  # the tickets opened so far
 
     @property
     def id(self) -> str:
@@ -97,13 +99,13 @@ class Conversation:
     async def turn(self, number: int, text: str, script: Sequence[ModelStep] | None) -> TurnRecord:
         """Run turn ``number`` (1-based): the customer writes ``text``; ``script`` answers for the model if given."""
         scripted = self.model.begin_turn(number, script)
-        before = await self._conversation()
-        seen = {ticket.id for ticket in await self.store.list_tickets(conversation_id=self.id)}
+        before = self._last
         events = _Events()
         async for event in self.engine.run_turn(self.id, text):
             events.add(event)
-        after = await self._conversation()
-        tickets = tuple(_ticket(t) for t in await self._tickets() if t.id not in seen)
+        after = self._last = await self._conversation()
+        tickets = tuple(_ticket(t) for t in await self._tickets() if t.id not in self._seen)
+        self._seen.update(ticket.id for ticket in tickets)
         for ticket in tickets:
             events.entries.append(Entry(kind="ticket", text=f"opened {ticket.shown()}"))
         held = await self._held() if events.asked else ()

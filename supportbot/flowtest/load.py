@@ -96,7 +96,9 @@ def find_files(paths: Sequence[Path], *, default: Path, problems: Problems) -> l
                 shown_path(path), None, "",
                 "there is no tests directory; create it with a test file (see docs/testing.md), or name test files",
             )  # fmt: skip
-    unique = {file.resolve(): (file, name) for file, name in found}
+    unique: dict[Path, tuple[Path, str]] = {}
+    for file, name in found:
+        unique.setdefault(file.resolve(), (file, name))  # a file given twice runs once, as first named
     return list(unique.values())
 
 

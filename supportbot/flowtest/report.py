@@ -81,7 +81,8 @@ def transcript_lines(record: CaseRecord) -> list[str]:
     if record.greeting:
         lines.extend(_block("    bot:", record.greeting))
     for turn in record.turns:
-        lines.extend(_block(f"    turn {turn.number} · customer:", turn.customer))
+        answered = " (demo model)" if record.mode == "offline" and not turn.scripted else ""
+        lines.extend(_block(f"    turn {turn.number}{answered} · customer:", turn.customer))
         for entry in turn.entries:
             indent = "    " if entry.kind == "bot" else "      "
             lines.extend(_block(f"{indent}{_MARKS[entry.kind]}", entry.text))

@@ -35,6 +35,7 @@ from supportbot.flowtest.spec import Case, CustomerSpec, Order, TestFile
 from supportbot.hints import DemoHint
 from supportbot.llm.base import LLM
 from supportbot.llm.demo import DemoLLM
+from supportbot.store._engine import make_engine, parse_url
 from supportbot.store.base import Customer
 from supportbot.store.sql import SQLStore
 from supportbot.tools import ToolRegistry
@@ -98,17 +99,19 @@ class Runner:
         config: the project's configuration.
         tools: its tools.
         flows: its flows.
-        live: the real model for ``--live``; None runs scripts and the demo model.
+        live: the real model for ``--live``; None runs scripts and the offline model.
+        offline: makes the offline model of a case (the demo model) for turns without a script.
         workdir: a temporary directory for databases and fixture files.
         http: the HTTP session tools get.
     """
 
-    def __init__(self, *, config: Config, tools: ToolRegistry, flows: Flows, live: LLM | None, workdir: Path,
-                 http: aiohttp.ClientSession) -> None:  # fmt: skip
+    def __init__(self, *, config: Config, tools: ToolRegistry, flows: Flows, live: LLM | None,
+                 offline: Callable[[], LLM] = DemoLLM, workdir: Path, http: aiohttp.ClientSession) -> None:  # fmt: skip
         self.config = config
         self.tools = tools
         self.flows = flows
         self.live = live
+        self.offline = offline
         self._workdir = workdir
         self._http = http
         self._template = workdir / "template.db"
@@ -125,7 +128,7 @@ class Runner:
 
     @property
     def mode(self) -> str:
-        return "live" if self.live is not None else "scripted"
+        return "live" if self.live is not None else "offline"
 
     async def run(
         self,
@@ -140,7 +143,7 @@ class Runner:
         results = []
         for file in files:
             for index, case in enumerate(file.spec.cases):
-                if keyword is not None and keyword.casefold() not in f"{file.name} › {case.name}".casefold():
+                if not selected(file, case.name, keyword):
                     continue
                 runs = tuple([await self.run_case(file, index) for _ in range(repeat)])
                 result = CaseResult(file=file.name, name=case.name, where=file.at(("cases", index)), runs=runs,
@@ -156,27 +159,32 @@ class Runner:
         database = self._workdir / f"case-{self._runs}.db"
         shutil.copyfile(self._template, database)
         url = f"sqlite+aiosqlite:///{database}"
-        store = await SQLStore.open(url, create=False)
+        parsed = parse_url(url)
+        store = SQLStore(make_engine(parsed), parsed)  # a copy of the migrated template: no schema check needed
         self._capture.lines.clear()
         conversation: Conversation | None = None
+        offline: LLM | None = None
         try:
-            conversation = await self._start(file, index, store, url)
+            fallback = self.live if self.live is not None else (offline := self.offline())
+            model = CaseModel(fallback=fallback, scripted=self.live is None)
+            conversation = await self._start(file, index, store, url, model)
             failures = await self._converse(file, index, conversation)
         except Exception as exc:  # a case that cannot go on (a broken tool module, a template) fails alone
             failures = [Failure(where=file.at(("cases", index)), what="case",
                                 message=f"the case could not run: {type(exc).__name__}: {exc}")]  # fmt: skip
         finally:
+            if offline is not None:
+                await offline.aclose()
             await store.close()
             for leftover in database.parent.glob(database.name + "*"):
                 leftover.unlink(missing_ok=True)
         record = conversation.record(logs=tuple(self._capture.lines)) if conversation else _empty_record(self.mode)
         return CaseRun(failures=tuple(failures), record=record, duration_ms=(time.perf_counter() - started) * 1000)
 
-    async def _start(self, file: SpecFile, index: int, store: SQLStore, url: str) -> Conversation:
+    async def _start(self, file: SpecFile, index: int, store: SQLStore, url: str, model: CaseModel) -> Conversation:
         settings = case_settings(file.spec, file.spec.cases[index])
         now = settings.now
         clock: Callable[[], datetime] = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
-        model = CaseModel(fallback=self.live or DemoLLM(), scripted=self.live is None)
         config = self.config.model_copy(update={"database": self.config.database.model_copy(update={"url": url})})
         flows = self._flows_with(settings.rules) if self.live is None else self.flows
         engine = Engine(config=config, flows=flows, tools=self.tools, llm=model, store=store, http=self._http,
@@ -234,6 +242,11 @@ class Runner:
         return source
 
 
+def selected(file: SpecFile, name: str, keyword: str | None) -> bool:
+    """Whether ``-k keyword`` selects the case ``name`` of ``file``: its ``file › name`` contains it, ignoring case."""
+    return keyword is None or keyword.casefold() in f"{file.name} › {name}".casefold()
+
+
 async def _customer(store: SQLStore, spec: CustomerSpec | None) -> Customer:
     if spec is None:
         return await store.get_or_create_customer()
@@ -247,11 +260,17 @@ def _empty_record(mode: str) -> CaseRecord:
 
 @asynccontextmanager
 async def open_runner(
-    config: Config, *, tools: ToolRegistry, flows: Flows, live: LLM | None = None
+    config: Config,
+    *,
+    tools: ToolRegistry,
+    flows: Flows,
+    live: LLM | None = None,
+    offline: Callable[[], LLM] = DemoLLM,
 ) -> AsyncIterator[Runner]:
     """A runner with its temporary directory (removed afterwards), a migrated template database and an HTTP session.
 
     While it is open, the ``supportbot`` logger's warnings go to the case transcripts, not the console.
+    ``live`` is the model of ``--live``; ``offline`` makes the model of unscripted turns otherwise (one per case).
     """
     logger = logging.getLogger("supportbot")
     saved = (list(logger.handlers), logger.level, logger.propagate)
@@ -259,7 +278,9 @@ async def open_runner(
         workdir = Path(directory)
         await (await SQLStore.open(f"sqlite+aiosqlite:///{workdir / 'template.db'}")).close()
         async with aiohttp.ClientSession() as http:
-            runner = Runner(config=config, tools=tools, flows=flows, live=live, workdir=workdir, http=http)
+            runner = Runner(
+                config=config, tools=tools, flows=flows, live=live, offline=offline, workdir=workdir, http=http
+            )
             logger.handlers[:] = [runner._capture]
             logger.setLevel(logging.WARNING)
             logger.propagate = False

@@ -31,6 +31,11 @@ def ordinal(number: int) -> str:
     return f"{number}{suffix}"
 
 
+def entries(number: int) -> str:
+    """``1 entry``, ``2 entries``."""
+    return f"{number} {'entry' if number == 1 else 'entries'}"
+
+
 def times(number: int) -> str:
     """``once``, ``twice``, ``3 times``."""
     return {0: "not at all", 1: "once", 2: "twice"}.get(number, f"{number} times")
@@ -70,10 +75,10 @@ class CaseModel:
         script = self._script
         if script is None or self.exhausted is not None or self._used >= len(script):
             return None
-        said = f"has {len(script)} entries but the engine asked the model only {times(self._used)}"
+        said = f"has {entries(len(script))} but the engine asked the model only {times(self._used)}"
         if not self._used:
             return (
-                f"has {len(script)} entries but the engine did not ask the model in this turn (a person has the "
+                f"has {entries(len(script))} but the engine did not ask the model in this turn (a person has the "
                 "conversation, or the message was refused); remove model:"
             )
         if script[self._used - 1].reply is not None:

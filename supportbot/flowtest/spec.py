@@ -55,11 +55,18 @@ class _Model(BaseModel):
 
 def _texts(value: Any) -> list[str]:
     """``TEXT`` or ``[TEXT, ...]`` as a list; anything else is refused with the expected forms."""
-    if isinstance(value, str):
-        return [value]
     if isinstance(value, list):
-        return _STRINGS.validate_python(value)
-    raise ValueError(f"expected text or a list of texts, got {_kind(value)}")
+        return _STRINGS.validate_python([_text(item) for item in value])
+    if isinstance(value, dict | bool) or value is None:
+        raise ValueError(f"expected text or a list of texts, got {_kind(value)}")
+    return [_text(value)]
+
+
+def _text(value: Any) -> Any:
+    """A number or date YAML read from unquoted text (``2026-11-25``, ``42``) as that text."""
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def _kind(value: Any) -> str:
@@ -321,7 +328,10 @@ class Expect(_Model):
 class Turn(_Model):
     """One message of the customer, what the model answers (scripted or not), and what must hold afterwards."""
 
-    customer: str = Field(description="What the customer writes.", examples=["Where is my order A1001?"])
+    customer: str = Field(
+        description="What the customer writes (yes and no unquoted are the words, not true and false).",
+        examples=["Where is my order A1001?"],
+    )
     model: list[ModelStep] | None = Field(
         None,
         description=(
@@ -330,6 +340,14 @@ class Turn(_Model):
         ),
     )
     expect: Expect | None = Field(None, description="What must hold after this turn.")
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted yes/no (on/off, true/false) as a boolean; a customer typed words.
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return _text(value)
 
 
 class _Settings(_Model):

@@ -25,7 +25,7 @@ _ABOUT = {
 @click.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
-    """Create a supportbot project in DIRECTORY (default: the working directory, created if missing).
+    """Create a supportbot project in DIRECTORY (created if missing; default: the working directory).
 
     It writes config.yaml, flows/, tools.py with a custom tool, orders.yaml, tests/, .schemas/, a README
     and a .gitignore; `supportbot validate`, `chat --demo`, `serve --demo` and `test` work in it at once.

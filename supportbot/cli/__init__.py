@@ -1,4 +1,4 @@
-"""The ``supportbot`` command line: validate, serve, chat, test, schema, llm, tickets, conversations, admin, logs.
+"""The ``supportbot`` command line: init, validate, serve, chat, test, schema, llm, tickets, conversations, admin, logs.
 
 Every command exits 0 on success and non-zero with a one-line reason (or the list of config
 problems) on failure.
@@ -14,7 +14,20 @@ from __future__ import annotations
 import click
 
 from supportbot._version import __version__
-from supportbot.cli import admin, chat, conversations, db, llm, logs, schema, serve, test, tickets, validate
+from supportbot.cli import (
+    admin,
+    chat,
+    conversations,
+    db,
+    init,
+    llm,
+    logs,
+    schema,
+    serve,
+    test,
+    tickets,
+    validate,
+)
 
 __all__ = ["main"]
 
@@ -26,6 +39,7 @@ def main() -> None:
 
 
 for _command in (
+    init.init,
     validate.validate,
     serve.serve,
     chat.chat,

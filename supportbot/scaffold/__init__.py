@@ -16,7 +16,6 @@ A project runs as it is, offline: ``supportbot validate``, ``chat --demo``, ``se
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,6 @@ from supportbot.config import EXAMPLE_FLOWS_DIR, EXAMPLE_ORDERS_FILE
 __all__ = ["ProjectFile", "conflicts", "plan_project", "write_project"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "project"
-SCHEMA_KINDS = ("config", "flow", "test")
 
 # Template name → name in the project. `.gitignore` is stored without its dot: a `.gitignore` inside
 # supportbot/ would be obeyed by git (and build tools) as the rules of this very directory.
@@ -80,7 +78,7 @@ class ProjectFile:
 
 def plan_project() -> tuple[ProjectFile, ...]:
     """Every file of a new project, in the order they are written and listed."""
-    from supportbot.schema import json_schema
+    from supportbot.schema import KINDS, json_text
 
     files = [_template("config.yaml"), _template("tools.py")]
     files.append(ProjectFile(path=PurePosixPath("orders.yaml"), text=_read(EXAMPLE_ORDERS_FILE)))
@@ -91,9 +89,8 @@ def plan_project() -> tuple[ProjectFile, ...]:
         files.append(ProjectFile(path=PurePosixPath("flows", flow.name), text=_FLOW_HEADER + text))
     for test in sorted((TEMPLATE_DIR / "tests").glob("*.yaml")):
         files.append(ProjectFile(path=PurePosixPath("tests", test.name), text=_read(test)))
-    for kind in SCHEMA_KINDS:
-        schema = json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
-        files.append(ProjectFile(path=PurePosixPath(".schemas", f"{kind}.schema.json"), text=schema))
+    for kind in KINDS:  # exactly what `supportbot schema KIND` prints, to refresh them after an upgrade
+        files.append(ProjectFile(path=PurePosixPath(".schemas", f"{kind}.schema.json"), text=json_text(kind)))
     files += [_template("README.md"), _template("gitignore")]
     return tuple(files)
 

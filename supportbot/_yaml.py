@@ -354,7 +354,17 @@ def validation_problems(
         elif kind == "literal_error":
             message = f"{show(value, secret=secret)} is not allowed; use one of {ctx.get('expected')}"
         elif kind == "string_pattern_mismatch":
-            message = f"{show(value, secret=secret)} does not match the pattern {ctx.get('pattern')}"
+            message = f"{show(value, secret=secret)} does not match the pattern {ctx.get('pattern')}; "
+            example = _example(parent, path)
+            message += f"write it like {example!r}" if example is not None else "change it to match"
+        elif kind in ("string_too_short", "too_short"):
+            least = ctx.get("min_length")
+            what = "character" if kind == "string_too_short" else "item"
+            message = f"needs at least {least} {what}{'s' if least != 1 else ''}; fill it in"
+        elif kind in ("string_too_long", "too_long"):
+            most = ctx.get("max_length")
+            what = "characters" if kind == "string_too_long" else "items"
+            message = f"has more than {most} {what}; shorten it to at most {most}"
         elif kind == "value_error":
             message = str(error["msg"]).removeprefix("Value error, ")
         else:
@@ -416,6 +426,13 @@ def _has_literal(model: type[BaseModel], value: str) -> bool:
         typing.get_origin(info.annotation) is typing.Literal and value in typing.get_args(info.annotation)
         for info in model.model_fields.values()
     )
+
+
+def _example(model: type[BaseModel] | None, path: YamlPath) -> Any:
+    """The first of ``examples`` of the field at the end of ``path`` in ``model``, if it has one."""
+    name = path[-1] if path else None
+    info = model.model_fields.get(name) if model is not None and isinstance(name, str) else None
+    return info.examples[0] if info is not None and info.examples else None
 
 
 def _field_names(model: type[BaseModel] | None) -> list[str]:

@@ -263,7 +263,7 @@ def test_all_problems_of_all_files_at_once(flows_dir: Path) -> None:
         "flows/b.yaml:4: invalid YAML: while parsing a flow sequence expected ',' or ']', but got '<stream end>'; "
         "check indentation and quoting",
         "flows/c.yaml:1: description: missing required key 'description'; add it",
-        "flows/c.yaml:1: name: 'Orders' does not match the pattern ^[a-z][a-z0-9_]*$",
+        "flows/c.yaml:1: name: 'Orders' does not match the pattern ^[a-z][a-z0-9_]*$; write it like 'order_status'",
         "flows/c.yaml:3: tools[1]: 'transfer_to_general' is generated from handoffs; remove it here and list "
         "'general' under handoffs",
         "flows/c.yaml:3: tools[2]: 'lookup_order' is listed twice; keep one",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ from supportbot.llm.base import Completion, LLMRequest, StreamEvent, TextChunk
 from supportbot.messages import ChatMessage, ToolCall
 from supportbot.reload import Outcome, Reloader, Watcher, user_modules
 from supportbot.runtime import Runtime, open_runtime
+from supportbot.server import serve
 from supportbot.store.memory import MemoryStore
 from supportbot.tools import default_registry, tool
-from tests.server_process import free_port, start_server, stop_server
+from tests.server_process import free_port, spawn_server, start_server, stop_server, wait_until_listening
 
 GENERAL = """\
 name: general
@@ -658,3 +660,66 @@ async def test_the_command_takes_a_new_flow_file(how: str, project: Project) -> 
         assert ("watching 4 files for changes" in stderr) == (how == "--reload"), stderr
     finally:
         await stop_server(process)
+
+
+async def test_a_sighup_while_the_command_starts_reloads_once_it_is_up(project: Project) -> None:
+    """systemd's ``ExecReload=/bin/kill -HUP $MAINPID`` may come before the server is up: it must not end it."""
+    gate = "import sys\n\nprint('importing the tools', file=sys.stderr, flush=True)\nsys.stdin.readline()\n"
+    project.write(f"{project.module}.py", TOOLS.replace("VERSION", "V1") + gate)
+    port = free_port()
+    gate_out, gate_in = os.pipe()
+    process = spawn_server(project.config_file, port, project.dir, ["--demo"], stdin=gate_out)
+    os.close(gate_out)
+    try:
+        assert process.stderr is not None
+        while "importing the tools" not in (line := await asyncio.to_thread(process.stderr.readline)):
+            assert line, "the server ended before it imported the tools"
+        process.send_signal(signal.SIGHUP)  # while serve() loads the tools: the server is not up yet
+        os.write(gate_in, b"go on\n")
+        os.close(gate_in)  # the reload imports the tools again: readline() at the end of input returns at once
+        await asyncio.to_thread(wait_until_listening, process, port)
+        assert await asyncio.to_thread(_flows_loaded, port) == "2 loaded"
+        async with asyncio.timeout(20):  # the SIGHUP was kept for later: one reload once the server is up
+            while "reloaded: " not in (line := await asyncio.to_thread(process.stderr.readline)):
+                assert line, "the server ended"
+        assert "(on SIGHUP)" in line
+        assert 'supportbot_reloads_total{outcome="ok"} 1.0' in await asyncio.to_thread(_get, port, "/metrics")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=20)
+        assert process.returncode == 0, stderr
+    finally:
+        with contextlib.suppress(OSError):  # closed unless the test failed before
+            os.close(gate_in)
+        await stop_server(process)
+
+
+async def test_serve_keeps_sighup_harmless_while_it_closes_and_restores_what_was_there(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+
+    async def opened(config: Any, **kwargs: Any) -> Runtime:
+        runtime = await open_runtime(config, **kwargs)
+        runtime.closing.callback(lambda: seen.append(signal.getsignal(signal.SIGHUP)))  # the last thing closed
+        return runtime
+
+    def before(signum: int, frame: object) -> None:  # pragma: no cover - never called
+        pass
+
+    monkeypatch.setattr("supportbot.server.open_runtime", opened)
+    monkeypatch.chdir(project.dir)
+    previous = signal.signal(signal.SIGHUP, before)
+    try:
+        stop = asyncio.Event()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(load_config(project.config_file), port=0, demo=True, stop=stop, ready=ready.set_result)
+        )
+        await asyncio.wait_for(ready, 20)
+        assert signal.getsignal(signal.SIGHUP) is not before  # serve's own: it reloads
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        assert len(seen) == 1 and seen[0] not in (signal.SIG_DFL, before)  # a SIGHUP now would not end it
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -10,6 +10,11 @@ everything checks, the engine serves the new flows and tools from the next turn 
 problem is logged as ``file:line: key: problem; fix``, the old modules are put back and the
 previous version serves on. The configuration file is not read again: a change to it needs a
 restart.
+
+The user's modules are imported again in a worker thread while turns run on the event loop: their
+module-level code must not need the event loop (no ``asyncio.get_running_loop()``, no task or
+aiohttp session made at import; make those inside the tool, which runs on the loop), and a tool
+of the previous version may run meanwhile, so module-level state is not shared between versions.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 
@@ -32,8 +36,9 @@ from supportbot.config import EXAMPLE_FLOWS_DIR, Config
 from supportbot.engine import Snapshot
 from supportbot.errors import ConfigError
 from supportbot.flows import Flows
-from supportbot.runtime import Runtime, load_tools_and_flows
+from supportbot.runtime import Runtime, load_tools_and_flows, project_dir, tools_dirs
 from supportbot.tools import ToolRegistry
+from supportbot.tools.registry import LOCAL_PACKAGE
 
 __all__ = ["POLL_INTERVAL_S", "SETTLE_S", "Outcome", "Reloader", "Watcher", "user_modules"]
 
@@ -44,6 +49,8 @@ POLL_INTERVAL_S = 1.0
 SETTLE_S = 0.3
 """How long the files must stay unchanged before a reload: an editor writes a file in several steps."""
 _OWN_PACKAGES = frozenset({"supportbot", "connectors"})
+_SCRIPTS = frozenset({"__main__", "__mp_main__"})
+"""The program's launch script (``supportbot`` in a virtualenv's ``bin/``, ``python -m``): never imported again."""
 
 Stat = tuple[int, int]
 """A file's modification time (ns) and size."""
@@ -82,10 +89,8 @@ class Reloader:
         self.runtime = runtime
         self.on_outcome = on_outcome
         config = runtime.config
-        here = Path.cwd()
-        base = config.source.parent if config.source is not None else here
         self._config_file = config.source.resolve() if config.source is not None else None
-        self._tools_dirs = list(dict.fromkeys(d.resolve() for d in (base / "tools", here / "tools")))
+        self._tools_dirs = tools_dirs(config)
         flows_dir = config.flows.dir.resolve()
         # The example flows are part of the installed package: they change with an upgrade, which restarts.
         # ``flows_dir`` is None then: no flow file is watched.
@@ -96,6 +101,7 @@ class Reloader:
         self._wanted = asyncio.Event()
         self._reasons: dict[str, None] = {}  # an ordered set
         self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: Watcher | None = None
 
     # -- reloading -------------------------------------------------------------------------------
 
@@ -118,7 +124,7 @@ class Reloader:
                 problems = (f"the reload failed: {type(exc).__name__}: {exc}",)
             else:
                 snapshot = engine.swap(flows, tools)
-                self._module_files = modules
+                self._watch_modules(modules)
                 log.info("reloaded: flows %s; %d tools%s", ", ".join(sorted(flows)), len(tools),
                          f" ({reason})" if reason else "")  # fmt: skip
                 return self._report(Outcome(ok=True, reason=reason, problems=(), snapshot=snapshot))
@@ -133,6 +139,17 @@ class Reloader:
         if reason:
             self._reasons[reason] = None
         self._wanted.set()
+
+    def _watch_modules(self, modules: list[Path]) -> None:
+        """Watch the user's modules a reload imported; one it started or stopped watching is no change.
+
+        Runs under the lock the watcher polls under: no poll sees the new list before its baseline is taken.
+        """
+        globbed = set(self._globbed())
+        before, after = set(self._module_files) - globbed, set(modules) - globbed
+        self._module_files = modules
+        if self._watcher is not None:
+            self._watcher.rebase(watched=after - before, unwatched=before - after)
 
     def _report(self, outcome: Outcome) -> Outcome:
         if self.on_outcome is not None:
@@ -162,6 +179,7 @@ class Reloader:
         if watch:
             # The files as they are now, before this returns: an edit made afterwards is a change.
             watcher = Watcher(self.watched_files, settle=settle, now=asyncio.get_running_loop().time())
+            self._watcher = watcher
             self._tasks.append(asyncio.create_task(self._watch(watcher, interval), name="supportbot-watch"))
 
     async def aclose(self) -> None:
@@ -186,7 +204,8 @@ class Reloader:
         while True:
             # While a change settles, look more often: the reload comes about ``settle`` after the last write.
             await asyncio.sleep(min(interval, watcher.settle / 3) if watcher.pending else interval)
-            changed = await asyncio.to_thread(watcher.poll, loop.time())
+            async with self._lock:  # not while a reload changes what is watched (``_watch_modules``)
+                changed = await asyncio.to_thread(watcher.poll, loop.time())
             if self._config_file in changed:
                 self._warn_if_config_changed()
             files = [_display(path) for path in changed if path != self._config_file]
@@ -198,15 +217,20 @@ class Reloader:
 
         Globbed again at each call, so that a new flow file or tools file is noticed.
         """
+        files = self._globbed()
+        files.extend(self._module_files)
+        if self._config_file is not None:
+            files.append(self._config_file)
+        return list(dict.fromkeys(files))
+
+    def _globbed(self) -> list[Path]:
+        """The flow files and the files of the tools directories."""
         files: list[Path] = []
         if self.flows_dir is not None:
             files.extend(_listed(self.flows_dir, (".yaml", ".yml")))
         for directory in self._tools_dirs:
             files.extend(_listed(directory, (".py",)))
-        files.extend(self._module_files)
-        if self._config_file is not None:
-            files.append(self._config_file)
-        return list(dict.fromkeys(files))
+        return files
 
 
 class Watcher:
@@ -241,6 +265,21 @@ class Watcher:
         self._seen = current
         return changed
 
+    def rebase(self, *, watched: Iterable[Path] = (), unwatched: Iterable[Path] = ()) -> None:
+        """Files that ``files`` starts or stops listing, taken as they are now: neither is a change.
+
+        Call it between polls, never while one runs.
+        """
+        seen, latest = dict(self._seen), dict(self._latest)
+        for path in watched:
+            stat = _stat(path)
+            if stat is not None:
+                seen[path] = latest[path] = stat
+        for path in unwatched:
+            seen.pop(path, None)
+            latest.pop(path, None)
+        self._seen, self._latest = seen, latest
+
     def _scan(self) -> dict[Path, Stat]:
         found: dict[Path, Stat] = {}
         for path in self._files():
@@ -257,20 +296,20 @@ def user_modules(config: Config) -> dict[str, ModuleType]:
     """The imported modules a reload imports again: the user's own, where the tools come from.
 
     Those are the modules of ``tools.modules``, the files of the ``tools/`` directories, and every
-    module in the directories of those (a helper a tools module imports), except supportbot's own,
-    the standard library's and installed packages'.
+    module in the directories of those (a helper a tools module imports), except the launch script
+    (``__main__``), supportbot's own, and those of Python's installation (``_foreign_dirs``: the
+    standard library, installed packages, a virtualenv even inside the project).
     """
-    here = Path.cwd()
-    base = config.source.parent if config.source is not None else here
-    roots = [d.resolve() for d in (base / "tools", here / "tools")]
+    roots = tools_dirs(config)
+    foreign = _foreign_dirs((Path.cwd().resolve(), project_dir(config).resolve()))
     for name in config.tools.modules:
         module = sys.modules.get(name)
-        file = _user_file(name, module) if module is not None else None
+        file = _user_file(name, module, foreign) if module is not None else None
         if file is not None:
             roots.append(file.parent)
     found: dict[str, ModuleType] = {}
     for name, module in list(sys.modules.items()):
-        file = _user_file(name, module)
+        file = _user_file(name, module, foreign)
         if file is not None and any(file.is_relative_to(root) for root in roots):
             found[name] = module
     return found
@@ -286,11 +325,18 @@ def _load_again(config: Config) -> tuple[ToolRegistry, Flows, list[Path]]:
         if sys.modules.get(name) is module:
             del sys.modules[name]
         _drop_bytecode(module)
+    # The package of the tools directories' files goes too: it holds each file imported as an attribute,
+    # which ``from . import helper`` would take instead of importing the helper again.
+    package = sys.modules.pop(LOCAL_PACKAGE, None)
     importlib.invalidate_caches()  # a new file in a directory searched before is found
     try:
         tools, flows = load_tools_and_flows(config)
     except BaseException:
         sys.modules.update(old)  # what serves on is the old version: its modules are the ones to import
+        if package is not None:
+            sys.modules[LOCAL_PACKAGE] = package
+        else:
+            sys.modules.pop(LOCAL_PACKAGE, None)
         raise
     return tools, flows, _files(user_modules(config))
 
@@ -304,25 +350,32 @@ def _drop_bytecode(module: ModuleType) -> None:
             Path(importlib.util.cache_from_source(file)).unlink(missing_ok=True)
 
 
-def _user_file(name: str, module: ModuleType) -> Path | None:
-    """The file of a module of the user's; None for supportbot's own, the standard library's, an installed one."""
-    if name.partition(".")[0] in _OWN_PACKAGES:
+def _user_file(name: str, module: ModuleType, foreign: tuple[str, ...]) -> Path | None:
+    """The file of a module of the user's; None for the launch script, supportbot's own, the standard library's,
+    an installed one, or any other under ``foreign`` (``_foreign_dirs``)."""
+    if name in _SCRIPTS or name.partition(".")[0] in _OWN_PACKAGES:
         return None
     file = getattr(module, "__file__", None)
     if not isinstance(file, str) or "site-packages" in file or "dist-packages" in file:
         return None
-    library = _library_dirs()
-    if file.startswith(library):  # most modules: decided without a look at the file system
+    if file.startswith(foreign):  # most modules: decided without a look at the file system
         return None
     path = Path(file).resolve()
-    return None if str(path).startswith(library) else path
+    return None if str(path).startswith(foreign) else path
 
 
-@cache
-def _library_dirs() -> tuple[str, ...]:
-    """The standard library's and installed packages' directories, as written and resolved, ending in a separator."""
+def _foreign_dirs(homes: tuple[Path, ...]) -> tuple[str, ...]:
+    """The directories of Python's installation, as written and resolved, ending in a separator.
+
+    The standard library's, installed packages' and scripts' (``bin/``), and ``sys.prefix`` and
+    ``sys.exec_prefix`` (a virtualenv, even one inside the project) unless one holds a directory of
+    ``homes``: a project in ``/usr/local/app`` with Python's prefix ``/usr/local`` is the user's.
+    """
     paths = sysconfig.get_paths()
-    found = [Path(paths[n]) for n in ("stdlib", "platstdlib", "purelib", "platlib") if n in paths]
+    found = [Path(paths[n]) for n in ("stdlib", "platstdlib", "purelib", "platlib", "scripts") if n in paths]
+    for prefix in {Path(sys.prefix), Path(sys.exec_prefix)}:
+        if not any(home.is_relative_to(prefix.resolve()) for home in homes):
+            found.append(prefix)
     return tuple(dict.fromkeys(os.path.join(p, "") for path in found for p in (str(path), str(path.resolve()))))
 
 

@@ -31,6 +31,17 @@ NO_MODEL = (
 )
 
 
+def project_dir(config: Config) -> Path:
+    """The config file's directory, else the working directory: where ``tools.modules`` are looked up first."""
+    return config.source.parent if config.source is not None else Path.cwd()
+
+
+def tools_dirs(config: Config) -> list[Path]:
+    """The ``tools/`` directories whose files are tools modules: beside the config file and in the working
+    directory, resolved, once each (the config file's first). They need not exist."""
+    return list(dict.fromkeys(d.resolve() for d in (project_dir(config) / "tools", Path.cwd() / "tools")))
+
+
 def load_tools_and_flows(config: Config) -> tuple[ToolRegistry, Flows]:
     """The tool registry (built-ins, ``tools.modules`` and ``tools/`` directories) and the validated flows.
 
@@ -94,7 +105,7 @@ def _load_tools(tools: ToolRegistry, config: Config, problems: Problems) -> bool
     directory are loaded both (once if they are the same).
     """
     here = Path.cwd()
-    base = config.source.parent if config.source is not None else here
+    base = project_dir(config)
     for directory in (str(here), str(base)):  # the config file's directory ends up first
         if directory not in sys.path:
             sys.path.insert(0, directory)
@@ -105,7 +116,7 @@ def _load_tools(tools: ToolRegistry, config: Config, problems: Problems) -> bool
             complete = False
             file, line = config.locate(("tools", "modules", index))
             problems.add(file, line, f"tools.modules[{index}]", problem)
-    for tools_dir in dict.fromkeys(d.resolve() for d in (base / "tools", here / "tools")):
+    for tools_dir in tools_dirs(config):
         try:
             tools.load_directory(tools_dir)
         except ConfigError as exc:

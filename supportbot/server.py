@@ -257,13 +257,39 @@ async def serve(
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set), then drain and close.
 
     A SIGHUP reloads the flows and tools (``supportbot.reload``); a turn running meanwhile finishes
-    on the version it started with.
+    on the version it started with. One that comes while the server starts (systemd's
+    ``ExecReload`` right after the start) reloads once it is up; while it shuts down, SIGHUP is
+    ignored. Never does one end the process, and what handled SIGHUP before is put back on return.
 
     Args:
         ready: called with the base URL once the server accepts connections.
         notice: called after ``ready`` with each line the operator should see (``NOTICES``).
         reload: also reload whenever a flow file, a tools module or the config file changes.
     """
+    # SIGHUP's default is to end the process: from now on it never does.
+    early: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
+    try:
+        await _serve(config, host=host, port=port, demo=demo, ready=ready, stop=stop, notice=notice, reload=reload,
+                     early_sighup=early)  # fmt: skip
+    finally:
+        # Until here asyncio's handler, a harmless one in the end (``_serve``); removing it sets the default.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, previous)
+
+
+async def _serve(
+    config: Config,
+    *,
+    host: str | None,
+    port: int | None,
+    demo: bool,
+    ready: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+    notice: Callable[[str], None] | None,
+    reload: bool,
+    early_sighup: list[int],
+) -> None:
     runtime = await open_runtime(config, demo=demo)
     try:
         app = build_app(runtime)
@@ -298,6 +324,8 @@ async def serve(
                 loop.add_signal_handler(sig, stop.set)
             reloader.start(watch=reload)
             loop.add_signal_handler(signal.SIGHUP, reloader.request, "on SIGHUP")
+            if early_sighup:  # it came while the server started: the files may have changed since they were read
+                reloader.request("on SIGHUP")
             log.info("supportbot serving on %s (resumed %d turn(s))", url, app[INTAKE].resumed)
             if ready is not None:
                 ready(url)
@@ -310,8 +338,11 @@ async def serve(
             handed_back = await drain(app)
             log.info("stopped; %d turn(s) handed back for the next start", handed_back)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                asyncio.get_running_loop().remove_signal_handler(sig)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            # Not removed (that would make SIGHUP end the process) but replaced: ``serve`` removes it on return.
+            loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: supportbot is shutting down")
             await reloader.aclose()
             await runner.cleanup()
     finally:

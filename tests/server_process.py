@@ -23,16 +23,30 @@ def free_port() -> int:
 
 def start_server(config: Path, port: int, cwd: Path, args: Sequence[str] = ()) -> subprocess.Popen[str]:
     """Start ``supportbot serve -c config --port port [args]`` and return once the port answers (30 s at most)."""
+    process = spawn_server(config, port, cwd, args)
+    wait_until_listening(process, port)
+    return process
+
+
+def spawn_server(
+    config: Path, port: int, cwd: Path, args: Sequence[str] = (), *, stdin: int | None = None
+) -> subprocess.Popen[str]:
+    """Start ``supportbot serve -c config --port port [args]`` and return at once; ``stdin``: a file descriptor."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "supportbot", "serve", "-c", str(config), "--port", str(port), *args],
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=cwd, env=env, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
+
+
+def wait_until_listening(process: subprocess.Popen[str], port: int) -> None:
+    """Return once the port answers (30 s at most); fail with the server's stderr if it ended."""
     deadline = time.monotonic() + 30
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process
+                return
         except OSError:
             assert process.poll() is None, process.communicate()[1]
             assert time.monotonic() < deadline, "the server did not start within 30 s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,11 +25,12 @@ from supportbot.events import Event, Handoff, ToolCallFinished, TurnFinished, Tu
 from supportbot.flows import load_flows
 from supportbot.llm.base import Completion, LLMRequest, StreamEvent, TextChunk
 from supportbot.messages import ChatMessage, ToolCall
-from supportbot.reload import Outcome, Reloader, Watcher
+from supportbot.reload import Outcome, Reloader, Watcher, user_modules
 from supportbot.runtime import Runtime, open_runtime
+from supportbot.server import serve
 from supportbot.store.memory import MemoryStore
 from supportbot.tools import default_registry, tool
-from tests.server_process import free_port, start_server, stop_server
+from tests.server_process import free_port, spawn_server, start_server, stop_server, wait_until_listening
 
 GENERAL = """\
 name: general
@@ -159,7 +162,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     made = Project(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield made
-    for name in [n for n in sys.modules if n.startswith((made.module, "supportbot_local_tools."))]:
+    for name in [n for n in sys.modules if n.startswith((made.module, "supportbot_local_tools"))]:
         del sys.modules[name]
 
 
@@ -375,6 +378,79 @@ def gift_wrap(order_id: str) -> str:
     assert found is not None and found.definition["function"]["description"].startswith("Wraps each item")
 
 
+async def test_a_helper_a_tools_file_imports_from_its_directory_is_taken_when_edited(
+    project: Project, runtime: Runtime
+) -> None:
+    """docs/writing-tools.md: ``from . import _shop_api`` in a file of ``tools/``."""
+    helper = f"_helper_{uuid.uuid4().hex[:8]}"
+    project.write(f"tools/{helper}.py", "VALUE = 'helper V1'\n")
+    project.write(
+        f"tools/shop_{helper}.py",
+        f'''\
+from supportbot import tool
+
+from . import {helper}
+
+
+@tool
+def helper_value() -> str:
+    """Says what the helper holds."""
+    return {helper}.VALUE
+''',
+    )
+    reloader = Reloader(runtime)
+    assert (await reloader.reload()).ok
+    project.write(f"tools/{helper}.py", "VALUE = 'helper V2, edited'\n")
+
+    assert (await reloader.reload()).ok
+
+    found = runtime.tools.get("helper_value")
+    assert found is not None and found.function() == "helper V2, edited"
+    assert f"supportbot_local_tools.{helper}" in sys.modules  # and a next reload forgets it again
+    project.write(f"tools/{helper}.py", "VALUE = 'helper V3'\n")
+    assert (await reloader.reload()).ok
+    found = runtime.tools.get("helper_value")
+    assert found is not None and found.function() == "helper V3"
+
+
+async def test_a_failed_reload_puts_the_tools_directory_package_back(project: Project, runtime: Runtime) -> None:
+    helper = f"_helper_{uuid.uuid4().hex[:8]}"
+    project.write(f"tools/{helper}.py", "VALUE = 'helper V1'\n")
+    project.write(f"tools/shop_{helper}.py", f"from . import {helper}\n")
+    reloader = Reloader(runtime)
+    assert (await reloader.reload()).ok
+    package = sys.modules["supportbot_local_tools"]
+    project.write(f"tools/shop_{helper}.py", f"from . import {helper}\nraise RuntimeError('broken')\n")
+
+    assert not (await reloader.reload()).ok
+
+    assert sys.modules["supportbot_local_tools"] is package
+    assert getattr(package, helper).VALUE == "helper V1"
+
+
+async def test_a_reload_leaves_the_launch_script_and_the_python_installation_alone(
+    project: Project, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtualenv inside the project (``.venv/bin/supportbot`` runs as ``__main__``) is not the user's code."""
+    venv = project.dir / ".venv"
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "exec_prefix", str(venv))
+    modules: dict[str, ModuleType] = {}
+    for name, file in [
+        ("__main__", venv / "bin" / "supportbot"),
+        ("__mp_main__", project.dir / "run.py"),
+        (f"installed_{uuid.uuid4().hex[:8]}", venv / "lib" / "installed.py"),
+    ]:
+        module = modules[name] = ModuleType(name)
+        module.__file__ = str(file)
+        monkeypatch.setitem(sys.modules, name, module)
+
+    assert project.module in user_modules(runtime.config)
+    assert not modules.keys() & user_modules(runtime.config).keys()
+    assert (await Reloader(runtime).reload()).ok
+    assert all(sys.modules[name] is module for name, module in modules.items())
+
+
 async def test_requests_during_a_reload_make_exactly_one_more(runtime: Runtime) -> None:
     outcomes: list[Outcome] = []
     done = asyncio.Event()
@@ -497,6 +573,46 @@ async def test_the_watcher_reloads_once_an_edit_settled_and_only_warns_on_a_conf
         await reloader.aclose()
 
 
+class Requests(Observed):
+    """An observed reloader that also notes what asked for a reload."""
+
+    def __init__(self, runtime: Runtime, *, on_outcome: Callable[[Outcome], None]) -> None:
+        super().__init__(runtime, on_outcome=on_outcome)
+        self.requested: list[str] = []
+
+    def request(self, reason: str = "") -> None:
+        self.requested.append(reason)
+        super().request(reason)
+
+
+async def test_a_module_a_reload_starts_or_stops_watching_is_no_change(project: Project, runtime: Runtime) -> None:
+    """The tools module imports a new helper: the helper is watched from then on, but not reported as changed."""
+    helper = project.dir / f"{project.module}_helper.py"
+    helper.write_text("VALUE = 'helper'\n")
+    outcomes: list[Outcome] = []
+    reloaded = asyncio.Event()
+
+    def seen(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        reloaded.set()
+
+    reloader = Requests(runtime, on_outcome=seen)
+    assert helper not in reloader.watched_files()
+    reloader.start(watch=True, interval=0.01, settle=0.03)
+    try:
+        for edit, watched in [(f"import {helper.stem}\n", True), ("", False)]:
+            reloaded.clear()
+            project.write(f"{project.module}.py", TOOLS.replace("VERSION", "edited") + edit)
+            await asyncio.wait_for(reloaded.wait(), 10)
+            assert (helper in reloader.watched_files()) is watched
+            await reloader.scanned_again(20)  # 0.2 s at least: what the watcher reports has settled by then
+        tools = project.dir / f"{project.module}.py"
+        assert reloader.requested == [f"changed: {tools}"] * 2
+        assert [o.ok for o in outcomes] == [True, True]
+    finally:
+        await reloader.aclose()
+
+
 # -- supportbot serve ---------------------------------------------------------------------------------
 
 ANOTHER_FLOW = """\
@@ -544,3 +660,66 @@ async def test_the_command_takes_a_new_flow_file(how: str, project: Project) -> 
         assert ("watching 4 files for changes" in stderr) == (how == "--reload"), stderr
     finally:
         await stop_server(process)
+
+
+async def test_a_sighup_while_the_command_starts_reloads_once_it_is_up(project: Project) -> None:
+    """systemd's ``ExecReload=/bin/kill -HUP $MAINPID`` may come before the server is up: it must not end it."""
+    gate = "import sys\n\nprint('importing the tools', file=sys.stderr, flush=True)\nsys.stdin.readline()\n"
+    project.write(f"{project.module}.py", TOOLS.replace("VERSION", "V1") + gate)
+    port = free_port()
+    gate_out, gate_in = os.pipe()
+    process = spawn_server(project.config_file, port, project.dir, ["--demo"], stdin=gate_out)
+    os.close(gate_out)
+    try:
+        assert process.stderr is not None
+        while "importing the tools" not in (line := await asyncio.to_thread(process.stderr.readline)):
+            assert line, "the server ended before it imported the tools"
+        process.send_signal(signal.SIGHUP)  # while serve() loads the tools: the server is not up yet
+        os.write(gate_in, b"go on\n")
+        os.close(gate_in)  # the reload imports the tools again: readline() at the end of input returns at once
+        await asyncio.to_thread(wait_until_listening, process, port)
+        assert await asyncio.to_thread(_flows_loaded, port) == "2 loaded"
+        async with asyncio.timeout(20):  # the SIGHUP was kept for later: one reload once the server is up
+            while "reloaded: " not in (line := await asyncio.to_thread(process.stderr.readline)):
+                assert line, "the server ended"
+        assert "(on SIGHUP)" in line
+        assert 'supportbot_reloads_total{outcome="ok"} 1.0' in await asyncio.to_thread(_get, port, "/metrics")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=20)
+        assert process.returncode == 0, stderr
+    finally:
+        with contextlib.suppress(OSError):  # closed unless the test failed before
+            os.close(gate_in)
+        await stop_server(process)
+
+
+async def test_serve_keeps_sighup_harmless_while_it_closes_and_restores_what_was_there(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+
+    async def opened(config: Any, **kwargs: Any) -> Runtime:
+        runtime = await open_runtime(config, **kwargs)
+        runtime.closing.callback(lambda: seen.append(signal.getsignal(signal.SIGHUP)))  # the last thing closed
+        return runtime
+
+    def before(signum: int, frame: object) -> None:  # pragma: no cover - never called
+        pass
+
+    monkeypatch.setattr("supportbot.server.open_runtime", opened)
+    monkeypatch.chdir(project.dir)
+    previous = signal.signal(signal.SIGHUP, before)
+    try:
+        stop = asyncio.Event()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(load_config(project.config_file), port=0, demo=True, stop=stop, ready=ready.set_result)
+        )
+        await asyncio.wait_for(ready, 20)
+        assert signal.getsignal(signal.SIGHUP) is not before  # serve's own: it reloads
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        assert len(seen) == 1 and seen[0] not in (signal.SIG_DFL, before)  # a SIGHUP now would not end it
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -35,7 +35,7 @@ from supportbot.tools.schema import format_validation_error
 logger = logging.getLogger("supportbot.tools")
 
 DEFAULT_TIMEOUT_S = 15.0
-_LOCAL_PACKAGE = "supportbot_local_tools"
+LOCAL_PACKAGE = "supportbot_local_tools"
 """Files of a tools directory are imported as ``supportbot_local_tools.<stem>``."""
 
 
@@ -299,13 +299,13 @@ def _seconds(value: float) -> str:
 
 def _import_file(file: Path) -> ModuleType:
     """Import one file of a tools directory under a private package name."""
-    package = sys.modules.get(_LOCAL_PACKAGE)
+    package = sys.modules.get(LOCAL_PACKAGE)
     if package is None:
-        package = sys.modules[_LOCAL_PACKAGE] = ModuleType(_LOCAL_PACKAGE)
+        package = sys.modules[LOCAL_PACKAGE] = ModuleType(LOCAL_PACKAGE)
         package.__path__ = []
     if str(file.parent) not in package.__path__:
         package.__path__.append(str(file.parent))  # so ``from . import helpers`` finds a sibling file
-    module_name = f"{_LOCAL_PACKAGE}.{file.stem}"
+    module_name = f"{LOCAL_PACKAGE}.{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
         raise ConfigError(f"{file}: cannot be imported as a tools module; is it a Python file?")

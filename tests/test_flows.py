@@ -483,3 +483,44 @@ def test_demo_hints_problems_name_file_line_and_fix(flows_dir: Path) -> None:
         "(a tool)",
         "flows/general.yaml:9: demo[3]: args: goes with call:; remove it or add call:",
     ]
+
+
+def test_demo_hint_placeholders_must_name_groups_of_when(flows_dir: Path) -> None:
+    write(
+        flows_dir,
+        "general.yaml",
+        """\
+        name: general
+        description: Everything
+        system_prompt: You help.
+        tools: [lookup_order]
+        demo:
+          - {when: "where is (?P<id>A\\\\d+)", call: lookup_order, args: {order_id: "{id}"}}
+          - {when: "warranty (?P<sn>SN-\\\\d+)", call: lookup_order, args: {order_id: "{serial}"}}
+          - {when: "hours", reply: "Open {hours}."}
+          - {after: lookup_order, reply: "It is {status}."}
+        """,
+    )
+    assert problems(flows_dir) == [
+        "flows/general.yaml:7: demo[1]: '{serial}' in args.order_id is not a named group of when (its groups: sn); "
+        "name a group (?P<serial>...) or fix the placeholder",
+        "flows/general.yaml:8: demo[2]: '{hours}' in reply is not a named group of when (it has no named groups); "
+        "name a group (?P<hours>...) or fix the placeholder",
+    ]
+
+
+def test_demo_hint_dates_are_iso_text(flows_dir: Path) -> None:
+    write(
+        flows_dir,
+        "general.yaml",
+        """\
+        name: general
+        description: Everything
+        system_prompt: You help.
+        tools: [lookup_order]
+        demo:
+          - {when: "since", call: lookup_order, args: {order_id: 2026-01-01, at: [2026-01-01 09:30:00]}}
+        """,
+    )
+    (hint,) = load_flows(flows_dir, tool_names=TOOLS)["general"].demo
+    assert hint.args == {"order_id": "2026-01-01", "at": ["2026-01-01T09:30:00"]}

@@ -6,41 +6,46 @@ customer message it tries, in this order:
 1. the ``demo:`` hints (``supportbot.hints``; its own, e.g. a test script's, then the flow's): the
    first rule whose ``when`` pattern is found in the message calls its tool (when the flow offers
    it) or replies, ``{name}`` filled from the pattern's named groups;
-2. its own rules for the built-in tools: it looks up an order when the customer names one
-   (``A1001``), opens a ticket or hands over to a person when asked, and transfers to the
-   ``returns`` and ``order_status`` flows on their keywords;
+2. its own rules for the built-in tools: it opens a ticket or hands over to a person when asked,
+   transfers to the ``returns`` flow on its keywords, looks up an order when the customer names
+   one (``A1001``) and transfers to the ``order_status`` flow on its keywords; a custom tool that
+   a word of its *name* fits, and whose required arguments are in the message, comes before the
+   order rules (``warranty for SN-12345`` is not an order);
 3. the flow's other tools (``supportbot.llm.demo_match``): the one whose name or description fits
    the customer's words, when its required arguments can be read from the message; and
    ``transfer_to_<flow>`` by the words of that flow's description;
 
 and otherwise says what it can do, or which argument it still needs. Right after a tool answered,
-the first ``after`` hint for that tool applies (``{key}`` from the result's top-level keys); without
-one the result is described in plain words (a tool's error as a problem it reported). After a
-transfer it acts on the customer's question again with the new flow's tools. Its replies are
-labelled as the demo's. It is never used unless asked for.
+the first ``after`` hint for that tool whose every ``{key}`` is a top-level key of the result
+applies; without one the result is described in plain words (a tool's error as a problem it
+reported). After the customer's yes to a held call it reports what the call did; after anything
+else (the call was declined) it acts on that message. After a transfer it acts on the customer's
+question again with the new flow's tools. Its replies are labelled as the demo's. It is never used
+unless asked for.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import string
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from supportbot.confirm import DECLINED
-from supportbot.hints import DemoHint
+from supportbot.hints import DemoHint, fill_arguments, pairs, placeholders, plain, render
 from supportbot.llm.base import Completion, LLMRequest, StreamEvent, TextChunk
-from supportbot.llm.demo_match import TRANSFER_PREFIX, best_tool, purpose, shorten
+from supportbot.llm.demo_match import TRANSFER_PREFIX, Match, best_tool, purpose, shorten
 from supportbot.messages import ChatMessage, ToolCall, Usage
 
 _ORDER = re.compile(r"\b([A-Z]{1,3}-?\d{3,8})\b", re.IGNORECASE)
-_TICKET = re.compile(r"\b(ticket|complain|complaint|report)\b", re.IGNORECASE)
-_HUMAN = re.compile(r"\b(human|person|agent|someone|real)\b", re.IGNORECASE)
+_TICKET = re.compile(r"\b(ticket|complain|complaint)s?\b", re.IGNORECASE)
+_HUMAN = re.compile(r"\b(human|person|agent|representative|operator)s?\b", re.IGNORECASE)
 _RETURN = re.compile(r"\b(return|refund|exchange|send back)\b", re.IGNORECASE)
 _ORDER_WORDS = re.compile(r"\b(order|delivery|shipping|parcel|package|track)\b", re.IGNORECASE)
 # What the registry (supportbot/tools/registry.py) and the engine put in a tool message instead of
-# a result; a tool message carries no error flag. tests/llm/test_demo.py drives the real registry.
+# a result; a tool message carries no error flag. This repeats their wording: the test
+# test_errors_of_the_real_registry_are_reported_as_problems (tests/llm/test_demo_model.py) drives
+# the real registry and fails when the two drift apart.
 _ERROR = re.compile(
     r"^(?:tool failed: |invalid arguments for '|the arguments for '|unknown tool '|not run: at most "
     r"|tool '[^']*' is not available in this conversation|transfer to '[^']*' is not possible"
@@ -50,6 +55,8 @@ LABEL = "[demo model] "
 _RULED = frozenset({"lookup_order", "create_ticket", "handoff_to_human"})
 """Built-in tools the demo has rules of its own for; any other tool is matched by its words."""
 _RESULT_LIMIT = 600
+_SUBJECT_LIMIT = 80
+_DECLINED_LINE = "All right, I haven't done that."
 
 Tools = Mapping[str, Mapping[str, Any]]
 """The offered tool definitions by name."""
@@ -74,13 +81,17 @@ class DemoLLM:
         hints = (*self._hints, *request.hints)
         messages = list(request.messages)
         last = messages[-1]
+        declined = False
         if last.role == "user" and len(messages) > 1 and messages[-2].role == "tool":
-            messages.pop()  # the customer's yes to a confirmed call: report what the call did
-            last = messages[-1]
+            if all(r.content == DECLINED for r in _trailing_results(messages[:-1])):
+                declined = True  # the customer wrote something other than yes: act on it
+            else:
+                messages.pop()  # the customer's yes ran the held calls: report what they did
+                last = messages[-1]
         if last.role == "tool":
             answer = self._after_results(messages, offered, hints)
         else:
-            answer = self._answer(last.content or "", offered, hints)
+            answer = self._answer(last.content or "", offered, hints, declined=declined)
         if isinstance(answer, ToolCall):
             yield _calling(request, answer)
             return
@@ -94,18 +105,29 @@ class DemoLLM:
             model="demo",
         )
 
-    def _answer(self, text: str, offered: Tools, hints: Sequence[DemoHint]) -> ToolCall | str:
-        """A call or a reply for the customer's message; what the demo can do when no rule applies."""
-        reaction = self._react(text, offered, hints)
-        if reaction is not None:
-            return reaction
-        match = best_tool(text, _matchable(offered).values())
-        if match is not None and match.missing:
-            return _asking(offered[match.name], match.missing)
-        return _offer(offered)
+    def _answer(self, text: str, offered: Tools, hints: Sequence[DemoHint], *, declined: bool) -> ToolCall | str:
+        """A call or a reply for the customer's message; what the demo can do when no rule applies.
 
-    def _react(self, text: str, offered: Tools, hints: Sequence[DemoHint]) -> ToolCall | str | None:
-        """The hints' call or reply, else a built-in rule's call, else a fitting tool's call; None if none applies."""
+        ``declined``: the message answered a confirmation with something other than yes; the reply
+        says the held call was not made, and the demo's offer is left out.
+        """
+        match = best_tool(text, _matchable(offered).values())
+        reaction = self._react(text, offered, hints, match)
+        if isinstance(reaction, ToolCall):
+            return reaction
+        if reaction is None and match is not None and match.missing:
+            reaction = _asking(offered[match.name], match.missing)
+        if declined:
+            return f"{_DECLINED_LINE} {reaction}" if reaction is not None else _DECLINED_LINE
+        return reaction if reaction is not None else _offer(offered)
+
+    def _react(
+        self, text: str, offered: Tools, hints: Sequence[DemoHint], match: Match | None
+    ) -> ToolCall | str | None:
+        """The hints' call or reply, else a built-in rule's call, else a fitting tool's call; None if none applies.
+
+        ``match`` is ``best_tool`` for ``text`` and the offered tools without rules of their own.
+        """
         for hint in hints:
             pattern = hint.pattern()
             found = pattern.search(text) if pattern is not None else None
@@ -116,10 +138,16 @@ class DemoLLM:
                 return render(hint.reply, groups)
             if hint.call is not None and hint.call in offered:
                 return self._call(hint.call, fill_arguments(hint.args, groups))
-        builtin = _builtin_call(text, set(offered))
+        # A custom tool named by the customer's words, with its arguments at hand, beats the order rules.
+        named = (
+            match is not None
+            and match.by_name
+            and match.arguments is not None
+            and not match.name.startswith(TRANSFER_PREFIX)
+        )
+        builtin = _builtin_call(text, offered, orders=not named)
         if builtin is not None:
             return self._call(*builtin)
-        match = best_tool(text, _matchable(offered).values())
         if match is not None and match.arguments is not None:
             return self._call(match.name, match.arguments)
         return None
@@ -132,6 +160,8 @@ class DemoLLM:
             if result is None or not _ran(result.content or ""):
                 continue
             values = _result_values(result.content or "")
+            if any(name not in values for _, text in hint.templates() for name in placeholders(text)):
+                continue  # not the result it was written for (a ToolRetry's words, an error object)
             if hint.reply is not None:
                 return render(hint.reply, values)
             if hint.call is not None and hint.call in offered:
@@ -142,30 +172,48 @@ class DemoLLM:
             # A new flow, new tools: act on the customer's question again (no transfer back and forth).
             question = next((m.content or "" for m in reversed(messages) if m.role == "user"), "")
             tools = {name: t for name, t in offered.items() if not name.startswith(TRANSFER_PREFIX)}
-            reaction = self._react(question, tools, hints)
+            reaction = self._react(question, tools, hints, best_tool(question, _matchable(tools).values()))
             if reaction is not None:
                 return reaction
         return " ".join(_describe(r.name or "", r.content or "") for r in results)
 
     def _call(self, name: str, arguments: Mapping[str, Any]) -> ToolCall:
         self._calls += 1
-        return ToolCall(id=f"demo_{self._calls}", name=name, arguments=json.dumps(arguments))
+        # default=str: a value JSON has no type for (a date a hint was built with in code) goes as text.
+        return ToolCall(id=f"demo_{self._calls}", name=name, arguments=json.dumps(arguments, default=str))
 
 
-def _builtin_call(text: str, tools: set[str]) -> tuple[str, dict[str, Any]] | None:
-    """The demo's own rules for the built-in tools and the example flows' transfers."""
-    order = _ORDER.search(text)
-    if _HUMAN.search(text) and "handoff_to_human" in tools:
+def _builtin_call(text: str, offered: Tools, *, orders: bool = True) -> tuple[str, dict[str, Any]] | None:
+    """The demo's own rules for the built-in tools and the example flows' transfers.
+
+    ``orders``: whether the order rules (an order number, the order words) may apply.
+    """
+    order = _ORDER.search(text) if orders else None
+    if _HUMAN.search(text) and "handoff_to_human" in offered:
         return "handoff_to_human", {"reason": text[:200]}
-    if _TICKET.search(text) and "create_ticket" in tools:
-        return "create_ticket", {"subject": text[:80], "description": text}
-    if _RETURN.search(text) and "transfer_to_returns" in tools:
+    if _TICKET.search(text) and "create_ticket" in offered:
+        ticket = offered["create_ticket"]
+        return "create_ticket", {
+            "subject": _text_for(ticket, "subject", text, _SUBJECT_LIMIT),
+            "description": _text_for(ticket, "description", text),
+        }
+    if _RETURN.search(text) and "transfer_to_returns" in offered:
         return "transfer_to_returns", {"reason": text[:200]}
-    if order and "lookup_order" in tools:
+    if order and "lookup_order" in offered:
         return "lookup_order", {"order_id": order.group(1).upper()}
-    if _ORDER_WORDS.search(text) and "transfer_to_order_status" in tools:
+    if orders and _ORDER_WORDS.search(text) and "transfer_to_order_status" in offered:
         return "transfer_to_order_status", {"reason": text[:200]}
     return None
+
+
+def _text_for(tool: Mapping[str, Any], argument: str, text: str, limit: int | None = None) -> str:
+    """``text`` for a string argument: whole when it fits ``limit`` and the schema's ``maxLength``, else shortened."""
+    schema = ((tool.get("function") or {}).get("parameters") or {}).get("properties", {}).get(argument) or {}
+    most = schema.get("maxLength")
+    bounds = [n for n in (limit, most) if isinstance(n, int) and not isinstance(n, bool)]
+    if not bounds or len(text) <= min(bounds):
+        return text
+    return shorten(text, min(bounds))
 
 
 def _matchable(offered: Tools) -> Tools:
@@ -174,47 +222,6 @@ def _matchable(offered: Tools) -> Tools:
 
 
 # -- hints -------------------------------------------------------------------------------------------
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """``template`` with each ``{name}`` replaced by ``values[name]`` in plain words.
-
-    Only plain names are looked up: ``{name.attr}``, ``{name[0]}``, ``{name!r}``, ``{name:>9}`` and
-    unknown names stay in the text as written, and a value is never formatted again, so text from
-    the customer or a tool is just data. A template that is not valid format text stays as it is.
-    """
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError:
-        return template
-    parts: list[str] = []
-    for literal, name, spec, conversion in parsed:
-        parts.append(literal)
-        if name is None:
-            continue
-        if name.isidentifier() and not spec and not conversion and name in values:
-            parts.append(_plain(values[name]))
-        else:
-            parts.append("{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
-    return "".join(parts)
-
-
-def fill_arguments(arguments: Any, values: Mapping[str, Any]) -> Any:
-    """A hint's ``args`` with ``{name}`` filled in every string, also inside lists and objects.
-
-    A string that is exactly ``"{name}"`` takes the value itself (a result's number stays a number);
-    strings without braces and other values are kept as they are.
-    """
-    if isinstance(arguments, dict):
-        return {key: fill_arguments(value, values) for key, value in arguments.items()}
-    if isinstance(arguments, list):
-        return [fill_arguments(value, values) for value in arguments]
-    if not isinstance(arguments, str) or ("{" not in arguments and "}" not in arguments):
-        return arguments
-    whole = re.fullmatch(r"\{(\w+)\}", arguments)
-    if whole and whole.group(1) in values:
-        return values[whole.group(1)]
-    return render(arguments, values)
 
 
 def _result_values(content: str) -> dict[str, Any]:
@@ -267,7 +274,7 @@ def _ran(content: str) -> bool:
 
 def _describe(name: str, content: str) -> str:
     if content == DECLINED:
-        return "All right, I haven't done that."
+        return _DECLINED_LINE
     if _ERROR.match(content):
         return f"The {name} tool reported a problem: “{shorten(content, 300)}”"
     try:
@@ -301,32 +308,13 @@ def _described_value(name: str, data: Any) -> str:
     if isinstance(data, dict):
         if not data:
             return f"{name} returned nothing."
-        return f"Here is what {name} returned: {_pairs(data, '; ')}."
+        return f"Here is what {name} returned: {pairs(data, '; ')}."
     if isinstance(data, list):
         if not data:
             return f"{name} found nothing."
-        items = "; ".join(_pairs(item, ", ") if isinstance(item, dict) else _plain(item) for item in data)
+        items = "; ".join(pairs(item, ", ") if isinstance(item, dict) else plain(item) for item in data)
         return f"Here is what {name} found: {items}."
-    return _plain(data)
-
-
-def _pairs(data: Mapping[str, Any], separator: str) -> str:
-    return separator.join(f"{key}: {_plain(value)}" for key, value in data.items())
-
-
-def _plain(value: Any) -> str:
-    """A JSON value in words: yes/no for booleans, lists joined with commas, objects in brackets."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None:
-        return "none"
-    if isinstance(value, list):
-        return ", ".join(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return f"({_pairs(value, ', ')})"
-    return str(value)
+    return plain(data)
 
 
 # -- what the demo can do ------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ tool descriptions start with ("Look up...", "Get..."), which customers use for a
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 _TOKEN = re.compile(r"[^\W_](?:[\w-]*[^\W_])?")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# An address starts where no character of one stands before it: without the lookbehind, a long run
+# like "a.a.a…" with no "@" is tried from every position, each to its end (quadratic).
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)", re.DOTALL)
 
 _CODE_NAMES = frozenset({"id", "number", "code", "serial", "sku", "reference", "ref"})
@@ -102,11 +104,13 @@ class Match:
         name: the tool's name.
         arguments: the arguments to call it with; None when a required one could not be filled.
         missing: the required arguments that could not be filled.
+        by_name: whether a word of the tool's name is in the message (not only words of its description).
     """
 
     name: str
     arguments: dict[str, Any] | None
     missing: tuple[str, ...] = field(default=())
+    by_name: bool = False
 
 
 def best_tool(text: str, tools: Iterable[Mapping[str, Any]]) -> Match | None:
@@ -114,21 +118,21 @@ def best_tool(text: str, tools: Iterable[Mapping[str, Any]]) -> Match | None:
     said = words(text)
     if not said:
         return None
-    scored: list[tuple[int, str, Mapping[str, Any]]] = []
+    scored: list[tuple[int, str, bool, Mapping[str, Any]]] = []
     for tool in tools:
         function = tool.get("function") or {}
         name = str(function.get("name") or "")
         named, described = _tool_words(name, str(function.get("description") or ""))
         by_name, by_description = len(named & said), len(described & said)
         if by_name or by_description >= 2:
-            scored.append((-(3 * by_name + by_description), name, function))
+            scored.append((-(3 * by_name + by_description), name, by_name > 0, function))
     if not scored:
         return None
-    _, name, function = min(scored, key=lambda item: item[:2])
+    _, name, by_words, function = min(scored, key=lambda item: item[:2])
     if name.startswith(TRANSFER_PREFIX):
-        return Match(name=name, arguments={"reason": text[:200]})
+        return Match(name=name, arguments={"reason": text[:200]}, by_name=by_words)
     arguments, missing = fill_arguments(function.get("parameters") or {}, text)
-    return Match(name=name, arguments=None if missing else arguments, missing=missing)
+    return Match(name=name, arguments=None if missing else arguments, missing=missing, by_name=by_words)
 
 
 def _tool_words(name: str, description: str) -> tuple[set[str], set[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,13 +17,16 @@ import aiohttp
 import pytest
 from pydantic import Field
 
+from supportbot._yaml import load_yaml
 from supportbot.config import Config, load_config
 from supportbot.confirm import DECLINED
 from supportbot.errors import ToolRetry
 from supportbot.events import ToolCallFinished, TurnFinished
 from supportbot.hints import DemoHint
+from supportbot.llm import demo
 from supportbot.llm.base import Completion, LLMRequest, TextChunk
 from supportbot.llm.demo import LABEL, DemoLLM
+from supportbot.llm.demo_match import best_tool
 from supportbot.messages import ChatMessage, ToolCall
 from supportbot.runtime import open_runtime
 from supportbot.store.base import Conversation, Customer
@@ -114,9 +118,16 @@ def account_balance(account_id: str) -> str:
     return "0"
 
 
+@tool
+def report_bug(reference: str) -> str:
+    """Tell the app team about something that does not work."""
+    return "thanks"
+
+
 REGISTRY = default_registry()
 for _tool in (warranty_status, store_hours, gift_card_balance, search_faq, book_repair, reserve_seats,
-              newsletter_signup, rate_delivery, rate_service, broken_tool, picky_tool, account_balance):  # fmt: skip
+              newsletter_signup, rate_delivery, rate_service, broken_tool, picky_tool, account_balance,
+              report_bug):  # fmt: skip
     REGISTRY.register(_tool)
 CUSTOM = ["warranty_status", "store_hours", "gift_card_balance", "search_faq", "book_repair", "reserve_seats"]
 
@@ -200,9 +211,9 @@ def text_of(completion: Completion) -> str:
 # -- hints ----------------------------------------------------------------------------------------------
 
 WARRANTY_HINT = {
-    "when": r"warranty .*?(?P<serial>SN-\d+)",
+    "when": r"warranty .*?(?P<serial>SN-\d+)(?: in (?P<shop>\w+))?",
     "call": "warranty_status",
-    "args": {"serial": "{serial}", "region": "EU", "note": "{serial} in {nowhere}", "tags": ["{serial}", 3]},
+    "args": {"serial": "{serial}", "region": "EU", "note": "{serial} in {shop}", "tags": ["{serial}", 3]},
 }
 
 
@@ -210,10 +221,10 @@ async def test_a_when_hint_calls_its_tool_with_the_named_groups() -> None:
     completion = await answer(user("WARRANTY please for sn-12345, order A1001"), hints=[WARRANTY_HINT],
                               tools=["lookup_order", *CUSTOM])  # fmt: skip
 
-    # Before the built-in order rule; values without braces kept; an unknown name stays visible.
+    # Before the built-in order rule; values without braces kept; a group that did not match stays visible.
     assert call_of(completion) == (
         "warranty_status",
-        {"serial": "sn-12345", "region": "EU", "note": "sn-12345 in {nowhere}", "tags": ["sn-12345", 3]},
+        {"serial": "sn-12345", "region": "EU", "note": "sn-12345 in {shop}", "tags": ["sn-12345", 3]},
     )
 
 
@@ -262,17 +273,52 @@ async def test_a_template_that_is_not_format_text_stays_as_written() -> None:
     assert text_of(await answer(user("broken"), hints=[hint])) == "Oops { not closed"
 
 
+async def test_dates_in_a_hints_args_are_sent_as_iso_text() -> None:
+    # YAML reads these as a date and a datetime, which JSON has no type for.
+    loaded = load_yaml("{when: serial, call: search_faq, args: {query: 2026-01-01, at: [{t: 2026-01-01 09:30:00}]}}")
+    hint = DemoHint.model_validate(loaded.data)
+    assert hint.args == {"query": "2026-01-01", "at": [{"t": "2026-01-01T09:30:00"}]}
+    completion = await answer(user("my serial"), llm=DemoLLM(hints=[hint]))
+    assert call_of(completion) == ("search_faq", {"query": "2026-01-01", "at": [{"t": "2026-01-01T09:30:00"}]})
+
+
+@pytest.mark.parametrize(
+    ("hint", "problem"),
+    [
+        ({"when": r"warranty (?P<sn>SN-\d+)", "call": "warranty_status", "args": {"serial": "{serial}"}},
+         "'{serial}' in args.serial is not a named group of when (its groups: sn); name a group (?P<serial>...) "
+         "or fix the placeholder"),
+        ({"when": "warranty", "call": "search_faq", "args": {"query": "ok", "tags": ["a", {"b": "x {sn} y"}]}},
+         "'{sn}' in args.tags[1].b is not a named group of when (it has no named groups); name a group "
+         "(?P<sn>...) or fix the placeholder"),
+        ({"when": r"(?P<a>\d+) (?P<b>\w+)", "reply": "{a} {c}"},
+         "'{c}' in reply is not a named group of when (its groups: a, b); name a group (?P<c>...) or fix the "
+         "placeholder"),
+    ],
+)  # fmt: skip
+def test_a_when_rules_placeholders_must_be_its_named_groups(hint: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match="named group") as raised:
+        DemoHint.model_validate(hint)
+    assert problem in str(raised.value)
+
+
+def test_placeholders_that_are_not_plain_names_or_name_result_keys_are_not_checked() -> None:
+    DemoHint.model_validate({"when": "(?P<a>x)", "reply": "{a} {{literal}} {a.real} {0} { not format"})
+    DemoHint.model_validate({"after": "warranty_status", "reply": "Until {expires}."})
+
+
 async def test_an_after_hint_replies_from_the_result_of_its_tool() -> None:
     hints = [
         {"after": "store_hours", "reply": "never: the result was not store_hours'"},
-        {"after": "warranty_status", "reply": "Covered: {covered}, until {expires}. {missing}"},
+        {"after": "warranty_status", "reply": "never: the result has no key {missing}"},
+        {"after": "warranty_status", "reply": "Covered: {covered}, until {expires}. {covered.real} {{x}}"},
     ]
     messages = [
         user("Is SN-12345 under warranty?"),
         calling("warranty_status", {"serial": "SN-12345"}),
         result("warranty_status", {"covered": True, "expires": "2027-05-01"}),
     ]
-    assert text_of(await answer(*messages, hints=hints)) == "Covered: yes, until 2027-05-01. {missing}"
+    assert text_of(await answer(*messages, hints=hints)) == "Covered: yes, until 2027-05-01. {covered.real} {x}"
 
 
 async def test_a_when_call_is_followed_by_its_after_hint_or_else_by_a_description() -> None:
@@ -301,6 +347,31 @@ async def test_an_after_hint_calls_a_tool_with_result_values_once() -> None:
     assert "Here is what gift_card_balance returned: balance: 2; currency: EUR." == text_of(
         await answer(*again, hints=hints)
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "described"),
+    [
+        # A ToolRetry's message: the tool's own words, not the rule's reply with its placeholders unfilled.
+        ("serials look like SN-12345", "serials look like SN-12345"),
+        ({"error": "no such serial"}, "Here is what warranty_status returned: error: no such serial."),
+        (["SN-12345"], "Here is what warranty_status found: SN-12345."),
+    ],
+)
+async def test_an_after_hint_applies_only_to_a_result_with_the_keys_it_names(content: Any, described: str) -> None:
+    hints = [
+        {"after": "warranty_status", "reply": "Your warranty runs until {expires}."},
+        {"after": "warranty_status", "call": "search_faq", "args": {"query": "{expires}"}},
+    ]
+    messages = [
+        user("SN-12345"),
+        calling("warranty_status", {"serial": "SN-12345"}),
+        result("warranty_status", content),
+    ]
+    assert text_of(await answer(*messages, hints=hints)) == described
+    # A rule without placeholders still applies to any result that is not an error.
+    plain = [{"after": "warranty_status", "reply": "Checked."}]
+    assert text_of(await answer(*messages, hints=plain)) == "Checked."
 
 
 async def test_an_after_hint_needs_a_result_not_an_error_and_its_tool_offered() -> None:
@@ -338,6 +409,42 @@ TRANSFERS = [RETURNS, transfer("order_status", "Track an existing order.")]
 async def test_the_built_in_rules_stay(text: str, expected: tuple[str, dict[str, Any]]) -> None:
     completion = await answer(user(text), tools=[*BUILTIN, *CUSTOM], extra=TRANSFERS)
     assert call_of(completion) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "tools", "expected"),
+    [
+        # A custom tool a word of whose name is in the message, with its arguments, beats the order rule.
+        ("what's the warranty for SN-12345", [*BUILTIN, *CUSTOM], ("warranty_status", {"serial": "SN-12345"})),
+        ("weird report W-100", [*BUILTIN, "report_bug"], ("report_bug", {"reference": "W-100"})),
+        # "report" alone is not a ticket word, nor are "real" and "someone" a wish for a person.
+        ("weird report W-100", BUILTIN, ("lookup_order", {"order_id": "W-100"})),
+        ("Is this real leather?", BUILTIN, None),
+        ("Can someone tell me your opening hours?", BUILTIN, None),
+        ("I'd like to talk to a real person", BUILTIN,
+         ("handoff_to_human", {"reason": "I'd like to talk to a real person"})),
+        ("Get me an operator", BUILTIN, ("handoff_to_human", {"reason": "Get me an operator"})),
+        ("I want to report a problem, please open a ticket", BUILTIN,
+         ("create_ticket", {"subject": "I want to report a problem, please open a ticket",
+                            "description": "I want to report a problem, please open a ticket"})),
+    ],
+)  # fmt: skip
+async def test_built_in_rules_leave_room_for_fitting_custom_tools(
+    text: str, tools: list[str], expected: tuple[str, dict[str, Any]] | None
+) -> None:
+    assert call_of(await answer(user(text), tools=tools, extra=TRANSFERS)) == expected
+
+
+async def test_a_long_ticket_is_opened_within_the_tools_limits() -> None:
+    text = "Please open a ticket: " + "my tent pole snapped on the first night, " * 200  # over 8000 characters
+    name, arguments = call_of(await answer(user(text), tools=BUILTIN)) or ("", {})
+    assert name == "create_ticket"
+    assert len(arguments["subject"]) <= 80 and arguments["subject"].endswith("…")
+    assert 4000 < len(arguments["description"]) <= 5000 and arguments["description"].endswith("…")
+    assert text.startswith(arguments["description"].removesuffix("…"))
+    ticket = REGISTRY.get("create_ticket")
+    assert ticket is not None
+    ticket.arguments.model.model_validate(arguments)  # the real tool takes them
 
 
 async def test_built_in_results_are_described_as_before() -> None:
@@ -423,6 +530,27 @@ ASK = "; please include it in your message."
 )  # fmt: skip
 async def test_a_required_argument_that_cannot_be_filled_means_no_call(text: str, tools: list[str], asked: str) -> None:
     assert text_of(await answer(user(text), tools=tools)) == asked
+
+
+async def test_a_long_message_without_an_address_is_read_in_linear_time() -> None:
+    # A regression guard, not a benchmark: the quadratic email pattern took seconds here, the linear one ~1 ms.
+    text = "Reserve seats for 4 people: " + "a." * 25_000
+    started = time.perf_counter()
+    reply = text_of(await answer(user(text), tools=["reserve_seats"]))
+    assert time.perf_counter() - started < 0.5
+    assert reply.startswith("I could call reserve_seats (reserve seats at a cooking class), but I need the email")
+
+
+async def test_the_tools_are_matched_once_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    matched: list[str] = []
+
+    def counting(text: str, tools: Any) -> Any:
+        matched.append(text)
+        return best_tool(text, tools)
+
+    monkeypatch.setattr(demo, "best_tool", counting)
+    assert "I need the model name" in text_of(await answer(user("I want to book a repair")))
+    assert matched == ["I want to book a repair"]
 
 
 async def test_a_tool_that_is_not_offered_is_never_called() -> None:
@@ -570,11 +698,19 @@ tools: [warranty_status, create_ticket]
 """
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+CONFIRMING_FLOW = """
+name: support
+description: Orders and tickets.
+system_prompt: You help customers of {{ company.name }}.
+tools: [lookup_order, create_ticket]
+confirm: [create_ticket]
+"""
+
+
+def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flow: str) -> Config:
     (tmp_path / "mytools.py").write_text(textwrap.dedent(TOOLS_MODULE))
     (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "support.yaml").write_text(FLOW)
+    (tmp_path / "flows" / "support.yaml").write_text(flow)
     (tmp_path / "config.yaml").write_text(
         json.dumps(
             {
@@ -590,6 +726,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "mytools", raising=False)
     return load_config(tmp_path / "config.yaml", env={})
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    return make_project(tmp_path, monkeypatch, FLOW)
 
 
 async def test_a_custom_tool_runs_through_the_engine_in_demo_mode(project: Config) -> None:
@@ -609,3 +750,32 @@ async def test_a_custom_tool_runs_through_the_engine_in_demo_mode(project: Confi
     assert done.text == (
         f"{LABEL}Here is what warranty_status returned: serial: SN-12345; covered: yes; expires: 2027-05-01."
     )
+
+
+@pytest.mark.parametrize(
+    ("second", "called", "reply"),
+    [
+        # Another question instead of yes: the held ticket is declined and the question answered.
+        ("Actually, where is my order A1001?", [("lookup_order", False)], "Order A1001 is shipped."),
+        ("No thanks.", [], "All right, I haven't done that."),
+        # The yes runs the held call, and the demo says what it did.
+        ("yes", [("create_ticket", False)], "I've opened ticket #"),
+    ],
+)
+async def test_a_new_question_in_place_of_yes_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str, called: list[tuple[str, bool]], reply: str
+) -> None:
+    runtime = await open_runtime(make_project(tmp_path, monkeypatch, CONFIRMING_FLOW), demo=True)
+    try:
+        customer = await runtime.store.get_or_create_customer(email="ana@example.com", name="Ana", verified=True)
+        conversation, _ = await runtime.engine.start_conversation(customer, channel="test")
+        first = [e async for e in runtime.engine.run_turn(conversation.id, "please open a ticket")]
+        events = [e async for e in runtime.engine.run_turn(conversation.id, second)]
+    finally:
+        await runtime.aclose()
+    held = first[-1]
+    assert isinstance(held, TurnFinished) and held.awaiting_confirmation
+    assert [(e.name, e.is_error) for e in events if isinstance(e, ToolCallFinished)] == called
+    done = events[-1]
+    assert isinstance(done, TurnFinished)
+    assert done.text.startswith(LABEL + reply)

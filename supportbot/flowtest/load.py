@@ -146,8 +146,10 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
     the file's other problems.
     """
 
-    def check(path: YamlPath, known: set[str], what: str) -> None:
+    def check(path: YamlPath, known: set[str], what: str, *, empty_refused: bool = True) -> None:
         value = _get(doc.data, path)
+        if value == "" and empty_refused:
+            return  # TestFile refuses an empty name: one problem for one mistake
         if isinstance(value, str) and value not in known:
             hint = did_you_mean(value, known) or f"; the {what}s are {', '.join(sorted(known))}"
             problems.add(file, doc.line(path), dotted(path), f"unknown {what} {value!r}{hint}")
@@ -156,8 +158,8 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
     for base in [(), *cases]:
         check((*base, "flow"), flows, "flow")
         for rule in _items(doc.data, (*base, "rules")):
-            check((*rule, "call"), tools, "tool")
-            check((*rule, "after"), tools, "tool")
+            check((*rule, "call"), tools, "tool", empty_refused=False)
+            check((*rule, "after"), tools, "tool", empty_refused=False)
     first: dict[str, int] = {}
     for case in cases:
         name = _get(doc.data, (*case, "name"))
@@ -176,8 +178,10 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
                 for call in _items(doc.data, (*step, "calls")):
                     check((*call, "call"), tools, "tool")
         for expect in expects:
-            for called in _items(doc.data, (*expect, "called")):
-                check(called if isinstance(_get(doc.data, called), str) else (*called, "tool"), tools, "tool")
+            called = (*expect, "called")
+            # The short forms too: `called: NAME` and `called: {tool: NAME}` are one item.
+            for at in _items(doc.data, called) if isinstance(_get(doc.data, called), list) else [called]:
+                check(at if isinstance(_get(doc.data, at), str) else (*at, "tool"), tools, "tool")
             for name_at in _items(doc.data, (*expect, "not_called")):
                 check(name_at, tools, "tool")
             for key, known, what in (("confirmation", tools, "tool"), ("transfer", flows, "flow"),

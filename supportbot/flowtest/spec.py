@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     TypeAdapter,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
@@ -43,23 +44,73 @@ __all__ = [
     "Turn",
 ]
 
-_TEXTS_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+# A number is text here too (``reply_contains: 249.8``): the loader reads it as the text it was written as.
+_TEXT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "number"}]}
+_TEXTS_SCHEMA = {"anyOf": [*_TEXT_SCHEMA["anyOf"], {"type": "array", "items": _TEXT_SCHEMA}]}
 Texts = Annotated[list[str], WithJsonSchema(_TEXTS_SCHEMA)]
 """One text or a list of texts (``reply_contains: shipped`` or ``reply_contains: [shipped, A1001]``)."""
 _STRINGS = TypeAdapter(list[str])
+_NO_VALUE = "has no value; give one or remove the key"
+
+
+def _quote(value: bool) -> str:
+    """The fix for a YAML boolean where text is expected (YAML 1.1 reads an unquoted yes, no, on, off as one)."""
+    return f'expected text, got {_kind(value)}; write it in quotes: "{"yes" if value else "no"}"'
+
+
+def _no_nulls(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The schema as strict as the loader: a key written without a value is refused (``_Model._has_value``)."""
+    nullable: frozenset[str] = getattr(model, "_NULLABLE", frozenset())
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf")
+        if name in nullable or not isinstance(branches, list):
+            continue
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1 and not set(kept[0]) & set(prop):
+            del prop["anyOf"]
+            prop.update(kept[0])
+        else:
+            prop["anyOf"] = kept
+        if prop.get("default", 0) is None:
+            del prop["default"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A part of a test file: unknown keys are refused, and so is a key written without a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_no_nulls)
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset()
+    """Keys whose null means something (``customer: null``, an anonymous visitor)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _has_value(cls, value: Any, info: ValidationInfo) -> Any:
+        # `reply_contains:` with nothing after it is null, which would switch the assertion off: refuse it.
+        if value is None and info.field_name not in cls._NULLABLE:
+            raise ValueError(_NO_VALUE)
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (str, str | None):
+                raise ValueError(_quote(value))
+        return value
 
 
-def _texts(value: Any) -> list[str]:
-    """``TEXT`` or ``[TEXT, ...]`` as a list; anything else is refused with the expected forms."""
-    if isinstance(value, list):
-        return _STRINGS.validate_python([_text(item) for item in value])
-    if isinstance(value, dict | bool) or value is None:
+def _texts(value: Any, *, empty: str) -> list[str]:
+    """``TEXT`` or ``[TEXT, ...]`` as a list; anything else is refused with the expected forms.
+
+    Args:
+        value: as written.
+        empty: why an empty text is refused, and what to write instead.
+    """
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, dict) or value is None:
         raise ValueError(f"expected text or a list of texts, got {_kind(value)}")
-    return [_text(value)]
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(_quote(item))
+        if item == "":
+            raise ValueError(empty)
+    return _STRINGS.validate_python([_text(item) for item in items])
 
 
 def _text(value: Any) -> Any:
@@ -230,6 +281,9 @@ class TicketFields(_Model):
     )
 
 
+_EMPTY = "an empty text matches every {what}; give the text to look for"
+
+
 class Expect(_Model):
     """Assertions: under a turn they check that turn; under a case, the whole conversation."""
 
@@ -263,7 +317,7 @@ class Expect(_Model):
         description="The conversation was transferred to this flow; false: to no flow; true: to any flow.",
     )
     flow: str | None = Field(
-        None, description="After the turn (under a case: at the end) the conversation is in this flow."
+        None, min_length=1, description="After the turn (under a case: at the end) the conversation is in this flow."
     )
     confirmation: str | bool | None = Field(
         None,
@@ -285,13 +339,21 @@ class Expect(_Model):
     )
     system_prompt_omits: Texts | None = Field(None, description="The system prompt contains none of these texts.")
 
-    @field_validator(
-        "not_called", "reply_contains", "reply_not_contains", "system_prompt_contains", "system_prompt_omits",
-        mode="wrap",
-    )  # fmt: skip
+    # Before-validators pass null on to _Model._has_value, which refuses it with the fix.
+    @field_validator("not_called", mode="before")
     @classmethod
-    def _one_or_more(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return None if value is None else handler(_texts(value))
+    def _tools(cls, value: Any) -> Any:
+        return value if value is None else _texts(value, empty="an empty tool name; give the tool's name")
+
+    @field_validator("reply_contains", "reply_not_contains", mode="before")
+    @classmethod
+    def _reply_texts(cls, value: Any) -> Any:
+        return value if value is None else _texts(value, empty=_EMPTY.format(what="reply"))
+
+    @field_validator("system_prompt_contains", "system_prompt_omits", mode="before")
+    @classmethod
+    def _prompt_texts(cls, value: Any) -> Any:
+        return value if value is None else _texts(value, empty=_EMPTY.format(what="system prompt"))
 
     @field_validator("called", mode="before")
     @classmethod
@@ -302,7 +364,7 @@ class Expect(_Model):
     @classmethod
     def _ticket(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if value is None or isinstance(value, bool):
-            return value
+            return handler(value)
         if isinstance(value, dict):
             return TicketFields.model_validate(value)
         raise ValueError(f"expected true, false or a mapping of ticket fields, got {_kind(value)}")
@@ -311,13 +373,18 @@ class Expect(_Model):
     @classmethod
     def _name_or_flag(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if value is None or isinstance(value, bool) or (isinstance(value, str) and value):
-            return value
+            return handler(value)
         raise ValueError(f"expected a name, true or false, got {_kind(value)}")
 
-    @field_validator("reply_matches")
+    @field_validator("reply_matches", mode="before")
     @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _pattern(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(_quote(value))
+        value = _text(value)
+        if value == "":
+            raise ValueError("an empty pattern matches every reply; give the pattern to look for")
+        if isinstance(value, str):
             try:
                 re.compile(value)
             except re.error as exc:
@@ -353,7 +420,11 @@ class Turn(_Model):
 class _Settings(_Model):
     """The keys a file sets for its cases and a case may override."""
 
-    flow: str | None = Field(None, description="The flow the conversation starts in (default: flows.default).")
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset({"customer"})
+
+    flow: str | None = Field(
+        None, min_length=1, description="The flow the conversation starts in (default: flows.default)."
+    )
     channel: str | None = Field(
         None, min_length=1, description="The channel ({{ channel }} in prompts): web, slack, email... (default: web)."
     )
@@ -377,6 +448,16 @@ class _Settings(_Model):
     @classmethod
     def _moment(cls, value: Any) -> Any:
         return _moment(value)
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _who(cls, value: Any) -> Any:
+        if isinstance(value, bool | str | int | float | list):
+            raise ValueError(
+                f"expected the customer's keys (email:, name:, verified:) or null (an anonymous visitor), got "
+                f"{_kind(value)}; write e.g. customer: {{email: ana@example.com, verified: true}}"
+            )
+        return value
 
 
 class Case(_Settings):

@@ -38,7 +38,8 @@ class SpecFile:
     Attributes:
         path: the file.
         shown: the file as problems and failures name it (relative to the working directory).
-        name: the file as progress lines name it (relative to the directory it was found in).
+        name: the file as progress lines name it: relative to the directory it was found in, or with
+            several paths given, relative to the working directory (``shown``), so no two files share it.
         doc: the parsed YAML, for line numbers.
         spec: the validated content.
     """
@@ -73,20 +74,25 @@ def shown_path(path: Path) -> str:
 def find_files(paths: Sequence[Path], *, default: Path, problems: Problems) -> list[tuple[Path, str]]:
     """The YAML files to read, each with the name progress lines use; a path that does not exist is a problem.
 
+    With one path, a file is named relative to it (``orders.yaml``); with several, relative to the
+    working directory (``tests/orders.yaml``, ``more/orders.yaml``), so that files of the same name
+    under two paths stay apart in progress lines, the summary, ``-k`` and JUnit XML.
+
     Args:
         paths: files and directories given on the command line; none means ``default``.
         default: the tests directory beside the config file (or ``./tests``).
         problems: where a missing path goes.
     """
     found: list[tuple[Path, str]] = []
+    several = len(paths) > 1
     for path in paths or [default]:
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
                 relative = file.relative_to(path)
                 if not any(part.startswith(".") for part in relative.parts):
-                    found.append((file, relative.as_posix()))
+                    found.append((file, shown_path(file) if several else relative.as_posix()))
         elif path.is_file():
-            found.append((path, path.name))
+            found.append((path, shown_path(path) if several else path.name))
         elif paths:
             problems.add(
                 shown_path(path), None, "", "no such file or directory; give a test file or a directory of them"

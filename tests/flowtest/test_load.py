@@ -38,7 +38,8 @@ def test_test_files_are_found_under_the_directory(project: Path) -> None:
         "tests/list.yaml: no top-level cases:, so not a test file; skipped",
     ]
     assert problems == []
-    assert _load([tests / "orders" / "b.yml", tests], tests)[0] == ["b.yml", "a.yaml"]
+    # With several paths, files are named relative to the working directory, so same names stay apart.
+    assert _load([tests / "orders" / "b.yml", tests], tests)[0] == ["tests/orders/b.yml", "tests/a.yaml"]
 
 
 def test_a_missing_path_is_a_problem(project: Path) -> None:

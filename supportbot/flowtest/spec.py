@@ -166,7 +166,9 @@ class Order(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    order_id: str = Field(min_length=1, description="The order number, e.g. A1001.", examples=["A1001"])
+    order_id: Annotated[str, WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]})] = (
+        Field(min_length=1, description="The order number, e.g. A1001 (a number is read as text).", examples=["A1001"])
+    )
     customer_email: str | None = Field(
         None, description="Whose order it is: lookup_order shows it only to a verified customer with this email."
     )
@@ -213,8 +215,24 @@ class CallStep(_Model):
     args: dict[str, Any] = Field({}, description="The call's arguments, as the model would send them.")
 
 
+def _one_kind_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """What ``ModelStep._one_kind`` checks, for editors: exactly one of the four keys, args only with call."""
+    _no_nulls(schema, model)
+    schema["oneOf"] = [{"required": [key]} for key in ("reply", "call", "calls", "error")]
+    schema["dependentRequired"] = {"args": ["call"]}
+
+
+def _one_or_list(schema: dict[str, Any]) -> None:
+    """``called: NAME`` and ``called: {tool: NAME}`` are one item, as ``Expect._one_call`` reads them."""
+    for branch in list(schema.get("anyOf", [schema])):
+        if branch.get("type") == "array":
+            schema.setdefault("anyOf", []).append(branch["items"])
+
+
 class ModelStep(_Model):
     """One scripted model response: exactly one of reply, call, calls and error."""
+
+    model_config = ConfigDict(json_schema_extra=_one_kind_schema)
 
     reply: str | None = Field(None, description="The model answers with this text.")
     call: str | None = Field(
@@ -289,6 +307,7 @@ class Expect(_Model):
 
     called: list[CalledCheck] | None = Field(
         None,
+        json_schema_extra=_one_or_list,
         description=(
             "Each item was called: a tool name, or {tool: NAME, args: {...}} (a subset of the call's arguments, "
             "equal values) with optional ok: true/false (the result was / was not an error)."
@@ -392,10 +411,14 @@ class Expect(_Model):
         return value
 
 
+# A number is the text it was written as, and YAML's booleans the words yes and no (Turn._words).
+_CUSTOMER_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+
+
 class Turn(_Model):
     """One message of the customer, what the model answers (scripted or not), and what must hold afterwards."""
 
-    customer: str = Field(
+    customer: Annotated[str, WithJsonSchema(_CUSTOMER_SCHEMA)] = Field(
         description="What the customer writes (yes and no unquoted are the words, not true and false).",
         examples=["Where is my order A1001?"],
     )

@@ -100,6 +100,8 @@ async def _main(
         tools, flows = load_tools_and_flows(config)
     except SupportbotError as exc:
         raise _Invalid(f"the project does not load, so no test ran:\n{exc}") from None
+    # NOTE: the project directory is worked out here as config.source's parent; when supportbot.runtime gains
+    # its project_dir/tools_dirs helpers (branch i12-fixreload), use project_dir so the two cannot disagree.
     default = (config.source.parent if config.source is not None else Path.cwd()) / "tests"
     problems = Problems()
     found = load_files(

@@ -9,7 +9,7 @@ TEXT`` or a list); validators turn the short form into the long one, so the runn
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -17,8 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
-    TypeAdapter,
-    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
@@ -27,6 +25,19 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from supportbot.flowtest._forms import (
+    CUSTOMER_SCHEMA,
+    EMPTY,
+    Model,
+    Texts,
+    as_moment,
+    as_text,
+    as_texts,
+    kind_of,
+    one_kind_schema,
+    one_or_list,
+    quote_fix,
+)
 from supportbot.hints import DemoHint
 
 __all__ = [
@@ -44,107 +55,8 @@ __all__ = [
     "Turn",
 ]
 
-# A number is text here too (``reply_contains: 249.8``): the loader reads it as the text it was written as.
-_TEXT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "number"}]}
-_TEXTS_SCHEMA = {"anyOf": [*_TEXT_SCHEMA["anyOf"], {"type": "array", "items": _TEXT_SCHEMA}]}
-Texts = Annotated[list[str], WithJsonSchema(_TEXTS_SCHEMA)]
-"""One text or a list of texts (``reply_contains: shipped`` or ``reply_contains: [shipped, A1001]``)."""
-_STRINGS = TypeAdapter(list[str])
-_NO_VALUE = "has no value; give one or remove the key"
 
-
-def _quote(value: bool) -> str:
-    """The fix for a YAML boolean where text is expected (YAML 1.1 reads an unquoted yes, no, on, off as one)."""
-    return f'expected text, got {_kind(value)}; write it in quotes: "{"yes" if value else "no"}"'
-
-
-def _no_nulls(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """The schema as strict as the loader: a key written without a value is refused (``_Model._has_value``)."""
-    nullable: frozenset[str] = getattr(model, "_NULLABLE", frozenset())
-    for name, prop in schema.get("properties", {}).items():
-        branches = prop.get("anyOf")
-        if name in nullable or not isinstance(branches, list):
-            continue
-        kept = [branch for branch in branches if branch != {"type": "null"}]
-        if len(kept) == 1 and not set(kept[0]) & set(prop):
-            del prop["anyOf"]
-            prop.update(kept[0])
-        else:
-            prop["anyOf"] = kept
-        if prop.get("default", 0) is None:
-            del prop["default"]
-
-
-class _Model(BaseModel):
-    """A part of a test file: unknown keys are refused, and so is a key written without a value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_no_nulls)
-    _NULLABLE: ClassVar[frozenset[str]] = frozenset()
-    """Keys whose null means something (``customer: null``, an anonymous visitor)."""
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _has_value(cls, value: Any, info: ValidationInfo) -> Any:
-        # `reply_contains:` with nothing after it is null, which would switch the assertion off: refuse it.
-        if value is None and info.field_name not in cls._NULLABLE:
-            raise ValueError(_NO_VALUE)
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation in (str, str | None):
-                raise ValueError(_quote(value))
-        return value
-
-
-def _texts(value: Any, *, empty: str) -> list[str]:
-    """``TEXT`` or ``[TEXT, ...]`` as a list; anything else is refused with the expected forms.
-
-    Args:
-        value: as written.
-        empty: why an empty text is refused, and what to write instead.
-    """
-    items = value if isinstance(value, list) else [value]
-    if isinstance(value, dict) or value is None:
-        raise ValueError(f"expected text or a list of texts, got {_kind(value)}")
-    for item in items:
-        if isinstance(item, bool):
-            raise ValueError(_quote(item))
-        if item == "":
-            raise ValueError(empty)
-    return _STRINGS.validate_python([_text(item) for item in items])
-
-
-def _text(value: Any) -> Any:
-    """A number or date YAML read from unquoted text (``2026-11-25``, ``42``) as that text."""
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-def _moment(value: Any) -> Any:
-    """A YAML timestamp or date as an aware datetime (a time without a zone is UTC)."""
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, time(), tzinfo=UTC)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f'{value!r} is not a date and time; write e.g. "2026-11-20T10:00:00Z"') from None
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value
-
-
-class CustomerSpec(_Model):
+class CustomerSpec(Model):
     """A customer: the one who writes in a case, or another one stored as a fixture."""
 
     email: str | None = Field(None, description="The customer's email address.", examples=["ana@example.com"])
@@ -181,7 +93,7 @@ class Order(BaseModel):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class Fixtures(_Model):
+class Fixtures(Model):
     """The data the project's real tools find while a case runs."""
 
     orders: list[Order] | None = Field(
@@ -197,7 +109,7 @@ class Fixtures(_Model):
     )
 
 
-class TokenUsage(_Model):
+class TokenUsage(Model):
     """Tokens a scripted model response is counted as (for cost and max_tokens); a count left out is estimated."""
 
     input_tokens: int | None = Field(
@@ -208,31 +120,17 @@ class TokenUsage(_Model):
     )
 
 
-class CallStep(_Model):
+class CallStep(Model):
     """One tool call of a scripted response with parallel calls."""
 
     call: str = Field(min_length=1, description="The tool to call (one the flow lists, or transfer_to_<flow>).")
     args: dict[str, Any] = Field({}, description="The call's arguments, as the model would send them.")
 
 
-def _one_kind_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """What ``ModelStep._one_kind`` checks, for editors: exactly one of the four keys, args only with call."""
-    _no_nulls(schema, model)
-    schema["oneOf"] = [{"required": [key]} for key in ("reply", "call", "calls", "error")]
-    schema["dependentRequired"] = {"args": ["call"]}
-
-
-def _one_or_list(schema: dict[str, Any]) -> None:
-    """``called: NAME`` and ``called: {tool: NAME}`` are one item, as ``Expect._one_call`` reads them."""
-    for branch in list(schema.get("anyOf", [schema])):
-        if branch.get("type") == "array":
-            schema.setdefault("anyOf", []).append(branch["items"])
-
-
-class ModelStep(_Model):
+class ModelStep(Model):
     """One scripted model response: exactly one of reply, call, calls and error."""
 
-    model_config = ConfigDict(json_schema_extra=_one_kind_schema)
+    model_config = ConfigDict(json_schema_extra=one_kind_schema)
 
     reply: str | None = Field(None, description="The model answers with this text.")
     call: str | None = Field(
@@ -259,7 +157,7 @@ class ModelStep(_Model):
         return self
 
 
-class CalledCheck(_Model):
+class CalledCheck(Model):
     """A tool call the bot must have made: a tool name, or a mapping with the arguments to check."""
 
     tool: str = Field(min_length=1, description="The tool's name.", examples=["lookup_order"])
@@ -274,7 +172,7 @@ class CalledCheck(_Model):
         if isinstance(value, str):
             return {"tool": value}
         if not isinstance(value, dict):
-            raise ValueError(f"expected a tool name or {{tool: NAME, args: {{...}}}}, got {_kind(value)}")
+            raise ValueError(f"expected a tool name or {{tool: NAME, args: {{...}}}}, got {kind_of(value)}")
         return value
 
     @classmethod
@@ -283,7 +181,7 @@ class CalledCheck(_Model):
         return {"anyOf": [{"type": "string", "description": "A tool name: called, with any arguments."}, schema]}
 
 
-class TicketFields(_Model):
+class TicketFields(Model):
     """Fields one ticket must have; text is compared case-insensitively, as a substring."""
 
     subject: str | None = Field(None, description="Text the ticket's subject contains.")
@@ -299,15 +197,12 @@ class TicketFields(_Model):
     )
 
 
-_EMPTY = "an empty text matches every {what}; give the text to look for"
-
-
-class Expect(_Model):
+class Expect(Model):
     """Assertions: under a turn they check that turn; under a case, the whole conversation."""
 
     called: list[CalledCheck] | None = Field(
         None,
-        json_schema_extra=_one_or_list,
+        json_schema_extra=one_or_list,
         description=(
             "Each item was called: a tool name, or {tool: NAME, args: {...}} (a subset of the call's arguments, "
             "equal values) with optional ok: true/false (the result was / was not an error)."
@@ -358,21 +253,21 @@ class Expect(_Model):
     )
     system_prompt_omits: Texts | None = Field(None, description="The system prompt contains none of these texts.")
 
-    # Before-validators pass null on to _Model._has_value, which refuses it with the fix.
+    # Before-validators pass null on to Model._has_value, which refuses it with the fix.
     @field_validator("not_called", mode="before")
     @classmethod
     def _tools(cls, value: Any) -> Any:
-        return value if value is None else _texts(value, empty="an empty tool name; give the tool's name")
+        return value if value is None else as_texts(value, empty="an empty tool name; give the tool's name")
 
     @field_validator("reply_contains", "reply_not_contains", mode="before")
     @classmethod
     def _reply_texts(cls, value: Any) -> Any:
-        return value if value is None else _texts(value, empty=_EMPTY.format(what="reply"))
+        return value if value is None else as_texts(value, empty=EMPTY.format(what="reply"))
 
     @field_validator("system_prompt_contains", "system_prompt_omits", mode="before")
     @classmethod
     def _prompt_texts(cls, value: Any) -> Any:
-        return value if value is None else _texts(value, empty=_EMPTY.format(what="system prompt"))
+        return value if value is None else as_texts(value, empty=EMPTY.format(what="system prompt"))
 
     @field_validator("called", mode="before")
     @classmethod
@@ -386,21 +281,21 @@ class Expect(_Model):
             return handler(value)
         if isinstance(value, dict):
             return TicketFields.model_validate(value)
-        raise ValueError(f"expected true, false or a mapping of ticket fields, got {_kind(value)}")
+        raise ValueError(f"expected true, false or a mapping of ticket fields, got {kind_of(value)}")
 
     @field_validator("transfer", "confirmation", mode="wrap")
     @classmethod
     def _name_or_flag(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if value is None or isinstance(value, bool) or (isinstance(value, str) and value):
             return handler(value)
-        raise ValueError(f"expected a name, true or false, got {_kind(value)}")
+        raise ValueError(f"expected a name, true or false, got {kind_of(value)}")
 
     @field_validator("reply_matches", mode="before")
     @classmethod
     def _pattern(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError(_quote(value))
-        value = _text(value)
+            raise ValueError(quote_fix(value))
+        value = as_text(value)
         if value == "":
             raise ValueError("an empty pattern matches every reply; give the pattern to look for")
         if isinstance(value, str):
@@ -411,14 +306,10 @@ class Expect(_Model):
         return value
 
 
-# A number is the text it was written as, and YAML's booleans the words yes and no (Turn._words).
-_CUSTOMER_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean"]}
-
-
-class Turn(_Model):
+class Turn(Model):
     """One message of the customer, what the model answers (scripted or not), and what must hold afterwards."""
 
-    customer: Annotated[str, WithJsonSchema(_CUSTOMER_SCHEMA)] = Field(
+    customer: Annotated[str, WithJsonSchema(CUSTOMER_SCHEMA)] = Field(
         description="What the customer writes (yes and no unquoted are the words, not true and false).",
         examples=["Where is my order A1001?"],
     )
@@ -437,10 +328,10 @@ class Turn(_Model):
         # YAML 1.1 reads an unquoted yes/no (on/off, true/false) as a boolean; a customer typed words.
         if isinstance(value, bool):
             return "yes" if value else "no"
-        return _text(value)
+        return as_text(value)
 
 
-class _Settings(_Model):
+class _Settings(Model):
     """The keys a file sets for its cases and a case may override."""
 
     _NULLABLE: ClassVar[frozenset[str]] = frozenset({"customer"})
@@ -470,7 +361,7 @@ class _Settings(_Model):
     @field_validator("now", mode="before")
     @classmethod
     def _moment(cls, value: Any) -> Any:
-        return _moment(value)
+        return as_moment(value)
 
     @field_validator("customer", mode="before")
     @classmethod
@@ -478,7 +369,7 @@ class _Settings(_Model):
         if isinstance(value, bool | str | int | float | list):
             raise ValueError(
                 f"expected the customer's keys (email:, name:, verified:) or null (an anonymous visitor), got "
-                f"{_kind(value)}; write e.g. customer: {{email: ana@example.com, verified: true}}"
+                f"{kind_of(value)}; write e.g. customer: {{email: ana@example.com, verified: true}}"
             )
         return value
 

@@ -22,7 +22,6 @@ a few edits make them fit what the loaders do before validating (draft 2020-12):
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Callable
@@ -40,9 +39,6 @@ __all__ = ["DIALECT", "KINDS", "Kind", "json_schema", "json_text"]
 Kind = Literal["flow", "config", "test"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-TEST_MODEL = "supportbot.flowtest.spec:TestFile"
-"""The model of a flow-test file (``supportbot test``), imported only when its schema is asked for."""
 
 PLACEHOLDER = "EnvironmentVariable"
 """The ``$defs`` entry of a ``${VAR}`` placeholder in the config schema."""
@@ -99,14 +95,15 @@ def json_schema(kind: Kind) -> dict[str, Any]:
 
     Raises:
         ValueError: ``kind`` is none of the three.
-        ImportError: ``kind`` is ``test`` and this installation has no flow tests.
     """
     if kind == "flow":
         schema = _generate(_FlowFile)
     elif kind == "config":
         schema = _config_schema()
     elif kind == "test":
-        schema = _generate(_test_model())
+        from supportbot.flowtest.spec import TestFile  # imported only when its schema is asked for
+
+        schema = _generate(TestFile)
     else:
         raise ValueError(f"unknown schema {kind!r}; use one of {', '.join(KINDS)}")
     title, description = _TITLES[kind]
@@ -129,14 +126,6 @@ def _generate(model: type[BaseModel]) -> dict[str, Any]:
     """One model's schema, with its nested models in ``$defs``."""
     tidied: dict[str, Any] = _tidy(model.model_json_schema(schema_generator=_Generator, mode="validation"))
     return tidied
-
-
-def _test_model() -> type[BaseModel]:
-    module_name, _, name = TEST_MODEL.partition(":")
-    model = getattr(importlib.import_module(module_name), name, None)
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise ImportError(f"{TEST_MODEL} is not a pydantic model")
-    return model
 
 
 # --- config -------------------------------------------------------------------------------------

@@ -32,8 +32,6 @@ DOCS_DIR = ROOT / "docs"
 GUIDES = ("writing-flows.md", "writing-tools.md", "order-sources.md", "deploying.md", "operating.md", "security.md")
 """The guides this module's tests own (docs/testing.md is tested with the test runner)."""
 
-PENDING_CLI = {("test",), ("init",), ("schema",), ("serve", "--reload")}
-"""Commands and options built on other branches of issue 12 (i12-runner, i12-init, i12-schema, i12-reload)."""
 ENV_VALUE = "doc-test-value-0123456789abcdefghijklmnopqrstuv"
 ANA = Customer(id="c-ana", email="ana@example.com", name="Ana Example", verified=True)
 STRANGER = Customer(id="c-eve", email="eve@example.com", verified=True)
@@ -192,20 +190,14 @@ def inline_invocations(doc: str) -> Iterator[list[str]]:
         yield [token for token in cleaned.split() if token and token != "|"]
 
 
-def check_cli(root: click.Group, args: list[str], pending: set[tuple[str, ...]]) -> str | None:
-    """Why ``supportbot <args>`` would not parse (unknown command, option or choice); None when it does.
-
-    ``pending`` names commands and options built on other branches of this release: absent, they are
-    not reported; present, they are checked like the rest.
-    """
+def check_cli(root: click.Group, args: list[str]) -> str | None:
+    """Why ``supportbot <args>`` would not parse (unknown command, option or choice); None when it does."""
     command: click.Command = root
     path: list[str] = []
     i = 0
     while isinstance(command, click.Group) and i < len(args) and not args[i].startswith("-"):
         sub = command.commands.get(args[i])
         if sub is None:
-            if (*path, args[i]) in pending:
-                return None
             return f"supportbot {' '.join(path)} has no command {args[i]!r}"
         path.append(args[i])
         command = sub
@@ -225,8 +217,6 @@ def check_cli(root: click.Group, args: list[str], pending: set[tuple[str, ...]])
             continue
         param = options.get(name)
         if param is None:
-            if (*path, name) in pending:
-                continue
             return f"supportbot {' '.join(path)} has no option {name}"
         takes_value = not (getattr(param, "is_flag", False) or getattr(param, "count", False))
         if takes_value and not equals:

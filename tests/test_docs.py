@@ -44,7 +44,6 @@ from tests.docs_blocks import (
     DOCS_DIR,
     ENV_VALUE,
     GUIDES,
-    PENDING_CLI,
     ROOT,
     Block,
     all_blocks,
@@ -73,8 +72,6 @@ KINDS = {
     ("nginx", "proxy"), ("json", "log"), ("text", "rendered"),
     ("text", "output"),  # shown output, allowed untested
 }  # fmt: skip
-PENDING_DOCS = {"testing.md"}
-"""Docs written on another branch (the flow-test runner's guide)."""
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +103,7 @@ def test_links_and_anchors_resolve(doc: str) -> None:
             continue
         file, _, anchor = target.partition("#")
         path = (DOCS_DIR / file).resolve() if file else DOCS_DIR / doc
-        if not path.exists():
-            assert file in PENDING_DOCS, f"docs/{doc}: link to {target}: no such file"
-            continue
+        assert path.exists(), f"docs/{doc}: link to {target}: no such file"
         if anchor:
             assert anchor in anchors(path), f"docs/{doc}: link to {target}: no heading with that anchor"
 
@@ -376,16 +371,14 @@ def test_every_supportbot_command_shown_exists() -> None:
     shown = list(cli_lines())
     assert len(shown) > 30
     problems = [f"{where}: supportbot {' '.join(args)}: {why}" for where, args in shown
-                if (why := check_cli(cli_main, args, PENDING_CLI)) is not None]  # fmt: skip
+                if (why := check_cli(cli_main, args)) is not None]  # fmt: skip
     assert problems == []
 
 
 def test_the_cli_check_catches_mistakes() -> None:
-    assert check_cli(cli_main, ["tickets", "lst"], PENDING_CLI) == "supportbot tickets has no command 'lst'"
-    assert (
-        check_cli(cli_main, ["logs", "--tool-failure"], PENDING_CLI) == "supportbot logs has no option --tool-failure"
-    )
-    assert check_cli(cli_main, ["logs", "--outcome", "broken"], PENDING_CLI) is not None
+    assert check_cli(cli_main, ["tickets", "lst"]) == "supportbot tickets has no command 'lst'"
+    assert check_cli(cli_main, ["logs", "--tool-failure"]) == "supportbot logs has no option --tool-failure"
+    assert check_cli(cli_main, ["logs", "--outcome", "broken"]) is not None
     assert list(invocations("sudo -u supportbot /opt/venv/bin/supportbot db upgrade | cat")) == [["db", "upgrade"]]
     assert list(invocations("sudo -u postgres createdb --owner supportbot supportbot")) == []
 

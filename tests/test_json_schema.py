@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 import supportbot.schema
 from supportbot._yaml import load_yaml
@@ -25,6 +26,7 @@ from supportbot.cli.schema import _KINDS
 from supportbot.config import CONNECTOR_GROUP, EXAMPLES_DIR, read_config
 from supportbot.errors import ConfigError
 from supportbot.flows import Flow
+from supportbot.flowtest.spec import TestFile
 from supportbot.schema import DIALECT, KINDS, json_schema, json_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +47,13 @@ def schema_errors(kind: supportbot.schema.Kind, data: Any) -> list[str]:
 
 
 def loader_problems(tmp_path: Path, kind: str, text: str, env: dict[str, str] | None = None) -> list[str]:
-    """What supportbot's own loader says of ``text`` (a flow or a config file)."""
+    """What supportbot's own loader says of ``text`` (a flow, a config or a flow-test file)."""
+    if kind == "test":
+        try:
+            TestFile.model_validate(load_yaml(text).data)
+        except ValidationError as exc:
+            return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        return []
     if kind == "flow":
         try:
             Flow.from_dict(load_yaml(text).data, tool_names=None)
@@ -107,7 +115,7 @@ def choices(schema: dict[str, Any], dotted: str) -> set[str]:
 # --- complete and described ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["flow", "config"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_schema_is_a_valid_draft_2020_12_schema(kind: supportbot.schema.Kind) -> None:
     schema = json_schema(kind)
     Draft202012Validator.check_schema(schema)
@@ -116,21 +124,22 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(kind: supportbot.schema.Ki
     assert schema["title"] and schema["description"] and schema["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("kind", ["flow", "config"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_property_at_every_level_has_a_description(kind: supportbot.schema.Kind) -> None:
     found = list(described_properties(json_schema(kind)))
-    assert len(found) > (20 if kind == "flow" else 120)
+    assert len(found) > {"flow": 20, "config": 120, "test": 50}[kind]
     missing = [path for path, sub in found if not str(sub.get("description", "")).strip()]
     assert missing == []
 
 
-@pytest.mark.parametrize("kind", ["flow", "config"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_section_is_described_and_refuses_unknown_keys(kind: supportbot.schema.Kind) -> None:
     defs = json_schema(kind)["$defs"]
     models = {name: d for name, d in defs.items() if "properties" in d}
     assert {name for name, d in models.items() if not d.get("description")} == set()
     open_sections = {name for name, d in models.items() if d.get("additionalProperties") is not False}
-    assert open_sections == ({"ConnectorSettings"} if kind == "config" else set())
+    # An order has the shop's own fields besides those shown.
+    assert open_sections == {"config": {"ConnectorSettings"}, "flow": set(), "test": {"Order"}}[kind]
 
 
 def test_descriptions_read_as_prose() -> None:
@@ -268,6 +277,51 @@ def test_a_bad_config_fails_the_schema_and_the_loader(tmp_path: Path, text: str)
     assert loader_problems(tmp_path, "config", text)
 
 
+TEST = "cases:\n  - name: a\n    turns:\n      - customer: Where is my order?\n"
+BAD_TESTS = {
+    "no cases": "flow: general\n",
+    "unknown key": TEST + "        expct: {called: lookup_order}\n",
+    "unknown assertion": TEST + "        expect: {caled: lookup_order}\n",
+    "empty model step": TEST + "        model: [{}]\n",
+    "model step with two kinds": TEST + "        model: [{reply: hi, call: lookup_order}]\n",
+    "model step args without call": TEST + "        model: [{reply: hi, args: {a: 1}}]\n",
+    "empty reply_contains": TEST + "        expect: {reply_contains: ''}\n",
+    "empty item of reply_contains": TEST + "        expect: {reply_contains: [a, '']}\n",
+    "assertion without a value": TEST + "        expect: {reply_contains: }\n",
+    "ticket without a value": TEST + "        expect: {ticket: }\n",
+    "model without a value": TEST + "        model:\n",
+    "flow without a value": "flow:\ncases: [{name: a}]\n",
+    "wrong enum": TEST + "        expect: {ticket: {priority: hgh}}\n",
+    "negative budget": TEST + "        expect: {max_tokens: -1}\n",
+    "called not a name": TEST + "        expect: {called: 42}\n",
+    "customer text a mapping": "cases: [{name: a, turns: [{customer: {a: 1}}]}]\n",
+    "empty case name": "cases: [{name: ''}]\n",
+}
+GOOD_TESTS = {
+    "the short forms": TEST + "        expect: {called: lookup_order, not_called: create_ticket, reply_contains: a}\n",
+    "a single called mapping": TEST + "        expect: {called: {tool: lookup_order, args: {order_id: A1}}}\n",
+    "numbers as text": "cases: [{name: a, turns: [{customer: 42, expect: {reply_contains: 249.8}}]}]\n",
+    "a list of numbers as text": TEST + "        expect: {reply_contains: [249.8, 12], system_prompt_omits: 7}\n",
+    "yes as the customer's words": "cases: [{name: a, turns: [{customer: yes}]}]\n",
+    "an anonymous customer": "customer: null\ncases: [{name: a}]\n",
+    "an order number as a number": "fixtures: {orders: [{order_id: 1001, total: 9.5}]}\ncases: [{name: a}]\n",
+    "each kind of model step": TEST + "        model: [{call: a, args: {x: 1}}, {calls: [{call: b}]}, {error: down}, "
+    "{reply: hi}]\n",
+}
+
+
+@pytest.mark.parametrize("text", BAD_TESTS.values(), ids=BAD_TESTS.keys())
+def test_a_bad_test_file_fails_the_schema_and_the_loader(text: str) -> None:
+    assert schema_errors("test", load_yaml(text).data)
+    assert loader_problems(Path(), "test", text)
+
+
+@pytest.mark.parametrize("text", GOOD_TESTS.values(), ids=GOOD_TESTS.keys())
+def test_a_good_test_file_passes_the_schema_and_the_loader(text: str) -> None:
+    assert schema_errors("test", load_yaml(text).data) == []
+    assert loader_problems(Path(), "test", text) == []
+
+
 GOOD_CONFIGS = {
     "each order source": "orders: {source: http, url_template: 'https://shop.example/o/{order_id}'}\n",
     "a company key of one's own": "company: {name: Acme, return_days: 14, hotline: '+1 555 0100'}\n",
@@ -323,7 +377,7 @@ def test_a_flow_has_no_placeholders() -> None:
 # --- the command --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["flow", "config"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_command_prints_the_schema(kind: supportbot.schema.Kind) -> None:
     result = CliRunner().invoke(main, ["schema", kind])
     assert result.exit_code == 0, result.output
@@ -350,19 +404,9 @@ def test_the_command_knows_the_kinds_without_importing_the_schemas() -> None:
     assert _KINDS == KINDS
 
 
-def test_the_test_schema_comes_from_the_test_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The flow-test model lives in supportbot.flowtest; any pydantic model shows the way it is imported.
-    monkeypatch.setattr(supportbot.schema, "TEST_MODEL", "supportbot.flows:FlowLimits")
+def test_the_test_schema_comes_from_the_test_model() -> None:
     schema = json_schema("test")
-    Draft202012Validator.check_schema(schema)
     assert schema["title"] == "supportbot flow tests"
-    assert list(schema["properties"])[:2] == ["max_tool_rounds", "max_tool_calls_per_response"]
+    assert list(schema["properties"]) == list(TestFile.model_fields)
+    assert set(schema["$defs"]) == set(TestFile.model_json_schema()["$defs"])
     assert "EnvironmentVariable" not in json.dumps(schema)  # test files are not expanded
-
-
-def test_a_missing_test_model_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(supportbot.schema, "TEST_MODEL", "supportbot.no_such_module:TestFile")
-    result = CliRunner().invoke(main, ["schema", "test"])
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: the test schema is not available in this installation")
-    assert "Traceback" not in result.output

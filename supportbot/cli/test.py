@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 # The engine and the runner are imported inside the command, so that `supportbot --help` starts at once.
 
 
+_NO_LIVE_MODEL = (
+    "--live needs a model, and none is connected: set SUPPORTBOT_LLM_API_KEY (or llm.api_key in config.yaml) to "
+    "the key of {base_url}, or leave out --live to run the tests offline (model: scripts and the demo model)."
+)
+
+
 class _Invalid(click.ClickException):
     """The tests cannot run as given: exit 2, like a usage error."""
 
@@ -81,17 +87,21 @@ async def _main(
     from supportbot.config import load_config
     from supportbot.errors import SupportbotError
     from supportbot.flowtest.load import find_files, load_files, shown_path
-    from supportbot.flowtest.report import case_report, summary, write_junit_xml
+    from supportbot.flowtest.report import case_report, check_writable, summary, write_junit_xml
     from supportbot.flowtest.run import open_runner, selected
     from supportbot.llm.base import LLM
     from supportbot.llm.client import OpenAICompatibleLLM
-    from supportbot.runtime import NO_MODEL, load_tools_and_flows
+    from supportbot.runtime import load_tools_and_flows
 
+    if junit is not None and (why := check_writable(junit)) is not None:
+        raise _Invalid(f"--junit-xml {why}; no test ran")
     try:
         config = load_config(config_path)
         tools, flows = load_tools_and_flows(config)
     except SupportbotError as exc:
         raise _Invalid(f"the project does not load, so no test ran:\n{exc}") from None
+    # NOTE: the project directory is worked out here as config.source's parent; when supportbot.runtime gains
+    # its project_dir/tools_dirs helpers (branch i12-fixreload), use project_dir so the two cannot disagree.
     default = (config.source.parent if config.source is not None else Path.cwd()) / "tests"
     problems = Problems()
     found = load_files(
@@ -116,9 +126,7 @@ async def _main(
     model: LLM | None = None
     if live:
         if config.llm.key_missing:
-            raise _Invalid(
-                NO_MODEL.format(base_url=config.llm.base_url).replace("--demo", "supportbot test without --live")
-            )
+            raise _Invalid(_NO_LIVE_MODEL.format(base_url=config.llm.base_url))
         model = OpenAICompatibleLLM(config.llm)
     count = sum(selected(file, case.name, keyword) for file in found.files for case in file.spec.cases)
     if not count:
@@ -144,7 +152,10 @@ async def _main(
     echo()
     echo(summary(results, elapsed_ms=elapsed), bold=True)
     if junit is not None:
-        write_junit_xml(junit, results, files={file.name: file.shown for file in found.files})
+        try:
+            write_junit_xml(junit, results)
+        except OSError as exc:  # checked before the run, but the disk may have changed since
+            raise _Invalid(f"--junit-xml {junit}: cannot write the report ({exc.strerror}); check the path") from None
         echo(f"JUnit XML: {junit}", dim=True)
     return 0 if all(result.passed for result in results) else 1
 

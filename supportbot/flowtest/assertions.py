@@ -156,17 +156,33 @@ def _matches(wanted: CalledCheck, call: CallRecord) -> bool:
         return False
     if not wanted.args:
         return True
-    arguments = call.arguments
-    return isinstance(arguments, dict) and all(
-        key in arguments and _equal(arguments[key], value) for key, value in wanted.args.items()
-    )
+    return _equal(call.arguments, wanted.args)
 
 
 def _equal(actual: Any, expected: Any) -> bool:
-    """Equal values; a YAML date (``eta: 2026-11-25``) equals the text the model sent."""
+    """Whether the argument the model sent is the one expected, as JSON compares values.
+
+    A boolean equals only a boolean (Python's ``True == 1`` does not hold here), numbers compare as
+    numbers (``1 == 1.0``), text exactly; a YAML date (``eta: 2026-11-25``) equals the text the model
+    sent. A mapping expects a subset of the keys, each equal; a list the same items in order.
+    """
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return isinstance(expected, bool) and isinstance(actual, bool) and actual is expected
+    if isinstance(expected, int | float):
+        return isinstance(actual, int | float) and actual == expected
     if isinstance(expected, date) and isinstance(actual, str):
         return actual == expected.isoformat()
-    return bool(actual == expected)
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and _equal(actual[key], value) for key, value in expected.items()
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(expected)
+            and all(_equal(a, e) for a, e in zip(actual, expected, strict=True))
+        )
+    return type(actual) is type(expected) and bool(actual == expected)
 
 
 def _wanted_line(wanted: CalledCheck) -> str:

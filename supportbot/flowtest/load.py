@@ -38,7 +38,8 @@ class SpecFile:
     Attributes:
         path: the file.
         shown: the file as problems and failures name it (relative to the working directory).
-        name: the file as progress lines name it (relative to the directory it was found in).
+        name: the file as progress lines name it: relative to the directory it was found in, or with
+            several paths given, relative to the working directory (``shown``), so no two files share it.
         doc: the parsed YAML, for line numbers.
         spec: the validated content.
     """
@@ -73,20 +74,25 @@ def shown_path(path: Path) -> str:
 def find_files(paths: Sequence[Path], *, default: Path, problems: Problems) -> list[tuple[Path, str]]:
     """The YAML files to read, each with the name progress lines use; a path that does not exist is a problem.
 
+    With one path, a file is named relative to it (``orders.yaml``); with several, relative to the
+    working directory (``tests/orders.yaml``, ``more/orders.yaml``), so that files of the same name
+    under two paths stay apart in progress lines, the summary, ``-k`` and JUnit XML.
+
     Args:
         paths: files and directories given on the command line; none means ``default``.
         default: the tests directory beside the config file (or ``./tests``).
         problems: where a missing path goes.
     """
     found: list[tuple[Path, str]] = []
+    several = len(paths) > 1
     for path in paths or [default]:
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
                 relative = file.relative_to(path)
                 if not any(part.startswith(".") for part in relative.parts):
-                    found.append((file, relative.as_posix()))
+                    found.append((file, shown_path(file) if several else relative.as_posix()))
         elif path.is_file():
-            found.append((path, path.name))
+            found.append((path, shown_path(path) if several else path.name))
         elif paths:
             problems.add(
                 shown_path(path), None, "", "no such file or directory; give a test file or a directory of them"
@@ -146,8 +152,10 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
     the file's other problems.
     """
 
-    def check(path: YamlPath, known: set[str], what: str) -> None:
+    def check(path: YamlPath, known: set[str], what: str, *, empty_refused: bool = True) -> None:
         value = _get(doc.data, path)
+        if value == "" and empty_refused:
+            return  # TestFile refuses an empty name: one problem for one mistake
         if isinstance(value, str) and value not in known:
             hint = did_you_mean(value, known) or f"; the {what}s are {', '.join(sorted(known))}"
             problems.add(file, doc.line(path), dotted(path), f"unknown {what} {value!r}{hint}")
@@ -156,8 +164,8 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
     for base in [(), *cases]:
         check((*base, "flow"), flows, "flow")
         for rule in _items(doc.data, (*base, "rules")):
-            check((*rule, "call"), tools, "tool")
-            check((*rule, "after"), tools, "tool")
+            check((*rule, "call"), tools, "tool", empty_refused=False)
+            check((*rule, "after"), tools, "tool", empty_refused=False)
     first: dict[str, int] = {}
     for case in cases:
         name = _get(doc.data, (*case, "name"))
@@ -176,8 +184,10 @@ def _check_names(file: str, doc: YamlDocument, tools: set[str], flows: set[str],
                 for call in _items(doc.data, (*step, "calls")):
                     check((*call, "call"), tools, "tool")
         for expect in expects:
-            for called in _items(doc.data, (*expect, "called")):
-                check(called if isinstance(_get(doc.data, called), str) else (*called, "tool"), tools, "tool")
+            called = (*expect, "called")
+            # The short forms too: `called: NAME` and `called: {tool: NAME}` are one item.
+            for at in _items(doc.data, called) if isinstance(_get(doc.data, called), list) else [called]:
+                check(at if isinstance(_get(doc.data, at), str) else (*at, "tool"), tools, "tool")
             for name_at in _items(doc.data, (*expect, "not_called")):
                 check(name_at, tools, "tool")
             for key, known, what in (("confirmation", tools, "tool"), ("transfer", flows, "flow"),

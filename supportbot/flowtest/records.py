@@ -151,7 +151,8 @@ class CaseResult:
     """A case over all its runs (``--repeat``).
 
     Attributes:
-        file: the test file's name as shown in progress lines (relative to the tests directory).
+        file: the test file's name as shown in progress lines (``SpecFile.name``).
+        path: the test file relative to the working directory (``SpecFile.shown``): what results are keyed by.
         name: the case's name.
         where: ``file:line`` of the case.
         runs: each run, in order.
@@ -159,6 +160,7 @@ class CaseResult:
     """
 
     file: str
+    path: str
     name: str
     where: str
     runs: tuple[CaseRun, ...]

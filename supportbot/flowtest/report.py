@@ -6,6 +6,7 @@ Everything here returns plain text; the command adds colour.
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -100,10 +101,11 @@ def summary(results: Sequence[CaseResult], *, elapsed_ms: float) -> str:
     """A table per file (cases, passed, failed, time) and the total line."""
     files: dict[str, list[CaseResult]] = {}
     for result in results:
-        files.setdefault(result.file, []).append(result)
-    width = max([len("file"), *(len(name) for name in files)])
+        files.setdefault(result.path, []).append(result)
+    width = max([len("file"), *(len(cases[0].file) for cases in files.values())])
     lines = [f"{'file':<{width}}  {'cases':>5}  {'passed':>6}  {'failed':>6}  {'time':>8}"]
-    for name, cases in files.items():
+    for cases in files.values():
+        name = cases[0].file
         passed = sum(case.passed for case in cases)
         time = duration(sum(case.duration_ms for case in cases))
         lines.append(f"{name:<{width}}  {len(cases):>5}  {passed:>6}  {len(cases) - passed:>6}  {time:>8}")
@@ -117,24 +119,23 @@ def summary(results: Sequence[CaseResult], *, elapsed_ms: float) -> str:
     return "\n".join(lines)
 
 
-def junit_xml(results: Sequence[CaseResult], *, files: dict[str, str]) -> str:
+def junit_xml(results: Sequence[CaseResult]) -> str:
     """JUnit XML: one ``testsuite`` per test file, one ``testcase`` per case; a failure's text is the case's report.
 
-    Args:
-        results: the cases run.
-        files: each result's ``file`` name to the path CI should show (relative to the working directory).
+    A suite is named as progress lines name its file; a case's ``file`` is the path CI should show
+    (relative to the working directory).
     """
     root = ET.Element("testsuites", name="supportbot test")
     suites: dict[str, ET.Element] = {}
     for result in results:
-        suite = suites.get(result.file)
+        suite = suites.get(result.path)
         if suite is None:
-            suite = suites[result.file] = ET.SubElement(root, "testsuite", name=result.file)
+            suite = suites[result.path] = ET.SubElement(root, "testsuite", name=result.file)
         where = result.where.rpartition(":")
         attributes = {
             "classname": re.sub(r"\.ya?ml$", "", result.file).replace("/", "."),
             "name": _clean(result.name),
-            "file": files.get(result.file, result.file),
+            "file": result.path,
             "line": where[2] if where[2].isdigit() else "1",
             "time": f"{result.duration_ms / 1000:.3f}",
         }
@@ -147,8 +148,8 @@ def junit_xml(results: Sequence[CaseResult], *, files: dict[str, str]) -> str:
             failure.text = _clean(case_report(result))
         if len(result.runs) > 1:
             ET.SubElement(case, "system-out").text = f"passed {result.passes} of {len(result.runs)} runs"
-    for name, suite in suites.items():
-        cases = [r for r in results if r.file == name]
+    for path, suite in suites.items():
+        cases = [r for r in results if r.path == path]
         suite.set("tests", str(len(cases)))
         suite.set("failures", str(sum(not r.passed for r in cases)))
         suite.set("errors", "0")
@@ -161,10 +162,29 @@ def junit_xml(results: Sequence[CaseResult], *, files: dict[str, str]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit_xml(path: Path, results: Sequence[CaseResult], *, files: dict[str, str]) -> None:
-    """Write ``junit_xml`` to ``path`` (its directory is created)."""
+def write_junit_xml(path: Path, results: Sequence[CaseResult]) -> None:
+    """Write ``junit_xml`` to ``path`` (its directory is created; ``check_writable`` checked it before the run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(results, files=files), encoding="utf-8")
+    path.write_text(junit_xml(results), encoding="utf-8")
+
+
+def check_writable(path: Path) -> str | None:
+    """Why the JUnit XML could not be written to ``path`` (with the fix), or None when it can.
+
+    Checked before any case runs, so that a typo in ``--junit-xml`` does not cost a whole run. The
+    directory may not exist yet (it is created), but its nearest existing ancestor must be a
+    writable directory, and an existing file must be writable (click refuses a directory).
+    """
+    if path.exists():
+        return None if os.access(path, os.W_OK) else f"{path}: the file is read-only; give another path"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{path}: {parent} is not a directory; give a path in a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path}: cannot write in {parent} (permission denied); give a path in a directory you can write to"
+    return None
 
 
 def _clean(text: str) -> str:

@@ -151,8 +151,8 @@ class Runner:
                 if not selected(file, case.name, keyword):
                     continue
                 runs = tuple([await self.run_case(file, index) for _ in range(repeat)])
-                result = CaseResult(file=file.name, name=case.name, where=file.at(("cases", index)), runs=runs,
-                                    min_pass_rate=min_pass_rate)  # fmt: skip
+                result = CaseResult(file=file.name, path=file.shown, name=case.name, where=file.at(("cases", index)),
+                                    runs=runs, min_pass_rate=min_pass_rate)  # fmt: skip
                 on_result(result)
                 results.append(result)
         return results

@@ -103,9 +103,9 @@ class CaseModel:
             return
         if self._used >= len(self._script):
             asked = self._used + 1
-            entries = f"{len(self._script)} {'entry' if len(self._script) == 1 else 'entries'}"
             self.exhausted = (
-                f"the engine asked the model a {ordinal(asked)} time but model: has {entries}; add a reply:"
+                f"the engine asked the model a {ordinal(asked)} time but model: has {entries(len(self._script))}; "
+                "add a reply:"
             )
             raise ScriptExhausted(self.exhausted)
         step = self._script[self._used]

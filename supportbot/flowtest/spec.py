@@ -9,7 +9,7 @@ TEXT`` or a list); validators turn the short form into the long one, so the runn
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -17,7 +17,6 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
-    TypeAdapter,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     field_validator,
@@ -26,6 +25,19 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from supportbot.flowtest._forms import (
+    CUSTOMER_SCHEMA,
+    EMPTY,
+    Model,
+    Texts,
+    as_moment,
+    as_text,
+    as_texts,
+    kind_of,
+    one_kind_schema,
+    one_or_list,
+    quote_fix,
+)
 from supportbot.hints import DemoHint
 
 __all__ = [
@@ -43,57 +55,8 @@ __all__ = [
     "Turn",
 ]
 
-_TEXTS_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-Texts = Annotated[list[str], WithJsonSchema(_TEXTS_SCHEMA)]
-"""One text or a list of texts (``reply_contains: shipped`` or ``reply_contains: [shipped, A1001]``)."""
-_STRINGS = TypeAdapter(list[str])
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _texts(value: Any) -> list[str]:
-    """``TEXT`` or ``[TEXT, ...]`` as a list; anything else is refused with the expected forms."""
-    if isinstance(value, list):
-        return _STRINGS.validate_python([_text(item) for item in value])
-    if isinstance(value, dict | bool) or value is None:
-        raise ValueError(f"expected text or a list of texts, got {_kind(value)}")
-    return [_text(value)]
-
-
-def _text(value: Any) -> Any:
-    """A number or date YAML read from unquoted text (``2026-11-25``, ``42``) as that text."""
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-def _moment(value: Any) -> Any:
-    """A YAML timestamp or date as an aware datetime (a time without a zone is UTC)."""
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, time(), tzinfo=UTC)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f'{value!r} is not a date and time; write e.g. "2026-11-20T10:00:00Z"') from None
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value
-
-
-class CustomerSpec(_Model):
+class CustomerSpec(Model):
     """A customer: the one who writes in a case, or another one stored as a fixture."""
 
     email: str | None = Field(None, description="The customer's email address.", examples=["ana@example.com"])
@@ -115,7 +78,9 @@ class Order(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    order_id: str = Field(min_length=1, description="The order number, e.g. A1001.", examples=["A1001"])
+    order_id: Annotated[str, WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]})] = (
+        Field(min_length=1, description="The order number, e.g. A1001 (a number is read as text).", examples=["A1001"])
+    )
     customer_email: str | None = Field(
         None, description="Whose order it is: lookup_order shows it only to a verified customer with this email."
     )
@@ -128,7 +93,7 @@ class Order(BaseModel):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class Fixtures(_Model):
+class Fixtures(Model):
     """The data the project's real tools find while a case runs."""
 
     orders: list[Order] | None = Field(
@@ -144,7 +109,7 @@ class Fixtures(_Model):
     )
 
 
-class TokenUsage(_Model):
+class TokenUsage(Model):
     """Tokens a scripted model response is counted as (for cost and max_tokens); a count left out is estimated."""
 
     input_tokens: int | None = Field(
@@ -155,15 +120,17 @@ class TokenUsage(_Model):
     )
 
 
-class CallStep(_Model):
+class CallStep(Model):
     """One tool call of a scripted response with parallel calls."""
 
     call: str = Field(min_length=1, description="The tool to call (one the flow lists, or transfer_to_<flow>).")
     args: dict[str, Any] = Field({}, description="The call's arguments, as the model would send them.")
 
 
-class ModelStep(_Model):
+class ModelStep(Model):
     """One scripted model response: exactly one of reply, call, calls and error."""
+
+    model_config = ConfigDict(json_schema_extra=one_kind_schema)
 
     reply: str | None = Field(None, description="The model answers with this text.")
     call: str | None = Field(
@@ -190,7 +157,7 @@ class ModelStep(_Model):
         return self
 
 
-class CalledCheck(_Model):
+class CalledCheck(Model):
     """A tool call the bot must have made: a tool name, or a mapping with the arguments to check."""
 
     tool: str = Field(min_length=1, description="The tool's name.", examples=["lookup_order"])
@@ -205,7 +172,7 @@ class CalledCheck(_Model):
         if isinstance(value, str):
             return {"tool": value}
         if not isinstance(value, dict):
-            raise ValueError(f"expected a tool name or {{tool: NAME, args: {{...}}}}, got {_kind(value)}")
+            raise ValueError(f"expected a tool name or {{tool: NAME, args: {{...}}}}, got {kind_of(value)}")
         return value
 
     @classmethod
@@ -214,7 +181,7 @@ class CalledCheck(_Model):
         return {"anyOf": [{"type": "string", "description": "A tool name: called, with any arguments."}, schema]}
 
 
-class TicketFields(_Model):
+class TicketFields(Model):
     """Fields one ticket must have; text is compared case-insensitively, as a substring."""
 
     subject: str | None = Field(None, description="Text the ticket's subject contains.")
@@ -230,11 +197,12 @@ class TicketFields(_Model):
     )
 
 
-class Expect(_Model):
+class Expect(Model):
     """Assertions: under a turn they check that turn; under a case, the whole conversation."""
 
     called: list[CalledCheck] | None = Field(
         None,
+        json_schema_extra=one_or_list,
         description=(
             "Each item was called: a tool name, or {tool: NAME, args: {...}} (a subset of the call's arguments, "
             "equal values) with optional ok: true/false (the result was / was not an error)."
@@ -263,7 +231,7 @@ class Expect(_Model):
         description="The conversation was transferred to this flow; false: to no flow; true: to any flow.",
     )
     flow: str | None = Field(
-        None, description="After the turn (under a case: at the end) the conversation is in this flow."
+        None, min_length=1, description="After the turn (under a case: at the end) the conversation is in this flow."
     )
     confirmation: str | bool | None = Field(
         None,
@@ -285,13 +253,21 @@ class Expect(_Model):
     )
     system_prompt_omits: Texts | None = Field(None, description="The system prompt contains none of these texts.")
 
-    @field_validator(
-        "not_called", "reply_contains", "reply_not_contains", "system_prompt_contains", "system_prompt_omits",
-        mode="wrap",
-    )  # fmt: skip
+    # Before-validators pass null on to Model._has_value, which refuses it with the fix.
+    @field_validator("not_called", mode="before")
     @classmethod
-    def _one_or_more(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        return None if value is None else handler(_texts(value))
+    def _tools(cls, value: Any) -> Any:
+        return value if value is None else as_texts(value, empty="an empty tool name; give the tool's name")
+
+    @field_validator("reply_contains", "reply_not_contains", mode="before")
+    @classmethod
+    def _reply_texts(cls, value: Any) -> Any:
+        return value if value is None else as_texts(value, empty=EMPTY.format(what="reply"))
+
+    @field_validator("system_prompt_contains", "system_prompt_omits", mode="before")
+    @classmethod
+    def _prompt_texts(cls, value: Any) -> Any:
+        return value if value is None else as_texts(value, empty=EMPTY.format(what="system prompt"))
 
     @field_validator("called", mode="before")
     @classmethod
@@ -302,22 +278,27 @@ class Expect(_Model):
     @classmethod
     def _ticket(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if value is None or isinstance(value, bool):
-            return value
+            return handler(value)
         if isinstance(value, dict):
             return TicketFields.model_validate(value)
-        raise ValueError(f"expected true, false or a mapping of ticket fields, got {_kind(value)}")
+        raise ValueError(f"expected true, false or a mapping of ticket fields, got {kind_of(value)}")
 
     @field_validator("transfer", "confirmation", mode="wrap")
     @classmethod
     def _name_or_flag(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if value is None or isinstance(value, bool) or (isinstance(value, str) and value):
-            return value
-        raise ValueError(f"expected a name, true or false, got {_kind(value)}")
+            return handler(value)
+        raise ValueError(f"expected a name, true or false, got {kind_of(value)}")
 
-    @field_validator("reply_matches")
+    @field_validator("reply_matches", mode="before")
     @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
+    def _pattern(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(quote_fix(value))
+        value = as_text(value)
+        if value == "":
+            raise ValueError("an empty pattern matches every reply; give the pattern to look for")
+        if isinstance(value, str):
             try:
                 re.compile(value)
             except re.error as exc:
@@ -325,10 +306,10 @@ class Expect(_Model):
         return value
 
 
-class Turn(_Model):
+class Turn(Model):
     """One message of the customer, what the model answers (scripted or not), and what must hold afterwards."""
 
-    customer: str = Field(
+    customer: Annotated[str, WithJsonSchema(CUSTOMER_SCHEMA)] = Field(
         description="What the customer writes (yes and no unquoted are the words, not true and false).",
         examples=["Where is my order A1001?"],
     )
@@ -347,13 +328,17 @@ class Turn(_Model):
         # YAML 1.1 reads an unquoted yes/no (on/off, true/false) as a boolean; a customer typed words.
         if isinstance(value, bool):
             return "yes" if value else "no"
-        return _text(value)
+        return as_text(value)
 
 
-class _Settings(_Model):
+class _Settings(Model):
     """The keys a file sets for its cases and a case may override."""
 
-    flow: str | None = Field(None, description="The flow the conversation starts in (default: flows.default).")
+    _NULLABLE: ClassVar[frozenset[str]] = frozenset({"customer"})
+
+    flow: str | None = Field(
+        None, min_length=1, description="The flow the conversation starts in (default: flows.default)."
+    )
     channel: str | None = Field(
         None, min_length=1, description="The channel ({{ channel }} in prompts): web, slack, email... (default: web)."
     )
@@ -376,7 +361,17 @@ class _Settings(_Model):
     @field_validator("now", mode="before")
     @classmethod
     def _moment(cls, value: Any) -> Any:
-        return _moment(value)
+        return as_moment(value)
+
+    @field_validator("customer", mode="before")
+    @classmethod
+    def _who(cls, value: Any) -> Any:
+        if isinstance(value, bool | str | int | float | list):
+            raise ValueError(
+                f"expected the customer's keys (email:, name:, verified:) or null (an anonymous visitor), got "
+                f"{kind_of(value)}; write e.g. customer: {{email: ana@example.com, verified: true}}"
+            )
+        return value
 
 
 class Case(_Settings):

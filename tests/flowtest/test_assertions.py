@@ -201,3 +201,44 @@ async def test_a_model_failure(flowtests: FlowTests) -> None:
     down, not_down = await flowtests.run(text)
     assert failures(down) == []
     assert failures(not_down) == ["tests/t.yaml:17: turn 1: failed: the model failed: the provider is down"]
+
+
+CALL = """\
+  - name: {name}
+    turns:
+      - customer: Where is my order?
+        model: [{{call: lookup_order, args: {sent}}}, {{reply: Let me see.}}]
+        expect: {{called: [{{tool: lookup_order, args: {wanted}}}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("sent", "wanted", "matches"),
+    [
+        ("{order_id: 1}", "{order_id: 1}", True),
+        ("{order_id: 1}", "{order_id: 1.0}", True),
+        ("{order_id: 1}", "{order_id: true}", False),
+        ("{order_id: true}", "{order_id: 1}", False),
+        ("{order_id: 0}", "{order_id: false}", False),
+        ("{order_id: false}", "{order_id: false}", True),
+        ("{order_id: '1'}", "{order_id: 1}", False),
+        ("{order_id: 1}", "{order_id: '1'}", False),
+        ("{order_id: A1001, extra: 1}", "{order_id: A1001}", True),
+        ("{order_id: {id: A1, shop: eu}}", "{order_id: {id: A1}}", True),
+        ("{order_id: {id: A1}}", "{order_id: {id: A1, shop: eu}}", False),
+        ("{order_id: [1, 2]}", "{order_id: [1, 2]}", True),
+        ("{order_id: [1, 2]}", "{order_id: [1]}", False),
+        ("{order_id: [1, 2]}", "{order_id: [2, 1]}", False),
+        ("{order_id: [1]}", "{order_id: [true]}", False),
+        ("{order_id: null}", "{order_id: null}", True),
+        ("{order_id: null}", "{order_id: ''}", False),
+    ],
+)
+async def test_called_args_compare_as_json_values(flowtests: FlowTests, sent: str, wanted: str, matches: bool) -> None:
+    """A boolean is not a number (Python's True == 1), a number is not text; mappings are subsets, lists exact."""
+    (result,) = await flowtests.run(HEADER + CALL.format(name="call", sent=sent, wanted=wanted))
+    expected = [] if matches else [
+        "tests/t.yaml:12: turn 1: called: expected a call of lookup_order; no call of it had these arguments and "
+        "result"
+    ]  # fmt: skip
+    assert failures(result) == expected

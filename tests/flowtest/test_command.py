@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from supportbot.testing import FakeLLMServer, Reply
-from tests.flowtest.conftest import cli, dedent
+from tests.flowtest.conftest import cli, dedent, lines
 
 ORDERS_TEST = """\
 # yaml-language-server: $schema=../.schemas/test.schema.json
@@ -174,7 +174,12 @@ def test_usage_errors(project: Path) -> None:
     assert cli("test", "--min-pass-rate", "2").exit_code == 2
     write(project, "orders.yaml", ORDERS_TEST)
     live = cli("test", "--live")
-    assert live.exit_code == 2 and "No model is connected" in live.stderr and "without --live" in live.stderr
+    assert live.exit_code == 2 and live.stdout == ""
+    assert live.stderr.startswith(
+        "Error: --live needs a model, and none is connected: set SUPPORTBOT_LLM_API_KEY (or llm.api_key in "
+        "config.yaml) to the key of http"
+    )
+    assert live.stderr.endswith(", or leave out --live to run the tests offline (model: scripts and the demo model).\n")
     (project / "config.yaml").write_text("flows: {dir: nowhere}\n")
     broken = cli("test")
     assert broken.exit_code == 2 and "the project does not load, so no test ran" in broken.stderr
@@ -217,3 +222,50 @@ def test_a_real_process_in_the_project(project: Path) -> None:
     elsewhere = subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=60,
                                check=False)  # fmt: skip
     assert elsewhere.returncode == 0 and "OK: 1 case passed" in elsewhere.stdout
+
+
+def test_same_named_files_under_two_paths_stay_apart(project: Path) -> None:
+    for directory, reply in (("td1", "It has shipped."), ("td2", "No idea.")):
+        (project / directory).mkdir()
+        (project / directory / "x.yaml").write_text(dedent(f"""\
+            cases:
+              - name: a
+                turns: [{{customer: hi, model: [{{reply: {reply}}}], expect: {{reply_contains: shipped}}}}]
+            """))  # fmt: skip
+    result = cli("test", "td1", "td2", "--junit-xml", "out.xml")
+    assert result.exit_code == 1
+    out = lines(result.stdout)
+    assert out[0] == "2 cases in 2 files (offline: model: scripts and the demo model)"
+    assert out[1].startswith("PASS td1/x.yaml › a (") and out[2].startswith("FAIL td2/x.yaml › a (")
+    assert [line.split()[:4] for line in out if line.startswith("td")] == [
+        ["td1/x.yaml", "1", "1", "0"], ["td2/x.yaml", "1", "0", "1"]
+    ]  # fmt: skip
+    root = ET.parse(project / "out.xml").getroot()
+    assert [(suite.get("name"), [case.get("file") for case in suite]) for suite in root] == [
+        ("td1/x.yaml", ["td1/x.yaml"]), ("td2/x.yaml", ["td2/x.yaml"])
+    ]  # fmt: skip
+    assert cli("test", "td1", "td2", "-k", "td2/x.yaml › a").exit_code == 1
+    assert cli("test", "td1", "td2", "-k", "td1/").exit_code == 0
+
+
+def test_an_unwritable_junit_path_is_refused_before_the_run(project: Path) -> None:
+    write(project, "orders.yaml", ORDERS_TEST)
+    (project / "file").write_text("")
+    (project / "reports").mkdir()
+    result = cli("test", "--junit-xml", "file/flows.xml")
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    assert result.stderr == (
+        "Error: --junit-xml file/flows.xml: file is not a directory; give a path in a directory; no test ran\n"
+    )
+    if os.geteuid() != 0:  # root writes anywhere
+        (project / "reports").chmod(0o500)
+        try:
+            result = cli("test", "--junit-xml", "reports/deep/flows.xml")
+        finally:
+            (project / "reports").chmod(0o700)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == (
+            "Error: --junit-xml reports/deep/flows.xml: cannot write in reports (permission denied); give a path in "
+            "a directory you can write to; no test ran\n"
+        )
+    assert cli("test", "--junit-xml", "reports/deep/flows.xml").exit_code == 0

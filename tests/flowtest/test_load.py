@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from supportbot._yaml import Problems
 from supportbot.flowtest.load import find_files, load_files
 
@@ -36,7 +38,8 @@ def test_test_files_are_found_under_the_directory(project: Path) -> None:
         "tests/list.yaml: no top-level cases:, so not a test file; skipped",
     ]
     assert problems == []
-    assert _load([tests / "orders" / "b.yml", tests], tests)[0] == ["b.yml", "a.yaml"]
+    # With several paths, files are named relative to the working directory, so same names stay apart.
+    assert _load([tests / "orders" / "b.yml", tests], tests)[0] == ["tests/orders/b.yml", "tests/a.yaml"]
 
 
 def test_a_missing_path_is_a_problem(project: Path) -> None:
@@ -103,3 +106,80 @@ cases:
             "tests/c.yaml:2: cases[0].turns[0].expect.max_cost_usd: -1 is less than 0.0; use at least 0.0",
         ]
     )
+
+
+TURN = "cases:\n  - name: a\n    turns:\n      - customer: Where is my order?\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # An empty text would match every reply (or every prompt): refused, not passed.
+        (TURN + "        expect: {reply_contains: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.reply_contains: an empty text matches every reply; give the text "
+         "to look for"),
+        (TURN + "        expect: {reply_contains: [shipped, '']}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.reply_contains: an empty text matches every reply; give the text "
+         "to look for"),
+        (TURN + "        expect: {reply_not_contains: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.reply_not_contains: an empty text matches every reply; give the "
+         "text to look for"),
+        (TURN + "        expect: {system_prompt_contains: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.system_prompt_contains: an empty text matches every system "
+         "prompt; give the text to look for"),
+        (TURN + "        expect: {reply_matches: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.reply_matches: an empty pattern matches every reply; give the "
+         "pattern to look for"),
+        (TURN + "        expect: {not_called: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.not_called: an empty tool name; give the tool's name"),
+        # An empty name: one problem, not also "unknown tool ''".
+        (TURN + "        expect: {confirmation: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.confirmation: expected a name, true or false, got ''"),
+        (TURN + "        expect: {flow: ''}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.flow: needs at least 1 character; fill it in"),
+        (TURN + "        expect: {called: ['']}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.called[0].tool: needs at least 1 character; fill it in"),
+        # A key without a value is null, which would switch the assertion (or the script) off.
+        (TURN + "        expect:\n          reply_contains:\n",
+         "tests/t.yaml:6: cases[0].turns[0].expect.reply_contains: has no value; give one or remove the key"),
+        (TURN + "        expect: {ticket: }\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.ticket: has no value; give one or remove the key"),
+        (TURN + "        expect:\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect: has no value; give one or remove the key"),
+        (TURN + "        model:\n",
+         "tests/t.yaml:5: cases[0].turns[0].model: has no value; give one or remove the key"),
+        (TURN + "        model: [{reply: hi, usage: {input_tokens: }}]\n",
+         "tests/t.yaml:5: cases[0].turns[0].model[0].usage.input_tokens: has no value; give one or remove the key"),
+        ("flow:\ncases: [{name: a}]\n", "tests/t.yaml:1: flow: has no value; give one or remove the key"),
+        ("fixtures: {orders: }\ncases: [{name: a}]\n",
+         "tests/t.yaml:1: fixtures.orders: has no value; give one or remove the key"),
+        # A YAML boolean where text is expected says how to write the text.
+        ("cases: [{name: yes}]\n", 'tests/t.yaml:1: cases[0].name: expected text, got true; write it in quotes: "yes"'),
+        ("customer: {name: no}\ncases: [{name: a}]\n",
+         'tests/t.yaml:1: customer.name: expected text, got false; write it in quotes: "no"'),
+        (TURN + "        expect: {reply_contains: yes}\n",
+         'tests/t.yaml:5: cases[0].turns[0].expect.reply_contains: expected text, got true; write it in quotes: '
+         '"yes"'),
+        (TURN + "        model: [{reply: yes}]\n",
+         'tests/t.yaml:5: cases[0].turns[0].model[0].reply: expected text, got true; write it in quotes: "yes"'),
+        ("customer: yes\ncases: [{name: a}]\n",
+         "tests/t.yaml:1: customer: expected the customer's keys (email:, name:, verified:) or null (an anonymous "
+         "visitor), got true; write e.g. customer: {email: ana@example.com, verified: true}"),
+        # The short forms of called: are checked against the project's tools like the list.
+        (TURN + "        expect: {called: lookup_ordr}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.called: unknown tool 'lookup_ordr'; did you mean 'lookup_order'?"),
+        (TURN + "        expect: {called: {tool: lookup_ordr}}\n",
+         "tests/t.yaml:5: cases[0].turns[0].expect.called.tool: unknown tool 'lookup_ordr'; did you mean "
+         "'lookup_order'?"),
+    ],
+)  # fmt: skip
+def test_one_mistake_is_one_problem_with_its_fix(project: Path, text: str, problem: str) -> None:
+    (project / "tests" / "t.yaml").write_text(text)
+    assert _load([], project / "tests")[2] == [problem]
+
+
+def test_null_is_an_anonymous_customer_and_yes_is_a_customer_message(project: Path) -> None:
+    (project / "tests" / "t.yaml").write_text(
+        "customer: {email: ana@example.com}\ncases:\n  - name: a\n    customer: null\n    turns: [{customer: yes}]\n"
+    )
+    assert _load([], project / "tests") == (["t.yaml"], [], [])

@@ -45,7 +45,8 @@ FAILED = CaseRun(failures=(FAILURE,), record=RECORD, duration_ms=1234.5)
 
 
 def result(*runs: CaseRun, name: str = "a case", file: str = "orders.yaml", rate: float = 1.0) -> CaseResult:
-    return CaseResult(file=file, name=name, where=f"tests/{file}:9", runs=runs, min_pass_rate=rate)
+    return CaseResult(file=file, path=f"tests/{file}", name=name, where=f"tests/{file}:9", runs=runs,
+                      min_pass_rate=rate)  # fmt: skip
 
 
 def test_durations() -> None:
@@ -115,7 +116,7 @@ def test_junit_xml() -> None:
         result(CaseRun(failures=(control,), record=RECORD, duration_ms=1), file="sub/returns.yaml", name="c"),
         result(PASSED, FAILED, name="d", rate=0.5),
     ]
-    root = ET.fromstring(junit_xml(results, files={"orders.yaml": "tests/orders.yaml"}))
+    root = ET.fromstring(junit_xml(results))
     assert (root.tag, root.get("tests"), root.get("failures")) == ("testsuites", "4", "2")
     orders, returns = root.findall("testsuite")
     assert [orders.get(k) for k in ("name", "tests", "failures", "errors", "skipped")] == [
@@ -136,7 +137,7 @@ def test_junit_xml() -> None:
     assert [returns.get("name"), c.get("classname"), c.get("file")] == [
         "sub/returns.yaml",
         "sub.returns",
-        "sub/returns.yaml",
+        "tests/sub/returns.yaml",
     ]
     control_failure = c.find("failure")
     # XML 1.0 cannot hold most control characters: they are dropped.

@@ -36,11 +36,11 @@ def test_the_schema_describes_every_key() -> None:
 def test_the_schema_gives_the_short_forms_and_the_enums() -> None:
     defs = TestFile.model_json_schema()["$defs"]
     expect = defs["Expect"]["properties"]
-    assert {"type": "string"} in expect["reply_contains"]["anyOf"]
+    assert {"type": "string", "minLength": 1} in expect["reply_contains"]["anyOf"]
     assert {"type": "boolean"} in expect["ticket"]["anyOf"]
     called = defs["CalledCheck"]["anyOf"]
     assert called[0]["type"] == "string" and "tool" in called[1]["properties"]
-    assert defs["TicketFields"]["properties"]["kind"]["anyOf"][0]["enum"] == ["request", "handoff", "escalation"]
+    assert defs["TicketFields"]["properties"]["kind"]["enum"] == ["request", "handoff", "escalation"]
 
 
 def _file(text: str) -> TestFile:

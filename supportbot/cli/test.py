@@ -91,7 +91,7 @@ async def _main(
     from supportbot.flowtest.run import open_runner, selected
     from supportbot.llm.base import LLM
     from supportbot.llm.client import OpenAICompatibleLLM
-    from supportbot.runtime import load_tools_and_flows
+    from supportbot.runtime import load_tools_and_flows, project_dir
 
     if junit is not None and (why := check_writable(junit)) is not None:
         raise _Invalid(f"--junit-xml {why}; no test ran")
@@ -100,9 +100,7 @@ async def _main(
         tools, flows = load_tools_and_flows(config)
     except SupportbotError as exc:
         raise _Invalid(f"the project does not load, so no test ran:\n{exc}") from None
-    # NOTE: the project directory is worked out here as config.source's parent; when supportbot.runtime gains
-    # its project_dir/tools_dirs helpers (branch i12-fixreload), use project_dir so the two cannot disagree.
-    default = (config.source.parent if config.source is not None else Path.cwd()) / "tests"
+    default = project_dir(config) / "tests"
     problems = Problems()
     found = load_files(
         find_files(list(paths), default=default, problems=problems),

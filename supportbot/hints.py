@@ -37,6 +37,14 @@ _ONE_TRIGGER_ONE_ACTION: dict[str, Any] = {
 }
 
 
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` (for a pydantic validator) when ``pattern`` is not a valid regular expression."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+
+
 class DemoHint(BaseModel):
     """One rule: on a customer message matching ``when`` (or right after the tool ``after`` answered),
     call a tool or reply with text."""
@@ -76,10 +84,7 @@ class DemoHint(BaseModel):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            check_pattern(value)
         return value
 
     @field_validator("args")

@@ -8,7 +8,6 @@ TEXT`` or a list); validators turn the short form into the long one, so the runn
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -38,7 +37,7 @@ from supportbot.flowtest._forms import (
     one_or_list,
     quote_fix,
 )
-from supportbot.hints import DemoHint
+from supportbot.hints import DemoHint, check_pattern
 
 __all__ = [
     "CallStep",
@@ -299,10 +298,7 @@ class Expect(Model):
         if value == "":
             raise ValueError("an empty pattern matches every reply; give the pattern to look for")
         if isinstance(value, str):
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            check_pattern(value)
         return value
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "OUTBOX_FAILED",
     "AdminSessionRow",
     "Base",
+    "BusSpillRow",
     "ChannelStateRow",
     "CleanText",
     "ConversationAddressRow",
@@ -50,15 +51,18 @@ __all__ = [
     "ConversationTokenRow",
     "CustomerRow",
     "InboxRow",
+    "LeaseRow",
     "MessageRow",
     "OperatorRow",
     "OrderRow",
     "OutboxRow",
+    "SpendingRow",
     "TicketEventRow",
     "TicketRow",
     "ToolRunRow",
     "UTCDateTime",
     "admin_sessions",
+    "bus_spill",
     "channel_state",
     "clean_json",
     "clean_text",
@@ -68,10 +72,12 @@ __all__ = [
     "customers",
     "inbox",
     "json_dumps",
+    "leases",
     "messages",
     "operators",
     "orders",
     "outbox",
+    "spending",
     "ticket_events",
     "tickets",
     "tool_runs",
@@ -312,7 +318,11 @@ class InboxRow(Base):
     turns the channel's redeliveries into no-ops."""
 
     __tablename__ = "inbox"
-    __table_args__ = (UniqueConstraint("channel", "external_id"), Index(None, "status", "id"))
+    __table_args__ = (
+        UniqueConstraint("channel", "external_id"),
+        Index(None, "status", "id"),
+        Index(None, "lane", "id"),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(32))
@@ -321,6 +331,10 @@ class InboxRow(Base):
     payload: Mapped[Any] = mapped_column(_Json)
     status: Mapped[str] = mapped_column(String(16), default="received")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The queue the message waits in: its conversation's id, or a digest of its channel and conversation
+    # key; one worker at a time runs a lane's turns, oldest first (``leases``). Null in rows from before
+    # lanes existed: they are given their lane when read.
+    lane: Mapped[str | None] = mapped_column(String(64))
 
 
 OUTBOX_FAILED = text("status = 'failed'")
@@ -350,6 +364,10 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(CleanText())
+    # Who is sending the row now and until when (a worker that dies lets go when it expires); with no
+    # owner, the time before which nobody tries it again (a retry's backoff).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ConversationAddressRow(Base):
@@ -375,6 +393,38 @@ class ChannelStateRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[str] = mapped_column(CleanText())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LeaseRow(Base):
+    """A named piece of work one worker holds until ``expires_at`` (renewed while it works): a lane of the
+    inbox, a channel's receiver. A worker that dies lets go when its leases expire."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SpendingRow(Base):
+    """Model spending per day and scope (``customer:<id>``, ``all``), for the cost caps in ``limits``."""
+
+    __tablename__ = "spending"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    cost_usd: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class BusSpillRow(Base):
+    """A cross-worker event too large for a PostgreSQL NOTIFY payload; the notice names its id. Rows are
+    deleted after a few minutes."""
+
+    __tablename__ = "bus_spill"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class ConversationTokenRow(Base):
@@ -443,3 +493,6 @@ conversation_addresses = cast(Table, ConversationAddressRow.__table__)
 channel_state = cast(Table, ChannelStateRow.__table__)
 operators = cast(Table, OperatorRow.__table__)
 admin_sessions = cast(Table, AdminSessionRow.__table__)
+leases = cast(Table, LeaseRow.__table__)
+spending = cast(Table, SpendingRow.__table__)
+bus_spill = cast(Table, BusSpillRow.__table__)

@@ -253,6 +253,9 @@ class ChannelBase(ABC):
     name: str = ""
     announces_tickets: bool = False
     """True: new tickets are queued to this channel as ``ticket`` replies (Slack's tickets channel)."""
+    exclusive_receiver: bool = False
+    """True: of several workers on one database, one at a time runs this channel's ``start`` receiver (it holds a
+    lease; another takes over within seconds when it stops or dies): the IMAP reader of one mailbox."""
     max_retry_interval_s: float | None = None
     """The longest wait between two tries of a failed delivery (None: the core's 5 minutes); email's is short,
     so a reply the SMTP server deferred leaves within about a minute of the server taking mail again."""

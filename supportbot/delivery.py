@@ -26,7 +26,7 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from supportbot.channels import (
@@ -48,7 +48,12 @@ __all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
 log = logging.getLogger("supportbot.delivery")
 
 POLL_S = 1.0
-"""How often a worker looks for rows queued by another process (the CLI, another worker)."""
+"""How often a worker looks for rows queued by another process (the CLI, another worker) when nothing tells it
+(SQLite); on PostgreSQL a notice over the bus wakes it, and it looks every ``BUS_POLL_S`` in case one was missed."""
+BUS_POLL_S = 10.0
+SEND_LEASE_S = 10.0
+"""How long a worker holds an outbox row while it sends it unless renewed (the dispatcher renews a worker's
+leases, these included): if the worker dies, another sends the row after this."""
 TICKET_POLL_S = 2.0
 PENDING_PAGE = 2000
 """Pending rows read per look (oldest first); rows waiting out a backoff are among them."""
@@ -57,6 +62,9 @@ MAX_BACKOFF_S = 300.0
 CONCURRENT_CONVERSATIONS = 32
 """Conversations a worker sends to at once (each one's rows in order)."""
 TICKET_CURSOR = "tickets_announced"
+LEAD_LEASE_S = 10.0
+"""The lease on a channel's receiver or its ticket announcements, renewed every third of it by the worker that
+runs them: when that worker dies, another takes over after this long."""
 _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
 
 
@@ -96,12 +104,22 @@ class DeliveryWorker:
     """
 
     def __init__(
-        self, channel: ChannelBase, store: DeliveryStore, *, give_up_after_s: float, metrics: Metrics | None = None
+        self,
+        channel: ChannelBase,
+        store: DeliveryStore,
+        *,
+        give_up_after_s: float,
+        metrics: Metrics | None = None,
+        owner: str = "",
+        lease_s: float = SEND_LEASE_S,
     ) -> None:
         self.channel = channel
         self.store = store
         self.give_up_after_s = give_up_after_s
         self.metrics = metrics
+        self.owner = owner
+        self.lease_s = lease_s
+        self.poll_s = POLL_S
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[None]] = {}  # conversation (or row) → the task sending its rows
         self._retry_at: dict[int, float] = {}  # outbox id → monotonic time of its next attempt
@@ -154,12 +172,13 @@ class DeliveryWorker:
 
     def _next_wait(self) -> float:
         if not self._retry_at:
-            return POLL_S
-        return max(0.01, min(POLL_S, min(self._retry_at.values()) - time.monotonic()))
+            return self.poll_s
+        return max(0.01, min(self.poll_s, min(self._retry_at.values()) - time.monotonic()))
 
     async def run_once(self) -> int:
         """Start sending the pending rows that are due; returns how many conversations were started."""
         rows = await self.store.outbox_pending(self.channel.name, limit=PENDING_PAGE)
+        now = _utcnow()
         queues: dict[str, list[OutboxItem]] = {}
         for row in rows:
             queues.setdefault(row.conversation_id or f"row:{row.id}", []).append(row)
@@ -169,6 +188,8 @@ class DeliveryWorker:
                 continue
             if self._retry_at.get(queued[0].id, 0.0) > time.monotonic():
                 continue  # the lane's first row waits for its backoff; later rows wait behind it
+            if queued[0].lease_until is not None and queued[0].lease_until > now:
+                continue  # another worker sends it, or it waits out a backoff another worker set
             task = asyncio.create_task(self._send_lane(queued))
             self._busy[lane] = task
             task.add_done_callback(functools.partial(self._lane_done, lane))
@@ -194,11 +215,12 @@ class DeliveryWorker:
                 return  # it waits for a retry: the conversation's later rows wait behind it
 
     async def _send(self, row: OutboxItem) -> bool:
-        """One attempt at a row; True when it is done with (sent, given up, or taken by another worker)."""
-        attempt = await self.store.outbox_attempt(row.id)
+        """One attempt at a row; True when it is done with (sent, or given up on); False when the conversation's
+        later rows must wait (a retry, or another worker holds the row: it sends the rest in order)."""
+        attempt = await self.store.outbox_attempt(row.id, owner=self.owner, lease_s=self.lease_s)
         if attempt is None:
             self._retry_at.pop(row.id, None)
-            return True
+            return False
         address, key = await self._address(row)
         reply = reply_of(row, attempt=attempt, address=address, key=key)
         started = time.perf_counter()
@@ -236,7 +258,9 @@ class DeliveryWorker:
         log.warning("reply %d to %s not delivered (attempt %d), retrying in %.1f s: %s",
                     row.id, self.channel.name, reply.attempt, wait, error)  # fmt: skip
         self._retry_at[row.id] = time.monotonic() + wait
-        await self.store.outbox_mark_failed(row.id, error=error)
+        # Other workers wait as long (a touch less: this one's own retry must find the row free).
+        retry_at = _utcnow() + timedelta(seconds=max(0.0, wait - 0.1))
+        await self.store.outbox_mark_failed(row.id, error=error, retry_at=retry_at)
         self._count("retried")
         return False
 
@@ -321,8 +345,9 @@ class Hub:
             raise ValueError(f"a channel named {channel.name!r} is registered already")
         self.channels[channel.name] = channel
         self.workers[channel.name] = DeliveryWorker(
-            channel, self.store, give_up_after_s=self.give_up_after_s, metrics=self.metrics
-        )
+            channel, self.store, give_up_after_s=self.give_up_after_s, metrics=self.metrics,
+            owner=self.dispatcher.worker_id,
+        )  # fmt: skip
 
     def wake(self, channel: str) -> None:
         worker = self.workers.get(channel)
@@ -421,7 +446,7 @@ class Hub:
                 await self._apply(item.id, reply, since=item.created_at)
             except Exception:
                 log.exception("an operator's reply taken before the last stop could not be stored")
-        return await self.dispatcher.resume()
+        return await self.dispatcher.start()
 
     async def start(self) -> None:
         """Resume what a stopped server left, then start the delivery workers, the ticket announcements and
@@ -437,8 +462,16 @@ class Hub:
         for channel in self.channels.values():
             if channel.announces_tickets:
                 self._feeds.append(asyncio.create_task(self._announce_tickets(channel)))
+            if channel.exclusive_receiver and self.dispatcher.shared:
+                self._feeds.append(asyncio.create_task(self._lead(channel)))
+                continue
             await channel.start(self)
             self._started.append(channel)
+
+    @property
+    def owner(self) -> str:
+        """This worker's name in the leases it holds."""
+        return self.dispatcher.worker_id
 
     async def stop(self, grace: float = 5.0) -> None:
         for channel in reversed(self._started):
@@ -452,6 +485,7 @@ class Hub:
         await asyncio.gather(*self._feeds, return_exceptions=True)
         self._feeds.clear()
         await asyncio.gather(*(worker.stop(grace) for worker in self.workers.values()))
+        await self.dispatcher.stop_loops()
 
     async def announce_new_tickets(self, channel: ChannelBase) -> int:
         """Queue the tickets opened since the channel's cursor as ``ticket`` replies; returns how many."""
@@ -493,12 +527,43 @@ class Hub:
         }
 
     async def _announce_tickets(self, channel: ChannelBase) -> None:
+        lease = f"announce:{channel.name}"
         while True:
             try:
-                await self.announce_new_tickets(channel)
+                # Of several workers one announces (two would read one cursor and announce a ticket twice).
+                if not self.dispatcher.shared or await self.store.take_lease(lease, self.owner, LEAD_LEASE_S):
+                    await self.announce_new_tickets(channel)
             except Exception:
                 log.warning("could not announce new tickets on %s; retrying", channel.name, exc_info=True)
             await asyncio.sleep(TICKET_POLL_S)
+
+    async def _lead(self, channel: ChannelBase) -> None:
+        """Run the channel's receiver while this worker holds its lease; start it when the lease is won, stop it
+        when it is lost (another worker took over: this one was away longer than the lease)."""
+        lease = f"receiver:{channel.name}"
+        running = False
+        try:
+            while True:
+                try:
+                    held = await self.store.take_lease(lease, self.owner, LEAD_LEASE_S)
+                except Exception:
+                    log.warning("could not renew the %s receiver's lease; retrying", channel.name, exc_info=True)
+                    held = running
+                if held and not running:
+                    log.info("this worker now runs the %s receiver", channel.name)
+                    await channel.start(self)
+                    running = True
+                elif running and not held:
+                    log.warning("another worker took over the %s receiver; stopping it here", channel.name)
+                    await channel.stop()
+                    running = False
+                await asyncio.sleep(LEAD_LEASE_S / 3)
+        finally:
+            if running:
+                with contextlib.suppress(Exception):
+                    await channel.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release_lease(lease, self.owner))
 
 
 def _mapping(value: Any) -> dict[str, Any]:

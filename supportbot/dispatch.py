@@ -3,11 +3,21 @@
 A channel hands the ``Dispatcher`` an ``InboundMessage`` (``supportbot.channels``). ``submit`` refuses one over the
 ``limits`` (``MessageTooLarge``, nothing stored), then stores it in the durable inbox (UNIQUE per
 channel and external id) and returns only then, so the channel may acknowledge it: a
-redelivered message is recognised and not answered twice. The turn runs in a task of its
-own, one after another per conversation in arrival order, so a channel that goes away (a closed
-browser tab) never cuts a turn short. Every event of the turn is published to the conversation's
-subscribers (open widget tabs, an SSE stream), and the reply being streamed is kept as a
-``LiveTurn`` so a client that reconnects mid-reply can be shown what it missed.
+redelivered message is recognised and not answered twice.
+
+**Lanes.** Every message waits in its conversation's *lane* (``lane_of``: the conversation's id, or a
+digest of its channel and conversation key). One worker at a time runs a lane, holding its lease
+(``leases`` table, renewed every third of ``lease_s``): it runs the lane's oldest unanswered message,
+then the next, whoever received them, and lets the lane go when none is left. So a conversation's
+turns run one at a time in arrival order across any number of workers on one database. A worker that
+dies (kill -9) stops renewing; once its leases expire, another worker's sweep (every ``sweep_s``) finds
+the lane's unanswered messages and takes it over. A worker that finds it lost a lease (it was away
+longer than the lease) stops that turn at once, so a message is never answered by two workers.
+
+Every event of a turn is published to the conversation's subscribers (open widget tabs, an SSE stream)
+on this worker and, through ``relay``, on the others; the reply being streamed is kept as a ``LiveTurn``
+so a client that reconnects mid-reply can be shown what it missed. A turn runs in a task of its own, so
+a channel that goes away (a closed browser tab) never cuts it short.
 
 A message that names a conversation key instead of a conversation (Slack, email) is taken to its
 conversation when its turn starts, after the channel's ``prepare`` (which may call the channel's
@@ -17,17 +27,22 @@ when there is none or it is closed. While a turn runs, its events also go to the
 
 Inbox statuses: ``received`` (stored, the engine has not taken it), ``stored`` (the engine stored
 the customer's message; ``Engine.run_turn`` sets it in the message's own transaction), ``done``,
-``ignored`` (the channel's ``prepare`` declined it: another bot, a deleted user).
-On start, ``resume`` runs what a stopped server left ``received`` or ``stored``; ``drain`` lets
-running turns finish within a grace period and hands the rest back to the inbox.
+``ignored`` (the channel's ``prepare`` declined it: another bot, a deleted user), ``failed`` (its turn
+failed ``len(RETRY_AFTER_S) + 1`` times, or the row is unreadable). ``start`` resumes what a stopped
+server left; ``drain`` lets running turns finish within a grace period and hands the rest back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import os
+import secrets
+import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -48,6 +63,7 @@ from supportbot.events import (
 )
 from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
+from supportbot.store._leases import LANE_LEASE_PREFIX
 from supportbot.store.base import Conversation, Customer, InboxItem
 
 __all__ = [
@@ -64,14 +80,21 @@ __all__ = [
     "data_url_bytes",
     "decode_message",
     "encode_message",
+    "lane_of",
+    "new_worker_id",
 ]
 
 log = logging.getLogger("supportbot.dispatch")
 
 RESTART_TEXT = "Our support assistant is restarting. Your message is saved, and I'll answer it in a moment."
 RETRY_AFTER_S = (5.0, 30.0, 120.0, 600.0)
-"""When a turn failed on something other than the model (the database away, a bug), it is tried again after
-these many seconds, then left to the next start."""
+"""When a turn failed on something other than the model (the database away, a bug), its lane rests for these
+many seconds before any worker tries it again; after that it is marked ``failed`` and the lane goes on."""
+LANE_LEASE_S = 10.0
+"""How long a lane's lease lasts unless renewed: how soon the lanes of a worker that died are taken over."""
+SWEEP_S = 2.0
+"""How often a worker looks for lanes with unanswered messages that nobody holds."""
+ORPHANS_PER_SWEEP = 200
 PREPARE_ATTEMPTS = 3
 """How often a channel's ``prepare`` is tried (1 s, then 2 s apart) before the message is answered as it came."""
 SAVED_TEXT = (
@@ -84,12 +107,21 @@ class _Inbox(Protocol):
     """What the dispatcher needs of storage: the inbox, and conversation keys (``SQLStore`` has both)."""
 
     async def inbox_add(
-        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
-    ) -> int | None: ...
+        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None, *,
+        lane: str | None = None,
+    ) -> int | None: ...  # fmt: skip
     async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None: ...
     async def inbox_pending(
         self, channel: str | None = None, *, statuses: tuple[str, ...] = ("received",), limit: int = 100
     ) -> list[InboxItem]: ...
+    async def inbox_next(self, lane: str) -> InboxItem | None: ...
+    async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]: ...
+    async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None: ...
+    async def take_lease(self, name: str, owner: str, seconds: float) -> bool: ...
+    async def renew_leases(self, owner: str, seconds: float) -> set[str]: ...
+    async def release_lease(self, name: str, owner: str) -> None: ...
+    async def clear_leases(self) -> None: ...
+    async def drop_stale_leases(self) -> int: ...
     async def conversation_for_key(self, channel: str, key: str) -> str | None: ...
     async def set_conversation_address(
         self, conversation_id: str, *, channel: str, key: str | None, address: dict[str, Any]
@@ -99,6 +131,19 @@ class _Inbox(Protocol):
         self, *, email: str | None = None, external_id: str | None = None, name: str | None = None,
         verified: bool = False,
     ) -> Customer: ...  # fmt: skip
+
+
+def new_worker_id() -> str:
+    """A name for this process among the workers of one database: host, pid and a random part."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def lane_of(message: InboundMessage) -> str:
+    """The lane a message waits in: its conversation's id, or a digest of its channel and conversation key."""
+    if message.conversation_id is not None:
+        return message.conversation_id
+    key = f"{message.channel}\x00{message.key or ''}".encode()
+    return "k" + hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 def encode_message(message: InboundMessage) -> dict[str, Any]:
@@ -266,25 +311,40 @@ class Dispatcher:
         turn_ended: called with the channel's name after each turn (the reply is queued: wake its delivery).
     """
 
-    def __init__(self, engine: Engine, inbox: _Inbox, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        inbox: _Inbox,
+        *,
+        metrics: Metrics | None = None,
+        worker_id: str | None = None,
+        shared: bool = False,
+        lease_s: float = LANE_LEASE_S,
+        sweep_s: float = SWEEP_S,
+    ) -> None:
         self.engine = engine
         self.inbox = inbox
         self.metrics = metrics
+        self.worker_id = worker_id or new_worker_id()
+        self.shared = shared
+        self.lease_s = lease_s
+        self.sweep_s = sweep_s
         self.channels: dict[str, ChannelBase] = {}
         self.turn_ended: Callable[[str], None] | None = None
+        self.relay: Callable[[str, Published], None] | None = None
         self._subscribers: dict[str, set[Subscription]] = {}
         self._live: dict[str, LiveTurn] = {}
-        self._tails: dict[str, asyncio.Task[None]] = {}  # the newest turn task of each conversation or key
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes: dict[str, asyncio.Task[None]] = {}  # lane → the task running its turns on this worker
+        self._again: set[str] = set()  # lanes kicked while their runner was giving them up
+        self._held: set[str] = set()  # lanes whose lease this worker holds
         self._accepting = True
-        self._running: set[int] = set()  # inbox ids of the turns started and not finished
-        self._retries: dict[int, int] = {}  # inbox id → how often its turn failed
-        self._retry_handles: dict[int, asyncio.TimerHandle] = {}
+        self._failures: dict[int, int] = {}  # inbox id → how often its turn failed here
+        self._background: list[asyncio.Task[None]] = []
 
     @property
     def running(self) -> int:
-        """Turns running or waiting for their conversation's previous turn."""
-        return len(self._tasks)
+        """Conversations whose turns this worker is running (or about to run)."""
+        return len(self._lanes)
 
     async def submit(self, message: InboundMessage) -> Accepted:
         """Store the message durably and start its turn; returns once it is stored.
@@ -297,9 +357,11 @@ class Dispatcher:
         self.check(message)
         if not self._accepting:
             raise Unavailable("the server is shutting down; send the message again in a moment")
+        lane = lane_of(message)
         inbox_id = await self.inbox.inbox_add(
-            message.channel, message.external_id, encode_message(message), conversation_id=message.conversation_id
-        )
+            message.channel, message.external_id, encode_message(message), conversation_id=message.conversation_id,
+            lane=lane,
+        )  # fmt: skip
         if inbox_id is None:
             return Accepted(turn=0, duplicate=True)
         if message.conversation_id is not None:
@@ -308,7 +370,7 @@ class Dispatcher:
                 CustomerMessage(turn=inbox_id, channel=message.channel, external_id=message.external_id,
                                 text=message.text, images=len(message.images)),
             )  # fmt: skip
-        self._start(inbox_id, message, stored=False)
+        self.kick(lane)
         return Accepted(turn=inbox_id)
 
     def check(self, message: InboundMessage) -> None:
@@ -319,41 +381,68 @@ class Dispatcher:
         """
         check_size(message, self.engine.config.limits)
 
+    async def start(self) -> int:
+        """Run what is left unanswered (``resume``), then keep looking for lanes nobody holds (a worker that
+        died leaves its lanes when their leases expire) and keep this worker's leases alive."""
+        resumed = await self.resume()
+        self._background = [
+            asyncio.create_task(self._sweep_loop(), name="supportbot-lanes-sweep"),
+            asyncio.create_task(self._renew_loop(), name="supportbot-lanes-renew"),
+        ]
+        return resumed
+
+    async def stop_loops(self) -> None:
+        """Stop the sweep and the lease renewal that ``start`` began (``drain`` does this too)."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+
     async def resume(self, *, limit: int = 1000) -> int:
-        """Run again what a stopped server left unanswered; returns how many turns were started."""
+        """Start the lanes that have unanswered messages and no worker; returns how many were started.
+
+        With a database of its own (``shared`` false: SQLite), the leases a stopped server left are cleared
+        first. Rows stored before lanes existed are given theirs.
+        """
+        if not self.shared:
+            await self.inbox.clear_leases()
         items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=limit)
-        started = 0
+        unlaned: list[tuple[int, str]] = []
         for item in items:
-            if isinstance(item.payload, dict) and item.payload.get("type", "message") != "message":
+            if item.lane is not None or not isinstance(item.payload, dict):
+                continue
+            if item.payload.get("type", "message") != "message":
                 continue  # an operator's reply: supportbot.delivery resumes those
             message = decode_message(item)
             if message is None:
                 await self.inbox.inbox_set_status(item.id, "failed")
                 continue
-            self._start(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
-            started += 1
-        if started:
-            log.info("resumed %d unanswered message(s) left by the last run", started)
-        return started
+            unlaned.append((item.id, lane_of(message)))
+        await self.inbox.inbox_set_lanes(unlaned)
+        lanes = await self.inbox.inbox_orphan_lanes(limit=limit)
+        for lane in lanes:
+            self.kick(lane)
+        if lanes:
+            log.info("resumed %d conversation(s) with unanswered messages", len(lanes))
+        return len(lanes)
 
     async def drain(self, grace: float) -> int:
         """Take no new messages, let running turns finish for up to ``grace`` seconds, hand back the rest.
 
-        Returns how many turns were handed back to the inbox (``resume`` runs them at the next start).
+        Returns how many turns were handed back to the inbox (another worker, or this one at its next
+        start, runs them).
         """
         self._accepting = False
-        for handle in self._retry_handles.values():
-            handle.cancel()
-        self._retry_handles.clear()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
-        unfinished = list(self._tasks)
+        await self.stop_loops()
+        running = set(self._lanes.values())
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        unfinished = [task for task in self._lanes.values() if not task.done()]
         for task in unfinished:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
-            log.warning("handed %d unfinished turn(s) back to the inbox; they resume at the next start",
-                        len(unfinished))  # fmt: skip
+            log.warning("handed %d unfinished turn(s) back to the inbox", len(unfinished))
         for subscriptions in list(self._subscribers.values()):
             for subscription in list(subscriptions):
                 subscription.close()  # open streams end; their clients reconnect to the next server
@@ -377,6 +466,15 @@ class Dispatcher:
                 del self._subscribers[subscription.conversation_id]
 
     def publish(self, conversation_id: str, item: Published) -> None:
+        """Show ``item`` to the conversation's clients on this worker, and (``relay``) on the others."""
+        self.publish_here(conversation_id, item)
+        if self.relay is not None:
+            self.relay(conversation_id, item)
+
+    def publish_here(self, conversation_id: str, item: Published) -> None:
+        """Show ``item`` to the conversation's clients connected to this worker (an item from another worker)."""
+        if isinstance(item, TurnEvent):
+            self._follow(conversation_id, item, self._live.get(conversation_id))
         for subscription in self._subscribers.get(conversation_id, ()):
             subscription._queue.put_nowait(item)
 
@@ -386,34 +484,148 @@ class Dispatcher:
             self.publish(reply.conversation_id, Delivered(reply=reply))
 
     def live(self, conversation_id: str) -> LiveTurn | None:
-        """The reply streaming in this conversation now, if any."""
+        """The reply streaming in this conversation now, on any worker (as far as its events reached here)."""
         return self._live.get(conversation_id)
 
-    # -- running turns -----------------------------------------------------------------------------
+    # -- lanes -------------------------------------------------------------------------------------
 
-    def _start(
-        self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None
-    ) -> None:
-        if inbox_id in self._running:
-            return  # started already (a retry or resume finding a turn that runs): never twice at once
-        self._running.add(inbox_id)
-        # One turn at a time per conversation, in arrival order; a keyed message waits on its key's
-        # previous message (which may be creating the conversation both go to).
-        route = message.conversation_id or f"{message.channel}\x00{message.key}"
-        previous = self._tails.get(route)
-        task = asyncio.create_task(
-            self._run(inbox_id, message, stored=stored, after=previous, conversation_id=conversation_id)
-        )
-        self._tasks.add(task)
-        self._tails[route] = task
+    def kick(self, lane: str) -> None:
+        """Make sure a lane's unanswered messages are being run: by this worker, unless another holds it."""
+        if not self._accepting:
+            return
+        runner = self._lanes.get(lane)
+        if runner is not None:
+            self._again.add(lane)  # it looks for the lane's next message before it lets the lane go
+            return
+        task = asyncio.create_task(self._run_lane(lane))
+        self._lanes[lane] = task
 
         def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            self._running.discard(inbox_id)
-            if self._tails.get(route) is finished:
-                del self._tails[route]
+            if self._lanes.get(lane) is finished:
+                del self._lanes[lane]
+            again = lane in self._again
+            self._again.discard(lane)
+            if again and not finished.cancelled():
+                self.kick(lane)
 
         task.add_done_callback(done)
+
+    async def _run_lane(self, lane: str) -> None:
+        """Take the lane's lease, then run its unanswered messages oldest first until none is left."""
+        lease = LANE_LEASE_PREFIX + lane
+        try:
+            if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
+                return  # another worker runs it; it finds this message when it looks for its next one
+            self._held.add(lane)
+            while self._accepting:
+                self._again.discard(lane)
+                item = await self.inbox.inbox_next(lane)
+                if item is None:
+                    # Let go, then look once more: a message stored meanwhile by a worker that found the
+                    # lane held is seen here, or its worker takes the lane once it is free.
+                    self._held.discard(lane)
+                    await self.inbox.release_lease(lease, self.worker_id)
+                    if await self.inbox.inbox_next(lane) is None:
+                        return
+                    if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
+                        return
+                    self._held.add(lane)
+                    continue
+                if not await self._run_item(item):
+                    await self._back_off(lane, item)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The database away: the lane's lease expires, and a sweep (here or elsewhere) takes it up again.
+            log.warning("could not run the messages of lane %s; trying again shortly", lane, exc_info=True)
+        finally:
+            if lane in self._held:
+                self._held.discard(lane)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.inbox.release_lease(lease, self.worker_id))
+
+    async def _back_off(self, lane: str, item: InboxItem) -> None:
+        """A turn failed (the database away, a bug): hold the lane untouched for a while, then any worker
+        tries again; after ``len(RETRY_AFTER_S)`` failures the message is marked failed and the lane goes on."""
+        inbox_id = item.id
+        tries = self._failures.get(inbox_id, 0)
+        lease = LANE_LEASE_PREFIX + lane
+        if tries >= len(RETRY_AFTER_S):
+            self._failures.pop(inbox_id, None)
+            await self._give_up(item, tries + 1)
+            self.kick(lane)
+            return
+        self._failures[inbox_id] = tries + 1
+        log.warning("turn %d failed; trying it again in %.0f s", inbox_id, RETRY_AFTER_S[tries])
+        # The lease passes to a waiting owner nobody renews: the lane stays untouched until it expires.
+        self._held.discard(lane)
+        await self.inbox.take_lease(lease, f"{self.worker_id}/wait", RETRY_AFTER_S[tries])
+        await self.inbox.release_lease(lease, self.worker_id)
+
+    async def _give_up(self, item: InboxItem, tries: int) -> None:
+        """Mark a message whose turn keeps failing ``failed``, and open an escalation ticket so a person answers."""
+        inbox_id = item.id
+        log.error("turn %d failed %d times; marking it failed and opening a ticket for it", inbox_id, tries)
+        await self.inbox.inbox_set_status(inbox_id, "failed")
+        conversation = await self.inbox.get_conversation(item.conversation_id) if item.conversation_id else None
+        text = str(item.payload.get("text") or "") if isinstance(item.payload, dict) else ""
+        await self.engine.store.create_ticket(
+            subject="A message could not be answered",
+            description=f"The assistant failed {tries} times to answer this message (see the server log for turn "
+            f"{inbox_id}); it has not been answered:\n\n{text[:4000]}",
+            kind="escalation",
+            priority="high",
+            conversation_id=conversation.id if conversation else None,
+            customer_id=conversation.customer_id if conversation else None,
+            channel=item.channel,
+            flow=conversation.flow if conversation else None,
+            actor="dispatcher",
+        )
+
+    async def _sweep_loop(self) -> None:
+        """Every ``sweep_s``: start the lanes with unanswered messages that nobody holds."""
+        cleaned = time.monotonic()
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            try:
+                for lane in await self.inbox.inbox_orphan_lanes(limit=ORPHANS_PER_SWEEP):
+                    self.kick(lane)
+                if time.monotonic() - cleaned > 3600:
+                    cleaned = time.monotonic()
+                    await self.inbox.drop_stale_leases()
+            except Exception:
+                log.warning("could not look for unanswered messages; trying again in %.0f s", self.sweep_s,
+                            exc_info=True)  # fmt: skip
+
+    async def _renew_loop(self) -> None:
+        """Renew this worker's leases every third of their length; a lane found taken over (this worker was
+        away longer than its lease) stops its turn at once, so that no message is answered twice."""
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = await self.inbox.renew_leases(self.worker_id, self.lease_s)
+            except Exception:
+                if time.monotonic() - last > self.lease_s:
+                    log.error("could not renew this worker's leases for %.0f s; stopping its turns",
+                              time.monotonic() - last)  # fmt: skip
+                    self._lose(set(self._held))
+                else:
+                    log.warning("could not renew this worker's leases; trying again", exc_info=True)
+                continue
+            last = time.monotonic()
+            self._lose({lane for lane in self._held if LANE_LEASE_PREFIX + lane not in held})
+
+    def _lose(self, lanes: set[str]) -> None:
+        for lane in lanes:
+            log.error("lane %s was taken over by another worker; stopping its turn here", lane)
+            self._held.discard(lane)
+            runner = self._lanes.get(lane)
+            if runner is not None:
+                runner.cancel()
+
+    # -- running turns -----------------------------------------------------------------------------
 
     async def _prepared(self, inbox_id: int, message: InboundMessage) -> InboundMessage | None:
         """The channel's ``prepare`` of a message, tried a few times (it may call the channel's API);
@@ -452,18 +664,17 @@ class Dispatcher:
         await self.inbox.inbox_set_status(inbox_id, "received", conversation_id=conversation.id)
         return conversation.id
 
+    async def _run_item(self, item: InboxItem) -> bool:
+        """Run the turn of one inbox row; False when it failed and should be tried again later."""
+        message = decode_message(item)
+        if message is None:
+            await self.inbox.inbox_set_status(item.id, "failed")
+            return True
+        return await self._run(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
+
     async def _run(
-        self,
-        inbox_id: int,
-        message: InboundMessage,
-        *,
-        stored: bool,
-        after: asyncio.Task[None] | None,
-        conversation_id: str | None = None,
-    ) -> None:
-        if after is not None:
-            await asyncio.wait({after})  # arrival order within a conversation
-        live = LiveTurn(turn=inbox_id)
+        self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None
+    ) -> bool:
         metrics = self.metrics
         record = _TurnRecord(started=time.perf_counter())
         channel = self.channels.get(message.channel)
@@ -474,7 +685,7 @@ class Dispatcher:
                 prepared = await self._prepared(inbox_id, message)
                 if prepared is None:
                     await self.inbox.inbox_set_status(inbox_id, "ignored")
-                    return
+                    return True
                 message = prepared
             conversation_id = conversation_id or message.conversation_id
             if conversation_id is None:
@@ -491,7 +702,6 @@ class Dispatcher:
                     record.follow(event)
                     if first_token and metrics:
                         metrics.first_token_seconds.labels(message.channel).observe(record.elapsed())
-                    self._follow(conversation_id, live, event)
                     if isinstance(event, TurnFinished | TurnFailed):
                         _log_turn(message, conversation_id, inbox_id, event, record)
                     if metrics:
@@ -502,11 +712,13 @@ class Dispatcher:
                     if channel is not None:
                         _render(channel, info, event)
             await self.inbox.inbox_set_status(inbox_id, "done")
+            self._failures.pop(inbox_id, None)
             if self.turn_ended is not None:
                 self.turn_ended(message.channel)
+            return True
         except asyncio.CancelledError:
-            # Draining: the inbox keeps the message for the next start; the client hears why it waits.
-            # No turn line: the turn runs again at the next start and is logged then.
+            # Draining, or the lane was lost: the inbox keeps the message; the client hears why it waits.
+            # No turn line: the turn runs again (here at the next start, or on another worker) and is logged then.
             stopped = TurnFailed(
                 reason="the server stopped", fallback_text=RESTART_TEXT, ticket_id=None, message_id=None
             )
@@ -514,7 +726,7 @@ class Dispatcher:
                 self.publish(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
             raise
         except Exception as exc:
-            # Storage down or a bug: the inbox keeps the message for the next start; the client hears now.
+            # Storage down or a bug: the inbox keeps the message for another try; the client hears now.
             log.exception("turn %d of conversation %s failed", inbox_id, conversation_id)
             if metrics:
                 metrics.errors.labels(type(exc).__name__).inc()
@@ -528,49 +740,22 @@ class Dispatcher:
                 _log_turn(message, conversation_id, inbox_id, failed, record)
             if conversation_id is not None:
                 self.publish(conversation_id, TurnEvent(turn=inbox_id, event=failed))
-            self._retry_later(inbox_id)
+            return False
         finally:
             if metrics:
                 metrics.turns_in_progress.dec()
-            if conversation_id is not None and self._live.get(conversation_id) is live:
-                del self._live[conversation_id]
+            if conversation_id is not None:
+                live = self._live.get(conversation_id)
+                if live is not None and live.turn == inbox_id:
+                    del self._live[conversation_id]
 
-    def _retry_later(self, inbox_id: int) -> None:
-        """Run a failed turn again after a while (the message is still in the inbox, unanswered)."""
-        tries = self._retries.get(inbox_id, 0)
-        if tries >= len(RETRY_AFTER_S) or not self._accepting:
-            self._retries.pop(inbox_id, None)
-            log.error("turn %d failed %d times; it is left in the inbox for the next start", inbox_id, tries + 1)
-            return
-        self._retries[inbox_id] = tries + 1
-        log.warning("turn %d failed; trying it again in %.0f s", inbox_id, RETRY_AFTER_S[tries])
-        self._retry_handles[inbox_id] = asyncio.get_running_loop().call_later(
-            RETRY_AFTER_S[tries], self._spawn_retry, inbox_id
-        )
-
-    def _spawn_retry(self, inbox_id: int) -> None:
-        self._retry_handles.pop(inbox_id, None)
-        task = asyncio.create_task(self._retry(inbox_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _retry(self, inbox_id: int) -> None:
-        try:
-            items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=1000)
-        except Exception:
-            log.warning("could not read the inbox to retry turn %d", inbox_id, exc_info=True)
-            self._retry_later(inbox_id)
-            return
-        for item in items:
-            if item.id == inbox_id and (message := decode_message(item)) is not None:
-                self._start(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
-                return
-        self._retries.pop(inbox_id, None)  # answered meanwhile (another worker, a restart)
-
-    def _follow(self, conversation_id: str, live: LiveTurn, event: Event) -> None:
-        """Keep the conversation's ``LiveTurn`` up to date with the turn's events."""
+    def _follow(self, conversation_id: str, item: TurnEvent, live: LiveTurn | None) -> None:
+        """Keep the conversation's ``LiveTurn`` up to date with a turn's events (from this worker or another)."""
+        event = item.event
         if isinstance(event, TurnStarted):
-            self._live[conversation_id] = live
+            self._live[conversation_id] = LiveTurn(turn=item.turn)
+        elif live is None or live.turn != item.turn:
+            return
         elif isinstance(event, TextDelta):
             live.text += event.text
             live.seq = event.seq
@@ -578,7 +763,7 @@ class Dispatcher:
             live.tool = event.name
         elif isinstance(event, ToolCallFinished | Handoff):
             live.tool = None
-        elif isinstance(event, TurnFinished | TurnFailed) and self._live.get(conversation_id) is live:
+        elif isinstance(event, TurnFinished | TurnFailed):
             del self._live[conversation_id]
 
 

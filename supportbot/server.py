@@ -200,7 +200,8 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     app = web.Application(middlewares=[_observe], client_max_size=max_message_bytes(config.limits))
     app[RUNTIME] = runtime
     app[METRICS] = metrics or Metrics()
-    dispatcher = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS])  # type: ignore[arg-type]
+    shared = getattr(runtime.store, "dialect", "") == "postgresql"  # several workers may share it
+    dispatcher = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS], shared=shared)  # type: ignore[arg-type]
     app[DISPATCHER] = dispatcher
     hub = Hub(
         dispatcher, cast(DeliveryStore, runtime.store), give_up_after_s=config.server.delivery_give_up_after_s,

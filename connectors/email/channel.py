@@ -66,6 +66,7 @@ class EmailChannel(ChannelBase):
         """Mails the SMTP server accepted since the start (tests and the benchmark read it)."""
         self.mailbox: Mailbox | None = None
         """The IMAP reading loop, once started."""
+        self.exclusive_receiver = True  # one reader per mailbox, whichever worker it is
 
     async def start(self, intake: Intake) -> None:
         settings, limits = self.settings, self.limits
@@ -90,6 +91,7 @@ class EmailChannel(ChannelBase):
     async def stop(self) -> None:
         if self.mailbox is not None:
             await self.mailbox.stop()
+            self.mailbox = None
 
     async def deliver(self, reply: Reply) -> str:
         address = reply.address

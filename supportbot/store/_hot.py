@@ -483,11 +483,11 @@ class SQLiteHotPath:
 
     async def inbox_add(
         self, driver: Any, channel: str, external_id: str, payload: str | None, conversation_id: str | None,
-        now: datetime,
+        now: datetime, lane: str | None = None,
     ) -> int | None:  # fmt: skip
         """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
         rows = await self._run(driver, _fetch, _INSERT_INBOX,
-                               (channel, external_id, conversation_id, payload, _sqlite_time(now)))  # fmt: skip
+                               (channel, external_id, conversation_id, payload, _sqlite_time(now), lane))  # fmt: skip
         return int(rows[0][0]) if rows else None
 
     async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
@@ -500,8 +500,11 @@ class SQLiteHotPath:
         rows = await self._run(driver, _fetch, _TOKEN_CONVERSATION, (token_hash,))
         return str(rows[0][0]) if rows else None
 
-    async def outbox_attempt(self, driver: Any, outbox_id: int) -> int | None:
-        rows = await self._run(driver, _fetch, _OUTBOX_ATTEMPT, (outbox_id,))
+    async def outbox_attempt(
+        self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
+    ) -> int | None:
+        rows = await self._run(driver, _fetch, _OUTBOX_ATTEMPT,
+                               (owner, _sqlite_time(until), outbox_id, _sqlite_time(now)))  # fmt: skip
         return int(rows[0][0]) if rows else None
 
     async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
@@ -541,9 +544,17 @@ def _numbered(sql: str) -> str:
 
 
 # The channels' per-message statements, written once for both databases (SQLite's placeholders).
-_OUTBOX_ATTEMPT = "UPDATE outbox SET attempts = attempts + 1 WHERE id = ? AND status = 'pending' RETURNING attempts"
+# A pending row nobody holds (no lease, or an expired one, or a backoff that has passed): of two workers
+# racing for it, one gets it.
+_OUTBOX_ATTEMPT = (
+    "UPDATE outbox SET attempts = attempts + 1, lease_owner = ?, lease_until = ? "
+    "WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?) RETURNING attempts"
+)
 # Only a pending row can become sent: of two workers racing to mark one reply, one wins.
-_OUTBOX_SENT = "UPDATE outbox SET status = 'sent', external_id = ?, sent_at = ? WHERE id = ? AND status = 'pending'"
+_OUTBOX_SENT = (
+    "UPDATE outbox SET status = 'sent', external_id = ?, sent_at = ?, lease_owner = NULL, lease_until = NULL "
+    "WHERE id = ? AND status = 'pending'"
+)
 _SET_ADDRESS = (
     "INSERT INTO conversation_addresses (conversation_id, channel, key, address, updated_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (conversation_id) DO UPDATE SET channel = excluded.channel, key = excluded.key, "
@@ -561,8 +572,8 @@ _INSERT_CUSTOMER = (
     "INSERT INTO customers (id, email, external_id, name, verified, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_INBOX = (
-    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at) "
-    "VALUES (?, ?, ?, ?, 'received', ?) ON CONFLICT DO NOTHING RETURNING id"
+    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at, lane) "
+    "VALUES (?, ?, ?, ?, 'received', ?, ?) ON CONFLICT DO NOTHING RETURNING id"
 )
 _SET_INBOX_STATUS = "UPDATE inbox SET status = ?, conversation_id = coalesce(?, conversation_id) WHERE id = ?"
 _MARK_INBOX_STORED = "UPDATE inbox SET status = 'stored' WHERE id = ?"
@@ -694,8 +705,8 @@ _PG_ADD_QUEUEING = f"""{_PG_CONV}, added AS ({_PG_INSERT_MESSAGES}), queued AS (
 SELECT id FROM added
 """
 _PG_INSERT_INBOX = (
-    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at) "
-    "VALUES ($1, $2, $3, $4, 'received', $5) ON CONFLICT DO NOTHING RETURNING id"
+    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at, lane) "
+    "VALUES ($1, $2, $3, $4, 'received', $5, $6) ON CONFLICT DO NOTHING RETURNING id"
 )
 
 
@@ -826,10 +837,10 @@ class PostgresHotPath:
 
     async def inbox_add(
         self, driver: Any, channel: str, external_id: str, payload: str | None, conversation_id: str | None,
-        now: datetime,
+        now: datetime, lane: str | None = None,
     ) -> int | None:  # fmt: skip
         """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
-        inbox_id = await driver.fetchval(_PG_INSERT_INBOX, channel, external_id, conversation_id, payload, now)
+        inbox_id = await driver.fetchval(_PG_INSERT_INBOX, channel, external_id, conversation_id, payload, now, lane)
         return None if inbox_id is None else int(inbox_id)
 
     async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
@@ -850,8 +861,10 @@ class PostgresHotPath:
         )
         return None if found is None else str(found)
 
-    async def outbox_attempt(self, driver: Any, outbox_id: int) -> int | None:
-        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, outbox_id)
+    async def outbox_attempt(
+        self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
+    ) -> int | None:
+        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, owner, until, outbox_id, now)
         return None if attempts is None else int(attempts)
 
     async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:

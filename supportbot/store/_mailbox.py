@@ -8,6 +8,7 @@ Upserts are ``INSERT … ON CONFLICT DO UPDATE``, atomic on both databases howev
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -31,6 +32,7 @@ _INBOX_COLS = (
     _i.c.status,
     _i.c.conversation_id,
     _i.c.created_at,
+    _i.c.lane,
 )
 _OUTBOX_COLS = (
     _o.c.id,
@@ -44,6 +46,7 @@ _OUTBOX_COLS = (
     _o.c.created_at,
     _o.c.sent_at,
     _o.c.last_error,
+    _o.c.lease_until,
 )
 _OUTBOX_INSERT = _o.insert().returning(_o.c.id)
 _OUTBOX_PENDING = (
@@ -61,9 +64,12 @@ _OUTBOX_FAILED_LIST = select(*_OUTBOX_COLS).where(OUTBOX_FAILED).order_by(_o.c.i
 _OUTBOX_FAILED = (
     update(_o)
     .where(_o.c.id == bindparam("oid"), _o.c.status == "pending")
-    .values(status=bindparam("new_status"), last_error=bindparam("error"))
+    .values(
+        status=bindparam("new_status"), last_error=bindparam("error"), lease_owner=None,
+        lease_until=bindparam("retry_at"),
+    )
     .returning(_o.c.id)
-)
+)  # fmt: skip
 _STATE_VALUE = select(_s.c.value).where(_s.c.channel == bindparam("channel"), _s.c.key == bindparam("key"))
 
 ERROR_LIMIT = 1000
@@ -81,6 +87,7 @@ def _inbox_item(row: Sequence[Any]) -> InboxItem:
         status=row[4],
         conversation_id=row[5],
         created_at=row[6],
+        lane=row[7],
     )
 
 
@@ -97,6 +104,7 @@ def _outbox_item(row: Sequence[Any]) -> OutboxItem:
         created_at=row[8],
         sent_at=row[9],
         last_error=row[10],
+        lease_until=row[11],
     )
 
 
@@ -115,12 +123,17 @@ class MailboxMixin(SQLBase):
     # -- inbox -----------------------------------------------------------------------------------
 
     async def inbox_add(
-        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
-    ) -> int | None:
-        """Store an inbound message before acknowledging it; None when it is already stored (a redelivery)."""
+        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None, *,
+        lane: str | None = None,
+    ) -> int | None:  # fmt: skip
+        """Store an inbound message before acknowledging it; None when it is already stored (a redelivery).
+
+        ``lane``: the queue its turn waits in (``supportbot.dispatch.lane_of``); None for a row that is no
+        customer's message (an operator's reply), which no turn runs.
+        """
         encoded = None if payload is None else json_dumps(payload)
         async with self._driver("storing an inbound message") as driver:
-            return await self._hot.inbox_add(driver, channel, external_id, encoded, conversation_id, now())
+            return await self._hot.inbox_add(driver, channel, external_id, encoded, conversation_id, now(), lane)
 
     async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None:
         """Record what became of an inbound message (e.g. ``done``), and the conversation it went to."""
@@ -187,10 +200,15 @@ class MailboxMixin(SQLBase):
             row = (await connection.execute(_OUTBOX_BY_EXTERNAL_ID, {"channel": channel, "eid": external_id})).first()
         return None if row is None else _outbox_item(row)
 
-    async def outbox_attempt(self, outbox_id: int) -> int | None:
-        """Count an attempt before sending; the attempts so far, this one included, or None when not pending."""
+    async def outbox_attempt(self, outbox_id: int, *, owner: str = "", lease_s: float = 10.0) -> int | None:
+        """Count an attempt and lease the row to ``owner`` for ``lease_s`` before sending it.
+
+        Returns the attempts so far, this one included; None when the row is not ``owner``'s to send now:
+        it is no longer pending, another worker is sending it, or it waits out a retry's backoff.
+        """
+        at = now()
         async with self._driver(f"counting a delivery attempt of reply {outbox_id}") as driver:
-            return await self._hot.outbox_attempt(driver, outbox_id)
+            return await self._hot.outbox_attempt(driver, outbox_id, owner, at + timedelta(seconds=lease_s), at)
 
     async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
         """Mark a reply delivered, with the channel's id for it; False if it was not pending any more.
@@ -201,8 +219,12 @@ class MailboxMixin(SQLBase):
         async with self._driver(f"marking reply {outbox_id} sent") as driver:
             return await self._hot.outbox_mark_sent(driver, outbox_id, external_id, now())
 
-    async def outbox_mark_failed(self, outbox_id: int, *, error: str, give_up: bool = False) -> None:
+    async def outbox_mark_failed(
+        self, outbox_id: int, *, error: str, give_up: bool = False, retry_at: datetime | None = None
+    ) -> None:
         """Record why the last attempt failed (up to ``ERROR_LIMIT`` characters); ``give_up`` marks it ``failed``.
+
+        The row's lease ends; with ``retry_at``, no worker tries it again before then (the retry's backoff).
 
         Raises:
             StorageError: the reply does not exist or is no longer pending.
@@ -210,7 +232,8 @@ class MailboxMixin(SQLBase):
         if len(error) > ERROR_LIMIT:
             error = error[: ERROR_LIMIT - 1] + "…"
         async with self._begin(f"marking reply {outbox_id} failed") as connection:
-            values = {"oid": outbox_id, "new_status": "failed" if give_up else "pending", "error": error}
+            values = {"oid": outbox_id, "new_status": "failed" if give_up else "pending", "error": error,
+                      "retry_at": retry_at}  # fmt: skip
             found = (await connection.execute(_OUTBOX_FAILED, values)).scalar()
         if found is None:
             raise StorageError(

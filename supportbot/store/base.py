@@ -335,6 +335,7 @@ class InboxItem:
     status: str = "received"
     conversation_id: str | None = None
     created_at: datetime | None = None
+    lane: str | None = None
 
 
 OutboxStatus = Literal["pending", "sent", "failed"]
@@ -355,6 +356,8 @@ class OutboxItem:
     created_at: datetime | None = None
     sent_at: datetime | None = None
     last_error: str | None = None
+    lease_until: datetime | None = None
+    """While pending: the time before which no worker tries the row (another is sending it, or a retry waits)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -385,8 +388,9 @@ class Mailboxes(Protocol):
     """
 
     async def inbox_add(
-        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None
-    ) -> int | None: ...
+        self, channel: str, external_id: str, payload: Any, conversation_id: str | None = None, *,
+        lane: str | None = None,
+    ) -> int | None: ...  # fmt: skip
     async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None: ...
     async def inbox_pending(
         self, channel: str | None = None, *, statuses: Sequence[str] = ("received",), limit: int = 100
@@ -413,10 +417,12 @@ class Mailboxes(Protocol):
         """The row that was delivered as the channel's message ``external_id`` (e.g. a Slack message's ts)."""
         ...
 
-    async def outbox_attempt(self, outbox_id: int) -> int | None:
-        """Count an attempt before sending (so after a crash the row shows it may have been sent).
+    async def outbox_attempt(self, outbox_id: int, *, owner: str = "", lease_s: float = 10.0) -> int | None:
+        """Count an attempt before sending (so after a crash the row shows it may have been sent), and lease the
+        row to ``owner`` for ``lease_s`` seconds so no other worker sends it meanwhile.
 
-        Returns the attempts so far, this one included; None when the row is not pending any more.
+        Returns the attempts so far, this one included; None when the row is not ``owner``'s to send now (not
+        pending any more, leased to another worker, or waiting out a retry's backoff).
         """
         ...
 
@@ -424,8 +430,11 @@ class Mailboxes(Protocol):
         """Mark a reply delivered; False if it was not pending any more (another worker sent it)."""
         ...
 
-    async def outbox_mark_failed(self, outbox_id: int, *, error: str, give_up: bool = False) -> None:
-        """Record why the last attempt failed; ``give_up`` marks the row ``failed`` for good.
+    async def outbox_mark_failed(
+        self, outbox_id: int, *, error: str, give_up: bool = False, retry_at: datetime | None = None
+    ) -> None:
+        """Record why the last attempt failed and end the row's lease; ``give_up`` marks the row ``failed`` for
+        good; ``retry_at``: no worker tries it again before then.
 
         Raises:
             StorageError: the row does not exist or is no longer pending.
@@ -450,6 +459,20 @@ class Mailboxes(Protocol):
         ...
 
     async def conversation_address(self, conversation_id: str) -> ConversationAddress | None: ...
+
+    async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take the lease ``name`` for ``seconds`` if it is free, expired, or ``owner``'s; whether ``owner`` has it."""
+        ...
+
+    async def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Extend ``owner``'s lease; False when another worker took it over."""
+        ...
+
+    async def renew_leases(self, owner: str, seconds: float) -> set[str]:
+        """Extend every lease of ``owner``; the names it still holds."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None: ...
 
     async def tickets_after(self, ticket_id: int, *, limit: int = 100) -> list[Ticket]:
         """Tickets with an id above ``ticket_id``, oldest first (announcing new tickets)."""

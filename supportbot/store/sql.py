@@ -33,6 +33,7 @@ from supportbot.store._engine import make_engine, masked, parse_url
 from supportbot.store._hot import SQLiteHotPath
 from supportbot.store._hot import conversation as _conversation
 from supportbot.store._hot import customer as _customer
+from supportbot.store._leases import LeaseMixin
 from supportbot.store._locks import KeyedLocks, SharedAdvisoryLocks
 from supportbot.store._mailbox import MailboxMixin
 from supportbot.store._review import ReviewMixin
@@ -106,7 +107,7 @@ def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: da
     )  # fmt: skip
 
 
-class SQLStore(TicketMixin, MailboxMixin, TokenMixin, ReviewMixin):
+class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin):
     """Persistence on SQLite (one process) or PostgreSQL (any number of workers).
 
     Create with ``await SQLStore.open(url)`` and ``await store.close()`` when done. All methods

@@ -1,0 +1,142 @@
+"""Leases and inbox lanes, as a part of ``SQLStore``: how several workers share one database's work.
+
+A lease is a named piece of work one worker holds until it expires (``leases`` table): the lane of
+an inbox (one conversation's queue of messages), or a channel's receiver. Its holder renews it while
+it works; a worker that dies lets go when its leases expire, and another takes the work over. Taking
+one is a single ``INSERT … ON CONFLICT DO UPDATE … WHERE`` (atomic on both databases): of two workers
+racing for it, exactly one gets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import bindparam, delete, literal, or_, select, update
+
+from supportbot.store._mailbox import _INBOX_COLS, _inbox_item
+from supportbot.store._sqlbase import SQLBase, now
+from supportbot.store.base import InboxItem
+from supportbot.store.models import inbox as _i
+from supportbot.store.models import leases as _l
+from supportbot.store.models import outbox as _o
+
+__all__ = ["LANE_LEASE_PREFIX", "LeaseMixin"]
+
+LANE_LEASE_PREFIX = "lane:"
+"""The lease of an inbox lane is named ``lane:<lane>``."""
+UNANSWERED = ("received", "stored")
+"""Inbox statuses of a message whose turn has not finished."""
+STALE_LEASE = timedelta(hours=1)
+"""An expired lease is deleted this long after it expired (its work is done, or was taken over)."""
+
+_RENEW = (
+    update(_l)
+    .where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
+    .values(expires_at=bindparam("until"))
+    .returning(_l.c.name)
+)
+_RENEW_ALL = (
+    update(_l).where(_l.c.owner == bindparam("holder")).values(expires_at=bindparam("until")).returning(_l.c.name)
+)
+# The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``), renewed with the rest.
+_RENEW_SENDS = (
+    update(_o)
+    .where(_o.c.lease_owner == bindparam("holder"), _o.c.status == "pending")
+    .values(lease_until=bindparam("until"))
+)
+_FREE_SENDS = (
+    update(_o).where(_o.c.status == "pending", _o.c.lease_until.is_not(None)).values(lease_owner=None, lease_until=None)
+)
+_RELEASE = delete(_l).where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
+_DROP_STALE = delete(_l).where(_l.c.expires_at < bindparam("before"))
+_NEXT = (
+    select(*_INBOX_COLS).where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED)).order_by(_i.c.id).limit(1)
+)
+_ORPHANS = (
+    select(_i.c.lane)
+    .distinct()
+    .select_from(_i.outerjoin(_l, _l.c.name == literal(LANE_LEASE_PREFIX) + _i.c.lane))
+    .where(
+        _i.c.status.in_(UNANSWERED),
+        _i.c.lane.is_not(None),
+        or_(_l.c.name.is_(None), _l.c.expires_at < bindparam("now")),
+    )
+    .limit(bindparam("n"))
+)
+_SET_LANE = update(_i).where(_i.c.id == bindparam("iid")).values(lane=bindparam("new_lane"))
+
+
+class LeaseMixin(SQLBase):
+    """Leases (``take_lease``, ``renew_leases``, ``release_lease``) and the inbox's lanes."""
+
+    async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take the lease ``name`` for ``seconds`` if nobody holds it, it expired, or ``owner`` holds it already.
+
+        Returns whether ``owner`` holds it now.
+        """
+        at = now()
+        insert = self._insert(_l).values(name=name, owner=owner, expires_at=at + timedelta(seconds=seconds))
+        upsert = insert.on_conflict_do_update(
+            index_elements=[_l.c.name],
+            set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
+            where=or_(_l.c.expires_at < at, _l.c.owner == insert.excluded.owner),
+        ).returning(_l.c.name)
+        async with self._begin(f"taking the lease {name}", write_first=True) as connection:
+            return (await connection.execute(upsert)).first() is not None
+
+    async def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Extend ``owner``'s lease ``name`` by ``seconds`` from now; False when ``owner`` no longer holds it."""
+        values = {"lease": name, "holder": owner, "until": now() + timedelta(seconds=seconds)}
+        async with self._begin(f"renewing the lease {name}", write_first=True) as connection:
+            return (await connection.execute(_RENEW, values)).first() is not None
+
+    async def renew_leases(self, owner: str, seconds: float) -> set[str]:
+        """Extend every lease ``owner`` holds, and its outbox rows being sent, by ``seconds`` from now; the names
+        of the leases it holds.
+
+        A lease missing from the answer was taken over by another worker after it expired.
+        """
+        values = {"holder": owner, "until": now() + timedelta(seconds=seconds)}
+        async with self._begin("renewing this worker's leases", write_first=True) as connection:
+            held = {str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all()}
+            await connection.execute(_RENEW_SENDS, values)
+        return held
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease back (if ``owner`` holds it), so another worker may take it at once."""
+        async with self._begin(f"releasing the lease {name}", write_first=True) as connection:
+            await connection.execute(_RELEASE, {"lease": name, "holder": owner})
+
+    async def drop_stale_leases(self) -> int:
+        """Delete leases that expired more than ``STALE_LEASE`` ago; returns how many."""
+        async with self._begin("deleting expired leases", write_first=True) as connection:
+            return (await connection.execute(_DROP_STALE, {"before": now() - STALE_LEASE})).rowcount or 0
+
+    async def clear_leases(self) -> None:
+        """Delete every lease and free every outbox row being sent or waiting out a backoff: for a server that
+        is the database's only worker (SQLite), at its start."""
+        async with self._begin("clearing leases", write_first=True) as connection:
+            await connection.execute(delete(_l))
+            await connection.execute(_FREE_SENDS)
+
+    # -- lanes -----------------------------------------------------------------------------------
+
+    async def inbox_next(self, lane: str) -> InboxItem | None:
+        """The oldest message of ``lane`` whose turn has not finished (``received`` or ``stored``), or None."""
+        async with self._begin("reading a conversation's next message") as connection:
+            row = (await connection.execute(_NEXT, {"lane": lane})).first()
+        return None if row is None else _inbox_item(row)
+
+    async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]:
+        """Lanes with unanswered messages that no worker holds (nobody took them, or their lease expired)."""
+        async with self._begin("looking for unanswered messages nobody holds") as connection:
+            rows = (await connection.execute(_ORPHANS, {"now": now(), "n": limit})).all()
+        return [str(lane) for (lane,) in rows]
+
+    async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None:
+        """Give inbox rows their lane (rows stored before lanes existed): ``(inbox id, lane)`` pairs."""
+        if not lanes:
+            return
+        async with self._begin("giving inbound messages their lane", write_first=True) as connection:
+            await connection.execute(_SET_LANE, [{"iid": iid, "new_lane": lane} for iid, lane in lanes])

@@ -1,0 +1,233 @@
+"""Several ``supportbot serve`` workers on one PostgreSQL: arrival order, takeover after kill -9, live events.
+
+Each test starts real server processes (``tests/server_process.py``) on one PostgreSQL schema of its own,
+with the fake model on 127.0.0.1 in the test's process. The first worker is started alone (it applies the
+migrations); the others join once it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from supportbot.store.sql import SQLStore
+from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply, Step
+from tests.server_process import free_port, start_server, stop_server
+
+pytestmark = pytest.mark.postgres
+
+ADMIN_TOKEN = "admin-token-for-the-workers-tests"
+
+
+def write_config(tmp_path: Path, llm: FakeLLMServer, pg_url: str) -> Path:
+    sections = {
+        "llm": {"base_url": llm.base_url, "api_key": "test-key", "model": "fake-model", "retries": {"max_retries": 0}},
+        "database": {"url": pg_url},
+        "server": {"drain_timeout_s": 0.5},
+        "admin": {"token": ADMIN_TOKEN},
+        "logging": {"level": "WARNING"},
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(sections))  # JSON is YAML
+    return path
+
+
+class Workers:
+    """The server processes of one test, and an HTTP client."""
+
+    def __init__(self, config: Path, cwd: Path, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.http = http
+        self.processes: list[subprocess.Popen[str]] = []
+        self.urls: list[str] = []
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            port = free_port()
+            self.processes.append(start_server(self.config, port, self.cwd))
+            self.urls.append(f"http://127.0.0.1:{port}")
+
+    def kill(self, index: int) -> None:
+        process = self.processes[index]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(stop_server(process) for process in self.processes))
+
+    async def open(self, worker: int) -> dict[str, Any]:
+        async with self.http.post(f"{self.urls[worker]}/api/v1/conversations", json={}) as response:
+            assert response.status == 201, await response.text()
+            opened: dict[str, Any] = await response.json()
+            return opened
+
+    async def send(self, worker: int, conversation: dict[str, Any], text: str) -> int:
+        """Send a message and return once it is stored (the SSE stream's ``ack``); the turn goes on regardless."""
+        url = f"{self.urls[worker]}/api/v1/conversations/{conversation['id']}/messages"
+        headers = {"Authorization": f"Bearer {conversation['token']}", "Accept": "text/event-stream"}
+        async with self.http.post(url, json={"text": text}, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    ack = json.loads(line[6:])
+                    assert ack["type"] == "ack", ack
+                    return int(ack["turn"])
+        raise AssertionError("the stream ended before its ack")
+
+    async def history(self, worker: int, conversation: dict[str, Any]) -> list[dict[str, Any]]:
+        url = f"{self.urls[worker]}/api/v1/conversations/{conversation['id']}/messages"
+        async with self.http.get(url, headers={"Authorization": f"Bearer {conversation['token']}"}) as response:
+            assert response.status == 200, await response.text()
+            messages: list[dict[str, Any]] = (await response.json())["messages"]
+            return messages
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer(token_delay=0.02) as server:
+        yield server
+
+
+@pytest.fixture
+async def workers(tmp_path: Path, llm: FakeLLMServer, pg_url: str) -> AsyncIterator[Workers]:
+    async with aiohttp.ClientSession() as http:
+        running = Workers(write_config(tmp_path, llm, pg_url), tmp_path, http)
+        try:
+            yield running
+        finally:
+            await running.stop()
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    return next(str(m["content"]) for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+def echo(body: dict[str, Any]) -> Step:
+    return Reply(text=f"Answer to {last_user_text(body)}.")
+
+
+async def until(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
+        await asyncio.sleep(0.05)
+
+
+async def inbox_statuses(pg_url: str) -> list[str]:
+    store = await SQLStore.open(pg_url, create=False)
+    try:
+        every = ("received", "stored", "done", "failed", "ignored")
+        return [item.status for item in await store.inbox_pending(statuses=every, limit=1000)]
+    finally:
+        await store.close()
+
+
+async def test_messages_split_across_two_workers_reach_the_model_in_arrival_order(
+    workers: Workers, llm: FakeLLMServer, pg_url: str
+) -> None:
+    llm.responder = echo
+    workers.start(2)
+    conversation = await workers.open(0)
+    for n in range(1, 11):
+        await workers.send(n % 2, conversation, f"message {n}")  # 1 to the second worker, 2 to the first, ...
+    await until(lambda: llm.request_count >= 10, 30, "ten model calls")
+    seen = [last_user_text(request.body) for request in llm.requests]
+    assert seen == [f"message {n}" for n in range(1, 11)]
+    # The transcript is in the same order: each message, then its answer.
+    expected = [("bot", conversation["greeting"])] if conversation.get("greeting") else []
+    for n in range(1, 11):
+        expected += [("customer", f"message {n}"), ("bot", f"Answer to message {n}.")]
+    for worker in (0, 1):
+        deadline = time.monotonic() + 10
+        while True:
+            texts = [(m["role"], m["text"]) for m in await workers.history(worker, conversation)]
+            if len(texts) >= len(expected) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert texts == expected
+    assert await inbox_statuses(pg_url) == ["done"] * 10
+
+
+async def test_a_worker_killed_mid_turn_leaves_the_message_to_another_which_answers_it_once(
+    workers: Workers, llm: FakeLLMServer, pg_url: str
+) -> None:
+    llm.script(Hang(3600))  # the first worker's model call never ends: it is killed while it waits
+    llm.responder = echo
+    workers.start(2)
+    conversation = await workers.open(0)
+    await workers.send(0, conversation, "where is my order?")
+    await until(lambda: llm.request_count >= 1, 10, "the first worker's model call")
+    killed_at = time.monotonic()
+    workers.kill(0)
+    await until(lambda: llm.request_count >= 2, 30, "the second worker taking the message over")
+    took_over = time.monotonic() - killed_at
+    await asyncio.sleep(1.0)  # time for a wrong second answer to show up
+    shown = await workers.history(1, conversation)
+    answers = [m for m in shown if m["role"] == "bot" and m["kind"] != "greeting"]
+    assert [m["text"] for m in answers] == ["Answer to where is my order?."]
+    assert llm.request_count == 2
+    assert await inbox_statuses(pg_url) == ["done"]
+    assert took_over < 20, f"the takeover took {took_over:.1f} s"
+
+
+async def frames_until(ws: aiohttp.ClientWebSocketResponse, done: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    """The socket's frames up to and including the first for which ``done`` is true (within 15 s)."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(15):
+        while True:
+            frame = await ws.receive_json()
+            frames.append(frame)
+            if done(frame):
+                return frames
+
+
+def shows(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame.get("type") == "message" and (frame.get("message") or {}).get("text") == text
+
+
+async def test_an_operator_reply_entered_on_one_worker_reaches_a_widget_on_another(
+    workers: Workers, llm: FakeLLMServer
+) -> None:
+    workers.start(2)
+    conversation = await workers.open(0)
+    protocols = ("supportbot.v1", f"token.{conversation['token']}")
+    async with workers.http.ws_connect(workers.urls[0].replace("http", "ws") + "/widget/ws", protocols=protocols) as ws:
+        await frames_until(ws, lambda frame: frame.get("type") == "history")
+        async with workers.http.post(
+            f"{workers.urls[1]}/api/v1/admin/conversations/{conversation['id']}/reply",
+            json={"text": "Maria here, I'll sort it out."},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Operator": "maria"},
+        ) as response:
+            assert response.status == 201, await response.text()
+        started = time.monotonic()
+        frames = await frames_until(ws, shows("Maria here, I'll sort it out."))
+        assert frames[-1]["message"]["role"] == "human"
+        assert time.monotonic() - started < 3  # a notice over the bus, not a poll
+
+
+async def test_a_turn_run_by_one_worker_streams_live_to_a_widget_on_another(
+    workers: Workers, llm: FakeLLMServer
+) -> None:
+    llm.script(Reply(text="one two three four five six seven eight"))
+    workers.start(2)
+    conversation = await workers.open(0)
+    protocols = ("supportbot.v1", f"token.{conversation['token']}")
+    async with workers.http.ws_connect(workers.urls[0].replace("http", "ws") + "/widget/ws", protocols=protocols) as ws:
+        await frames_until(ws, lambda frame: frame.get("type") == "history")
+        await workers.send(1, conversation, "count for me")  # the second worker stores it, and runs its turn
+        frames = await frames_until(ws, shows("one two three four five six seven eight"))
+    kinds = [frame["type"] for frame in frames]
+    assert "delta" in kinds, kinds  # streamed live, not only the final message
+    deltas = "".join(frame["text"] for frame in frames if frame["type"] == "delta")
+    assert deltas == "one two three four five six seven eight"

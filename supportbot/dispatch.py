@@ -12,7 +12,10 @@ then the next, whoever received them, and lets the lane go when none is left. So
 turns run one at a time in arrival order across any number of workers on one database. A worker that
 dies (kill -9) stops renewing; once its leases expire, another worker's sweep (every ``sweep_s``) finds
 the lane's unanswered messages and takes it over. A worker that finds it lost a lease (it was away
-longer than the lease) stops that turn at once, so a message is never answered by two workers.
+longer than the lease) stops that turn at once; and on PostgreSQL the engine holds the conversation's
+advisory lock through a turn (``SQLStore.lock``), which a killed worker's session gives back and a frozen
+one's does not, so a new holder waits until the old turn has ended: a message is never answered by two
+workers.
 
 Every event of a turn is published to the conversation's subscribers (open widget tabs, an SSE stream)
 on this worker and, through ``relay``, on the others; the reply being streamed is kept as a ``LiveTurn``

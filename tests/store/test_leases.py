@@ -1,0 +1,100 @@
+"""Leases and inbox lanes (``SQLStore``, SQLite and PostgreSQL): how several workers share one database's work."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from supportbot.store.sql import SQLStore
+
+
+async def test_a_lease_is_held_by_one_owner_until_it_expires_or_is_released(store: SQLStore) -> None:
+    assert await store.take_lease("lane:a", "w1", 30)
+    assert not await store.take_lease("lane:a", "w2", 30)
+    assert await store.take_lease("lane:a", "w1", 30)  # its holder takes it again: a renewal
+    assert await store.renew_lease("lane:a", "w1", 30)
+    assert not await store.renew_lease("lane:a", "w2", 30)
+    await store.release_lease("lane:a", "w2")  # not w2's: nothing happens
+    assert not await store.take_lease("lane:a", "w2", 30)
+    await store.release_lease("lane:a", "w1")
+    assert await store.take_lease("lane:a", "w2", 30)
+
+
+async def test_an_expired_lease_passes_to_another_owner_and_its_old_holder_learns_it(store: SQLStore) -> None:
+    assert await store.take_lease("lane:a", "w1", 0.05)
+    assert await store.take_lease("lane:b", "w1", 30)
+    await asyncio.sleep(0.1)
+    assert await store.take_lease("lane:a", "w2", 30)
+    assert await store.renew_leases("w1", 30) == {"lane:b"}  # lane:a is gone: w1 must stop its work
+    assert await store.renew_leases("w2", 30) == {"lane:a"}
+
+
+async def test_of_many_owners_racing_for_one_lease_exactly_one_wins(store: SQLStore) -> None:
+    won = await asyncio.gather(*(store.take_lease("receiver:email", f"w{n}", 30) for n in range(8)))
+    assert won.count(True) == 1
+
+
+async def test_a_lanes_next_message_is_its_oldest_unanswered_one(store: SQLStore) -> None:
+    first = await store.inbox_add("web", "m1", {"text": "one"}, lane="c1")
+    second = await store.inbox_add("web", "m2", {"text": "two"}, lane="c1")
+    await store.inbox_add("web", "m3", {"text": "other"}, lane="c2")
+    assert first is not None and second is not None
+    found = await store.inbox_next("c1")
+    assert found is not None and (found.id, found.lane) == (first, "c1")
+    await store.inbox_set_status(first, "stored")
+    found = await store.inbox_next("c1")
+    assert found is not None and found.id == first  # stored is unanswered still: its turn was cut off
+    await store.inbox_set_status(first, "done")
+    found = await store.inbox_next("c1")
+    assert found is not None and found.id == second
+    await store.inbox_set_status(second, "failed")
+    assert await store.inbox_next("c1") is None
+
+
+async def test_orphan_lanes_are_those_with_unanswered_messages_and_no_live_lease(store: SQLStore) -> None:
+    await store.inbox_add("web", "m1", {"text": "one"}, lane="held")
+    await store.inbox_add("web", "m2", {"text": "two"}, lane="free")
+    await store.inbox_add("web", "m3", {"text": "three"}, lane="expired")
+    done = await store.inbox_add("web", "m4", {"text": "four"}, lane="answered")
+    assert done is not None
+    await store.inbox_set_status(done, "done")
+    await store.inbox_add("slack", "op1", {"type": "operator", "text": "hi"})  # no lane: no turn runs it
+    assert await store.take_lease("lane:held", "w1", 30)
+    assert await store.take_lease("lane:expired", "w1", 0.01)
+    await asyncio.sleep(0.05)
+    assert sorted(await store.inbox_orphan_lanes()) == ["expired", "free"]
+
+
+async def test_an_outbox_row_is_sent_by_one_worker_and_a_backoff_holds_for_all(store: SQLStore) -> None:
+    row = await store.outbox_add("web", {"kind": "answer", "text": "hi"})
+    assert await store.outbox_attempt(row, owner="w1", lease_s=30) == 1
+    assert await store.outbox_attempt(row, owner="w2", lease_s=30) is None  # w1 is sending it
+    assert {o.id for o in await store.outbox_pending("web")} == {row}
+    [pending] = await store.outbox_pending("web")
+    assert pending.lease_until is not None and pending.lease_until > datetime.now(UTC)
+    await store.outbox_mark_failed(row, error="503", retry_at=datetime.now(UTC) + timedelta(seconds=30))
+    assert await store.outbox_attempt(row, owner="w2", lease_s=30) is None  # waiting out w1's backoff
+    await store.outbox_mark_failed(row, error="503", retry_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert await store.outbox_attempt(row, owner="w2", lease_s=30) == 2
+    assert await store.outbox_mark_sent(row, "x1")
+    assert await store.outbox_attempt(row, owner="w1", lease_s=30) is None  # sent: nobody's to send
+
+
+async def test_a_dead_workers_send_lease_expires_and_a_live_ones_is_renewed(store: SQLStore) -> None:
+    dead = await store.outbox_add("web", {"kind": "answer", "text": "one"})
+    live = await store.outbox_add("web", {"kind": "answer", "text": "two"})
+    assert await store.outbox_attempt(dead, owner="w1", lease_s=0.05) == 1
+    assert await store.outbox_attempt(live, owner="w2", lease_s=0.05) == 1
+    await store.renew_leases("w2", 30)
+    await asyncio.sleep(0.1)
+    assert await store.outbox_attempt(dead, owner="w3", lease_s=30) == 2  # w1 stopped renewing: w3 sends it
+    assert await store.outbox_attempt(live, owner="w3", lease_s=30) is None
+
+
+async def test_clearing_leases_frees_every_lane_and_send_for_a_lone_server_at_start(store: SQLStore) -> None:
+    row = await store.outbox_add("web", {"kind": "answer", "text": "hi"})
+    assert await store.outbox_attempt(row, owner="old", lease_s=300) == 1
+    assert await store.take_lease("lane:c1", "old", 300)
+    await store.clear_leases()
+    assert await store.take_lease("lane:c1", "new", 30)
+    assert await store.outbox_attempt(row, owner="new", lease_s=30) == 2

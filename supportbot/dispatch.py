@@ -6,16 +6,17 @@ channel and external id) and returns only then, so the channel may acknowledge i
 redelivered message is recognised and not answered twice.
 
 **Lanes.** Every message waits in its conversation's *lane* (``lane_of``: the conversation's id, or a
-digest of its channel and conversation key). One worker at a time runs a lane, holding its lease
-(``leases`` table, renewed every third of ``lease_s``): it runs the lane's oldest unanswered message,
-then the next, whoever received them, and lets the lane go when none is left. So a conversation's
-turns run one at a time in arrival order across any number of workers on one database. A worker that
-dies (kill -9) stops renewing; once its leases expire, another worker's sweep (every ``sweep_s``) finds
-the lane's unanswered messages and takes it over. A worker that finds it lost a lease (it was away
-longer than the lease) stops that turn at once; and on PostgreSQL the engine holds the conversation's
-advisory lock through a turn (``SQLStore.lock``), which a killed worker's session gives back and a frozen
-one's does not, so a new holder waits until the old turn has ended: a message is never answered by two
-workers.
+digest of its channel and conversation key), and its turn runs after the lane's older messages, one at a
+time. With a database of its own (SQLite) the worker keeps that order by itself. On a database several
+workers share (``shared``: PostgreSQL) one worker at a time runs a lane, holding its lease (``leases``
+table, renewed every third of ``lease_s``): it runs the lane's oldest unanswered message, then the next,
+whoever received them, and lets the lane go when none is left. So a conversation's turns run one at a
+time in arrival order across any number of workers. A worker that dies (kill -9) stops renewing; once its
+leases expire, another worker's sweep (every ``sweep_s``) finds the lane's unanswered messages and takes
+it over. A worker that finds it lost a lease (it was away longer than the lease) stops that turn at once;
+and the engine holds the conversation's advisory lock through a turn (``SQLStore.lock``), which a killed
+worker's session gives back and a frozen one's does not, so a new holder waits until the old turn has
+ended: a message is never answered by two workers.
 
 Every event of a turn is published to the conversation's subscribers (open widget tabs, an SSE stream)
 on this worker and, through ``relay``, on the others; the reply being streamed is kept as a ``LiveTurn``
@@ -45,6 +46,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -118,6 +120,7 @@ class _Inbox(Protocol):
         self, channel: str | None = None, *, statuses: tuple[str, ...] = ("received",), limit: int = 100
     ) -> list[InboxItem]: ...
     async def inbox_next(self, lane: str) -> InboxItem | None: ...
+    async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]: ...
     async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]: ...
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None: ...
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool: ...
@@ -340,6 +343,8 @@ class Dispatcher:
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane → the task running its turns on this worker
         self._again: set[str] = set()  # lanes kicked while their runner was giving them up
         self._held: set[str] = set()  # lanes whose lease this worker holds
+        self._resting: dict[str, asyncio.TimerHandle] = {}  # the only worker: lanes resting after a failed turn
+        self._queues: dict[str, deque[InboxItem]] = {}  # the only worker: each lane's unanswered messages
         self._accepting = True
         self._failures: dict[int, int] = {}  # inbox id → how often its turn failed here
         self._background: list[asyncio.Task[None]] = []
@@ -361,12 +366,17 @@ class Dispatcher:
         if not self._accepting:
             raise Unavailable("the server is shutting down; send the message again in a moment")
         lane = lane_of(message)
+        payload = encode_message(message)
         inbox_id = await self.inbox.inbox_add(
-            message.channel, message.external_id, encode_message(message), conversation_id=message.conversation_id,
-            lane=lane,
-        )  # fmt: skip
+            message.channel, message.external_id, payload, conversation_id=message.conversation_id, lane=lane
+        )
         if inbox_id is None:
             return Accepted(turn=0, duplicate=True)
+        if not self.shared:
+            self._queues.setdefault(lane, deque()).append(InboxItem(
+                id=inbox_id, channel=message.channel, external_id=message.external_id, payload=payload,
+                conversation_id=message.conversation_id, lane=lane,
+            ))  # fmt: skip
         if message.conversation_id is not None:
             self.publish(
                 message.conversation_id,
@@ -388,14 +398,19 @@ class Dispatcher:
         """Run what is left unanswered (``resume``), then keep looking for lanes nobody holds (a worker that
         died leaves its lanes when their leases expire) and keep this worker's leases alive."""
         resumed = await self.resume()
-        self._background = [
-            asyncio.create_task(self._sweep_loop(), name="supportbot-lanes-sweep"),
-            asyncio.create_task(self._renew_loop(), name="supportbot-lanes-renew"),
-        ]
+        if self.shared:
+            self._background = [
+                asyncio.create_task(self._sweep_loop(), name="supportbot-lanes-sweep"),
+                asyncio.create_task(self._renew_loop(), name="supportbot-lanes-renew"),
+            ]
         return resumed
 
     async def stop_loops(self) -> None:
-        """Stop the sweep and the lease renewal that ``start`` began (``drain`` does this too)."""
+        """Stop the sweep and the lease renewal that ``start`` began, and the rests of failed lanes (``drain``
+        does this too)."""
+        for handle in self._resting.values():
+            handle.cancel()
+        self._resting.clear()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -424,6 +439,8 @@ class Dispatcher:
         await self.inbox.inbox_set_lanes(unlaned)
         lanes = await self.inbox.inbox_orphan_lanes(limit=limit)
         for lane in lanes:
+            if not self.shared:
+                await self._reload(lane)
             self.kick(lane)
         if lanes:
             log.info("resumed %d conversation(s) with unanswered messages", len(lanes))
@@ -494,7 +511,7 @@ class Dispatcher:
 
     def kick(self, lane: str) -> None:
         """Make sure a lane's unanswered messages are being run: by this worker, unless another holds it."""
-        if not self._accepting:
+        if not self._accepting or lane in self._resting:
             return
         runner = self._lanes.get(lane)
         if runner is not None:
@@ -513,16 +530,65 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
+    def _rest(self, lane: str, seconds: float) -> None:
+        """The only worker: run none of the lane's messages for ``seconds``, then read them again and go on."""
+        if self._accepting and lane not in self._resting:
+            self._resting[lane] = asyncio.get_running_loop().call_later(seconds, self._wake_up, lane)
+
+    def _wake_up(self, lane: str) -> None:
+        """A lane's rest after a failed turn is over: read its messages again from the database, and run them."""
+        self._resting.pop(lane, None)
+
+        async def reload() -> None:
+            try:
+                await self._reload(lane)
+            except Exception:
+                log.warning("could not read the messages of lane %s; resting it again", lane, exc_info=True)
+                self._rest(lane, RETRY_AFTER_S[0])
+                return
+            self.kick(lane)
+
+        task = asyncio.create_task(reload())
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
+
+    async def _next(self, lane: str) -> InboxItem | None:
+        """The lane's oldest unanswered message: from the database when workers share it, else from memory."""
+        if self.shared:
+            return await self.inbox.inbox_next(lane)
+        queue = self._queues.get(lane)
+        return queue[0] if queue else None
+
+    def _forget(self, lane: str, item: InboxItem) -> None:
+        """The turn of ``item`` is over: take it off the lane's queue in memory (the only worker)."""
+        queue = self._queues.get(lane)
+        if queue and queue[0].id == item.id:
+            queue.popleft()
+        if not queue:
+            self._queues.pop(lane, None)
+
+    async def _reload(self, lane: str) -> None:
+        """Read the lane's unanswered messages from the database into its queue (the only worker: at start,
+        and after a failed turn, whose row may have moved on, e.g. to ``stored``); messages queued meanwhile
+        are kept."""
+        rows = await self.inbox.inbox_lane(lane)
+        merged = {item.id: item for item in self._queues.get(lane, ())}
+        merged.update((item.id, item) for item in rows)
+        self._queues[lane] = deque(merged[key] for key in sorted(merged))
+
     async def _run_lane(self, lane: str) -> None:
         """Take the lane's lease, then run its unanswered messages oldest first until none is left."""
         lease = LANE_LEASE_PREFIX + lane
         try:
-            if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
-                return  # another worker runs it; it finds this message when it looks for its next one
-            self._held.add(lane)
+            if self.shared:
+                if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
+                    return  # another worker runs it; it finds this message when it looks for its next one
+                self._held.add(lane)
             while self._accepting:
                 self._again.discard(lane)
-                item = await self.inbox.inbox_next(lane)
+                item = await self._next(lane)
+                if item is None and not self.shared:
+                    return  # the only worker: a message stored meanwhile kicked the lane again (``_again``)
                 if item is None:
                     # Let go, then look once more: a message stored meanwhile by a worker that found the
                     # lane held is seen here, or its worker takes the lane once it is free.
@@ -537,11 +603,14 @@ class Dispatcher:
                 if not await self._run_item(item):
                     await self._back_off(lane, item)
                     return
+                self._forget(lane, item)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The database away: the lane's lease expires, and a sweep (here or elsewhere) takes it up again.
             log.warning("could not run the messages of lane %s; trying again shortly", lane, exc_info=True)
+            if not self.shared:
+                self._rest(lane, RETRY_AFTER_S[0])
         finally:
             if lane in self._held:
                 self._held.discard(lane)
@@ -557,10 +626,14 @@ class Dispatcher:
         if tries >= len(RETRY_AFTER_S):
             self._failures.pop(inbox_id, None)
             await self._give_up(item, tries + 1)
+            self._forget(lane, item)
             self.kick(lane)
             return
         self._failures[inbox_id] = tries + 1
         log.warning("turn %d failed; trying it again in %.0f s", inbox_id, RETRY_AFTER_S[tries])
+        if not self.shared:
+            self._rest(lane, RETRY_AFTER_S[tries])
+            return
         # The lease passes to a waiting owner nobody renews: the lane stays untouched until it expires.
         self._held.discard(lane)
         await self.inbox.take_lease(lease, f"{self.worker_id}/wait", RETRY_AFTER_S[tries])

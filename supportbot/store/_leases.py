@@ -50,8 +50,11 @@ _FREE_SENDS = (
 )
 _RELEASE = delete(_l).where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
 _DROP_STALE = delete(_l).where(_l.c.expires_at < bindparam("before"))
-_NEXT = (
-    select(*_INBOX_COLS).where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED)).order_by(_i.c.id).limit(1)
+_LANE = (
+    select(*_INBOX_COLS)
+    .where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED))
+    .order_by(_i.c.id)
+    .limit(bindparam("n"))
 )
 _ORPHANS = (
     select(_i.c.lane)
@@ -124,9 +127,14 @@ class LeaseMixin(SQLBase):
 
     async def inbox_next(self, lane: str) -> InboxItem | None:
         """The oldest message of ``lane`` whose turn has not finished (``received`` or ``stored``), or None."""
-        async with self._begin("reading a conversation's next message") as connection:
-            row = (await connection.execute(_NEXT, {"lane": lane})).first()
-        return None if row is None else _inbox_item(row)
+        found = await self.inbox_lane(lane, limit=1)
+        return found[0] if found else None
+
+    async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]:
+        """The messages of ``lane`` whose turns have not finished, oldest first."""
+        async with self._begin("reading a conversation's unanswered messages") as connection:
+            rows = (await connection.execute(_LANE, {"lane": lane, "n": limit})).all()
+        return [_inbox_item(row) for row in rows]
 
     async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]:
         """Lanes with unanswered messages that no worker holds (nobody took them, or their lease expired)."""

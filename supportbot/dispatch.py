@@ -338,6 +338,9 @@ class Dispatcher:
         self.channels: dict[str, ChannelBase] = {}
         self.turn_ended: Callable[[str], None] | None = None
         self.relay: Callable[[str, Published], None] | None = None
+        """Carries what this worker publishes to the other workers (``supportbot.relay``)."""
+        self.watching: Callable[[str], None] | None = None
+        """Told when a client of this worker begins watching a conversation nobody here watched."""
         self._subscribers: dict[str, set[Subscription]] = {}
         self._live: dict[str, LiveTurn] = {}
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane → the task running its turns on this worker
@@ -472,8 +475,15 @@ class Dispatcher:
 
     def subscribe(self, conversation_id: str) -> Subscription:
         subscription = Subscription(conversation_id, self)
-        self._subscribers.setdefault(conversation_id, set()).add(subscription)
+        subscribers = self._subscribers.setdefault(conversation_id, set())
+        subscribers.add(subscription)
+        if len(subscribers) == 1 and self.watching is not None:
+            self.watching(conversation_id)
         return subscription
+
+    def watched(self) -> list[str]:
+        """The conversations a client of this worker watches now."""
+        return list(self._subscribers)
 
     def subscribers(self, conversation_id: str) -> int:
         return len(self._subscribers.get(conversation_id, ()))
@@ -491,10 +501,12 @@ class Dispatcher:
         if self.relay is not None:
             self.relay(conversation_id, item)
 
-    def publish_here(self, conversation_id: str, item: Published) -> None:
-        """Show ``item`` to the conversation's clients connected to this worker (an item from another worker)."""
-        if isinstance(item, TurnEvent):
-            self._follow(conversation_id, item, self._live.get(conversation_id))
+    def publish_here(self, conversation_id: str, item: Published, *, remote: bool = False) -> None:
+        """Show ``item`` to the conversation's clients connected to this worker; ``remote``: it comes from another
+        worker (its live reply is followed only while a client here watches the conversation)."""
+        live = self._live.get(conversation_id)
+        if isinstance(item, TurnEvent) and (not remote or live is not None or conversation_id in self._subscribers):
+            self._follow(conversation_id, item, live)
         for subscription in self._subscribers.get(conversation_id, ()):
             subscription._queue.put_nowait(item)
 

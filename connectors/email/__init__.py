@@ -37,8 +37,11 @@ def setup(app: web.Application, settings: EmailSettings) -> EmailChannel:
     async def put(key: str, value: str) -> None:
         await mailboxes.set_channel_state(ChannelState(channel=CHANNEL, key=key, value=value))
 
+    # With several workers, the per-sender cap's count is changed by one worker at a time.
+    hold = getattr(runtime.store, "hold_lease", None) if getattr(runtime.store, "dialect", "") == "postgresql" else None
     company = runtime.config.company.get("name") if isinstance(runtime.config.company, dict) else None
-    return EmailChannel(settings, Keeper(get, put), company=str(company or ""), limits=runtime.config.limits)
+    keeper = Keeper(get, put, hold=hold)
+    return EmailChannel(settings, keeper, company=str(company or ""), limits=runtime.config.limits)
 
 
 CONNECTOR = Connector(name="email", settings=EmailSettings, setup=setup)

@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = ["Keeper", "Thread"]
 
 Get = Callable[[str], Awaitable[str | None]]
 Set = Callable[[str, str], Awaitable[None]]
+Hold = Callable[[str], AbstractAsyncContextManager[None]]
+"""Holds a name against other workers for a read-modify-write (``SQLStore.hold_lease``; none: one worker)."""
 
 _HOUR_S = 3600.0
 
@@ -51,9 +54,10 @@ class Thread:
 class Keeper:
     """Reads and writes the values above through ``get``/``set`` (the store's channel state)."""
 
-    def __init__(self, get: Get, set: Set) -> None:
+    def __init__(self, get: Get, set: Set, *, hold: Hold | None = None) -> None:
         self._get = get
         self._set = set
+        self._hold = hold
         self._sent_lock = asyncio.Lock()
         self._install: str | None = None
 
@@ -122,7 +126,8 @@ class Keeper:
         local, _, domain = address.lower().partition("@")
         person = f"{local.partition('+')[0]}@{domain}"  # robot+1@, robot+2@ … are one sender
         key = "sent:" + hashlib.sha256(person.encode()).hexdigest()[:40]
-        async with self._sent_lock:  # deliveries to several conversations run at once
+        # Deliveries to several conversations run at once, here and on other workers.
+        async with self._sent_lock, self._hold(key) if self._hold is not None else nullcontext():
             found = await self._json(key)
             sent: dict[str, float] = {}
             if isinstance(found, Mapping):

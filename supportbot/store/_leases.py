@@ -9,11 +9,16 @@ racing for it, exactly one gets it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from sqlalchemy import bindparam, delete, literal, or_, select, update
 
+from supportbot.errors import StorageError
 from supportbot.store._mailbox import _INBOX_COLS, _inbox_item
 from supportbot.store._sqlbase import SQLBase, now
 from supportbot.store.base import InboxItem
@@ -122,6 +127,28 @@ class LeaseMixin(SQLBase):
         async with self._begin("clearing leases", write_first=True) as connection:
             await connection.execute(delete(_l))
             await connection.execute(_FREE_SENDS)
+
+    @asynccontextmanager
+    async def hold_lease(self, name: str, *, seconds: float = 10.0, within: float = 10.0) -> AsyncIterator[None]:
+        """Hold ``name`` for a short piece of work no two workers may do at once (a read-modify-write of a
+        shared value): wait for it (up to ``within`` seconds), do the work, give it back. A holder that
+        dies lets go after ``seconds``.
+
+        Raises:
+            StorageError: it was not free within ``within`` seconds.
+        """
+        owner = f"hold:{secrets.token_hex(8)}"
+        deadline = time.monotonic() + within
+        pause = 0.01
+        while not await self.take_lease(name, owner, seconds):
+            if time.monotonic() > deadline:
+                raise StorageError(f"{name} stayed held by another worker for {within:.0f} s; try again")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        try:
+            yield
+        finally:
+            await self.release_lease(name, owner)
 
     # -- lanes -----------------------------------------------------------------------------------
 

@@ -98,3 +98,19 @@ async def test_clearing_leases_frees_every_lane_and_send_for_a_lone_server_at_st
     await store.clear_leases()
     assert await store.take_lease("lane:c1", "new", 30)
     assert await store.outbox_attempt(row, owner="new", lease_s=30) == 2
+
+
+async def test_a_held_name_lets_one_holder_at_a_time_do_its_work(store: SQLStore) -> None:
+    inside = peak = 0
+
+    async def work() -> None:
+        nonlocal inside, peak
+        async with store.hold_lease("sent:ana"):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(work() for _ in range(8)))
+    assert peak == 1
+    assert await store.take_lease("sent:ana", "someone", 30)  # given back after each holder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -185,3 +186,26 @@ async def test_the_cap_counts_plus_addresses_as_one_sender(smtp_sink: SmtpSink) 
         await channel.deliver(reply(n, address={**THREAD, "to": f"robot+{n}@robots.example"}))
     with pytest.raises(DeliveryError):
         await channel.deliver(reply(4, address={**THREAD, "to": "Robot+4@robots.example"}))
+
+
+@pytest.mark.postgres
+async def test_the_cap_holds_when_several_workers_reply_to_one_sender_at_once(pg_url: str) -> None:
+    from supportbot.store.base import ChannelState
+    from supportbot.store.sql import SQLStore
+
+    store = await SQLStore.open(pg_url)
+    try:
+
+        async def get(key: str) -> str | None:
+            return await store.channel_state("email", key)
+
+        async def put(key: str, value: str) -> None:
+            await store.set_channel_state(ChannelState(channel="email", key=key, value=value))
+
+        workers = [Keeper(get, put, hold=store.hold_lease) for _ in range(3)]  # each its own in-process lock
+        admitted = await asyncio.gather(*(
+            workers[n % 3].reserve_reply("ana@example.com", outbox_id=n, cap=4) for n in range(12)
+        ))  # fmt: skip
+    finally:
+        await store.close()
+    assert admitted.count(True) == 4

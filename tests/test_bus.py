@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -91,13 +92,21 @@ async def test_a_thousand_events_arrive_in_order_in_few_notices(buses: Callable[
     a, b = await buses(), await buses()
     at_b = Inbox(b)
     notices: list[str] = []
+    all_seen = asyncio.Event()
+
+    def count(*args: Any) -> None:
+        notices.append(args[3])
+        if sum(len(json.loads(notice)["e"]) for notice in notices) == 1000:
+            all_seen.set()
+
     counter = await asyncpg.connect(_dsn(url))
-    await counter.add_listener(a.channel, lambda *args: notices.append(args[3]))
+    await counter.add_listener(a.channel, count)
     try:
         for n in range(1000):
             await a.publish("t", {"n": n, "conversation_id": f"c{n % 7}"})
         received = await at_b.wait_for(1000)
-        await a.flush()
+        async with asyncio.timeout(5):
+            await all_seen.wait()
     finally:
         await counter.close()
     assert [item["n"] for item in received] == list(range(1000))

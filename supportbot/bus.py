@@ -96,6 +96,9 @@ class Bus(Protocol):
             TypeError, ValueError: ``data`` is not JSON-able (a programming error).
         """
 
+    def publish_nowait(self, topic: str, data: dict[str, Any]) -> None:
+        """``publish`` from code that cannot wait (it only queues): in order with the other calls."""
+
     def on(self, topic: str, handler: Handler) -> None:
         """Call ``handler`` with the data of each event of ``topic`` from another worker, in arrival order."""
 
@@ -276,6 +279,9 @@ class LocalBus(_Handlers):
     async def publish(self, topic: str, data: dict[str, Any]) -> None:
         """No other worker: nothing to do."""
 
+    def publish_nowait(self, topic: str, data: dict[str, Any]) -> None:
+        """No other worker: nothing to do."""
+
 
 class _Throttle:
     """Lets a repeated warning through at most once per ``every`` seconds."""
@@ -425,6 +431,10 @@ class PostgresBus(_Handlers):
         Raises:
             TypeError, ValueError: ``data`` is not JSON-able (a programming error).
         """
+        self.publish_nowait(topic, data)
+
+    def publish_nowait(self, topic: str, data: dict[str, Any]) -> None:
+        """``publish`` without the ``await`` (it never waits): for callers that cannot, such as the dispatcher."""
         entry = _encode_entry(topic, data)
         if self._closed:
             log.debug("bus: closed; event %r not sent", topic)

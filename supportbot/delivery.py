@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
@@ -50,7 +50,7 @@ log = logging.getLogger("supportbot.delivery")
 POLL_S = 1.0
 """How often a worker looks for rows queued by another process (the CLI, another worker) when nothing tells it
 (SQLite); on PostgreSQL a notice over the bus wakes it, and it looks every ``BUS_POLL_S`` in case one was missed."""
-BUS_POLL_S = 10.0
+BUS_POLL_S = 5.0
 SEND_LEASE_S = 10.0
 """How long a worker holds an outbox row while it sends it unless renewed (the dispatcher renews a worker's
 leases, these included): if the worker dies, another sends the row after this."""
@@ -330,7 +330,9 @@ class Hub:
         self.metrics = metrics
         self.channels: dict[str, ChannelBase] = {}
         self.workers: dict[str, DeliveryWorker] = {}
-        self.operators = Operators(store, queued=self.wake)
+        self.operators = Operators(store, queued=self._queued)
+        self.announce_queued: Callable[[str], None] | None = None
+        """Tells the other workers a reply was queued here for a channel (``supportbot.relay``)."""
         self._feeds: list[asyncio.Task[None]] = []
         self._applying: set[int] = set()  # operators' replies being stored now (inbox ids)
         self.resumed = 0
@@ -348,6 +350,11 @@ class Hub:
             channel, self.store, give_up_after_s=self.give_up_after_s, metrics=self.metrics,
             owner=self.dispatcher.worker_id,
         )  # fmt: skip
+
+    def _queued(self, channel: str) -> None:
+        self.wake(channel)
+        if self.announce_queued is not None:
+            self.announce_queued(channel)
 
     def wake(self, channel: str) -> None:
         worker = self.workers.get(channel)

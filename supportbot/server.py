@@ -24,12 +24,14 @@ from typing import Any, cast
 from aiohttp import web
 
 from supportbot import admin
+from supportbot.bus import open_bus
 from supportbot.channels import ChannelBase, Connector
 from supportbot.config import CONNECTOR_GROUP, Config
-from supportbot.delivery import DeliveryStore, Hub
+from supportbot.delivery import BUS_POLL_S, DeliveryStore, Hub
 from supportbot.dispatch import Dispatcher
 from supportbot.errors import ConfigError
 from supportbot.metrics import CONTENT_TYPE, Metrics
+from supportbot.relay import Relay
 from supportbot.reload import Outcome, Reloader
 from supportbot.runtime import NO_MODEL, Runtime, open_runtime
 from supportbot.webapp import (
@@ -226,11 +228,25 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
         log.debug("connector %s enabled", connector.name)
     admin.setup(app)
 
+    # Events between the workers of one database (PostgreSQL LISTEN/NOTIFY; nothing to do on SQLite).
+    bus = open_bus(config.database.url, worker_id=dispatcher.worker_id)
+    relay = Relay(dispatcher, bus, wake=hub.wake, channels=hub.workers)
+    hub.announce_queued = relay.queued
+    if shared:
+        for worker in hub.workers.values():
+            worker.poll_s = BUS_POLL_S  # a notice wakes it; the poll is for one that was missed
+
     async def start_delivery(app: web.Application) -> None:
+        await bus.start()
+        relay.attach()
         await hub.start()
 
     async def stop_delivery(app: web.Application) -> None:
-        await hub.stop()
+        try:
+            await hub.stop()
+        finally:
+            await relay.close()
+            await bus.close()
 
     app.on_startup.append(start_delivery)
     app.on_cleanup.append(stop_delivery)

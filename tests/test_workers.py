@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply, Step
-from tests.server_process import free_port, start_server, stop_server
+from tests.server_process import REPO, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.postgres
 
@@ -61,7 +62,7 @@ class Workers:
     def kill(self, index: int) -> None:
         process = self.processes[index]
         os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
+        process.communicate(timeout=10)  # reads and closes its stderr pipe
 
     async def stop(self) -> None:
         await asyncio.gather(*(stop_server(process) for process in self.processes))
@@ -231,3 +232,34 @@ async def test_a_turn_run_by_one_worker_streams_live_to_a_widget_on_another(
     assert "delta" in kinds, kinds  # streamed live, not only the final message
     deltas = "".join(frame["text"] for frame in frames if frame["type"] == "delta")
     assert deltas == "one two three four five six seven eight"
+
+
+async def test_a_reply_from_the_command_line_reaches_a_widget_at_once(
+    workers: Workers, llm: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm.script(Reply(text="Let me get a person.", tool_calls=[("handoff_to_human", {"reason": "asked for one"})]))
+    workers.start(2)
+    conversation = await workers.open(0)
+    await workers.send(1, conversation, "a person please")
+    store = await SQLStore.open(json.loads(workers.config.read_text())["database"]["url"], create=False)
+    try:
+        deadline = time.monotonic() + 15
+        while not (tickets := await store.list_tickets(conversation_id=conversation["id"])):
+            assert time.monotonic() < deadline, "no ticket"
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+    protocols = ("supportbot.v1", f"token.{conversation['token']}")
+    async with workers.http.ws_connect(workers.urls[1].replace("http", "ws") + "/widget/ws", protocols=protocols) as ws:
+        await frames_until(ws, lambda frame: frame.get("type") == "history")
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "supportbot", "tickets", "reply", "-c", str(workers.config),
+            str(tickets[0].id), "Olga here: your parcel is on its way.",
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await cli.communicate()
+        assert cli.returncode == 0, stderr.decode()
+        stored = time.monotonic()
+        await frames_until(ws, shows("Olga here: your parcel is on its way."))
+        assert time.monotonic() - stored < 1  # woken by the command's notice, not found by the 5 s poll

@@ -98,13 +98,19 @@ async def open_store(config: Config, *, existing: bool) -> SQLStore:
 @asynccontextmanager
 async def open_operators(config_path: str | None, *, existing: bool = True) -> AsyncIterator[Operators]:
     """The operators' view of the configured database; ``existing``: refuse a SQLite file that is not there."""
+    from supportbot.bus import notify_once
     from supportbot.operators import Operators, OperatorStore
 
-    store = await open_store(command_config(config_path), existing=existing)
+    config = command_config(config_path)
+    store = await open_store(config, existing=existing)
+    queued: list[str] = []
     try:
-        yield Operators(cast(OperatorStore, store))
+        yield Operators(cast(OperatorStore, store), queued=queued.append)
     finally:
         await store.close()
+    for channel in dict.fromkeys(queued):
+        # Wake the running workers' delivery at once (PostgreSQL; a SQLite server finds it within a second).
+        await notify_once(config.database.url, "outbox", {"channel": channel})
 
 
 def new_database_file(config: Config) -> Path | None:

@@ -1,7 +1,8 @@
 """``supportbot tickets list|show|reply|note|close|reopen|solve|handback|export``.
 
-A reply stored here reaches a customer's open widget through the running server's relay within a
-second (the server polls for operators' replies), or at the widget's next reconnect.
+A reply stored here is queued in the outbox, and the running server delivers it: on PostgreSQL at once
+(the command sends a NOTIFY its workers listen for), on SQLite within a second (the server looks for
+queued replies every second).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -89,6 +90,8 @@ def _serve_fake(queue: Any, stop: Any, low_s: float, high_s: float, error_rate: 
     async def main() -> None:
         fake = SlowFake(low_s, high_s, error_rate)
         await fake.start()
+        # A killed worker drops its requests to the model: expected here, not worth a traceback each.
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         queue.put(fake.base_url)
         await asyncio.to_thread(stop.wait, lifetime)
         queue.put((fake.request_count, fake.failed))

@@ -377,6 +377,8 @@ class Checked:
     answered_once: int = 0
     duplicates: int = 0
     lost: int = 0
+    stored_twice: int = 0
+    answered_twice: int = 0
     outbox_duplicates: int = 0
     inbox: dict[str, int] = field(default_factory=dict)
 
@@ -397,6 +399,7 @@ async def check(pg_url: str, schema: str, acked: dict[str, list[str]]) -> Checke
                 result.lost += 1
                 continue
             result.duplicates += len(at) - 1
+            result.stored_twice += len(at) - 1
             answers = 0
             for role, _ in history[at[0] + 1 :]:
                 if role == "user":
@@ -406,6 +409,7 @@ async def check(pg_url: str, schema: str, acked: dict[str, list[str]]) -> Checke
                 result.lost += 1
             else:
                 result.duplicates += answers - 1
+                result.answered_twice += answers - 1
                 result.answered_once += answers == 1 and len(at) == 1
     twice = await _pg(pg_url, "SELECT count(*) - 1 AS extra FROM outbox WHERE message_id IS NOT NULL "
                               "GROUP BY message_id HAVING count(*) > 1", schema)  # fmt: skip
@@ -498,8 +502,9 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
                  f"inbox {dict(sorted(c.inbox.items()))}"]  # fmt: skip
         if s.killed is not None:
             notes.append(f"killed worker pid {s.killed}")
-        if c.outbox_duplicates:
-            notes.append(f"outbox rows twice for one message: {c.outbox_duplicates}")
+        if c.duplicates:
+            notes.append(f"duplicates: customer message stored again {c.stored_twice}, answered again "
+                         f"{c.answered_twice}, outbox row again {c.outbox_duplicates}")  # fmt: skip
         if s.errors:
             notes.append("client errors " + ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())))
         out.append(f"{r.workers} worker(s): " + "; ".join(notes))

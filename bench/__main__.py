@@ -1,12 +1,12 @@
-"""``python -m bench {engine,widget,email} [options]``: run a benchmark and print its figures."""
+"""``python -m bench {engine,widget,email,workers} [options]``: run a benchmark and print its figures."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import email, engine, widget
+from bench import email, engine, widget, workers
 
-BENCHMARKS = {"engine": engine.main, "widget": widget.main, "email": email.main}
+BENCHMARKS = {"engine": engine.main, "widget": widget.main, "email": email.main, "workers": workers.main}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -270,6 +271,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     notice: Callable[[str], None] | None = None,
     reload: bool = False,
+    reuse_port: bool = False,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set), then drain and close.
 
@@ -282,13 +284,16 @@ async def serve(
         ready: called with the base URL once the server accepts connections.
         notice: called after ``ready`` with each line the operator should see (``NOTICES``).
         reload: also reload whenever a flow file, a tools module or the config file changes.
+        reuse_port: bind with ``SO_REUSEPORT``, sharing the port with the other workers of
+            ``serve --workers N`` (``supportbot.supervisor``); responses then name this worker's pid
+            in ``X-Supportbot-Worker``.
     """
     # SIGHUP's default is to end the process: from now on it never does.
     early: list[int] = []
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: early.append(signum))
     try:
         await _serve(config, host=host, port=port, demo=demo, ready=ready, stop=stop, notice=notice, reload=reload,
-                     early_sighup=early)  # fmt: skip
+                     reuse_port=reuse_port, early_sighup=early)  # fmt: skip
     finally:
         # Until here asyncio's handler, a harmless one in the end (``_serve``); removing it sets the default.
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
@@ -305,6 +310,7 @@ async def _serve(
     stop: asyncio.Event | None,
     notice: Callable[[str], None] | None,
     reload: bool,
+    reuse_port: bool,
     early_sighup: list[int],
 ) -> None:
     runtime = await open_runtime(config, demo=demo)
@@ -323,13 +329,15 @@ async def _serve(
                 "an edit reloads the flows and tools, a bad one is refused and logged"
                 + ("; the built-in example flows are not watched" if reloader.flows_dir is None else "")
             )
+        if reuse_port:
+            app.on_response_prepare.append(_name_worker)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
             host = host or config.server.host
             port = config.server.port if port is None else port
             try:
-                await web.TCPSite(runner, host, port).start()
+                await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {host}:{port}: {exc.strerror}; choose another port (--port or server.port)"
@@ -364,6 +372,11 @@ async def _serve(
             await runner.cleanup()
     finally:
         await runtime.aclose()
+
+
+async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
+    """Which of the workers sharing the port answered (for load balancer checks and tests)."""
+    response.headers["X-Supportbot-Worker"] = str(os.getpid())
 
 
 def _base_url(runner: web.AppRunner) -> str:

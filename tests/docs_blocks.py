@@ -29,7 +29,15 @@ from supportbot.tools.orders import OrderSource
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_DIR = ROOT / "docs"
-GUIDES = ("writing-flows.md", "writing-tools.md", "order-sources.md", "deploying.md", "operating.md", "security.md")
+GUIDES = (
+    "writing-flows.md",
+    "writing-tools.md",
+    "order-sources.md",
+    "deploying.md",
+    "operating.md",
+    "security.md",
+    "workers.md",
+)
 """The guides this module's tests own (docs/testing.md is tested with the test runner)."""
 
 ENV_VALUE = "doc-test-value-0123456789abcdefghijklmnopqrstuv"

@@ -304,12 +304,22 @@ def test_proxy_configs(block: Block) -> None:
     server = ServerSettings()
     upstream = f"{server.host}:{server.port}"
     if block.lang == "caddy":
-        assert f"reverse_proxy {upstream}" in text and "flush_interval -1" in text
+        # One server, or several (docs/workers.md): every address is supportbot's port.
+        (targets,) = re.findall(r"reverse_proxy ([^{\n]+)\{", text)
+        assert targets.split() == [upstream] or all(t.endswith(f":{server.port}") for t in targets.split())
+        assert "flush_interval -1" in text
         assert re.search(r"respond /metrics 40\d", text) and "/api/v1/admin/*" in text
         return
     size = re.search(r"client_max_body_size (\d+)m;", text)
     assert size is not None and int(size.group(1)) * 1024 * 1024 >= max_message_bytes(LimitSettings())
-    assert all(target == f"http://{upstream}" for target in re.findall(r"proxy_pass (\S+);", text))
+    # Several servers (docs/workers.md) are an upstream group of supportbot's port.
+    groups = {
+        m.group(1): m.group(2) for m in re.finditer(r"^upstream (\S+) \{(.*?)\n\}", text, re.DOTALL | re.MULTILINE)
+    }
+    for members in groups.values():
+        assert all(p == str(server.port) for p in re.findall(r"^\s*server \S+:(\d+)", members, re.MULTILINE))
+    allowed = {f"http://{upstream}"} | {f"http://{name}" for name in groups}
+    assert all(target in allowed for target in re.findall(r"proxy_pass (\S+);", text))
     assert "X-Forwarded-For $proxy_add_x_forwarded_for" not in text  # a client's own header must not pass
     locations = nginx_locations(text)
     for name, body in locations.items():

@@ -113,6 +113,10 @@ async def _supervise(
         )
     for warning in () if demo else config.warnings:
         echo(f"warning: {warning}", fg="yellow", err=True)
+    # The schema is created (a new database) or checked here, once, not raced by N workers starting at once.
+    from supportbot.store.sql import SQLStore
+
+    await (await SQLStore.open(config.database.url)).close()
     host = host or config.server.host
     port = config.server.port if port is None else port
     try:

@@ -126,6 +126,7 @@ class _Inbox(Protocol):
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool: ...
     async def renew_leases(self, owner: str, seconds: float) -> set[str]: ...
     async def release_lease(self, name: str, owner: str) -> None: ...
+    async def pass_lease(self, name: str, owner: str, to: str, seconds: float) -> bool: ...
     async def clear_leases(self) -> None: ...
     async def drop_stale_leases(self) -> int: ...
     async def conversation_for_key(self, channel: str, key: str) -> str | None: ...
@@ -345,7 +346,8 @@ class Dispatcher:
         self._live: dict[str, LiveTurn] = {}
         self._lanes: dict[str, asyncio.Task[None]] = {}  # lane → the task running its turns on this worker
         self._again: set[str] = set()  # lanes kicked while their runner was giving them up
-        self._held: set[str] = set()  # lanes whose lease this worker holds
+        self._held: dict[str, int] = {}  # lanes whose lease this worker holds → when it took it (a count)
+        self._takes = 0
         self._resting: dict[str, asyncio.TimerHandle] = {}  # the only worker: lanes resting after a failed turn
         self._queues: dict[str, deque[InboxItem]] = {}  # the only worker: each lane's unanswered messages
         self._accepting = True
@@ -591,11 +593,12 @@ class Dispatcher:
     async def _run_lane(self, lane: str) -> None:
         """Take the lane's lease, then run its unanswered messages oldest first until none is left."""
         lease = LANE_LEASE_PREFIX + lane
+        took = False
         try:
             if self.shared:
-                if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
+                if not await self._take(lane):
                     return  # another worker runs it; it finds this message when it looks for its next one
-                self._held.add(lane)
+                took = True
             while self._accepting:
                 self._again.discard(lane)
                 item = await self._next(lane)
@@ -604,13 +607,14 @@ class Dispatcher:
                 if item is None:
                     # Let go, then look once more: a message stored meanwhile by a worker that found the
                     # lane held is seen here, or its worker takes the lane once it is free.
-                    self._held.discard(lane)
+                    self._held.pop(lane, None)
+                    took = False
                     await self.inbox.release_lease(lease, self.worker_id)
                     if await self.inbox.inbox_next(lane) is None:
                         return
-                    if not await self.inbox.take_lease(lease, self.worker_id, self.lease_s):
+                    if not await self._take(lane):
                         return
-                    self._held.add(lane)
+                    took = True
                     continue
                 if not await self._run_item(item):
                     await self._back_off(lane, item)
@@ -624,10 +628,18 @@ class Dispatcher:
             if not self.shared:
                 self._rest(lane, RETRY_AFTER_S[0])
         finally:
-            if lane in self._held:
-                self._held.discard(lane)
+            self._held.pop(lane, None)
+            if took:  # given back only if still this worker's (a lease taken over is the other's now)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.inbox.release_lease(lease, self.worker_id))
+
+    async def _take(self, lane: str) -> bool:
+        """Take the lane's lease; remember when, so that a renewal that began before cannot count it lost."""
+        if not await self.inbox.take_lease(LANE_LEASE_PREFIX + lane, self.worker_id, self.lease_s):
+            return False
+        self._takes += 1
+        self._held[lane] = self._takes
+        return True
 
     async def _back_off(self, lane: str, item: InboxItem) -> None:
         """A turn failed (the database away, a bug): hold the lane untouched for a while, then any worker
@@ -647,9 +659,8 @@ class Dispatcher:
             self._rest(lane, RETRY_AFTER_S[tries])
             return
         # The lease passes to a waiting owner nobody renews: the lane stays untouched until it expires.
-        self._held.discard(lane)
-        await self.inbox.take_lease(lease, f"{self.worker_id}/wait", RETRY_AFTER_S[tries])
-        await self.inbox.release_lease(lease, self.worker_id)
+        self._held.pop(lane, None)
+        await self.inbox.pass_lease(lease, self.worker_id, f"{self.worker_id}/wait", RETRY_AFTER_S[tries])
 
     async def _give_up(self, item: InboxItem, tries: int) -> None:
         """Mark a message whose turn keeps failing ``failed``, and open an escalation ticket so a person answers."""
@@ -692,23 +703,28 @@ class Dispatcher:
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.lease_s / 3)
+            before = dict(self._held)
             try:
                 held = await self.inbox.renew_leases(self.worker_id, self.lease_s)
             except Exception:
                 if time.monotonic() - last > self.lease_s:
                     log.error("could not renew this worker's leases for %.0f s; stopping its turns",
                               time.monotonic() - last)  # fmt: skip
-                    self._lose(set(self._held))
+                    self._lose(before)
                 else:
                     log.warning("could not renew this worker's leases; trying again", exc_info=True)
                 continue
             last = time.monotonic()
-            self._lose({lane for lane in self._held if LANE_LEASE_PREFIX + lane not in held})
+            self._lose({lane: take for lane, take in before.items() if LANE_LEASE_PREFIX + lane not in held})
 
-    def _lose(self, lanes: set[str]) -> None:
-        for lane in lanes:
+    def _lose(self, lanes: dict[str, int]) -> None:
+        """Stop the turns of lanes whose lease was lost (each as taken then: a lane let go and taken again since
+        is another take, and is kept)."""
+        for lane, take in lanes.items():
+            if self._held.get(lane) != take:
+                continue
             log.error("lane %s was taken over by another worker; stopping its turn here", lane)
-            self._held.discard(lane)
+            del self._held[lane]
             runner = self._lanes.get(lane)
             if runner is not None:
                 runner.cancel()

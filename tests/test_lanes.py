@@ -13,6 +13,7 @@ import pytest
 from supportbot.channels import InboundMessage
 from supportbot.config import Config, DatabaseSettings, LLMSettings, RetrySettings
 from supportbot.dispatch import Dispatcher, TurnEvent
+from supportbot.errors import StorageError
 from supportbot.events import TurnFailed
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
@@ -140,3 +141,30 @@ async def test_a_worker_that_lost_its_lane_stops_the_turn_so_it_never_runs_twice
     assert failed and failed[-1].reason == "the server stopped"
     [item] = await store.inbox_pending(statuses=("received", "stored"))
     assert item.conversation_id == conversation_id  # still unanswered: the lane's holder answers it
+
+
+async def test_a_turn_that_failed_rests_its_lane_then_another_sweep_runs_it(
+    two: tuple[Dispatcher, Dispatcher], fake: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = two
+    monkeypatch.setattr("supportbot.dispatch.RETRY_AFTER_S", (0.5, 0.5))
+    fake.responder = echo
+    conversation_id = await open_conversation(a)
+    original = a.engine.store.begin_turn
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StorageError("the database is away for a moment")
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(a.engine.store, "begin_turn", flaky)
+    monkeypatch.setattr(b.engine.store, "begin_turn", flaky)
+    failed_at = time.monotonic()
+    await a.submit(message(conversation_id, "hello"))
+    await until(lambda: fake.request_count == 1, 10, "the turn being tried again")
+    assert time.monotonic() - failed_at >= 0.5  # the lane rested first
+    await until(lambda: a.running == 0 and b.running == 0, 10, "the turn finishing")
+    assert await answers(a, conversation_id) == ["Answer to hello."]

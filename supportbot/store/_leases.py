@@ -53,6 +53,12 @@ _RENEW_SENDS = (
 _FREE_SENDS = (
     update(_o).where(_o.c.status == "pending", _o.c.lease_until.is_not(None)).values(lease_owner=None, lease_until=None)
 )
+_PASS = (
+    update(_l)
+    .where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
+    .values(owner=bindparam("new_owner"), expires_at=bindparam("until"))
+    .returning(_l.c.name)
+)
 _RELEASE = delete(_l).where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
 _DROP_STALE = delete(_l).where(_l.c.expires_at < bindparam("before"))
 _LANE = (
@@ -110,6 +116,13 @@ class LeaseMixin(SQLBase):
             held = {str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all()}
             await connection.execute(_RENEW_SENDS, values)
         return held
+
+    async def pass_lease(self, name: str, owner: str, to: str, seconds: float) -> bool:
+        """Hand ``owner``'s lease to ``to`` for ``seconds`` from now (one statement: nobody can take it between);
+        False when ``owner`` did not hold it."""
+        values = {"lease": name, "holder": owner, "new_owner": to, "until": now() + timedelta(seconds=seconds)}
+        async with self._begin(f"passing the lease {name}", write_first=True) as connection:
+            return (await connection.execute(_PASS, values)).first() is not None
 
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease back (if ``owner`` holds it), so another worker may take it at once."""

@@ -114,3 +114,13 @@ async def test_a_held_name_lets_one_holder_at_a_time_do_its_work(store: SQLStore
     await asyncio.gather(*(work() for _ in range(8)))
     assert peak == 1
     assert await store.take_lease("sent:ana", "someone", 30)  # given back after each holder
+
+
+async def test_a_lease_passed_to_a_waiting_owner_is_nobodys_until_it_expires(store: SQLStore) -> None:
+    assert await store.take_lease("lane:c1", "w1", 30)
+    assert await store.pass_lease("lane:c1", "w1", "w1/wait", 0.05)
+    assert not await store.pass_lease("lane:c1", "w1", "w1/wait", 30)  # w1 holds it no more
+    assert await store.renew_leases("w1", 30) == set()  # not renewed with w1's own
+    assert not await store.take_lease("lane:c1", "w2", 30)
+    await asyncio.sleep(0.1)
+    assert await store.take_lease("lane:c1", "w2", 30)

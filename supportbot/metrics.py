@@ -6,10 +6,15 @@ Each ``Metrics`` has its own registry, so several servers (tests) in one process
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from supportbot.events import Event, ToolCallFinished, TurnFailed, TurnFinished
+from supportbot.llm.breaker import STATE_VALUES, ModelStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -65,6 +70,10 @@ class Metrics:
             ["route"], buckets=_FAST_BUCKETS, registry=r,
         )  # fmt: skip
 
+    def watch_model(self, stats: Callable[[], ModelStats]) -> None:
+        """Show the model guard's numbers (``supportbot.llm.breaker.GuardedLLM.stats``), read at each scrape."""
+        self.registry.register(_ModelCollector(stats))
+
     def turn_event(self, channel: str, event: Event) -> None:
         """Count what an engine event tells: a finished or failed turn, its usage and cost, a tool call."""
         if isinstance(event, ToolCallFinished):
@@ -82,3 +91,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ModelCollector(Collector):
+    """The circuit breaker's state, the calls in flight and queued, fast failures and busy refusals."""
+
+    def __init__(self, stats: Callable[[], ModelStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        state = GaugeMetricFamily(
+            "supportbot_llm_circuit_state", "The model endpoint's circuit breaker: 0 closed, 1 open, 2 half-open",
+            labels=["endpoint"],
+        )  # fmt: skip
+        state.add_metric([s.endpoint], STATE_VALUES[s.state])
+        yield state
+        yield GaugeMetricFamily("supportbot_llm_calls_in_flight", "Model calls streaming now", value=s.in_flight)
+        yield GaugeMetricFamily(
+            "supportbot_llm_calls_queued", "Model calls waiting for a slot (llm.resilience.max_concurrent_calls)",
+            value=s.queued,
+        )  # fmt: skip
+        fast = CounterMetricFamily(
+            "supportbot_llm_fast_failures", "Model calls failed at once, unsent, while the circuit breaker was open",
+            labels=["endpoint"],
+        )  # fmt: skip
+        fast.add_metric([s.endpoint], s.fast_failures)
+        yield fast
+        yield CounterMetricFamily(
+            "supportbot_busy_refusals", "Customer messages refused unstored (HTTP 429): the model call queue was full",
+            value=s.busy_refusals,
+        )  # fmt: skip

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from supportbot.errors import ConnectorError, MessageTooLarge, StorageError, SupportbotError
+from supportbot.errors import Busy, ConnectorError, MessageTooLarge, StorageError, Unavailable
 from supportbot.events import Event
 from supportbot.messages import ImagePart
 from supportbot.operators import OperatorError
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Accepted",
+    "Busy",
     "Channel",
     "ChannelBase",
     "Connector",
@@ -181,10 +182,6 @@ class TurnInfo:
     turn: int
     conversation_id: str
     message: InboundMessage
-
-
-class Unavailable(SupportbotError):
-    """The server is shutting down and takes no new messages; the channel should ask the client to retry."""
 
 
 class DeliveryError(ConnectorError):

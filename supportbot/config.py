@@ -94,6 +94,39 @@ class TimeoutSettings(_Section):
     total_s: float = Field(300.0, gt=0, description="Seconds for the whole request, the answer included.")
 
 
+class ResilienceSettings(_Section):
+    """How one worker contains a model outage: a circuit breaker on the endpoint and a cap on concurrent calls.
+
+    A failed call is one that still failed after ``retries``: a connection error, a timeout, an HTTP 5xx
+    or 429, or a broken stream; a 4xx caused by the request itself does not count.
+    """
+
+    failure_threshold: int = Field(
+        5,
+        ge=1,
+        description="Failed model calls in a row that open the circuit breaker: calls then fail at once, no "
+        "request is sent, and customers get the fallback reply and one escalation ticket per conversation.",
+    )
+    open_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the breaker stays open; then one probe call is let through: success closes it, "
+        "failure opens it again.",
+    )
+    max_concurrent_calls: int = Field(
+        64, ge=1, description="Model calls one worker runs at once; more wait their turn in arrival order."
+    )
+    max_queued_calls: int = Field(
+        256,
+        ge=0,
+        description="Model calls that may wait for a free slot; while this many wait, new customer messages are "
+        "refused unstored (HTTP 429 with Retry-After; Slack and email send them again later).",
+    )
+    busy_retry_after_s: int = Field(
+        5, ge=1, description="The Retry-After, in seconds, of a message refused because the queue is full."
+    )
+
+
 class LLMSettings(_Section):
     """The model: any OpenAI-compatible chat-completions endpoint (Google's own ``.../v1beta/openai``, OpenAI,
     vLLM, Ollama, LiteLLM...) and the default sampling settings; a flow's ``model`` section overrides them.
@@ -145,6 +178,9 @@ class LLMSettings(_Section):
         RetrySettings(), description="Retries of failed requests (connection errors, timeouts, 408/409/429/5xx)."
     )
     timeouts: TimeoutSettings = Field(TimeoutSettings(), description="How long a request may take, in seconds.")
+    resilience: ResilienceSettings = Field(
+        ResilienceSettings(), description="The circuit breaker on the endpoint and the cap on concurrent model calls."
+    )
     extra_headers: dict[str, str] = Field(
         {},
         description="HTTP headers added to every request.",
@@ -468,7 +504,8 @@ class AdminSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """What a customer may send: a message over these limits is refused (HTTP 413), never stored."""
+    """What a customer may send: a message over these limits is refused (HTTP 413), never stored; and what
+    model calls may cost per day, per customer and in all (over a cap, conversations go to a person)."""
 
     max_message_chars: int = Field(8000, ge=1, description="The longest customer message, in characters.")
     max_image_bytes: int = Field(5_000_000, ge=1, description="The largest image a customer may send, in bytes.")
@@ -479,6 +516,23 @@ class LimitSettings(_Section):
         description=(
             "Tickets the bot's create_ticket may open per customer in 24 hours (all their conversations together; "
             "per conversation for an unverified customer); more are refused, however many run at once."
+        ),
+    )
+    max_cost_usd_per_customer_per_day: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "US dollars of model calls one customer may cost per UTC day (all their conversations together); "
+            "over it the bot hands the conversation to a person. null or 0: no cap (each flow's "
+            "limits.max_cost_usd still caps a conversation)."
+        ),
+    )
+    max_cost_usd_per_day: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "US dollars of model calls all customers together may cost per UTC day; over it every conversation "
+            "is handed to a person until midnight UTC. null or 0: no cap."
         ),
     )
 
@@ -550,7 +604,8 @@ class Config(_Section):
     )
     admin: AdminSettings = Field(AdminSettings(), description="The /admin page and the admin API.")
     limits: LimitSettings = Field(
-        LimitSettings(), description="What a customer may send; a message over them is refused, never stored."
+        LimitSettings(),
+        description="What a customer may send (a message over them is refused, never stored) and daily cost caps.",
     )
     logging: LoggingSettings = Field(LoggingSettings(), description="Log level and format.")
     source: Path | None = Field(None, description="Set by the loader, never read from the file.")

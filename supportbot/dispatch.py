@@ -66,6 +66,7 @@ from supportbot.events import (
     TurnFinished,
     TurnStarted,
 )
+from supportbot.llm.breaker import GuardedLLM
 from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
 from supportbot.store._leases import LANE_LEASE_PREFIX
@@ -392,12 +393,16 @@ class Dispatcher:
         return Accepted(turn=inbox_id)
 
     def check(self, message: InboundMessage) -> None:
-        """Refuse a message over the engine's ``limits`` before anything is stored (``check_size``).
+        """Refuse a message before anything is stored: over the engine's ``limits`` (``check_size``), or while
+        the model calls waiting on this worker fill ``llm.resilience.max_queued_calls``.
 
         Raises:
             MessageTooLarge: naming the limit.
+            Busy: the queue of model calls is full; the channel answers 429 with ``Retry-After``.
         """
         check_size(message, self.engine.config.limits)
+        if isinstance(self.engine.llm, GuardedLLM):
+            self.engine.llm.check_capacity()
 
     async def start(self) -> int:
         """Run what is left unanswered (``resume``), then keep looking for lanes nobody holds (a worker that

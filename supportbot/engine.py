@@ -44,6 +44,7 @@ from supportbot.llm.base import LLM, Completion, LLMRequest, TextChunk
 from supportbot.messages import ChatMessage, ImagePart, ToolCall, Usage
 from supportbot.pricing import cost_usd
 from supportbot.store.base import Conversation, Customer, NewMessage, Outgoing, Store, StoredMessage
+from supportbot.store.spending import SpendingStore
 from supportbot.tools import ToolContext, ToolRegistry, ToolResult
 from supportbot.tools.orders import OrderSource
 
@@ -197,6 +198,7 @@ class Engine:
         self.orders = orders
         self.clock = clock
         self._snapshot = Snapshot(flows=flows, tools=tools, loaded_at=clock())
+        self._spending = store if isinstance(store, SpendingStore) else None  # for the daily cost caps
 
     @property
     def snapshot(self) -> Snapshot:
@@ -359,6 +361,11 @@ class Engine:
                 yield event
             return
         for round_ in range(limits.max_tool_rounds + 1):
+            capped = await self._over_daily_cap(turn)
+            if capped is not None:
+                async for event in self._escalate_to_human(turn, capped):
+                    yield event
+                return
             started = time.perf_counter()
             request = self._request(turn)
             completion: Completion | None = None
@@ -403,6 +410,7 @@ class Engine:
             message = completion.message
             usage = completion.usage + wasted
             cost = cost_usd(usage, self.config.llm.pricing)
+            await self._add_spending(turn, cost)
             turn.usage += usage
             turn.cost += cost
             record = NewMessage(
@@ -675,6 +683,31 @@ class Engine:
         yield Handoff(target="human", reason=reason, ticket_id=ticket)
         yield TextDelta(text=text, seq=turn.seq)
         yield TurnFinished(text=text, message_id=saved[-1].id)
+
+    async def _over_daily_cap(self, turn: _Turn) -> str | None:
+        """Why no model call may be made now: a daily cost cap in ``limits`` is reached; None when none is.
+
+        Checked before each call and added to after it, so calls already running when a cap is reached
+        still count: spending may pass a cap by what those cost.
+        """
+        limits = self.config.limits
+        per_customer, everyone = limits.max_cost_usd_per_customer_per_day, limits.max_cost_usd_per_day
+        if not (per_customer or everyone) or self._spending is None:
+            return None
+        spent = await self._spending.spending(turn.customer.id, day=self.clock().astimezone(UTC).date())
+        if everyone and spent.everyone >= everyone:
+            return f"today's model cost reached limits.max_cost_usd_per_day (${everyone:.2f})"
+        if per_customer and spent.customer >= per_customer:
+            limit = f"limits.max_cost_usd_per_customer_per_day (${per_customer:.2f})"
+            return f"the customer's model cost today reached {limit}"
+        return None
+
+    async def _add_spending(self, turn: _Turn, cost: float) -> None:
+        """Count a model call's cost towards the daily caps; recorded only while a cap is set."""
+        limits = self.config.limits
+        capped = limits.max_cost_usd_per_customer_per_day or limits.max_cost_usd_per_day
+        if cost and capped and self._spending is not None:
+            await self._spending.add_spending(turn.customer.id, cost, day=self.clock().astimezone(UTC).date())
 
     async def _escalation_ticket(self, turn: _Turn, reason: str) -> int:
         """The conversation's open escalation ticket, or a new one: an outage makes one ticket, not one per message."""

@@ -8,9 +8,12 @@
     │   ├── LLMHTTPError       a non-2xx answer, or an error object inside a 200 stream
     │   ├── LLMTimeout         connect, first byte or between-chunk timeout
     │   ├── LLMConnectionError the connection could not be made or broke
-    │   └── LLMProtocolError   the answer does not follow the chat-completions wire format
+    │   ├── LLMProtocolError   the answer does not follow the chat-completions wire format
+    │   └── LLMCircuitOpen     the endpoint failed repeatedly; calls fail at once until a probe succeeds
     ├── StorageError           the database is unreachable or refused a write
     ├── ConnectorError         a channel (Slack, email, widget) failed
+    ├── Unavailable            the server takes no new messages now; the sender should send again later
+    │   └── Busy               too many model calls are waiting; the sender should retry after ``retry_after``
     └── MessageTooLarge        the sender must send less: a message over ``limits``, refused unstored
 
 ``ToolRetry`` is not an error of supportbot: a tool raises it to tell the model what to do
@@ -73,12 +76,46 @@ class LLMProtocolError(LLMError):
     """The provider's answer is not valid chat-completions output (bad SSE, bad JSON, stream cut short)."""
 
 
+class LLMCircuitOpen(LLMError):
+    """The endpoint failed ``llm.resilience.failure_threshold`` times in a row: no request was sent.
+
+    The circuit breaker (``supportbot.llm.breaker``) lets one probe through after ``open_s``
+    seconds; the engine answers with its fallback meanwhile.
+
+    Attributes:
+        retry_after: seconds until the breaker lets a probe through.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StorageError(SupportbotError):
     """The database could not be reached or refused an operation."""
 
 
 class ConnectorError(SupportbotError):
     """A channel connector failed to receive or deliver a message."""
+
+
+class Unavailable(SupportbotError):
+    """The server is shutting down and takes no new messages; the channel should ask the client to retry."""
+
+
+class Busy(Unavailable):
+    """This worker has ``llm.resilience.max_queued_calls`` model calls waiting; the message was refused unstored.
+
+    Channels answer with HTTP 429 and ``Retry-After`` (Slack gets a non-2xx and sends the event
+    again; a mail stays unread and is read again).
+
+    Attributes:
+        retry_after: seconds the sender should wait before sending again.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MessageTooLarge(SupportbotError):

@@ -6,10 +6,15 @@ Each ``Metrics`` has its own registry, so several servers (tests) in one process
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from supportbot.events import Event, ToolCallFinished, TurnFailed, TurnFinished
+from supportbot.llm.breaker import STATE_VALUES, ModelStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -64,6 +69,12 @@ class Metrics:
             "supportbot_http_request_duration_seconds", "HTTP request handling time (a stream: until it ends)",
             ["route"], buckets=_FAST_BUCKETS, registry=r,
         )  # fmt: skip
+        self._model = _ModelCollector()
+        r.register(self._model)
+
+    def watch_model(self, stats: Callable[[], ModelStats]) -> None:
+        """Show the model guard's numbers (``supportbot.llm.breaker.GuardedLLM.stats``), read at each scrape."""
+        self._model.stats = stats
 
     def turn_event(self, channel: str, event: Event) -> None:
         """Count what an engine event tells: a finished or failed turn, its usage and cost, a tool call."""
@@ -82,3 +93,38 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ModelCollector(Collector):
+    """The circuit breaker's state, the calls in flight and queued, fast failures and busy refusals.
+
+    Read from ``stats`` at each scrape; the families are there, without samples, until a model is watched.
+    """
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], ModelStats] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats() if self.stats is not None else None
+        state = GaugeMetricFamily(
+            "supportbot_llm_circuit_state", "The model endpoint's circuit breaker: 0 closed, 1 open, 2 half-open",
+            labels=["endpoint"],
+        )  # fmt: skip
+        fast = CounterMetricFamily(
+            "supportbot_llm_fast_failures", "Model calls failed at once, unsent, while the circuit breaker was open",
+            labels=["endpoint"],
+        )  # fmt: skip
+        in_flight = GaugeMetricFamily("supportbot_llm_calls_in_flight", "Model calls streaming now")
+        queued = GaugeMetricFamily(
+            "supportbot_llm_calls_queued", "Model calls waiting for a slot (llm.resilience.max_concurrent_calls)"
+        )
+        busy = CounterMetricFamily(
+            "supportbot_busy_refusals", "Customer messages refused unstored (HTTP 429): the model call queue was full"
+        )
+        if s is not None:
+            state.add_metric([s.endpoint], STATE_VALUES[s.state])
+            fast.add_metric([s.endpoint], s.fast_failures)
+            in_flight.add_metric([], s.in_flight)
+            queued.add_metric([], s.queued)
+            busy.add_metric([], s.busy_refusals)
+        yield from (state, fast, in_flight, queued, busy)

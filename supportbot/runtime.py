@@ -18,6 +18,7 @@ from supportbot.engine import Engine
 from supportbot.errors import ConfigError, SupportbotError
 from supportbot.flows import Flows, check_flows
 from supportbot.llm.base import LLM
+from supportbot.llm.breaker import GuardedLLM, endpoint_label
 from supportbot.llm.client import OpenAICompatibleLLM
 from supportbot.llm.demo import DemoLLM
 from supportbot.store.base import Store
@@ -191,6 +192,11 @@ class Runtime:
         return self.engine.tools
 
     @property
+    def guard(self) -> GuardedLLM | None:
+        """The circuit breaker and concurrency cap around the model (``llm.resilience``), as the engine calls it."""
+        return self.engine.llm if isinstance(self.engine.llm, GuardedLLM) else None
+
+    @property
     def demo(self) -> bool:
         """Whether the offline demo model answers (``--demo``)."""
         return isinstance(self.llm, DemoLLM)
@@ -226,7 +232,10 @@ async def open_runtime(
         # shared session (tools, the order source) would cap a process at aiohttp's 100 connections.
         model: LLM = llm or (DemoLLM() if demo else OpenAICompatibleLLM(config.llm))
         stack.push_async_callback(model.aclose)
-        engine = Engine(config=config, flows=flows, tools=tools, llm=model, store=store, http=http, orders=orders)
+        # The engine calls the model through the circuit breaker and the concurrency cap; ``llm`` stays the bare model.
+        endpoint = "demo" if isinstance(model, DemoLLM) else endpoint_label(config.llm.base_url)
+        guarded = GuardedLLM(model, config.llm.resilience, endpoint=endpoint)
+        engine = Engine(config=config, flows=flows, tools=tools, llm=guarded, store=store, http=http, orders=orders)
         return Runtime(config=config, store=store, llm=model, http=http, orders=orders, engine=engine,
                        closing=stack.pop_all())  # fmt: skip
     raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises

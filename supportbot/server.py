@@ -203,6 +203,8 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     app = web.Application(middlewares=[_observe], client_max_size=max_message_bytes(config.limits))
     app[RUNTIME] = runtime
     app[METRICS] = metrics or Metrics()
+    if runtime.guard is not None:
+        app[METRICS].watch_model(runtime.guard.stats)
     shared = getattr(runtime.store, "dialect", "") == "postgresql"  # several workers may share it
     dispatcher = Dispatcher(runtime.engine, runtime.store, metrics=app[METRICS], shared=shared)  # type: ignore[arg-type]
     app[DISPATCHER] = dispatcher

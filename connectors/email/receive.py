@@ -69,7 +69,7 @@ class Receiver:
         try:
             found = await self._read(raw, truncated)
         except (StorageError, Unavailable):
-            raise  # the database or the server is away: the mail stays unread and is read again
+            raise  # the database or the server is away, or busy (``Busy``): the mail stays unread and is read again
         except Exception:
             # A mail this code cannot handle must not block every later one: a person reads it.
             log.exception("email: a mail could not be read (%d bytes); left unread for a person", len(raw))

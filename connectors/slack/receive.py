@@ -31,6 +31,7 @@ from connectors.slack.inbound import (
 )
 from connectors.slack.mrkdwn import escape
 from supportbot.channels import (
+    Busy,
     InboundMessage,
     Intake,
     MessageTooLarge,
@@ -65,6 +66,7 @@ class Outcome:
 _STORED = Outcome()
 _NOT_STORED = Outcome(500, "not_stored", "the event could not be stored; Slack will send it again")
 _DRAINING = Outcome(503, "unavailable", "the server is shutting down; Slack will send the event again")
+_BUSY = Outcome(503, "busy", "too many model calls are waiting on this worker; Slack will send the event again")
 _NOT_READY = Outcome(503, "not_ready", "the tickets channel is not known yet; Slack will send the event again")
 
 
@@ -147,6 +149,9 @@ class Receiver:
         except StorageError as exc:
             log.error("a Slack message could not be stored (Slack will retry): %s", exc)
             return _NOT_STORED, False
+        except Busy as exc:
+            log.warning("a Slack message was refused unstored (Slack will retry): %s", exc)
+            return _BUSY, False
         except Unavailable:
             return _DRAINING, False
         return _STORED, not accepted.duplicate

@@ -12,6 +12,7 @@ from aiohttp import web
 from connectors.web import wire
 from connectors.web.channel import NewConversation, NewMessage, Refused, WebChannel, parse
 from supportbot.dispatch import Accepted, Subscription, TurnEvent, Unavailable
+from supportbot.errors import Busy
 from supportbot.events import TurnFailed, TurnFinished
 
 __all__ = ["create_conversation", "list_messages", "post_message"]
@@ -59,6 +60,9 @@ async def post_message(request: web.Request, channel: WebChannel) -> web.StreamR
     try:
         try:
             accepted = await channel.accept(conversation_id, body)
+        except Busy as exc:
+            channel.count_error("busy")
+            raise Refused(429, "busy", str(exc), retry_after=exc.retry_after) from None
         except Unavailable as exc:
             raise Refused(503, "unavailable", str(exc), retry_after=5) from None
         wants_json = request.query.get("stream") == "false" or (

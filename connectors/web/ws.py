@@ -20,7 +20,7 @@ from connectors.web import wire
 from connectors.web.channel import NewMessage, Refused, WebChannel, parse
 from connectors.web.security import SUBPROTOCOL
 from supportbot.dispatch import Subscription, Unavailable
-from supportbot.errors import StorageError
+from supportbot.errors import Busy, StorageError
 
 __all__ = ["CLOSE_TOO_MANY", "CLOSE_UNAUTHORIZED", "websocket"]
 
@@ -106,6 +106,10 @@ async def _handle(ws: web.WebSocketResponse, channel: WebChannel, conversation_i
     except Refused as refused:
         await _send(ws, _error(refused.code, refused.message, retry_after=refused.retry_after,
                                client_message_id=client_id))  # fmt: skip
+        return
+    except Busy as exc:
+        channel.count_error("busy")
+        await _send(ws, _error("busy", str(exc), retry_after=exc.retry_after, client_message_id=client_id))
         return
     except (Unavailable, StorageError) as exc:
         await _send(ws, _error("unavailable", str(exc), retryable=True, client_message_id=client_id))

@@ -12,7 +12,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from supportbot.errors import StorageError
@@ -34,6 +34,7 @@ from supportbot.store.base import (
     TicketStatus,
     TurnStart,
 )
+from supportbot.store.spending import ALL, Spent, customer_scope
 
 _OPEN = ("open", "pending")
 
@@ -414,3 +415,19 @@ class MemoryStore:
         if conv is None:
             raise StorageError(f"no conversation {conversation_id!r}")
         return conv
+
+    # -- daily spending (the cost caps in ``limits``; ``supportbot.store.spending.SpendingStore``) --
+
+    async def add_spending(self, customer_id: str, cost_usd: float, *, day: date) -> None:
+        spent = self._spent()
+        for scope in (customer_scope(customer_id), ALL):
+            spent[scope, day] = spent.get((scope, day), 0.0) + cost_usd
+
+    async def spending(self, customer_id: str, *, day: date) -> Spent:
+        spent = self._spent()
+        return Spent(customer=spent.get((customer_scope(customer_id), day), 0.0), everyone=spent.get((ALL, day), 0.0))
+
+    def _spent(self) -> dict[tuple[str, date], float]:
+        # Made on first use, so that these methods stay together at the end of the class.
+        spent: dict[tuple[str, date], float] = vars(self).setdefault("_spending", {})
+        return spent

@@ -37,6 +37,7 @@ from supportbot.store._leases import LeaseMixin
 from supportbot.store._locks import KeyedLocks, SharedAdvisoryLocks
 from supportbot.store._mailbox import MailboxMixin
 from supportbot.store._review import ReviewMixin
+from supportbot.store._spending import SpendingMixin
 from supportbot.store._sqlbase import now as _now
 from supportbot.store._tickets import TicketMixin
 from supportbot.store._tokens import TokenMixin
@@ -107,7 +108,7 @@ def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: da
     )  # fmt: skip
 
 
-class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin):
+class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, SpendingMixin):
     """Persistence on SQLite (one process) or PostgreSQL (any number of workers).
 
     Create with ``await SQLStore.open(url)`` and ``await store.close()`` when done. All methods

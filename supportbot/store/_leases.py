@@ -42,8 +42,13 @@ _RENEW = (
     .returning(_l.c.name)
 )
 _RENEW_ALL = (
-    update(_l).where(_l.c.owner == bindparam("holder")).values(expires_at=bindparam("until")).returning(_l.c.name)
+    update(_l)
+    .where(_l.c.owner == bindparam("holder"), _l.c.name.in_(bindparam("names", expanding=True)))
+    .values(expires_at=bindparam("until"))
+    .returning(_l.c.name)
 )
+RENEW_CHUNK = 500
+"""Leases renewed per statement."""
 # The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``), renewed with the rest.
 _RENEW_SENDS = (
     update(_o)
@@ -105,16 +110,21 @@ class LeaseMixin(SQLBase):
         async with self._begin(f"renewing the lease {name}", write_first=True) as connection:
             return (await connection.execute(_RENEW, values)).first() is not None
 
-    async def renew_leases(self, owner: str, seconds: float) -> set[str]:
-        """Extend every lease ``owner`` holds, and its outbox rows being sent, by ``seconds`` from now; the names
-        of the leases it holds.
+    async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]:
+        """Extend ``owner``'s leases of ``names`` (the work it is doing now), and its outbox rows being sent, by
+        ``seconds`` from now; the names of those it still holds.
 
-        A lease missing from the answer was taken over by another worker after it expired.
+        A name missing from the answer was taken over by another worker after its lease expired. A lease of
+        ``owner`` not named is left to expire: work it no longer does (a lane it could not give back while the
+        database was away) passes to another worker then.
         """
-        values = {"holder": owner, "until": now() + timedelta(seconds=seconds)}
+        until = now() + timedelta(seconds=seconds)
+        held: set[str] = set()
         async with self._begin("renewing this worker's leases", write_first=True) as connection:
-            held = {str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all()}
-            await connection.execute(_RENEW_SENDS, values)
+            for start in range(0, len(names), RENEW_CHUNK):
+                values = {"holder": owner, "until": until, "names": list(names[start : start + RENEW_CHUNK])}
+                held.update(str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all())
+            await connection.execute(_RENEW_SENDS, {"holder": owner, "until": until})
         return held
 
     async def pass_lease(self, name: str, owner: str, to: str, seconds: float) -> bool:

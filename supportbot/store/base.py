@@ -468,8 +468,8 @@ class Mailboxes(Protocol):
         """Extend ``owner``'s lease; False when another worker took it over."""
         ...
 
-    async def renew_leases(self, owner: str, seconds: float) -> set[str]:
-        """Extend every lease of ``owner``; the names it still holds."""
+    async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]:
+        """Extend ``owner``'s leases of ``names`` and its sends; the names it still holds."""
         ...
 
     async def release_lease(self, name: str, owner: str) -> None: ...

@@ -25,8 +25,8 @@ async def test_an_expired_lease_passes_to_another_owner_and_its_old_holder_learn
     assert await store.take_lease("lane:b", "w1", 30)
     await asyncio.sleep(0.1)
     assert await store.take_lease("lane:a", "w2", 30)
-    assert await store.renew_leases("w1", 30) == {"lane:b"}  # lane:a is gone: w1 must stop its work
-    assert await store.renew_leases("w2", 30) == {"lane:a"}
+    assert await store.renew_leases("w1", ["lane:a", "lane:b"], 30) == {"lane:b"}  # lane:a is gone: w1 stops
+    assert await store.renew_leases("w2", ["lane:a"], 30) == {"lane:a"}
 
 
 async def test_of_many_owners_racing_for_one_lease_exactly_one_wins(store: SQLStore) -> None:
@@ -85,7 +85,7 @@ async def test_a_dead_workers_send_lease_expires_and_a_live_ones_is_renewed(stor
     live = await store.outbox_add("web", {"kind": "answer", "text": "two"})
     assert await store.outbox_attempt(dead, owner="w1", lease_s=0.05) == 1
     assert await store.outbox_attempt(live, owner="w2", lease_s=0.05) == 1
-    await store.renew_leases("w2", 30)
+    await store.renew_leases("w2", [], 30)
     await asyncio.sleep(0.1)
     assert await store.outbox_attempt(dead, owner="w3", lease_s=30) == 2  # w1 stopped renewing: w3 sends it
     assert await store.outbox_attempt(live, owner="w3", lease_s=30) is None
@@ -120,7 +120,16 @@ async def test_a_lease_passed_to_a_waiting_owner_is_nobodys_until_it_expires(sto
     assert await store.take_lease("lane:c1", "w1", 30)
     assert await store.pass_lease("lane:c1", "w1", "w1/wait", 0.05)
     assert not await store.pass_lease("lane:c1", "w1", "w1/wait", 30)  # w1 holds it no more
-    assert await store.renew_leases("w1", 30) == set()  # not renewed with w1's own
+    assert await store.renew_leases("w1", ["lane:c1"], 30) == set()  # not renewed with w1's own
     assert not await store.take_lease("lane:c1", "w2", 30)
     await asyncio.sleep(0.1)
     assert await store.take_lease("lane:c1", "w2", 30)
+
+
+async def test_a_lease_its_owner_no_longer_names_is_left_to_expire(store: SQLStore) -> None:
+    assert await store.take_lease("lane:done-with", "w1", 0.05)  # could not be given back (the database away)
+    assert await store.take_lease("lane:working", "w1", 0.05)
+    assert await store.renew_leases("w1", ["lane:working"], 30) == {"lane:working"}
+    await asyncio.sleep(0.1)
+    assert await store.take_lease("lane:done-with", "w2", 30)
+    assert not await store.take_lease("lane:working", "w2", 30)

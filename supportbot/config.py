@@ -228,6 +228,17 @@ class DatabaseSettings(_Section):
         ],
     )
     echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    pool_size: int = Field(
+        5, ge=1, le=100,
+        description=(
+            "PostgreSQL: connections each worker keeps open. A worker uses at most pool_size + max_overflow + 7 "
+            "(4 for storing messages, 1 for conversation locks, 2 for events between workers); keep workers x "
+            "that under the server's max_connections."
+        ),
+    )  # fmt: skip
+    max_overflow: int = Field(
+        5, ge=0, le=100, description="PostgreSQL: connections a worker may open on top of pool_size when busy."
+    )
 
     @field_validator("url")
     @classmethod

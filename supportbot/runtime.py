@@ -222,7 +222,10 @@ async def open_runtime(
     tools, flows = load_tools_and_flows(config)
     async with AsyncExitStack() as stack:  # on a failure, what was opened so far is closed
         if store is None:
-            store = await SQLStore.open(config.database.url, echo=config.database.echo)
+            database = config.database
+            store = await SQLStore.open(
+                database.url, echo=database.echo, pool_size=database.pool_size, max_overflow=database.max_overflow
+            )
         stack.push_async_callback(store.close)
         http = aiohttp.ClientSession()
         stack.push_async_callback(http.close)

@@ -122,7 +122,9 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         self._pg_locks: SharedAdvisoryLocks | None = None
 
     @classmethod
-    async def open(cls, url: str, *, create: bool = True, echo: bool = False) -> SQLStore:
+    async def open(
+        cls, url: str, *, create: bool = True, echo: bool = False, pool_size: int = 5, max_overflow: int = 5
+    ) -> SQLStore:
         """Connect to the database at ``url``, creating the schema when the database is new.
 
         Args:
@@ -131,13 +133,15 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             create: create the schema in a database that has none; when false such a database
                 is refused.
             echo: log every SQL statement.
+            pool_size, max_overflow: PostgreSQL connections kept, and opened on top at busy times, for all but
+                the per-message path (which keeps 4 of its own).
 
         Raises:
             StorageError: the database is unreachable, or its schema is behind or unknown (the
                 message says to run ``supportbot db upgrade``).
         """
         parsed = parse_url(url)
-        engine = make_engine(parsed, echo=echo)
+        engine = make_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
         try:
             await check_schema(engine, create=create)
         except BaseException:

@@ -30,7 +30,7 @@ from supportbot.channels import ChannelBase, Connector
 from supportbot.config import CONNECTOR_GROUP, Config
 from supportbot.delivery import BUS_POLL_S, DeliveryStore, Hub
 from supportbot.dispatch import Dispatcher
-from supportbot.errors import ConfigError
+from supportbot.errors import ConfigError, StorageError
 from supportbot.metrics import CONTENT_TYPE, Metrics
 from supportbot.relay import Relay
 from supportbot.reload import Outcome, Reloader
@@ -81,6 +81,10 @@ _TOO_LARGE = (
 )
 
 
+STORAGE_RETRY_AFTER_S = 5
+"""What a request refused because the database is unreachable is told to wait before it tries again."""
+
+
 @web.middleware
 async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Access log, request metrics, safe default headers, and JSON for errors a handler did not catch."""
@@ -98,6 +102,15 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
             response = error_response(413, "too_large", _TOO_LARGE.format(limit=request.app._client_max_size))
         else:
             response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except StorageError as exc:
+        # The database away (restarting, out of connections): nothing was stored; the client sends it again.
+        status = 503
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        request.app[METRICS].errors.labels("storage_unavailable").inc()
+        return error_response(
+            503, "storage_unavailable", "the server cannot reach its database just now; nothing was stored, "
+            f"try again in {STORAGE_RETRY_AFTER_S} seconds", headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+        )  # fmt: skip
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         request.app[METRICS].errors.labels("http_500").inc()

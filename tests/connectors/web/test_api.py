@@ -451,3 +451,24 @@ async def test_an_empty_model_answer_reaches_the_customer_as_the_fallback_not_as
     assert [m["kind"] for m in bot] == ["greeting", "fallback"] and all(m["text"].strip() for m in bot)
     tickets = await server.runtime.store.list_tickets(conversation_id=opened["id"])
     assert [t.kind for t in tickets] == ["escalation"] and "content_filter" in tickets[0].subject
+
+
+async def test_a_message_sent_while_the_database_is_unreachable_is_refused_503_and_nothing_is_stored(
+    server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supportbot.errors import StorageError
+
+    opened = await server.open()
+
+    async def away(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("database at postgresql://db/support: storing an inbound message failed: connection refused")
+
+    monkeypatch.setattr(server.runtime.store, "inbox_add", away)
+    async with server.http.post(
+        f"{server.url}/api/v1/conversations/{opened['id']}/messages", json={"text": "hi"}, headers=auth(opened)
+    ) as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert (await response.json())["error"]["code"] == "storage_unavailable"
+    monkeypatch.undo()
+    assert [m.role for m in await server.runtime.store.list_messages(opened["id"])] == ["assistant"]  # the greeting

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from jinja2 import TemplateSyntaxError, meta
 
 from supportbot.config import Config
 from supportbot.confirm import DECLINED, confirmation_prompt, is_yes
@@ -45,6 +47,7 @@ from supportbot.messages import ChatMessage, ImagePart, ToolCall, Usage
 from supportbot.pricing import cost_usd
 from supportbot.store.base import Conversation, Customer, NewMessage, Outgoing, Store, StoredMessage
 from supportbot.store.spending import SpendingStore
+from supportbot.templating import environment
 from supportbot.tools import ToolContext, ToolRegistry, ToolResult
 from supportbot.tools.orders import OrderSource
 
@@ -749,7 +752,9 @@ class Engine:
         """
         context = self._template_context(turn.conversation, turn.customer, turn.flow)
         customer = turn.customer
-        key = (turn.flow.name, context.conversation_id, context.channel, context.now,
+        # A prompt that does not name the conversation is the same for all of a customer's conversations.
+        conversation = context.conversation_id if _names_conversation(turn.flow.system_prompt) else None
+        key = (turn.flow.name, conversation, context.channel, context.now,
                customer.id, customer.name, customer.email, customer.verified)  # fmt: skip
         prompts = turn.snapshot.prompts  # a reload starts with an empty cache: the templates may have changed
         prompt = prompts.pop(key, None)
@@ -783,6 +788,15 @@ class Engine:
 
     def _model(self, flow: Flow) -> str:
         return flow.model.model or self.config.llm.model
+
+
+@functools.lru_cache(maxsize=256)
+def _names_conversation(source: str) -> bool:
+    """Whether a template reads ``conversation_id`` (the only context variable that differs per conversation)."""
+    try:
+        return "conversation_id" in meta.find_undeclared_variables(environment().parse(source))
+    except TemplateSyntaxError:  # not loaded this way; the render will say what is wrong
+        return True
 
 
 def _transfer_schema(target: Flow) -> dict[str, Any]:

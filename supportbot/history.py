@@ -22,6 +22,29 @@ _HIDDEN_KINDS = frozenset({"confirmation", "fallback", "notice"})
 _IMAGE_TOKENS = 1100  # OpenAI high-detail worst case; Gemini charges 258 per tile, so this over-counts
 _MESSAGE_OVERHEAD = 4
 MISSING_RESULT = "No result: the tool call was interrupted before it finished."
+CONVERTED_CACHE_SIZE = 4096
+"""Stored messages whose model message is kept (``_model_message``)."""
+
+# id(stored message) -> (that message, its model message). The stores hand out the same frozen
+# ``StoredMessage`` objects turn after turn (the memory store keeps them, the SQLite hot path
+# keeps them by row), and each turn converts its whole history again. The reference held here
+# keeps the id from being reused. Oldest entries go first once ``CONVERTED_CACHE_SIZE`` are kept.
+_converted: dict[int, tuple[StoredMessage, ChatMessage]] = {}
+
+
+def _model_message(m: StoredMessage) -> ChatMessage:
+    """The user or assistant model message of a stored one (which ``to_chat_messages`` keeps)."""
+    entry = _converted.get(id(m))
+    if entry is not None and entry[0] is m:
+        return entry[1]
+    if m.role == "user":
+        message = ChatMessage(role="user", content=m.content or "", images=m.images)
+    else:
+        message = ChatMessage(role="assistant", content=m.content, tool_calls=m.tool_calls, extra=m.extra)
+    if len(_converted) >= CONVERTED_CACHE_SIZE:
+        del _converted[next(iter(_converted))]
+    _converted[id(m)] = (m, message)
+    return message
 
 
 def to_chat_messages(stored: Sequence[StoredMessage]) -> list[ChatMessage]:
@@ -37,11 +60,11 @@ def to_chat_messages(stored: Sequence[StoredMessage]) -> list[ChatMessage]:
         if m.role == "user":
             if m.status == "error":
                 continue
-            out.append(ChatMessage(role="user", content=m.content or "", images=m.images))
+            out.append(_model_message(m))
         elif m.role == "assistant":
             if not m.tool_calls and not m.content:
                 continue
-            out.append(ChatMessage(role="assistant", content=m.content, tool_calls=m.tool_calls, extra=m.extra))
+            out.append(_model_message(m))
             for call in m.tool_calls:
                 result = results.get(call.id)
                 out.append(

@@ -31,6 +31,7 @@ from supportbot.events import (
     TurnFinished,
     TurnStarted,
 )
+from supportbot.flows import Flow, TemplateContext
 from supportbot.messages import ImagePart
 from supportbot.pricing import cost_usd
 from supportbot.runtime import Runtime, open_runtime
@@ -619,6 +620,36 @@ async def test_the_system_prompt_is_rendered_again_when_what_it_shows_changes(
     assert await prompt("two") == first and "Time: 10:00." in first
     now[0] = datetime(2026, 11, 24, 10, 1, 5, tzinfo=UTC)
     assert "Time: 10:01." in await prompt("three")
+
+
+async def test_a_prompt_is_shared_by_a_customers_conversations_unless_it_names_the_conversation(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "flows" / "by_conversation.yaml").write_text(
+        "name: by_conversation\ndescription: Quotes the conversation\n"
+        "system_prompt: 'Conversation {{ conversation_id }} of {{ customer.display_name }}.'\n"
+    )
+    runtime = await make_runtime()
+    runtime.engine.clock = lambda: datetime(2026, 11, 24, 10, 0, 10, tzinfo=UTC)
+    fake.responder = lambda body: Reply(text="ok")
+    renders: list[str] = []
+    render = Flow.render_system_prompt
+
+    def counted(flow: Flow, ctx: TemplateContext) -> str:
+        renders.append(flow.name)
+        return render(flow, ctx)
+
+    monkeypatch.setattr(Flow, "render_system_prompt", counted)
+    customer = await runtime.store.get_or_create_customer(email="ana@example.com", name="Ana Lima", verified=True)
+    prompts: dict[str, str] = {}
+    for flow in ("main", "main", "by_conversation", "by_conversation"):
+        conversation, _ = await runtime.engine.start_conversation(customer, channel="test", flow=flow)
+        await turn(runtime, conversation.id, "hello")
+        prompts[conversation.id] = str(fake.requests[-1].body["messages"][0]["content"])
+    assert renders == ["main", "by_conversation", "by_conversation"]  # main's prompt names no conversation
+    ids = list(prompts)
+    assert prompts[ids[0]] == prompts[ids[1]] and "MAIN PROMPT" in prompts[ids[0]]
+    assert [prompts[i] for i in ids[2:]] == [f"Conversation {i} of Ana Lima." for i in ids[2:]]
 
 
 class BrokenClient:

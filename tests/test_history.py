@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
 
+from supportbot import history
 from supportbot.history import MISSING_RESULT, estimate_tokens, fit, to_chat_messages
 from supportbot.messages import ChatMessage, ToolCall
 from supportbot.store.base import NewMessage, StoredMessage
@@ -102,3 +104,21 @@ def test_new_message_defaults_are_visible_to_the_model() -> None:
 
 def test_cjk_text_counts_about_a_token_a_character() -> None:
     assert estimate_tokens(ChatMessage(role="user", content="注文はどこですか" * 100)) >= 800
+
+
+def test_converting_the_same_stored_messages_again_gives_the_same_model_messages() -> None:
+    messages = [stored(1, role="user", content="where is A1001?"), stored(2, role="assistant", content="On its way.")]
+    first = to_chat_messages(messages)
+    again = to_chat_messages(messages)
+    assert again == first and all(a is b for a, b in zip(again, first, strict=True))
+    # A stored message that changed is a new object (they are frozen): it is converted afresh.
+    edited = [messages[0], dataclasses.replace(messages[1], content="Delivered today.")]
+    assert [m.content for m in to_chat_messages(edited)] == ["where is A1001?", "Delivered today."]
+
+
+def test_the_conversion_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history, "CONVERTED_CACHE_SIZE", 4)
+    monkeypatch.setattr(history, "_converted", {})
+    messages = [stored(i, role="user", content=f"message {i}") for i in range(10)]
+    assert [m.content for m in to_chat_messages(messages)] == [f"message {i}" for i in range(10)]
+    assert len(history._converted) == 4

@@ -175,7 +175,10 @@ def _sqlite_time(value: datetime) -> str:
     # without its "+00:00" (a UTC time, the usual case, needs no conversion).
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return value.isoformat(sep=" ", timespec="microseconds")[:26]
+    # Without ``timespec`` (whose keyword parsing costs more than the formatting) the text has
+    # microseconds unless they are 0.
+    text = value.isoformat(" ")
+    return text[:26] if len(text) == 32 else text[:19] + ".000000"
 
 
 def _sqlite_datetime(value: str) -> datetime:
@@ -188,6 +191,38 @@ def _sqlite_datetime(value: str) -> datetime:
 
 def _sqlite_parse(value: str | None) -> datetime | None:
     return None if value is None else _sqlite_datetime(value)
+
+
+MESSAGE_CACHE_SIZE = 4096
+"""Decoded messages kept by their row (``_MessageCache``); each is a few hundred bytes."""
+
+
+class _MessageCache:
+    """Messages decoded from SQLite rows, keyed by the whole row: a turn reads its conversation's history again.
+
+    The key is every column as read, so a row that changed in any way (a status set, a row
+    written through SQLAlchemy) is a different key and is decoded afresh: a hit is exactly what
+    decoding would give. ``StoredMessage`` is frozen, so one instance can be handed out again.
+    Oldest entries go first once ``MESSAGE_CACHE_SIZE`` are kept.
+    """
+
+    __slots__ = ("_messages",)
+
+    def __init__(self) -> None:
+        self._messages: dict[tuple[Any, ...], StoredMessage] = {}
+
+    def decode(self, rows: Sequence[tuple[Any, ...]]) -> list[StoredMessage]:
+        messages = self._messages
+        out = []
+        for row in rows:
+            found = messages.get(row)
+            if found is None:
+                found = _sqlite_message(row)
+                if len(messages) >= MESSAGE_CACHE_SIZE:
+                    del messages[next(iter(messages))]
+                messages[row] = found
+            out.append(found)
+        return out
 
 
 def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
@@ -326,6 +361,7 @@ class SQLiteHotPath:
         self._commits = 0
         self._file = ""
         self._checkpoint: asyncio.Task[None] | None = None
+        self._decoded = _MessageCache()
 
     async def _run(self, driver: Any, work: Any, *args: Any) -> Any:
         db = driver._conn
@@ -420,7 +456,7 @@ class SQLiteHotPath:
         rows = await self._run(driver, _fetch, sql, args)
         if last is not None:
             rows.reverse()
-        return [_sqlite_message(row) for row in rows]
+        return self._decoded.decode(rows)
 
     async def add_messages(
         self,
@@ -474,7 +510,7 @@ class SQLiteHotPath:
         values = list(cust)
         values[5] = _sqlite_parse(values[5])
         rows.reverse()
-        return message_id, _sqlite_conversation(conv), customer(values), [_sqlite_message(r) for r in rows]
+        return message_id, _sqlite_conversation(conv), customer(values), self._decoded.decode(rows)
 
     async def create_customer(self, driver: Any, new: Customer) -> None:
         """Insert a customer (fields already cleaned); a taken email or external id raises IntegrityError."""

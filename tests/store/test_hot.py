@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,39 @@ async def test_the_wal_restarts_after_every_checkpoint_and_stays_bounded_under_s
     # writes, the first (which also made the schema), not of all of them. Without restarts these
     # 1,500 writes make a WAL of about 46 MB, 24 times the first cycle's.
     assert sizes[-1] < 2 * sizes[0] and max(sizes) < 10_000_000, f"the WAL grew from cycle to cycle: {sizes}"
+
+
+@pytest.mark.parametrize("microsecond", [0, 1, 123456])
+def test_times_are_written_as_sqlalchemy_writes_them(microsecond: int) -> None:
+    value = datetime(2026, 12, 4, 13, 5, 9, microsecond, tzinfo=timezone(timedelta(hours=2)))
+    assert _hot._sqlite_time(value) == value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
+    assert _hot._sqlite_datetime(_hot._sqlite_time(value)) == value
+
+
+async def test_history_read_again_is_the_same_and_a_changed_row_is_read_afresh(tmp_path: Path) -> None:
+    store, cid = await _store_with_conversation(tmp_path / "bot.db")
+    try:
+        await store.add_messages(
+            cid, [NewMessage(role="user", content="hi"), NewMessage(role="assistant", content="hello")]
+        )
+        first = await store.list_messages(cid)
+        again = await store.list_messages(cid)
+        assert again == first and again[0] is first[0]  # decoded once, handed out again (frozen)
+        await store.set_message_status(first[1].id, "declined")  # written through SQLAlchemy, not the hot path
+        changed = await store.list_messages(cid)
+        assert [m.status for m in changed] == ["ok", "declined"]
+        assert changed[0] is first[0] and changed[1] is not first[1]
+    finally:
+        await store.close()
+
+
+def test_the_decoded_message_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_hot, "MESSAGE_CACHE_SIZE", 3)
+    cache = _hot._MessageCache()
+    row = (1, "c1", "2026-12-04 13:00:00.000000", "user", "hi", *([None] * 5), "message", "ok",
+           *([None] * 6), 0.0, None, None)  # fmt: skip
+    rows = [(i, *row[1:]) for i in range(10)]
+    decoded = cache.decode(rows)
+    assert [m.id for m in decoded] == list(range(10))
+    assert len(cache._messages) == 3
+    assert [m.id for m in cache.decode(rows[-3:])] == [7, 8, 9]

@@ -28,7 +28,7 @@ from supportbot.channels import ChannelBase, Connector
 from supportbot.config import CONNECTOR_GROUP, Config
 from supportbot.delivery import DeliveryStore, Hub
 from supportbot.dispatch import Dispatcher
-from supportbot.errors import ConfigError
+from supportbot.errors import ConfigError, StorageError
 from supportbot.metrics import CONTENT_TYPE, Metrics
 from supportbot.reload import Outcome, Reloader
 from supportbot.runtime import NO_MODEL, Runtime, open_runtime
@@ -77,6 +77,8 @@ _TOO_LARGE = (
     "limits.max_images_per_message and limits.max_image_bytes can need; send a shorter message or smaller images"
 )
 
+_STORAGE_DOWN = "the database is not reachable right now; nothing was stored, send it again in a few seconds"
+
 
 @web.middleware
 async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -95,6 +97,13 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
             response = error_response(413, "too_large", _TOO_LARGE.format(limit=request.app._client_max_size))
         else:
             response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except StorageError as exc:
+        # The database is down or refused: nothing was stored, so the client must try again
+        # (a widget retries, Slack redelivers) instead of seeing a 2xx for a lost message.
+        status = 503
+        log.error("%s %s: %s", request.method, request.path, exc)
+        request.app[METRICS].errors.labels("storage").inc()
+        return error_response(503, "unavailable", _STORAGE_DOWN, headers={"Retry-After": "5"})
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         request.app[METRICS].errors.labels("http_500").inc()

@@ -80,6 +80,8 @@ _TOO_LARGE = (
     "limits.max_images_per_message and limits.max_image_bytes can need; send a shorter message or smaller images"
 )
 
+_STORAGE_DOWN = "the database is not reachable right now; nothing was stored, send it again in a few seconds"
+
 
 STORAGE_RETRY_AFTER_S = 5
 """What a request refused because the database is unreachable is told to wait before it tries again."""
@@ -103,14 +105,14 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         else:
             response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except StorageError as exc:
-        # The database away (restarting, out of connections): nothing was stored; the client sends it again.
+        # The database down, restarting or out of connections: nothing was stored, so the client must try
+        # again (a widget retries, Slack redelivers) instead of seeing a 2xx for a lost message.
         status = 503
-        log.warning("%s %s: %s", request.method, request.path, exc)
+        log.error("%s %s: %s", request.method, request.path, exc)
         request.app[METRICS].errors.labels("storage_unavailable").inc()
         return error_response(
-            503, "storage_unavailable", "the server cannot reach its database just now; nothing was stored, "
-            f"try again in {STORAGE_RETRY_AFTER_S} seconds", headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
-        )  # fmt: skip
+            503, "storage_unavailable", _STORAGE_DOWN, headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         request.app[METRICS].errors.labels("http_500").inc()

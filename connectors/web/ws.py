@@ -29,6 +29,7 @@ log = logging.getLogger("supportbot.web")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_MANY = 4429
 HEARTBEAT_S = 25.0
+_NOT_STORED = "the message could not be stored right now; it will be sent again when the chat reconnects"
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("web_sockets")
 
 
@@ -111,8 +112,13 @@ async def _handle(ws: web.WebSocketResponse, channel: WebChannel, conversation_i
         channel.count_error("busy")
         await _send(ws, _error("busy", str(exc), retry_after=exc.retry_after, client_message_id=client_id))
         return
-    except (Unavailable, StorageError) as exc:
+    except Unavailable as exc:
         await _send(ws, _error("unavailable", str(exc), retryable=True, client_message_id=client_id))
+        return
+    except StorageError as exc:
+        # The storage error names the database: it goes to the log, not to the customer.
+        log.error("a widget message could not be stored (the widget sends it again): %s", exc)
+        await _send(ws, _error("unavailable", _NOT_STORED, retryable=True, client_message_id=client_id))
         return
     await _send(ws, {"type": "ack", "client_message_id": client_id, "turn": accepted.turn,
                      "duplicate": accepted.duplicate})  # fmt: skip

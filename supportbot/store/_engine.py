@@ -106,6 +106,9 @@ def make_engine(
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
         pool_recycle=1800,
+        # After a PostgreSQL restart every pooled connection is dead; a ping on checkout replaces
+        # it instead of failing the caller's statement (the hot path checks ``is_closed`` instead).
+        pool_pre_ping=True,
         connect_args={"server_settings": server_settings},
         **options,
     )

@@ -102,6 +102,9 @@ class SharedAdvisoryLocks:
     async def _call(self, sql: str, key: int, doing: str) -> bool:
         async with self._io:
             try:
+                if self._proxied is not None and self._proxied.driver_connection.is_closed():
+                    # The server restarted while the session was idle; its locks went with it.
+                    await self._drop(broken=True)
                 if self._proxied is None:
                     self._proxied = await self._engine.raw_connection()
                 return bool(await self._proxied.driver_connection.fetchval(sql, key))

@@ -111,6 +111,9 @@ class HotPool:
         await self._slots.acquire()
         try:
             proxied = self._free.pop() if self._free else await self._engine.raw_connection()
+            while _is_closed(proxied.driver_connection):  # the server restarted while it was idle
+                await greenlet_spawn(proxied.invalidate)
+                proxied = self._free.pop() if self._free else await self._engine.raw_connection()
         except BaseException as exc:
             self._slots.release()
             if isinstance(exc, SQLAlchemyError | OSError):
@@ -158,3 +161,9 @@ class HotPool:
         free, self._free = self._free, []
         for proxied in free:
             await greenlet_spawn(proxied.close)
+
+
+def _is_closed(driver: Any) -> bool:
+    """True for an asyncpg connection that noticed its server went away (no round trip)."""
+    is_closed = getattr(driver, "is_closed", None)
+    return bool(is_closed()) if callable(is_closed) else False

@@ -687,6 +687,13 @@ button svg{fill:currentColor;width:22px;height:22px}
   }
 
   function onError(f) {
+    if (f.retryable) {
+      // Not stored (the database is down, or this server is shutting down): keep the message queued
+      // and reconnect with backoff; the new socket sends it again (its client_message_id makes it once).
+      showError('We cannot reach support right now. Trying again…');
+      if (S.ws) S.ws.close(4503, 'retry');
+      return;
+    }
     showError(f.message || 'Something went wrong.');
     // The refused message is the one named by client_message_id or else, as frames are answered
     // in order, the oldest sent but unacknowledged one. Its text goes back into the input.

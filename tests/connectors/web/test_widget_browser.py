@@ -21,6 +21,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
 from connectors.web.security import identity_token
+from supportbot.errors import StorageError
 from supportbot.server import INTAKE
 from supportbot.testing.fake_llm import Reply, Step
 from tests.conftest import ARTIFACTS, require_chromium
@@ -413,3 +414,31 @@ async def test_a_token_identity_keeps_its_conversation_across_fresh_tokens_and_a
     await send(page, "hello?")
     await expect(page.locator("#supportbot-widget")).to_contain_text("could not confirm your sign-in", timeout=10_000)
     assert any("signature does not verify" in text for text in warnings)
+
+
+async def test_a_message_the_database_could_not_store_is_sent_again_after_reconnecting(
+    page: Page, server: WebServer, host: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = server.app[INTAKE]
+    submit = intake.submit
+    refused: list[str] = []
+
+    async def down_once(message: Any) -> Any:
+        if not refused:
+            refused.append(message.text)
+            raise StorageError("database at sqlite: storing a message failed: disk I/O error; check the disk")
+        return await submit(message)
+
+    monkeypatch.setattr(intake, "submit", down_once)
+    server.fake.script(Reply(text="Stored and answered."))
+    await page.goto(host["url"])
+    await open_widget(page)
+    await send(page, "Is anyone there?")
+    await expect(page.locator("#supportbot-widget .sb-error")).to_contain_text("Trying again", timeout=10_000)
+    # Kept (not handed back into the input), sent again on the new socket, answered once.
+    assert await page.locator("#supportbot-widget textarea.sb-input").input_value() == ""
+    await expect(bot_messages(page).last).to_contain_text("Stored and answered.", timeout=15_000)
+    await expect(page.locator('#supportbot-widget .sb-msg[data-role="customer"]')).to_have_count(1)
+    assert refused == ["Is anyone there?"]
+    assert server.fake.request_count == 1
+    assert "database at" not in (await page.locator("#supportbot-widget").inner_text())

@@ -39,6 +39,7 @@ from supportbot.channels import (
     ReplyKind,
 )
 from supportbot.dispatch import Dispatcher
+from supportbot.errors import StorageError
 from supportbot.metrics import Metrics
 from supportbot.operators import HANDBACK_TEXT, OperatorError, Operators, OperatorStore
 from supportbot.store.base import ChannelState, Mailboxes, OutboxItem, Ticket
@@ -161,8 +162,10 @@ class DeliveryWorker:
         while True:
             try:
                 await self.run_once()
-            except Exception:  # the database may be away for a moment; try again at the next poll
-                log.warning("could not read the %s outbox; retrying", self.channel.name, exc_info=True)
+            except StorageError as exc:  # the database away for a moment: one line, and the next poll tries again
+                log.warning("could not read the %s outbox; retrying: %s", self.channel.name, exc)
+            except Exception:
+                log.exception("could not read the %s outbox; retrying", self.channel.name)
             # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as the wake-up
             # does, and the worker would never stop.
             with contextlib.suppress(TimeoutError):

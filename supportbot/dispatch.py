@@ -45,6 +45,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -55,7 +56,7 @@ from typing import Any, Protocol, cast
 from supportbot.channels import Accepted, ChannelBase, Identity, InboundMessage, Reply, TurnInfo, Unavailable
 from supportbot.config import LimitSettings
 from supportbot.engine import Engine, clean_text
-from supportbot.errors import MessageTooLarge
+from supportbot.errors import MessageTooLarge, StorageError
 from supportbot.events import (
     Event,
     Handoff,
@@ -562,7 +563,7 @@ class Dispatcher:
             try:
                 await self._reload(lane)
             except Exception:
-                log.warning("could not read the messages of lane %s; resting it again", lane, exc_info=True)
+                log.warning("could not read the messages of lane %s; resting it again", lane, exc_info=_trace())
                 self._rest(lane, RETRY_AFTER_S[0])
                 return
             self.kick(lane)
@@ -629,7 +630,7 @@ class Dispatcher:
             raise
         except Exception:
             # The database away: the lane's lease expires, and a sweep (here or elsewhere) takes it up again.
-            log.warning("could not run the messages of lane %s; trying again shortly", lane, exc_info=True)
+            log.warning("could not run the messages of lane %s; trying again shortly", lane, exc_info=_trace())
             if not self.shared:
                 self._rest(lane, RETRY_AFTER_S[0])
         finally:
@@ -700,7 +701,7 @@ class Dispatcher:
                     await self.inbox.drop_stale_leases()
             except Exception:
                 log.warning("could not look for unanswered messages; trying again in %.0f s", self.sweep_s,
-                            exc_info=True)  # fmt: skip
+                            exc_info=_trace())  # fmt: skip
 
     async def _renew_loop(self) -> None:
         """Renew this worker's leases every third of their length; a lane found taken over (this worker was
@@ -719,7 +720,7 @@ class Dispatcher:
                               time.monotonic() - last)  # fmt: skip
                     self._lose(before)
                 else:
-                    log.warning("could not renew this worker's leases; trying again", exc_info=True)
+                    log.warning("could not renew this worker's leases; trying again", exc_info=_trace())
                 continue
             last = time.monotonic()
             self._lose({lane: take for lane, take in before.items() if LANE_LEASE_PREFIX + lane not in held})
@@ -919,6 +920,12 @@ class _TurnRecord:
             self.ticket_id = event.ticket_id or self.ticket_id
         elif isinstance(event, TurnFailed):
             self.ticket_id = event.ticket_id or self.ticket_id
+
+
+def _trace() -> bool:
+    """Whether to log the traceback of the exception being handled: not for the database being away (one line
+    says it, and it repeats every few seconds while it lasts), yes for anything else (a bug)."""
+    return not isinstance(sys.exc_info()[1], StorageError)
 
 
 def _render(channel: ChannelBase, turn: TurnInfo, event: Event) -> None:

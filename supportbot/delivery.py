@@ -124,6 +124,8 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[None]] = {}  # conversation (or row) → the task sending its rows
         self._retry_at: dict[int, float] = {}  # outbox id → monotonic time of its next attempt
+        self.sending: set[int] = set()
+        """Outbox ids this worker holds the lease of and is sending now (``Hub`` renews their leases)."""
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -182,6 +184,10 @@ class DeliveryWorker:
         """Start sending the pending rows that are due; returns how many conversations were started."""
         rows = await self.store.outbox_pending(self.channel.name, limit=PENDING_PAGE)
         now = _utcnow()
+        if len(rows) < PENDING_PAGE:  # a row no longer pending (another worker sent it) waits for nothing here
+            pending = {row.id for row in rows}
+            for outbox_id in [i for i in self._retry_at if i not in pending]:
+                del self._retry_at[outbox_id]
         queues: dict[str, list[OutboxItem]] = {}
         for row in rows:
             queues.setdefault(row.conversation_id or f"row:{row.id}", []).append(row)
@@ -209,10 +215,14 @@ class DeliveryWorker:
                 return
             try:
                 sent = await self._send(row)
-            except Exception:  # the database away, or a bug: not in a tight loop
-                log.exception("delivering reply %d on %s failed unexpectedly; trying again in %.0f s",
-                              row.id, self.channel.name, UNEXPECTED_BACKOFF_S)  # fmt: skip
+            except Exception as exc:  # the database away, or a bug: not in a tight loop
+                log.error("delivering reply %d on %s failed unexpectedly; trying again in %.0f s: %s",
+                          row.id, self.channel.name, UNEXPECTED_BACKOFF_S, exc,
+                          exc_info=not isinstance(exc, StorageError))  # fmt: skip
                 self._retry_at[row.id] = time.monotonic() + UNEXPECTED_BACKOFF_S
+                with contextlib.suppress(Exception):  # give the row's lease back; if this fails too, it expires
+                    retry_at = _utcnow() + timedelta(seconds=UNEXPECTED_BACKOFF_S)
+                    await self.store.outbox_mark_failed(row.id, error=f"{type(exc).__name__}: {exc}", retry_at=retry_at)
                 return
             if not sent:
                 return  # it waits for a retry: the conversation's later rows wait behind it
@@ -224,6 +234,13 @@ class DeliveryWorker:
         if attempt is None:
             self._retry_at.pop(row.id, None)
             return False
+        self.sending.add(row.id)
+        try:
+            return await self._deliver(row, attempt)
+        finally:
+            self.sending.discard(row.id)
+
+    async def _deliver(self, row: OutboxItem, attempt: int) -> bool:
         address, key = await self._address(row)
         reply = reply_of(row, attempt=attempt, address=address, key=key)
         started = time.perf_counter()
@@ -469,6 +486,8 @@ class Hub:
         self.resumed = await self.resume()
         for worker in self.workers.values():
             worker.start()
+        if self.dispatcher.shared:
+            self._feeds.append(asyncio.create_task(self._renew_sends(), name="supportbot-delivery-renew"))
         for channel in self.channels.values():
             if channel.announces_tickets:
                 self._feeds.append(asyncio.create_task(self._announce_tickets(channel)))
@@ -546,6 +565,17 @@ class Hub:
             except Exception:
                 log.warning("could not announce new tickets on %s; retrying", channel.name, exc_info=True)
             await asyncio.sleep(TICKET_POLL_S)
+
+    async def _renew_sends(self) -> None:
+        """Keep the leases of the outbox rows this worker is sending (a send may outlast ``SEND_LEASE_S``)."""
+        while True:
+            await asyncio.sleep(SEND_LEASE_S / 3)
+            ids = [outbox_id for worker in self.workers.values() for outbox_id in worker.sending]
+            if ids:
+                try:
+                    await self.store.renew_sends(self.owner, ids, SEND_LEASE_S)
+                except Exception as exc:
+                    log.warning("could not renew the leases of the replies being sent: %s", exc)
 
     async def _lead(self, channel: ChannelBase) -> None:
         """Run the channel's receiver while this worker holds its lease; start it when the lease is won, stop it

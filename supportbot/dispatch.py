@@ -56,7 +56,7 @@ from typing import Any, Protocol, cast
 from supportbot.channels import Accepted, ChannelBase, Identity, InboundMessage, Reply, TurnInfo, Unavailable
 from supportbot.config import LimitSettings
 from supportbot.engine import Engine, clean_text
-from supportbot.errors import MessageTooLarge, StorageError
+from supportbot.errors import MessageTooLarge, StorageError, TurnTaken
 from supportbot.events import (
     Event,
     Handoff,
@@ -125,6 +125,7 @@ class _Inbox(Protocol):
     async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]: ...
     async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]: ...
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None: ...
+    async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None: ...
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool: ...
     async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]: ...
     async def release_lease(self, name: str, owner: str) -> None: ...
@@ -350,6 +351,7 @@ class Dispatcher:
         self._again: set[str] = set()  # lanes kicked while their runner was giving them up
         self._held: dict[str, int] = {}  # lanes whose lease this worker holds → when it took it (a count)
         self._takes = 0
+        self._lost: set[str] = set()  # lanes whose turn is being stopped because another worker took them
         self._resting: dict[str, asyncio.TimerHandle] = {}  # the only worker: lanes resting after a failed turn
         self._queues: dict[str, deque[InboxItem]] = {}  # the only worker: each lane's unanswered messages
         self._accepting = True
@@ -463,8 +465,7 @@ class Dispatcher:
         Returns how many turns were handed back to the inbox (another worker, or this one at its next
         start, runs them).
         """
-        self._accepting = False
-        await self.stop_loops()
+        self._accepting = False  # the sweep starts nothing now; the renewal goes on until the turns end
         running = set(self._lanes.values())
         if running:
             await asyncio.wait(running, timeout=grace)
@@ -474,6 +475,7 @@ class Dispatcher:
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
             log.warning("handed %d unfinished turn(s) back to the inbox", len(unfinished))
+        await self.stop_loops()
         for subscriptions in list(self._subscribers.values()):
             for subscription in list(subscriptions):
                 subscription.close()  # open streams end; their clients reconnect to the next server
@@ -622,7 +624,7 @@ class Dispatcher:
                         return
                     took = True
                     continue
-                if not await self._run_item(item):
+                if not await self._run_item(item, lane):
                     await self._back_off(lane, item)
                     return
                 self._forget(lane, item)
@@ -635,6 +637,7 @@ class Dispatcher:
                 self._rest(lane, RETRY_AFTER_S[0])
         finally:
             self._held.pop(lane, None)
+            self._lost.discard(lane)
             if took:  # given back only if still this worker's (a lease taken over is the other's now)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.inbox.release_lease(lease, self.worker_id))
@@ -671,8 +674,7 @@ class Dispatcher:
     async def _give_up(self, item: InboxItem, tries: int) -> None:
         """Mark a message whose turn keeps failing ``failed``, and open an escalation ticket so a person answers."""
         inbox_id = item.id
-        log.error("turn %d failed %d times; marking it failed and opening a ticket for it", inbox_id, tries)
-        await self.inbox.inbox_set_status(inbox_id, "failed")
+        log.error("turn %d failed %d times; opening a ticket for it and marking it failed", inbox_id, tries)
         conversation = await self.inbox.get_conversation(item.conversation_id) if item.conversation_id else None
         text = str(item.payload.get("text") or "") if isinstance(item.payload, dict) else ""
         await self.engine.store.create_ticket(
@@ -687,6 +689,8 @@ class Dispatcher:
             flow=conversation.flow if conversation else None,
             actor="dispatcher",
         )
+        # After the ticket: if that failed, the row is still unanswered and is tried again (never dropped).
+        await self.inbox.inbox_set_status(inbox_id, "failed")
 
     async def _sweep_loop(self) -> None:
         """Every ``sweep_s``: start the lanes with unanswered messages that nobody holds."""
@@ -733,6 +737,7 @@ class Dispatcher:
                 continue
             log.error("lane %s was taken over by another worker; stopping its turn here", lane)
             del self._held[lane]
+            self._lost.add(lane)
             runner = self._lanes.get(lane)
             if runner is not None:
                 runner.cancel()
@@ -773,20 +778,23 @@ class Dispatcher:
         await self.inbox.set_conversation_address(
             conversation.id, channel=message.channel, key=key, address=dict(message.address)
         )
-        await self.inbox.inbox_set_status(inbox_id, "received", conversation_id=conversation.id)
+        await self.inbox.inbox_bind(inbox_id, conversation.id)
         return conversation.id
 
-    async def _run_item(self, item: InboxItem) -> bool:
+    async def _run_item(self, item: InboxItem, lane: str) -> bool:
         """Run the turn of one inbox row; False when it failed and should be tried again later."""
         message = decode_message(item)
         if message is None:
             await self.inbox.inbox_set_status(item.id, "failed")
             return True
-        return await self._run(item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id)
+        return await self._run(
+            item.id, message, stored=item.status == "stored", conversation_id=item.conversation_id, lane=lane
+        )
 
     async def _run(
-        self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None
-    ) -> bool:
+        self, inbox_id: int, message: InboundMessage, *, stored: bool, conversation_id: str | None = None,
+        lane: str = "",
+    ) -> bool:  # fmt: skip
         metrics = self.metrics
         record = _TurnRecord(started=time.perf_counter())
         channel = self.channels.get(message.channel)
@@ -828,13 +836,22 @@ class Dispatcher:
             if self.turn_ended is not None:
                 self.turn_ended(message.channel)
             return True
+        except TurnTaken:
+            # This worker lost the lane while it prepared the turn; the new holder answers (or answered) it.
+            log.warning("turn %d was taken over by another worker; this one answers nothing", inbox_id)
+            return True
         except asyncio.CancelledError:
             # Draining, or the lane was lost: the inbox keeps the message; the client hears why it waits.
             # No turn line: the turn runs again (here at the next start, or on another worker) and is logged then.
             stopped = TurnFailed(
                 reason="the server stopped", fallback_text=RESTART_TEXT, ticket_id=None, message_id=None
             )
-            if conversation_id is not None:
+            if lane in self._lost:
+                # Another worker runs this turn now: its clients here see it end, the others its new run.
+                self._lost.discard(lane)
+                if conversation_id is not None:
+                    self.publish_here(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
+            elif conversation_id is not None:
                 self.publish(conversation_id, TurnEvent(turn=inbox_id, event=stopped))
             raise
         except Exception as exc:

@@ -148,3 +148,8 @@ class ToolRetry(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class TurnTaken(SupportbotError):
+    """The message's turn was taken by another worker (its inbox row is no longer ``received``): this worker
+    lost the conversation's lane while it prepared the turn, and stores and answers nothing."""

@@ -100,6 +100,9 @@ class Relay:
     async def _announce_loop(self) -> None:
         while True:
             await asyncio.sleep(WATCH_RENEW_S)
+            now = time.monotonic()
+            for conversation_id in [c for c, until in self._watched.items() if until < now]:
+                del self._watched[conversation_id]  # nobody elsewhere watches it any more
             watched = self.dispatcher.watched()
             for start in range(0, len(watched), WATCHES_PER_NOTICE):
                 self.bus.publish_nowait("watch", {"conversations": watched[start : start + WATCHES_PER_NOTICE]})

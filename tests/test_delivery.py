@@ -429,3 +429,40 @@ async def test_a_reply_still_failing_after_the_give_up_time_is_given_up(runtime:
     assert waits == list(range(1, len(waits) + 1)) and len(waits) >= 2  # tried with backoff, then given up
     assert failed.last_error is not None and "slack is down" in failed.last_error
     assert failing.delivered == []
+
+
+async def test_a_retry_another_worker_made_good_leaves_nothing_waiting_here(
+    runtime: Runtime, channel: Recorder
+) -> None:
+    from supportbot.delivery import POLL_S, DeliveryWorker
+
+    store = store_of(runtime)
+    row = await store.outbox_add("chat", {"kind": "answer", "text": "hi"})
+    worker = DeliveryWorker(channel, store, give_up_after_s=600, owner="w1")
+    channel.failures.append(DeliveryError("503 from the channel", retryable=True))
+    await worker.run_once()
+    await asyncio.wait(list(worker._busy.values()))
+    assert row in worker._retry_at and worker._next_wait() < POLL_S  # it waits to try again
+    assert await store.outbox_mark_sent(row, "sent-by-w2")  # another worker sent it meanwhile
+    await worker.run_once()
+    assert worker._retry_at == {} and worker._next_wait() == POLL_S  # no 10 ms polling for a row gone
+
+
+async def test_a_database_error_mid_send_gives_the_row_back(
+    runtime: Runtime, channel: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supportbot.delivery import DeliveryWorker
+
+    store = store_of(runtime)
+    row = await store.outbox_add("chat", {"kind": "answer", "text": "hi"})
+    worker = DeliveryWorker(channel, store, give_up_after_s=600, owner="w1")
+
+    async def away(outbox_id: int, external_id: str | None = None) -> bool:
+        raise StorageError("the database went away after the channel took the reply")
+
+    monkeypatch.setattr(store, "outbox_mark_sent", away)
+    await worker.run_once()
+    await asyncio.wait(list(worker._busy.values()))
+    assert worker.sending == set()  # nothing left for the lease renewal to keep alive
+    [pending] = await store.outbox_pending("chat")
+    assert pending.id == row and pending.last_error is not None  # its lease given back, with a backoff

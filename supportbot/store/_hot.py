@@ -498,14 +498,17 @@ class SQLiteHotPath:
         history: int,
         now: datetime,
         inbox_id: int | None = None,
-    ) -> Started | None:
-        """Store the message (and mark its inbox row stored), then read the conversation, customer and history."""
+    ) -> Started | str | None:
+        """Store the message (and mark its inbox row stored), then read the conversation, customer and history.
+
+        ``TAKEN`` when the inbox row was taken by another worker already; None without the conversation.
+        """
         found = await self._run(
             driver, _sqlite_begin, conversation_id, totals((message,)), message_values(message), _sqlite_time(now),
             history, inbox_id,
         )  # fmt: skip
-        if found is None:
-            return None
+        if found is None or found == TAKEN:
+            return found  # type: ignore[no-any-return]
         message_id, conv, cust, rows = found
         values = list(cust)
         values[5] = _sqlite_parse(values[5])
@@ -612,7 +615,10 @@ _INSERT_INBOX = (
     "VALUES (?, ?, ?, ?, 'received', ?, ?) ON CONFLICT DO NOTHING RETURNING id"
 )
 _SET_INBOX_STATUS = "UPDATE inbox SET status = ?, conversation_id = coalesce(?, conversation_id) WHERE id = ?"
-_MARK_INBOX_STORED = "UPDATE inbox SET status = 'stored' WHERE id = ?"
+# Only a row nobody took yet: a worker that lost its lane (another answered the message) stores nothing.
+_MARK_INBOX_STORED = "UPDATE inbox SET status = 'stored' WHERE id = ? AND status = 'received'"
+TAKEN = "taken"
+"""``begin_turn``'s answer when its inbox row was taken by another worker (no longer ``received``)."""
 _INSERT_TOKEN = "INSERT INTO conversation_tokens (token_hash, conversation_id, created_at) VALUES (?, ?, ?)"
 _TOKEN_CONVERSATION = "SELECT conversation_id FROM conversation_tokens WHERE token_hash = ?"
 _INSERT_CONVERSATION = (
@@ -678,18 +684,21 @@ def _sqlite_begin(
     now: str,
     history: int,
     inbox_id: int | None,
-) -> tuple[int, Any, Any, list[Any]] | None:
-    # The write goes first so the transaction holds the write lock from its start (a read
-    # snapshot upgraded to a write could fail with "database is locked"); its RETURNING is the
-    # conversation as this turn sees it.
+) -> tuple[int, Any, Any, list[Any]] | str | None:
+    # The writes go first so the transaction holds the write lock from its start (a read
+    # snapshot upgraded to a write could fail with "database is locked"). The inbox row is marked in the
+    # same transaction as the message: a restart finds both or neither (never stores it twice), and a
+    # row another worker took already is not answered again.
+    if inbox_id is not None and db.execute(_MARK_INBOX_STORED, (inbox_id,)).rowcount != 1:
+        return TAKEN
+    # Its RETURNING is the conversation as this turn sees it.
     conv = db.execute(_SQLITE_COUNT_RETURNING, (*batch, now, conversation_id)).fetchone()
     if conv is None:
+        if inbox_id is not None:
+            db.rollback()  # no conversation: the row stays as it was
         return None
     cursor = db.execute(_SQLITE_INSERT, (conversation_id, *row, now))
     message_id = int(cursor.lastrowid or 0)
-    if inbox_id is not None:
-        # In the same transaction as the message: a restart finds both or neither (never stores it twice).
-        db.execute(_MARK_INBOX_STORED, (inbox_id,))
     cust = db.execute(_SQLITE_CUSTOMER, (conv[1],)).fetchone()
     rows = db.execute(_SQLITE_HISTORY, (conversation_id, message_id, history)).fetchall()
     return message_id, conv, cust, rows
@@ -726,10 +735,14 @@ ORDER BY v.ord
 RETURNING id
 """
 _PG_ADD = _PG_CONV + _PG_INSERT_MESSAGES
-# begin_turn's: also marks the message's inbox row stored, in the same statement (so the same transaction).
+# begin_turn's: also marks the message's inbox row stored, in the same statement (so the same transaction),
+# and stores nothing when the row was taken by another worker already (no longer 'received').
 _PG_ADD_MARKING = (
-    _PG_CONV
-    + ", marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND EXISTS (SELECT FROM conv))"
+    "WITH marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND status = 'received' AND EXISTS ("
+    "SELECT FROM conversations WHERE id = $1) RETURNING id),"
+    + _PG_CONV.replace("WITH conv AS (", " conv AS (", 1).replace(
+        "WHERE id = $1 RETURNING id", "WHERE id = $1 AND EXISTS (SELECT FROM marked) RETURNING id", 1
+    )
     + _PG_INSERT_MESSAGES
 )
 # With a reply to queue: the outbox row names the last message (ids are drawn in batch order), and
@@ -839,11 +852,17 @@ class PostgresHotPath:
         history: int,
         now: datetime,
         inbox_id: int | None = None,
-    ) -> Started | None:
-        """Store the message and mark its inbox row (one statement), then read the conversation, customer, history."""
+    ) -> Started | str | None:
+        """Store the message and mark its inbox row (one statement), then read the conversation, customer, history.
+
+        ``TAKEN`` when the inbox row was taken by another worker already; None without the conversation.
+        """
         ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id=inbox_id)
         if ids is None:
-            return None
+            if inbox_id is None:
+                return None
+            status = await driver.fetchval("SELECT status FROM inbox WHERE id = $1", inbox_id)
+            return TAKEN if status not in (None, "received") else None
         conv = await self.get_conversation(driver, conversation_id)
         assert conv is not None  # it was just updated, and conversations are never deleted
         cust = await self.get_customer(driver, conv.customer_id)

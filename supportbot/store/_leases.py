@@ -49,12 +49,15 @@ _RENEW_ALL = (
 )
 RENEW_CHUNK = 500
 """Leases renewed per statement."""
-# The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``), renewed with the rest.
+# The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``).
 _RENEW_SENDS = (
     update(_o)
-    .where(_o.c.lease_owner == bindparam("holder"), _o.c.status == "pending")
+    .where(
+        _o.c.lease_owner == bindparam("holder"), _o.c.status == "pending",
+        _o.c.id.in_(bindparam("ids", expanding=True)),
+    )
     .values(lease_until=bindparam("until"))
-)
+)  # fmt: skip
 _FREE_SENDS = (
     update(_o).where(_o.c.status == "pending", _o.c.lease_until.is_not(None)).values(lease_owner=None, lease_until=None)
 )
@@ -83,6 +86,9 @@ _ORPHANS = (
     )
     .limit(bindparam("n"))
 )
+_BIND = (
+    update(_i).where(_i.c.id == bindparam("iid"), _i.c.status == "received").values(conversation_id=bindparam("cid"))
+)
 _SET_LANE = update(_i).where(_i.c.id == bindparam("iid")).values(lane=bindparam("new_lane"))
 
 
@@ -110,9 +116,18 @@ class LeaseMixin(SQLBase):
         async with self._begin(f"renewing the lease {name}", write_first=True) as connection:
             return (await connection.execute(_RENEW, values)).first() is not None
 
+    async def renew_sends(self, owner: str, ids: Sequence[int], seconds: float) -> None:
+        """Extend ``owner``'s leases of the outbox rows ``ids`` (those it is sending now) by ``seconds`` from now;
+        a row it no longer sends is left to expire."""
+        until = now() + timedelta(seconds=seconds)
+        async with self._begin("renewing this worker's sends", write_first=True) as connection:
+            for start in range(0, len(ids), RENEW_CHUNK):
+                values = {"holder": owner, "until": until, "ids": list(ids[start : start + RENEW_CHUNK])}
+                await connection.execute(_RENEW_SENDS, values)
+
     async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]:
-        """Extend ``owner``'s leases of ``names`` (the work it is doing now), and its outbox rows being sent, by
-        ``seconds`` from now; the names of those it still holds.
+        """Extend ``owner``'s leases of ``names`` (the work it is doing now) by ``seconds`` from now; the names
+        of those it still holds.
 
         A name missing from the answer was taken over by another worker after its lease expired. A lease of
         ``owner`` not named is left to expire: work it no longer does (a lane it could not give back while the
@@ -124,7 +139,6 @@ class LeaseMixin(SQLBase):
             for start in range(0, len(names), RENEW_CHUNK):
                 values = {"holder": owner, "until": until, "names": list(names[start : start + RENEW_CHUNK])}
                 held.update(str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all())
-            await connection.execute(_RENEW_SENDS, {"holder": owner, "until": until})
         return held
 
     async def pass_lease(self, name: str, owner: str, to: str, seconds: float) -> bool:
@@ -191,6 +205,11 @@ class LeaseMixin(SQLBase):
         async with self._begin("looking for unanswered messages nobody holds") as connection:
             rows = (await connection.execute(_ORPHANS, {"now": now(), "n": limit})).all()
         return [str(lane) for (lane,) in rows]
+
+    async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None:
+        """Record the conversation a keyed message goes to, if its turn was not taken meanwhile."""
+        async with self._begin("binding an inbound message to its conversation", write_first=True) as connection:
+            await connection.execute(_BIND, {"iid": inbox_id, "cid": conversation_id})
 
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None:
         """Give inbox rows their lane (rows stored before lanes existed): ``(inbox id, lane)`` pairs."""

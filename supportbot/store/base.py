@@ -474,6 +474,10 @@ class Mailboxes(Protocol):
 
     async def release_lease(self, name: str, owner: str) -> None: ...
 
+    async def renew_sends(self, owner: str, ids: Sequence[int], seconds: float) -> None:
+        """Extend ``owner``'s leases of the outbox rows ``ids`` it is sending now."""
+        ...
+
     async def tickets_after(self, ticket_id: int, *, limit: int = 100) -> list[Ticket]:
         """Tickets with an id above ``ticket_id``, oldest first (announcing new tickets)."""
         ...

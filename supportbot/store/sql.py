@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from supportbot.errors import StorageError
+from supportbot.errors import StorageError, TurnTaken
 from supportbot.store._engine import make_engine, masked, parse_url
 from supportbot.store._hot import SQLiteHotPath
 from supportbot.store._hot import conversation as _conversation
@@ -340,14 +340,18 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     ) -> TurnStart:
         """Store the customer's message and read the conversation, customer and history, in one call.
 
-        With ``inbox_id``, that inbox row's status becomes ``stored`` in the same transaction.
+        With ``inbox_id``, that inbox row's status becomes ``stored`` in the same transaction, if it was
+        ``received``.
 
         Raises:
+            TurnTaken: the inbox row is no longer ``received`` (another worker took the turn); nothing is stored.
             StorageError: the conversation does not exist, or the database refused the write.
         """
         now = _now()
         async with self._driver("starting a turn") as driver:
             found = await self._hot.begin_turn(driver, conversation_id, message, history, now, inbox_id)
+        if isinstance(found, str):  # TAKEN
+            raise TurnTaken(f"inbox row {inbox_id} was taken by another worker; this one answers nothing")
         if found is None:
             raise StorageError(f"cannot store a message in conversation {conversation_id!r}: no such conversation")
         message_id, conversation, customer, messages = found

@@ -85,7 +85,7 @@ async def test_a_dead_workers_send_lease_expires_and_a_live_ones_is_renewed(stor
     live = await store.outbox_add("web", {"kind": "answer", "text": "two"})
     assert await store.outbox_attempt(dead, owner="w1", lease_s=0.05) == 1
     assert await store.outbox_attempt(live, owner="w2", lease_s=0.05) == 1
-    await store.renew_leases("w2", [], 30)
+    await store.renew_sends("w2", [live], 30)
     await asyncio.sleep(0.1)
     assert await store.outbox_attempt(dead, owner="w3", lease_s=30) == 2  # w1 stopped renewing: w3 sends it
     assert await store.outbox_attempt(live, owner="w3", lease_s=30) is None
@@ -133,3 +133,24 @@ async def test_a_lease_its_owner_no_longer_names_is_left_to_expire(store: SQLSto
     await asyncio.sleep(0.1)
     assert await store.take_lease("lane:done-with", "w2", 30)
     assert not await store.take_lease("lane:working", "w2", 30)
+
+
+async def test_a_turn_whose_inbox_row_another_worker_took_stores_nothing(store: SQLStore) -> None:
+    import pytest
+
+    from supportbot.errors import TurnTaken
+    from supportbot.store.base import NewMessage
+
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    conversation = await store.create_conversation(customer_id=customer.id, channel="web", flow="general")
+    inbox_id = await store.inbox_add("web", "m1", {"text": "hello"}, conversation.id, lane=conversation.id)
+    assert inbox_id is not None
+    await store.inbox_set_status(inbox_id, "done")  # another worker answered it while this one was away
+    with pytest.raises(TurnTaken):
+        await store.begin_turn(conversation.id, NewMessage(role="user", content="hello"), history=10, inbox_id=inbox_id)
+    assert await store.list_messages(conversation.id) == []
+    [row] = await store.inbox_pending(statuses=("done",))
+    assert row.id == inbox_id  # left as the other worker set it
+    await store.inbox_bind(inbox_id, "someone-else")  # a late keyed binding does not reopen it either
+    [row] = await store.inbox_pending(statuses=("done",))
+    assert row.conversation_id == conversation.id

@@ -231,9 +231,9 @@ class DatabaseSettings(_Section):
     pool_size: int = Field(
         5, ge=1, le=100,
         description=(
-            "PostgreSQL: connections each worker keeps open. A worker uses at most pool_size + max_overflow + 7 "
-            "(4 for storing messages, 1 for conversation locks, 2 for events between workers); keep workers x "
-            "that under the server's max_connections."
+            "PostgreSQL: connections each worker keeps open. A worker uses at most pool_size + max_overflow + 8 "
+            "(4 for storing messages, 1 for conversation locks, 1 for lease renewals, 2 for events between "
+            "workers); keep workers x that under the server's max_connections."
         ),
     )  # fmt: skip
     max_overflow: int = Field(

@@ -17,8 +17,11 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from sqlalchemy import bindparam, delete, literal, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from supportbot.errors import StorageError
+from supportbot.store._engine import make_engine, storage_error
 from supportbot.store._mailbox import _INBOX_COLS, _inbox_item
 from supportbot.store._sqlbase import SQLBase, now
 from supportbot.store.base import InboxItem
@@ -47,6 +50,8 @@ _RENEW_ALL = (
     .values(expires_at=bindparam("until"))
     .returning(_l.c.name)
 )
+RENEW_TIMEOUT_S = 2.0
+"""How long a renewal waits for its connection (a third of a lease is the most it may take)."""
 RENEW_CHUNK = 500
 """Leases renewed per statement."""
 # The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``).
@@ -95,6 +100,8 @@ _SET_LANE = update(_i).where(_i.c.id == bindparam("iid")).values(lane=bindparam(
 class LeaseMixin(SQLBase):
     """Leases (``take_lease``, ``renew_leases``, ``release_lease``) and the inbox's lanes."""
 
+    _renewals: AsyncEngine | None = None
+
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take the lease ``name`` for ``seconds`` if nobody holds it, it expired, or ``owner`` holds it already.
 
@@ -116,11 +123,32 @@ class LeaseMixin(SQLBase):
         async with self._begin(f"renewing the lease {name}", write_first=True) as connection:
             return (await connection.execute(_RENEW, values)).first() is not None
 
+    @asynccontextmanager
+    async def _renewing(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction for renewals: on PostgreSQL on a connection of their own, so that a pool busy with
+        turns never delays a renewal past its lease (another worker would take the work over meanwhile)."""
+        if self._engine.dialect.name != "postgresql":
+            async with self._begin(doing, write_first=True) as connection:
+                yield connection
+            return
+        if self._renewals is None:
+            self._renewals = make_engine(self._url, pool_size=1, max_overflow=0, pool_timeout=RENEW_TIMEOUT_S)
+        try:
+            async with self._renewals.begin() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError) as exc:
+            raise storage_error(exc, self._url, doing) from exc
+
+    async def close_renewals(self) -> None:
+        if self._renewals is not None:
+            await self._renewals.dispose()
+            self._renewals = None
+
     async def renew_sends(self, owner: str, ids: Sequence[int], seconds: float) -> None:
         """Extend ``owner``'s leases of the outbox rows ``ids`` (those it is sending now) by ``seconds`` from now;
         a row it no longer sends is left to expire."""
         until = now() + timedelta(seconds=seconds)
-        async with self._begin("renewing this worker's sends", write_first=True) as connection:
+        async with self._renewing("renewing this worker's sends") as connection:
             for start in range(0, len(ids), RENEW_CHUNK):
                 values = {"holder": owner, "until": until, "ids": list(ids[start : start + RENEW_CHUNK])}
                 await connection.execute(_RENEW_SENDS, values)
@@ -135,7 +163,7 @@ class LeaseMixin(SQLBase):
         """
         until = now() + timedelta(seconds=seconds)
         held: set[str] = set()
-        async with self._begin("renewing this worker's leases", write_first=True) as connection:
+        async with self._renewing("renewing this worker's leases") as connection:
             for start in range(0, len(names), RENEW_CHUNK):
                 values = {"holder": owner, "until": until, "names": list(names[start : start + RENEW_CHUNK])}
                 held.update(str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all())

@@ -157,6 +157,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         await self._engine.dispose()
         if self._pg_locks is not None:
             await self._pg_locks.close()
+        await self.close_renewals()
 
     @property
     def url(self) -> str:

@@ -226,6 +226,15 @@ class Store(Protocol):
         """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
         ...
 
+    async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
+        """The customer approved a pending tool-call message: mark it ``ok`` and claim its calls' runs, atomically.
+
+        One transaction, so a crash leaves both or neither: never an approved message whose calls
+        could run unclaimed. Returns the ids claimed now; one claimed before is not run again
+        (``claim_tool_run``).
+        """
+        ...
+
     def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
         """Hold while a turn runs: one turn at a time per conversation, across workers where the database allows."""
         ...

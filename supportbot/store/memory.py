@@ -210,6 +210,10 @@ class MemoryStore:
         self._tool_runs.add(key)
         return True
 
+    async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
+        await self.set_message_status(message_id, "ok")
+        return {call_id for call_id in tool_call_ids if await self.claim_tool_run(conversation_id, call_id)}
+
     @asynccontextmanager
     async def lock(self, conversation_id: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(conversation_id) or (asyncio.Lock(), 0)

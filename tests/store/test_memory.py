@@ -42,6 +42,7 @@ async def test_begin_turn_counts_the_turn_and_returns_what_came_before() -> None
 async def test_claims_tickets_and_locks() -> None:
     store = MemoryStore()
     assert await store.claim_tool_run("c", "call") and not await store.claim_tool_run("c", "call")
+    assert await store.approve_tool_calls(0, "c", ["call", "other"]) == {"other"}
     ticket = await store.create_ticket(subject="s", conversation_id="c")
     await store.update_ticket(ticket.id, actor="ops", status="solved", note="done")
     assert [e.action for e in await store.ticket_events(ticket.id)] == ["created", "status", "note"]

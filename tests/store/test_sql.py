@@ -226,6 +226,19 @@ async def test_tool_run_is_claimed_once(store: SQLStore) -> None:
     assert claims.count(True) == 1
 
 
+async def test_approving_tool_calls_marks_the_message_and_claims_its_calls_at_once(store: SQLStore) -> None:
+    cid = await _conversation(store)
+    calls = (ToolCall(id="call_a", name="refund", arguments="{}"), ToolCall(id="call_b", name="refund", arguments="{}"))
+    (pending,) = await store.add_messages(cid, [NewMessage(role="assistant", tool_calls=calls, status="pending")])
+    assert await store.claim_tool_run(cid, "call_b") is True  # run before (a crash after it ran)
+
+    assert await store.approve_tool_calls(pending.id, cid, ["call_a", "call_b"]) == {"call_a"}
+
+    assert [m.status for m in await store.list_messages(cid)] == ["ok"]
+    assert await store.claim_tool_run(cid, "call_a") is False
+    assert await store.approve_tool_calls(pending.id, cid, ["call_a", "call_b"]) == set()
+
+
 # -- locks ------------------------------------------------------------------------------------
 
 

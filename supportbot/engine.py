@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import unicodedata
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -245,12 +246,16 @@ class Engine:
         if flow is not None and flow not in flows:
             raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(flows))}")
         chosen = flows.get(flow or self.config.flows.default)
-        conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
-        greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen)) if greet else None
+        # The id is drawn first so the greeting can be rendered before anything is stored: then the
+        # conversation and its greeting are stored in one transaction.
+        new = Conversation(id=uuid.uuid4().hex, customer_id=customer.id, channel=channel, flow=chosen.name)
+        greeting = chosen.render_greeting(self._template_context(new, customer, chosen)) if greet else None
+        opening = []
         if greeting:
-            await self.store.add_messages(
-                conversation.id, [NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name)]
-            )
+            opening.append(NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name))
+        conversation = await self.store.create_conversation(
+            customer_id=customer.id, channel=channel, flow=chosen.name, conversation_id=new.id, messages=opening
+        )
         return conversation, greeting
 
     # -- one turn --------------------------------------------------------------------------------

@@ -187,7 +187,22 @@ class Store(Protocol):
     ) -> Customer: ...
     async def get_customer(self, customer_id: str) -> Customer | None: ...
 
-    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation: ...
+    async def create_conversation(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        flow: str,
+        conversation_id: str | None = None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Conversation:
+        """Open a conversation (``conversation_id``, or a new random id) and store ``messages`` in the same transaction.
+
+        ``messages`` is for what a conversation starts with (its greeting): stored together, a crash
+        leaves both or neither. The returned conversation counts them (as ``add_messages`` would).
+        """
+        ...
+
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
     async def update_conversation(
         self,

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from supportbot.errors import StorageError
 from supportbot.store._engine import make_engine, masked, parse_url
-from supportbot.store._hot import SQLiteHotPath
+from supportbot.store._hot import SQLiteHotPath, totals
 from supportbot.store._hot import conversation as _conversation
 from supportbot.store._hot import customer as _customer
 from supportbot.store._leases import LeaseMixin
@@ -262,14 +262,26 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
 
     # -- conversations ---------------------------------------------------------------------------
 
-    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation:
+    async def create_conversation(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        flow: str,
+        conversation_id: str | None = None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Conversation:
+        """Open a conversation and store ``messages`` (its greeting) in the same transaction."""
         now = _now()
+        turns, input_tokens, output_tokens, cost = totals(messages)
         conversation = Conversation(
-            id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
-        )
+            id=conversation_id or uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow,
+            turns=turns, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
         try:
             async with self._driver("creating a conversation") as driver:
-                await self._hot.create_conversation(driver, conversation)
+                await self._hot.create_conversation(driver, conversation, messages)
         except StorageError as exc:
             if _is_integrity_error(exc.__cause__):
                 raise StorageError(

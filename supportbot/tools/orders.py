@@ -63,6 +63,10 @@ def normalize_order_id(raw: str) -> str | None:
     invisible characters removed, a leading ``#`` dropped, upper-cased; the result must match
     ``^[A-Z0-9-]{1,40}$``.
     """
+    if raw.isascii():
+        # NFKC leaves ASCII as it is, and ASCII has no format (Cf) characters nor look-alikes to map.
+        text = raw.strip().lstrip("#").strip().upper()
+        return text if ORDER_ID_PATTERN.match(text) else None
     text = unicodedata.normalize("NFKC", raw)
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")  # zero-width and bidi controls
     text = text.strip().lstrip("#").strip().upper().translate(_HOMOGLYPHS)

@@ -19,7 +19,8 @@ import json
 import logging
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -245,12 +246,16 @@ class Engine:
         if flow is not None and flow not in flows:
             raise ConfigError(f"there is no flow {flow!r}; the flows are {', '.join(sorted(flows))}")
         chosen = flows.get(flow or self.config.flows.default)
-        conversation = await self.store.create_conversation(customer_id=customer.id, channel=channel, flow=chosen.name)
-        greeting = chosen.render_greeting(self._template_context(conversation, customer, chosen)) if greet else None
+        # The id is drawn first so the greeting can be rendered before anything is stored: then the
+        # conversation and its greeting are stored in one transaction.
+        new = Conversation(id=uuid.uuid4().hex, customer_id=customer.id, channel=channel, flow=chosen.name)
+        greeting = chosen.render_greeting(self._template_context(new, customer, chosen)) if greet else None
+        opening = []
         if greeting:
-            await self.store.add_messages(
-                conversation.id, [NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name)]
-            )
+            opening.append(NewMessage(role="assistant", content=greeting, kind="greeting", flow=chosen.name))
+        conversation = await self.store.create_conversation(
+            customer_id=customer.id, channel=channel, flow=chosen.name, conversation_id=new.id, messages=opening
+        )
         return conversation, greeting
 
     # -- one turn --------------------------------------------------------------------------------
@@ -489,13 +494,19 @@ class Engine:
     # -- tools -----------------------------------------------------------------------------------
 
     async def _run_calls(
-        self, turn: _Turn, calls: Sequence[ToolCall], *, not_run: Sequence[ToolCall] = ()
+        self,
+        turn: _Turn,
+        calls: Sequence[ToolCall],
+        *,
+        not_run: Sequence[ToolCall] = (),
+        claimed: Collection[str] | None = None,
     ) -> AsyncIterator[Event]:
         """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers.
 
         ``not_run`` are the calls past the flow's ``max_tool_calls_per_response``: each gets an
         error result saying so, and no events (every call of a response must have its result, or
-        the provider refuses the next request).
+        the provider refuses the next request). ``claimed``: the confirm-listed calls were claimed
+        already (``Store.approve_tool_calls``), and those not in it may not run; None claims each here.
         """
         if not_run:
             limit = turn.flow.limits.max_tool_calls_per_response
@@ -504,9 +515,9 @@ class Engine:
         for call in calls:
             yield ToolCallStarted(call_id=call.id, name=call.name, arguments=call.arguments)
         if len(calls) <= 1:
-            results = [await self._run_call(turn, c) for c in calls]
+            results = [await self._run_call(turn, c, claimed) for c in calls]
         else:
-            results = list(await asyncio.gather(*(self._run_call(turn, c) for c in calls)))
+            results = list(await asyncio.gather(*(self._run_call(turn, c, claimed) for c in calls)))
         records = []
         refused = [_not_run(turn.flow.limits.max_tool_calls_per_response, len(not_run)) for _ in not_run]
         for call, result in zip([*calls, *not_run], [*results, *refused], strict=True):
@@ -542,7 +553,7 @@ class Engine:
         tool = turn.snapshot.tools.get(call.name)
         return tool is not None and tool.requires_verified and not turn.customer.verified
 
-    async def _run_call(self, turn: _Turn, call: ToolCall) -> ToolResult:
+    async def _run_call(self, turn: _Turn, call: ToolCall, claimed: Collection[str] | None = None) -> ToolResult:
         started = time.perf_counter()
         if call.name.startswith(TRANSFER_PREFIX):
             target = call.name.removeprefix(TRANSFER_PREFIX)
@@ -561,8 +572,13 @@ class Engine:
                 + ", ".join(sorted(turn.flow.tools)),
                 started,
             )
-        if call.name in turn.flow.confirm and not await self.store.claim_tool_run(turn.conversation.id, call.id):
-            return _error("this call was already run once; it is not run again", started)
+        if call.name in turn.flow.confirm:
+            if claimed is None:
+                fresh = await self.store.claim_tool_run(turn.conversation.id, call.id)
+            else:
+                fresh = call.id in claimed
+            if not fresh:
+                return _error("this call was already run once; it is not run again", started)
         context = ToolContext(
             customer=turn.customer,
             conversation=turn.conversation,
@@ -611,8 +627,10 @@ class Engine:
         waiting = [c for c in pending.tool_calls if c.id not in answered]
         direct = all(m.kind == "confirmation" or m.tool_call_id in calls for m in stored[at + 1 :])
         if direct and is_yes(reply):
-            await self.store.set_message_status(pending.id, "ok")
-            async for event in self._run_calls(turn, waiting):
+            # Approved and claimed in one transaction: a crash leaves both or neither (never runs twice).
+            confirmed = [c.id for c in waiting if c.name in turn.flow.confirm]
+            claimed = await self.store.approve_tool_calls(pending.id, turn.conversation.id, confirmed)
+            async for event in self._run_calls(turn, waiting, claimed=claimed):
                 yield event
         else:
             await self.store.set_message_status(pending.id, "declined")

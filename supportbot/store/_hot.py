@@ -484,11 +484,12 @@ class SQLiteHotPath:
         values[5] = _sqlite_parse(values[5])
         return customer(values)
 
-    async def create_conversation(self, driver: Any, conv: Conversation) -> None:
-        """Insert a new conversation; a missing customer raises the driver's IntegrityError."""
+    async def create_conversation(self, driver: Any, conv: Conversation, messages: Sequence[NewMessage] = ()) -> None:
+        """Insert a new conversation and its first ``messages``; a missing customer raises IntegrityError."""
         now = _sqlite_time(conv.created_at or datetime.now(UTC))
-        await self._run(driver, _fetch, _INSERT_CONVERSATION,
-                        (conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now, now))  # fmt: skip
+        await self._run(driver, _sqlite_create,
+                        (conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now, now),
+                        totals(messages), [message_values(m) for m in messages], now)  # fmt: skip
 
     async def begin_turn(
         self,
@@ -663,6 +664,18 @@ def _sqlite_add(
     return ids
 
 
+def _sqlite_create(
+    db: sqlite3.Connection,
+    conv: tuple[Any, ...],
+    batch: tuple[int, int, int, float],
+    rows: list[tuple[Any, ...]],
+    now: str,
+) -> None:
+    db.execute(_INSERT_CONVERSATION, conv)
+    if rows:  # in the same transaction: a conversation is never stored without its greeting
+        _sqlite_add(db, conv[0], batch, rows, now, None)
+
+
 def _sqlite_find_customer(db: sqlite3.Connection, email: str | None, external_id: str | None, verified: bool) -> Any:
     # By external id first (the channel's stable id), then by email; never across verified/unverified.
     if external_id:
@@ -753,6 +766,16 @@ _PG_ADD_QUEUEING = f"""{_PG_CONV}, added AS ({_PG_INSERT_MESSAGES}), queued AS (
 )
 SELECT id FROM added
 """
+# A new conversation with its first messages (a greeting), in one statement.
+_PG_CREATE_WITH_MESSAGES = (
+    """
+WITH conv AS (
+    INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, cost_usd,
+                               created_at, updated_at)
+    VALUES ($1, $25, $26, $27, $28, $2, $3, $4, $5, $6, $6) RETURNING id
+)"""
+    + _PG_INSERT_MESSAGES
+)
 _PG_INSERT_INBOX = (
     "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at, lane) "
     "VALUES ($1, $2, $3, $4, 'received', $5, $6) ON CONFLICT DO NOTHING RETURNING id"
@@ -835,9 +858,14 @@ class PostgresHotPath:
             )
         return None if row is None else customer(row)
 
-    async def create_conversation(self, driver: Any, conv: Conversation) -> None:
-        """Insert a new conversation; a missing customer raises the driver's foreign-key error."""
+    async def create_conversation(self, driver: Any, conv: Conversation, messages: Sequence[NewMessage] = ()) -> None:
+        """Insert a new conversation and its first ``messages``; a missing customer raises a foreign-key error."""
         now = conv.created_at or datetime.now(UTC)
+        if messages:
+            columns = list(zip(*(message_values(m) for m in messages), strict=True))
+            await driver.fetch(_PG_CREATE_WITH_MESSAGES, conv.id, *totals(messages), now, *columns,
+                               conv.customer_id, conv.channel, conv.flow, conv.status)  # fmt: skip
+            return
         await driver.execute(
             "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
             "cost_usd, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0.0, $6, $6)",

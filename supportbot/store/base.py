@@ -187,7 +187,22 @@ class Store(Protocol):
     ) -> Customer: ...
     async def get_customer(self, customer_id: str) -> Customer | None: ...
 
-    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation: ...
+    async def create_conversation(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        flow: str,
+        conversation_id: str | None = None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Conversation:
+        """Open a conversation (``conversation_id``, or a new random id) and store ``messages`` in the same transaction.
+
+        ``messages`` is for what a conversation starts with (its greeting): stored together, a crash
+        leaves both or neither. The returned conversation counts them (as ``add_messages`` would).
+        """
+        ...
+
     async def get_conversation(self, conversation_id: str) -> Conversation | None: ...
     async def update_conversation(
         self,
@@ -224,6 +239,15 @@ class Store(Protocol):
 
     async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
         """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
+        ...
+
+    async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
+        """The customer approved a pending tool-call message: mark it ``ok`` and claim its calls' runs, atomically.
+
+        One transaction, so a crash leaves both or neither: never an approved message whose calls
+        could run unclaimed. Returns the ids claimed now; one claimed before is not run again
+        (``claim_tool_run``).
+        """
         ...
 
     def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:

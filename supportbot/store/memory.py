@@ -124,13 +124,25 @@ class MemoryStore:
     async def get_customer(self, customer_id: str) -> Customer | None:
         return self._customers.get(customer_id)
 
-    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation:
+    async def create_conversation(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        flow: str,
+        conversation_id: str | None = None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Conversation:
         now = _now()
         conv = Conversation(
-            id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
-        )
+            id=conversation_id or uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
         self._conversations[conv.id] = conv
         self._messages[conv.id] = []
+        if messages:
+            await self.add_messages(conv.id, messages)
+            conv = self._conversations[conv.id]
         return conv
 
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
@@ -209,6 +221,10 @@ class MemoryStore:
             return False
         self._tool_runs.add(key)
         return True
+
+    async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
+        await self.set_message_status(message_id, "ok")
+        return {call_id for call_id in tool_call_ids if await self.claim_tool_run(conversation_id, call_id)}
 
     @asynccontextmanager
     async def lock(self, conversation_id: str) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from supportbot.errors import StorageError, TurnTaken
 from supportbot.store._engine import make_engine, masked, parse_url
-from supportbot.store._hot import SQLiteHotPath
+from supportbot.store._hot import SQLiteHotPath, totals
 from supportbot.store._hot import conversation as _conversation
 from supportbot.store._hot import customer as _customer
 from supportbot.store._leases import LeaseMixin
@@ -57,6 +57,7 @@ from supportbot.store.models import conversations as _co
 from supportbot.store.models import customers as _cu
 from supportbot.store.models import messages as _m
 from supportbot.store.models import orders as _o
+from supportbot.store.models import tool_runs as _tr
 
 __all__ = ["SQLStore"]
 
@@ -262,14 +263,26 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
 
     # -- conversations ---------------------------------------------------------------------------
 
-    async def create_conversation(self, *, customer_id: str, channel: str, flow: str) -> Conversation:
+    async def create_conversation(
+        self,
+        *,
+        customer_id: str,
+        channel: str,
+        flow: str,
+        conversation_id: str | None = None,
+        messages: Sequence[NewMessage] = (),
+    ) -> Conversation:
+        """Open a conversation and store ``messages`` (its greeting) in the same transaction."""
         now = _now()
+        turns, input_tokens, output_tokens, cost = totals(messages)
         conversation = Conversation(
-            id=uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow, created_at=now, updated_at=now
-        )
+            id=conversation_id or uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow,
+            turns=turns, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
         try:
             async with self._driver("creating a conversation") as driver:
-                await self._hot.create_conversation(driver, conversation)
+                await self._hot.create_conversation(driver, conversation, messages)
         except StorageError as exc:
             if _is_integrity_error(exc.__cause__):
                 raise StorageError(
@@ -374,6 +387,19 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
         async with self._driver("claiming a tool run") as driver:
             return await self._hot.claim_tool_run(driver, conversation_id, tool_call_id, _now())
+
+    async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
+        """Mark the pending tool-call message ``ok`` and claim its calls, in one transaction; the ids claimed now."""
+        claimed = set()
+        now = _now()
+        async with self._begin("approving tool calls", write_first=True) as connection:
+            await connection.execute(_MSG_SET_STATUS, {"mid": message_id, "new_status": "ok"})
+            for call_id in dict.fromkeys(tool_call_ids):
+                claim = self._insert(_tr).values(conversation_id=conversation_id, tool_call_id=call_id, created_at=now)
+                result = await connection.execute(claim.on_conflict_do_nothing())
+                if result.rowcount == 1:
+                    claimed.add(call_id)
+        return claimed
 
     # -- locks -----------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import math
 import re
 import threading
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from supportbot.config import FileOrders, HttpOrders, OrderSettings, SqlOrders
 from supportbot.errors import ConfigError, SupportbotError
 from supportbot.store._engine import make_engine, masked
+
+RECHECK_S = 1.0
+"""Seconds between two looks (``stat``) at an orders file for edits; a lookup in between uses what was loaded."""
 
 ORDER_ID_PATTERN = re.compile(r"^[A-Z0-9-]{1,40}$")
 
@@ -58,6 +63,10 @@ def normalize_order_id(raw: str) -> str | None:
     invisible characters removed, a leading ``#`` dropped, upper-cased; the result must match
     ``^[A-Z0-9-]{1,40}$``.
     """
+    if raw.isascii():
+        # NFKC leaves ASCII as it is, and ASCII has no format (Cf) characters nor look-alikes to map.
+        text = raw.strip().lstrip("#").strip().upper()
+        return text if ORDER_ID_PATTERN.match(text) else None
     text = unicodedata.normalize("NFKC", raw)
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")  # zero-width and bidi controls
     text = text.strip().lstrip("#").strip().upper().translate(_HOMOGLYPHS)
@@ -239,28 +248,43 @@ class FileOrderSource:
     """Orders in a CSV file (one row per order) or a YAML file (a list of orders, or a mapping id -> order).
 
     Loaded on first use and again whenever the file's modification time or size changes, so a
-    demo file can be edited while the bot runs.
+    demo file can be edited while the bot runs: the file is looked at again (one ``stat``) at most
+    every ``recheck_s`` seconds, so an edit shows within a second by default.
     """
 
-    def __init__(self, *, path: str | Path, id_field: str = "order_id", email_field: str = "customer_email") -> None:
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        id_field: str = "order_id",
+        email_field: str = "customer_email",
+        recheck_s: float = RECHECK_S,
+    ) -> None:
         self._path = Path(path)
         if self._path.suffix.lower() not in {".csv", ".yaml", ".yml"}:
             raise ConfigError(f"orders.path: {self._path} is neither .csv nor .yaml/.yml; use one of those formats")
         self._id_field = id_field
         self._email_field = email_field
+        self._recheck_s = recheck_s
         self._stamp: tuple[int, int] | None = None
+        self._checked = -math.inf  # when the file was last looked at (``time.monotonic``)
         self._orders: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
-        # A stat is cheap enough for the event loop; only a (re)load goes to a thread.
-        try:
-            stat = self._path.stat()
-        except OSError as exc:
-            raise OrderSourceError(f"orders.path: cannot read {self._path}: {exc.strerror}; check the file") from exc
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            await asyncio.to_thread(self._load, stamp)
+        now = time.monotonic()
+        if now - self._checked >= self._recheck_s:
+            # A stat is cheap enough for the event loop; only a (re)load goes to a thread.
+            try:
+                stat = self._path.stat()
+            except OSError as exc:
+                raise OrderSourceError(
+                    f"orders.path: cannot read {self._path}: {exc.strerror}; check the file"
+                ) from exc
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                await asyncio.to_thread(self._load, stamp)
+            self._checked = now  # after a successful load: a file that failed to load is tried again
         order = self._orders.get(normalize_order_id(order_id) or order_id)
         return dict(order) if order is not None else None
 

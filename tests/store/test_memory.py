@@ -42,6 +42,7 @@ async def test_begin_turn_counts_the_turn_and_returns_what_came_before() -> None
 async def test_claims_tickets_and_locks() -> None:
     store = MemoryStore()
     assert await store.claim_tool_run("c", "call") and not await store.claim_tool_run("c", "call")
+    assert await store.approve_tool_calls(0, "c", ["call", "other"]) == {"other"}
     ticket = await store.create_ticket(subject="s", conversation_id="c")
     await store.update_ticket(ticket.id, actor="ops", status="solved", note="done")
     assert [e.action for e in await store.ticket_events(ticket.id)] == ["created", "status", "note"]
@@ -114,3 +115,14 @@ async def test_outgoing_replies_are_kept_in_the_outbox_list() -> None:
     with pytest.raises(StorageError):
         await store.add_messages("missing", [NewMessage(role="assistant")], outgoing=Outgoing(channel="x", payload={}))
     assert len(store.outbox) == 1
+
+
+async def test_a_conversation_is_created_with_its_first_messages() -> None:
+    store = MemoryStore()
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    opening = [NewMessage(role="user", content="hello", usage=Usage(input_tokens=3, output_tokens=4), cost_usd=0.5)]
+    created = await store.create_conversation(
+        customer_id=customer.id, channel="test", flow="general", conversation_id="c1", messages=opening
+    )
+    assert (created.id, created.turns, created.input_tokens, created.cost_usd) == ("c1", 1, 3, 0.5)
+    assert [m.content for m in await store.list_messages("c1")] == ["hello"]

@@ -104,8 +104,32 @@ async def test_conversation_errors_name_the_problem(store: SQLStore) -> None:
         await store.update_conversation("missing", status="closed")
     with pytest.raises(StorageError, match="no such customer"):
         await store.create_conversation(customer_id="ghost", channel="web", flow="general")
+    greeting = NewMessage(role="assistant", content="Hi!", kind="greeting")
+    with pytest.raises(StorageError, match="no such customer"):
+        await store.create_conversation(customer_id="ghost", channel="web", flow="general", messages=[greeting])
     with pytest.raises(StorageError, match="no such conversation"):
         await store.add_messages("missing", [NewMessage(role="user", content="hi")])
+
+
+async def test_a_conversation_is_created_with_its_first_messages(store: SQLStore) -> None:
+    customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+    opening = [
+        NewMessage(role="assistant", content="Hi\x00 there", kind="greeting", flow="general"),
+        NewMessage(role="user", content="hello", usage=Usage(input_tokens=3, output_tokens=4), cost_usd=0.5),
+    ]
+    created = await store.create_conversation(
+        customer_id=customer.id, channel="web", flow="general", conversation_id="c" * 32, messages=opening
+    )
+    assert created.id == "c" * 32
+    stored = await store.get_conversation(created.id)
+    assert stored == created
+    assert (created.turns, created.input_tokens, created.output_tokens, created.cost_usd) == (1, 3, 4, 0.5)
+    messages = await store.list_messages(created.id)
+    assert [(m.role, m.content, m.kind) for m in messages] == [
+        ("assistant", "Hi there", "greeting"),
+        ("user", "hello", "normal"),
+    ]
+    assert messages[0].id < messages[1].id
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -224,6 +248,19 @@ async def test_tool_run_is_claimed_once(store: SQLStore) -> None:
     assert await store.claim_tool_run(cid, "call_2") is True
     claims = await asyncio.gather(*(store.claim_tool_run(cid, "call_3") for _ in range(5)))
     assert claims.count(True) == 1
+
+
+async def test_approving_tool_calls_marks_the_message_and_claims_its_calls_at_once(store: SQLStore) -> None:
+    cid = await _conversation(store)
+    calls = (ToolCall(id="call_a", name="refund", arguments="{}"), ToolCall(id="call_b", name="refund", arguments="{}"))
+    (pending,) = await store.add_messages(cid, [NewMessage(role="assistant", tool_calls=calls, status="pending")])
+    assert await store.claim_tool_run(cid, "call_b") is True  # run before (a crash after it ran)
+
+    assert await store.approve_tool_calls(pending.id, cid, ["call_a", "call_b"]) == {"call_a"}
+
+    assert [m.status for m in await store.list_messages(cid)] == ["ok"]
+    assert await store.claim_tool_run(cid, "call_a") is False
+    assert await store.approve_tool_calls(pending.id, cid, ["call_a", "call_b"]) == set()
 
 
 # -- locks ------------------------------------------------------------------------------------

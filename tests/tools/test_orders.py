@@ -127,13 +127,26 @@ async def test_file_source_reloads_when_the_file_changes(tmp_path: Path) -> None
     path = tmp_path / "orders.yaml"
     path.write_text(YAML_LIST, encoding="utf-8")
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))
-    source = FileOrderSource(path=path)
+    source = FileOrderSource(path=path, recheck_s=0)
     assert (await source.get("A1001") or {})["status"] == "shipped"
 
     path.write_text(YAML_LIST.replace("shipped", "delivered"), encoding="utf-8")
     os.utime(path, ns=(2_000_000_000, 2_000_000_000))
 
     assert (await source.get("A1001") or {})["status"] == "delivered"
+
+
+async def test_file_source_looks_at_the_file_at_most_once_per_recheck(tmp_path: Path) -> None:
+    path = tmp_path / "orders.yaml"
+    path.write_text(YAML_LIST, encoding="utf-8")
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    source = FileOrderSource(path=path, recheck_s=3600)
+    assert (await source.get("A1001") or {})["status"] == "shipped"
+
+    path.write_text(YAML_LIST.replace("shipped", "delivered"), encoding="utf-8")
+    os.utime(path, ns=(2_000_000_000, 2_000_000_000))
+
+    assert (await source.get("A1001") or {})["status"] == "shipped"  # not looked at again within the hour
 
 
 async def test_file_source_missing_or_bad_file(tmp_path: Path) -> None:

@@ -3,9 +3,8 @@ stopped worker's lane when its lease expires, and a worker that lost its lease s
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,8 @@ from supportbot.errors import StorageError
 from supportbot.events import TurnFailed
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
-from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply, Step
+from supportbot.testing.fake_llm import FakeLLMServer, Hang
+from tests.echo_model import echo, last_user_text, until
 
 pytestmark = pytest.mark.postgres
 
@@ -48,21 +48,6 @@ async def two(fake: FakeLLMServer, pg_url: str) -> AsyncIterator[tuple[Dispatche
             await dispatcher.drain(2)
         for r in runtimes:
             await r.aclose()
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    return next(str(m["content"]) for m in reversed(body["messages"]) if m["role"] == "user")
-
-
-def echo(body: dict[str, Any]) -> Step:
-    return Reply(text=f"Answer to {last_user_text(body)}.")
-
-
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
-        await asyncio.sleep(0.02)
 
 
 async def open_conversation(dispatcher: Dispatcher) -> str:

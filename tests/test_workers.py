@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 
 from supportbot.store.sql import SQLStore
-from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply, Step
+from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
+from tests.echo_model import echo, last_user_text, until
 from tests.server_process import REPO, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.postgres
@@ -108,21 +109,6 @@ async def workers(tmp_path: Path, llm: FakeLLMServer, pg_url: str) -> AsyncItera
             yield running
         finally:
             await running.stop()
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    return next(str(m["content"]) for m in reversed(body["messages"]) if m["role"] == "user")
-
-
-def echo(body: dict[str, Any]) -> Step:
-    return Reply(text=f"Answer to {last_user_text(body)}.")
-
-
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
-        await asyncio.sleep(0.05)
 
 
 async def inbox_statuses(pg_url: str) -> list[str]:

@@ -249,14 +249,15 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     # Events between the workers of one database (PostgreSQL LISTEN/NOTIFY; nothing to do on SQLite).
     bus = open_bus(config.database.url, worker_id=dispatcher.worker_id)
     relay = Relay(dispatcher, bus, wake=hub.wake, channels=hub.workers)
-    hub.announce_queued = relay.queued
-    if shared:
+    if shared:  # one worker alone (SQLite) has nobody to tell
+        hub.announce_queued = relay.queued
         for worker in hub.workers.values():
             worker.poll_s = BUS_POLL_S  # a notice wakes it; the poll is for one that was missed
 
     async def start_delivery(app: web.Application) -> None:
         await bus.start()
-        relay.attach()
+        if shared:
+            relay.attach()
         await hub.start()
 
     async def stop_delivery(app: web.Application) -> None:

@@ -137,3 +137,19 @@ def test_a_port_held_by_another_program_is_refused_before_any_worker_starts(tmp_
     assert supervisor.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use; choose another port" in stderr
     assert "started" not in stderr
+
+
+async def test_workers_of_a_supervisor_killed_9_drain_and_exit_by_themselves(tmp_path: Path, pg_url: str) -> None:
+    port = free_port()
+    supervisor = spawn_server(write_config(tmp_path, pg_url), port, tmp_path, ["--workers", "2", "--demo"])
+    try:
+        wait_until_listening(supervisor, port)
+        workers = pids_answering(port, lambda seen: len(seen) == 2)
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.communicate(timeout=10)
+        for pid in workers:
+            wait_dead(pid)  # no orphan keeps the port
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            pass
+    finally:
+        await stop_server(supervisor)

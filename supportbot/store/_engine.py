@@ -86,9 +86,9 @@ def make_engine(
             options["poolclass"] = StaticPool
         # No rollback when a connection goes back to the pool: with aiosqlite it costs a thread hop
         # on every checkout, and nothing needs it: SQLAlchemy connections roll back their own open
-        # transactions on close, and the hot path (``_hot``) commits or rolls back in its thread.
+        # transactions on close, and the backend's hot path (``sqlite.py``) commits or rolls back in its thread.
         # The store's hot path runs short transactions on the event loop's thread, on a connection
-        # aiosqlite opened in its own thread (see ``_hot.SQLiteHotPath``); it never uses one
+        # aiosqlite opened in its own thread (see ``sqlite.SQLiteBackend``); it never uses one
         # connection from two threads at once.
         options["connect_args"] = {"check_same_thread": False}
         engine = create_async_engine(parsed, pool_reset_on_return=None, **options)

@@ -1,7 +1,8 @@
 """The inbox, the outbox, channel state and conversation keys (the ``Mailboxes`` protocol), as a part of ``SQLStore``.
 
 What a channel does for every message (the inbox, binding a conversation's key and address,
-counting and marking a delivery) runs on the hot path (``_hot``); the rest on SQLAlchemy Core.
+counting and marking a delivery) runs on the dialect's backend (``sqlite.py``, ``postgres.py``); the
+rest on SQLAlchemy Core.
 Upserts are ``INSERT … ON CONFLICT DO UPDATE``, atomic on both databases however many callers race.
 """
 
@@ -133,12 +134,12 @@ class MailboxMixin(SQLBase):
         """
         encoded = None if payload is None else json_dumps(payload)
         async with self._driver("storing an inbound message") as driver:
-            return await self._hot.inbox_add(driver, channel, external_id, encoded, conversation_id, now(), lane)
+            return await self._backend.inbox_add(driver, channel, external_id, encoded, conversation_id, now(), lane)
 
     async def inbox_set_status(self, inbox_id: int, status: str, *, conversation_id: str | None = None) -> None:
         """Record what became of an inbound message (e.g. ``done``), and the conversation it went to."""
         async with self._driver("updating an inbound message") as driver:
-            await self._hot.inbox_set_status(driver, inbox_id, status, conversation_id)
+            await self._backend.inbox_set_status(driver, inbox_id, status, conversation_id)
 
     async def inbox_pending(
         self, channel: str | None = None, *, statuses: Sequence[str] = ("received",), limit: int = 100
@@ -208,7 +209,7 @@ class MailboxMixin(SQLBase):
         """
         at = now()
         async with self._driver(f"counting a delivery attempt of reply {outbox_id}") as driver:
-            return await self._hot.outbox_attempt(driver, outbox_id, owner, at + timedelta(seconds=lease_s), at)
+            return await self._backend.outbox_attempt(driver, outbox_id, owner, at + timedelta(seconds=lease_s), at)
 
     async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
         """Mark a reply delivered, with the channel's id for it; False if it was not pending any more.
@@ -217,7 +218,7 @@ class MailboxMixin(SQLBase):
             StorageError: another reply of the same channel already has ``external_id``.
         """
         async with self._driver(f"marking reply {outbox_id} sent") as driver:
-            return await self._hot.outbox_mark_sent(driver, outbox_id, external_id, now())
+            return await self._backend.outbox_mark_sent(driver, outbox_id, external_id, now())
 
     async def outbox_mark_failed(
         self, outbox_id: int, *, error: str, give_up: bool = False, retry_at: datetime | None = None
@@ -277,7 +278,7 @@ class MailboxMixin(SQLBase):
     async def conversation_for_key(self, channel: str, key: str) -> str | None:
         """The newest conversation (by creation, any status) bound to ``key`` on ``channel``, or None."""
         async with self._driver("looking up a conversation key") as driver:
-            return await self._hot.conversation_for_key(driver, channel, clean_text(key))
+            return await self._backend.conversation_for_key(driver, channel, clean_text(key))
 
     async def set_conversation_address(
         self, conversation_id: str, *, channel: str, key: str | None, address: dict[str, Any]
@@ -292,9 +293,10 @@ class MailboxMixin(SQLBase):
             key = clean_text(key)
             _check_key("the conversation key", key)
         async with self._driver("storing a conversation's address") as driver:
-            await self._hot.set_conversation_address(driver, conversation_id, channel, key, json_dumps(address), now())
+            encoded = json_dumps(address)
+            await self._backend.set_conversation_address(driver, conversation_id, channel, key, encoded, now())
 
     async def conversation_address(self, conversation_id: str) -> ConversationAddress | None:
         """The conversation's key and address as ``set_conversation_address`` last set them, or None."""
         async with self._driver("reading a conversation's address") as driver:
-            return await self._hot.conversation_address(driver, conversation_id)
+            return await self._backend.conversation_address(driver, conversation_id)

@@ -6,19 +6,19 @@ in SQL, one statement per figure, grouped by UTC day (``_day``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, delete, exists, func, literal_column, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
 from supportbot.errors import StorageError
-from supportbot.store._hot import CONV_COLS, MSG_COLS
-from supportbot.store._hot import conversation as _conversation
-from supportbot.store._hot import message as _message
+from supportbot.store._common import CONV_COLS, MSG_COLS
+from supportbot.store._common import conversation as _conversation
+from supportbot.store._common import message as _message
 from supportbot.store._sqlbase import SQLBase
 from supportbot.store._sqlbase import now as _now
 from supportbot.store._tickets import _EVENT_COLS, _TICKET_COLS, _event, _ticket
@@ -51,7 +51,7 @@ _TICKET_SORT: dict[str, ColumnElement[Any]] = {
     "created": _t.c.created_at, "updated": _t.c.updated_at, "priority": _PRIORITY_RANK, "status": _STATUS_RANK,
 }  # fmt: skip
 
-# The column orders the decoders in ``_hot`` (``message``, ``conversation``) read.
+# The column orders the decoders in ``_common`` (``message``, ``conversation``) read.
 _MSG_COLS = tuple(_m.c[name] for name in MSG_COLS.split(", "))
 _CONV_COLS = tuple(_co.c[name] for name in CONV_COLS.split(", "))
 _SESSION_COLS = (_s.c.id_hash, _s.c.username, _s.c.csrf_token, _s.c.created_at, _s.c.expires_at)
@@ -72,15 +72,6 @@ def _contains(column: ColumnElement[Any], text: str) -> ColumnElement[bool]:
 def _check_page(offset: int, limit: int) -> None:
     if offset < 0 or limit < 0:
         raise ValueError(f"offset {offset} and limit {limit} must not be negative")
-
-
-def _day(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """The UTC day of a ``UTCDateTime`` column: a ``date`` on PostgreSQL, ``'YYYY-MM-DD'`` text on SQLite."""
-    if dialect == "postgresql":
-        # A literal, not a parameter: PostgreSQL matches GROUP BY to the selected expression textually.
-        return cast(func.timezone(literal_column("'UTC'"), column), Date)
-    # SQLite holds UTCDateTime as naive UTC text ('YYYY-MM-DD HH:MM:SS.ffffff'), which date() reads.
-    return func.date(column)
 
 
 def _as_date(value: date | str) -> date:
@@ -205,11 +196,12 @@ class ReviewMixin(SQLBase):
         ]  # fmt: skip
         unresolved = or_(_co.c.status == "human", exists().where(_t.c.conversation_id == _co.c.id))
         async with self._begin("reading the overview") as connection:
-            opened = await _per_day(connection, _t.c.created_at, func.count(), start, end)
+            day_of = self._backend.day
+            opened = await _per_day(connection, day_of, _t.c.created_at, func.count(), start, end)
             # A ticket solved and then closed on one day counts once that day.
-            solved_days = await _per_day(connection, _e.c.created_at, func.count(_e.c.ticket_id.distinct()),
+            solved_days = await _per_day(connection, day_of, _e.c.created_at, func.count(_e.c.ticket_id.distinct()),
                                          start, end, solved)  # fmt: skip
-            cost_days = await _per_day(connection, _m.c.created_at, func.sum(_m.c.cost_usd), start, end)
+            cost_days = await _per_day(connection, day_of, _m.c.created_at, func.sum(_m.c.cost_usd), start, end)
             flow_rows = (
                 await connection.execute(
                     select(_m.c.flow, func.sum(_m.c.cost_usd))
@@ -310,6 +302,7 @@ class ReviewMixin(SQLBase):
 
 async def _per_day(
     connection: AsyncConnection,
+    day_of: Callable[[ColumnElement[Any]], ColumnElement[Any]],
     column: ColumnElement[Any],
     value: ColumnElement[Any],
     start: datetime,
@@ -317,6 +310,6 @@ async def _per_day(
     *where: ColumnElement[bool],
 ) -> dict[date, Any]:
     """``value`` aggregated per UTC day of ``column`` over ``[start, end)``; days without rows are absent."""
-    day = _day(column, connection.dialect.name)
+    day = day_of(column)
     query = select(day, value).where(column >= start, column < end, *where).group_by(day)
     return {_as_date(found): total for found, total in (await connection.execute(query)).all()}

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -17,7 +16,8 @@ from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.util import greenlet_spawn
 
 from supportbot.store._engine import storage_error
-from supportbot.store._hot import PostgresHotPath, SQLiteHotPath
+from supportbot.store.postgres import PostgresBackend
+from supportbot.store.sqlite import SQLiteBackend
 
 try:  # the errors the drivers raise on the hot path (which bypasses SQLAlchemy's wrapping)
     import asyncpg
@@ -31,10 +31,7 @@ except ImportError:  # pragma: no cover - asyncpg is a dependency, but SQLite wo
     _DRIVER_ERRORS = (sqlite3.Error, OSError)
     _KEEP_AFTER = (sqlite3.Error,)
 
-HOT_CONNECTIONS = 4
-"""PostgreSQL connections kept for the hot path (each call holds one for a single round trip)."""
-
-__all__ = ["HOT_CONNECTIONS", "HotPool", "SQLBase", "now"]
+__all__ = ["HotPool", "SQLBase", "now"]
 
 
 def now() -> datetime:
@@ -50,11 +47,14 @@ class SQLBase:
         self._url = url
         # An in-memory SQLite database is one shared connection: transactions must take turns on it.
         self._serial = asyncio.Lock() if isinstance(engine.pool, StaticPool) else None
-        # INSERT ... ON CONFLICT DO NOTHING (both databases have it, each under its own construct).
-        postgres = engine.dialect.name == "postgresql"
-        self._insert: Callable[..., Any] = postgresql.insert if postgres else sqlite.insert
-        self._hot_pool = HotPool(engine, HOT_CONNECTIONS if postgres else 1, discard_broken=postgres)
-        self._hot: SQLiteHotPath | PostgresHotPath = PostgresHotPath() if postgres else SQLiteHotPath(self._hot_pool)
+        # Each dialect's backend owns its SQL: the hot path on the driver, and its part of the SQLAlchemy
+        # transactions (locking rows, ``INSERT … ON CONFLICT``, days).
+        kind = PostgresBackend if engine.dialect.name == "postgresql" else SQLiteBackend
+        self._hot_pool = HotPool(engine, kind.hot_connections, discard_broken=kind.discard_broken)
+        self._backend: SQLiteBackend | PostgresBackend = (
+            PostgresBackend(url) if kind is PostgresBackend else SQLiteBackend(self._hot_pool)
+        )
+        self._insert: Callable[..., Any] = self._backend.insert
 
     @asynccontextmanager
     async def _begin(self, doing: str, *, write_first: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -66,14 +66,14 @@ class SQLBase:
         """
         try:
             async with self._serial or nullcontext(), self._engine.begin() as connection:
-                if write_first and connection.dialect.name == "sqlite":
-                    await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                if write_first:
+                    await self._backend.begin_write(connection)
                 yield connection
         except (SQLAlchemyError, OSError) as exc:
             raise storage_error(exc, self._url, doing) from exc
 
     def _driver(self, doing: str) -> _DriverUse:
-        """A driver connection (aiosqlite or asyncpg) for the hot path in ``_hot``; errors become ``StorageError``."""
+        """A driver connection (aiosqlite or asyncpg) for the backend's hot path; errors become ``StorageError``."""
         return _DriverUse(self, doing)
 
 

@@ -115,10 +115,8 @@ class TicketMixin(SQLBase):
         owner, key = (_c, customer_id) if per == "customer" else (_conv, conversation_id)
         counted = _t.c.customer_id == customer_id if per == "customer" else _t.c.conversation_id == conversation_id
         async with self._begin("creating a ticket", write_first=True) as connection:
-            if connection.dialect.name == "postgresql":
-                # Every capped insert for this customer (or conversation) queues here until the one
-                # before commits, so the count below (a new snapshot under READ COMMITTED) sees its ticket.
-                await connection.execute(select(owner.c.id).where(owner.c.id == key).with_for_update(key_share=True))
+            # Capped inserts for this customer (or conversation) take turns here, so each count sees the last ticket.
+            await self._backend.hold_row(connection, select(owner.c.id).where(owner.c.id == key))
             count, latest = (
                 await connection.execute(
                     select(func.count(), func.max(_t.c.id)).where(counted, _t.c.kind == kind, _t.c.created_at >= since)
@@ -210,10 +208,7 @@ class TicketMixin(SQLBase):
             StorageError: there is no ticket ``ticket_id``.
         """
         async with self._begin("updating a ticket", write_first=True) as connection:
-            query = _TICKET_BY_ID
-            if connection.dialect.name == "postgresql":
-                query = query.with_for_update()
-            row = (await connection.execute(query, {"tid": ticket_id})).first()
+            row = (await connection.execute(self._backend.for_update(_TICKET_BY_ID), {"tid": ticket_id})).first()
             if row is None:
                 raise StorageError(f"no ticket #{ticket_id}; list tickets with `supportbot tickets list`")
             old = _ticket(row)

@@ -6,17 +6,17 @@ engine where another system keeps the transcript. Not for production: nothing su
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from supportbot.errors import StorageError
-from supportbot.store._hot import totals
+from supportbot.store._common import totals
+from supportbot.store._locks import KeyedLocks
 from supportbot.store.base import (
     CapScope,
     Conversation,
@@ -68,7 +68,7 @@ class MemoryStore:
         self._tool_runs: set[tuple[str, str]] = set()
         self._tickets: dict[int, Ticket] = {}
         self._events: dict[int, list[TicketEvent]] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self._ids = itertools.count(1)
 
     async def close(self) -> None:
@@ -226,19 +226,8 @@ class MemoryStore:
         await self.set_message_status(message_id, "ok")
         return {call_id for call_id in tool_call_ids if await self.claim_tool_run(conversation_id, call_id)}
 
-    @asynccontextmanager
-    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(conversation_id) or (asyncio.Lock(), 0)
-        self._locks[conversation_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[conversation_id]
-            if users == 1:
-                del self._locks[conversation_id]
-            else:
-                self._locks[conversation_id] = (lock, users - 1)
+    def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(conversation_id)
 
     async def create_ticket(
         self,

@@ -1,9 +1,10 @@
-"""``SQLStore``: the ``Store`` and ``Mailboxes`` protocols on SQLAlchemy 2 (SQLite or PostgreSQL).
+"""``SQLStore``: the store's protocols on SQLite or PostgreSQL.
 
 Every turn reads its conversation and history and stores its messages, so those calls
 (``begin_turn``, ``get_conversation``, ``get_customer``, ``list_messages``, ``add_messages``,
 ``update_conversation``, ``claim_tool_run``) run on the drivers directly, inline on SQLite or one
-round trip on PostgreSQL (``_hot``); so do the channels' per-message and per-connection calls
+round trip on PostgreSQL, through the dialect's backend (``sqlite.py``, ``postgres.py``, each owning
+its SQL); so do the channels' per-message and per-connection calls
 (``inbox_add``, ``inbox_set_status``, ``conversation_for_token``, ``conversation_for_key``,
 ``set_conversation_address``, ``conversation_address``, ``outbox_attempt``, ``outbox_mark_sent``)
 and what opening a conversation writes (the customer, the conversation, its greeting and token).
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -29,12 +30,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from supportbot.errors import StorageError, TurnTaken
+from supportbot.store._common import conversation as _conversation
+from supportbot.store._common import customer as _customer
+from supportbot.store._common import totals
 from supportbot.store._engine import make_engine, masked, parse_url
-from supportbot.store._hot import SQLiteHotPath, totals
-from supportbot.store._hot import conversation as _conversation
-from supportbot.store._hot import customer as _customer
 from supportbot.store._leases import LeaseMixin
-from supportbot.store._locks import KeyedLocks, SharedAdvisoryLocks
 from supportbot.store._mailbox import MailboxMixin
 from supportbot.store._review import ReviewMixin
 from supportbot.store._spending import SpendingMixin
@@ -119,8 +119,6 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     def __init__(self, engine: AsyncEngine, url: URL) -> None:
         """Wrap an engine made by ``make_engine``; use ``SQLStore.open`` instead."""
         super().__init__(engine, url)
-        self._locks = KeyedLocks()
-        self._pg_locks: SharedAdvisoryLocks | None = None
 
     @classmethod
     async def open(
@@ -152,12 +150,9 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
 
     async def close(self) -> None:
         """Close every connection. The store cannot be used afterwards."""
-        if isinstance(self._hot, SQLiteHotPath):
-            await self._hot.close()
+        await self._backend.close()
         await self._hot_pool.close()
         await self._engine.dispose()
-        if self._pg_locks is not None:
-            await self._pg_locks.close()
         await self.close_renewals()
 
     @property
@@ -209,7 +204,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
                                 verified=verified, created_at=_now())  # fmt: skip
             try:
                 async with self._driver("creating a customer") as driver:
-                    await self._hot.create_customer(driver, customer)
+                    await self._backend.create_customer(driver, customer)
                 return customer
             except StorageError as exc:
                 # Another request created the same customer a moment ago: find that one.
@@ -219,7 +214,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
 
     async def _find_customer(self, email: str | None, external_id: str | None, verified: bool) -> Customer | None:
         async with self._driver("looking up a customer") as driver:
-            return await self._hot.find_customer(driver, email, external_id, verified)
+            return await self._backend.find_customer(driver, email, external_id, verified)
 
     async def _fill_customer(
         self, found: Customer, email: str | None, external_id: str | None, name: str | None
@@ -259,7 +254,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     async def get_customer(self, customer_id: str) -> Customer | None:
         """The customer with this id, or None."""
         async with self._driver("reading a customer") as driver:
-            return await self._hot.get_customer(driver, customer_id)
+            return await self._backend.get_customer(driver, customer_id)
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -282,7 +277,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         )  # fmt: skip
         try:
             async with self._driver("creating a conversation") as driver:
-                await self._hot.create_conversation(driver, conversation, messages)
+                await self._backend.create_conversation(driver, conversation, messages)
         except StorageError as exc:
             if _is_integrity_error(exc.__cause__):
                 raise StorageError(
@@ -295,7 +290,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     async def get_conversation(self, conversation_id: str) -> Conversation | None:
         """The conversation with this id, or None."""
         async with self._driver("reading a conversation") as driver:
-            return await self._hot.get_conversation(driver, conversation_id)
+            return await self._backend.get_conversation(driver, conversation_id)
 
     async def update_conversation(
         self,
@@ -307,7 +302,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     ) -> Conversation:
         """Change the flow and/or status (None keeps them), count a turn if asked, and bump ``updated_at``."""
         async with self._driver("updating a conversation") as driver:
-            updated = await self._hot.update_conversation(
+            updated = await self._backend.update_conversation(
                 driver, conversation_id, flow, status, int(count_turn), _now()
             )
         if updated is None:
@@ -344,7 +339,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             return []
         now = _now()
         async with self._driver("storing messages") as driver:
-            ids = await self._hot.add_messages(driver, conversation_id, messages, now, outgoing)
+            ids = await self._backend.add_messages(driver, conversation_id, messages, now, outgoing)
         if ids is None:
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
         return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
@@ -363,7 +358,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         """
         now = _now()
         async with self._driver("starting a turn") as driver:
-            found = await self._hot.begin_turn(driver, conversation_id, message, history, now, inbox_id)
+            found = await self._backend.begin_turn(driver, conversation_id, message, history, now, inbox_id)
         if isinstance(found, str):  # TAKEN
             raise TurnTaken(f"inbox row {inbox_id} was taken by another worker; this one answers nothing")
         if found is None:
@@ -377,7 +372,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
         if last is not None and last <= 0:
             return []
         async with self._driver("reading messages") as driver:
-            return await self._hot.list_messages(driver, conversation_id, last)
+            return await self._backend.list_messages(driver, conversation_id, last)
 
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
         async with self._begin("updating a message") as connection:
@@ -386,7 +381,7 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
         """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
         async with self._driver("claiming a tool run") as driver:
-            return await self._hot.claim_tool_run(driver, conversation_id, tool_call_id, _now())
+            return await self._backend.claim_tool_run(driver, conversation_id, tool_call_id, _now())
 
     async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
         """Mark the pending tool-call message ``ok`` and claim its calls, in one transaction; the ids claimed now."""
@@ -404,24 +399,8 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     # -- locks -----------------------------------------------------------------------------------
 
     def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
-        """Hold while a turn runs: one turn at a time per conversation.
-
-        In-process waiters queue on an asyncio lock first (in arrival order); on PostgreSQL the
-        holder then takes an advisory lock, which serialises turns across workers too. All of a
-        worker's advisory locks live on one session of their own (``SharedAdvisoryLocks``), so
-        any number of turns can run at once without holding a connection each.
-        """
-        if self._engine.dialect.name != "postgresql":
-            return self._locks.hold(conversation_id)  # SQLite serves one process: its lock is the whole lock
-        return self._lock_across_workers(conversation_id)
-
-    @asynccontextmanager
-    async def _lock_across_workers(self, conversation_id: str) -> AsyncIterator[None]:
-        async with self._locks.hold(conversation_id):
-            if self._pg_locks is None:
-                self._pg_locks = SharedAdvisoryLocks(make_engine(self._url, pool_size=1, max_overflow=0))
-            async with self._pg_locks.hold(conversation_id):
-                yield
+        """Hold while a turn runs: one turn at a time per conversation (across workers on PostgreSQL)."""
+        return self._backend.lock(conversation_id)
 
     # -- orders ----------------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ async def test_claims_tickets_and_locks() -> None:
             order.append("second")
 
     await asyncio.gather(first(), second())
-    assert order == ["first", "second"] and store._locks == {}
+    assert order == ["first", "second"] and len(store._locks) == 0
 
 
 async def test_add_messages_keeps_every_field() -> None:

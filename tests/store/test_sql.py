@@ -287,12 +287,12 @@ async def test_lock_serialises_holders_of_the_same_conversation(store: SQLStore)
 
     tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
     await second_queued.wait()
-    assert store._locks._entries["conv-a"].users == 2
+    assert store._backend._locks._entries["conv-a"].users == 2
     assert order == ["first in"]
     release_first.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert order == ["first in", "first out", "second in"]
-    assert len(store._locks) == 0
+    assert len(store._backend._locks) == 0
 
 
 async def test_lock_does_not_block_other_conversations(store: SQLStore) -> None:
@@ -311,7 +311,7 @@ async def test_lock_table_stays_empty_after_many_conversations(store: SQLStore) 
     for i in range(200):
         async with store.lock(f"conv-{i}"):
             pass
-    assert len(store._locks) == 0
+    assert len(store._backend._locks) == 0
 
 
 @pytest.mark.postgres

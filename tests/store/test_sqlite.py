@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from supportbot.errors import StorageError
-from supportbot.store import _hot
+from supportbot.store import sqlite as _sqlite
 from supportbot.store.base import NewMessage
 from supportbot.store.sql import SQLStore
 
@@ -48,7 +48,7 @@ async def test_a_write_lock_held_by_another_process_is_waited_for_off_the_event_
 async def test_a_write_lock_never_released_fails_the_call_after_a_bounded_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_hot, "BUSY_GIVE_UP", 0.2)
+    monkeypatch.setattr(_sqlite, "BUSY_GIVE_UP", 0.2)
     store, cid = await _store_with_conversation(tmp_path / "bot.db")
     other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None)
     try:
@@ -87,27 +87,27 @@ async def test_checkpoints_run_in_a_worker_thread_without_holding_the_connection
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[int] = []
-    original = _hot._checkpoint
+    original = _sqlite._checkpoint
 
     def spy(path: str) -> None:
         threads.append(threading.get_ident())
         assert path == str(tmp_path / "bot.db")
         original(path)
 
-    monkeypatch.setattr(_hot, "CHECKPOINT_EVERY", 3)
-    monkeypatch.setattr(_hot, "_checkpoint", spy)
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 3)
+    monkeypatch.setattr(_sqlite, "_checkpoint", spy)
     store, cid = await _store_with_conversation(tmp_path / "bot.db")
     try:
         for i in range(7):
             await store.add_messages(cid, [NewMessage(role="user", content=str(i))])
             await asyncio.sleep(0.01)  # a checkpoint may finish in between, as between turns
         # A checkpoint running does not stop the next write: it has a connection of its own.
-        hot = store._hot
-        assert isinstance(hot, _hot.SQLiteHotPath)
+        hot = store._backend
+        assert isinstance(hot, _sqlite.SQLiteBackend)
         if hot._checkpoint is not None:
             await hot._checkpoint
         release = threading.Event()
-        monkeypatch.setattr(_hot, "_checkpoint", lambda path: release.wait(10))
+        monkeypatch.setattr(_sqlite, "_checkpoint", lambda path: release.wait(10))
         for i in range(3):
             await store.add_messages(cid, [NewMessage(role="user", content=f"during {i}")])
         assert hot._checkpoint is not None and not hot._checkpoint.done()
@@ -137,8 +137,8 @@ async def test_the_wal_restarts_after_every_checkpoint_and_stays_bounded_under_s
     # timing: the checkpoint's thread opens a read transaction, which fixes where a checkpoint can
     # copy up to (the WAL's end when it starts), the test writes 10 messages, then the real
     # checkpoint runs and leaves those in the WAL, as under load.
-    monkeypatch.setattr(_hot, "CHECKPOINT_EVERY", 50)
-    original = _hot._checkpoint
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 50)
+    original = _sqlite._checkpoint
     started, go_on = threading.Event(), threading.Event()
 
     def checkpoint_while_writes_go_on(path: str) -> None:
@@ -152,10 +152,10 @@ async def test_the_wal_restarts_after_every_checkpoint_and_stays_bounded_under_s
         finally:
             snapshot.close()
 
-    monkeypatch.setattr(_hot, "_checkpoint", checkpoint_while_writes_go_on)
+    monkeypatch.setattr(_sqlite, "_checkpoint", checkpoint_while_writes_go_on)
     store, cid = await _store_with_conversation(tmp_path / "bot.db")
-    hot = store._hot
-    assert isinstance(hot, _hot.SQLiteHotPath)
+    hot = store._backend
+    assert isinstance(hot, _sqlite.SQLiteBackend)
     wal = tmp_path / "bot.db-wal"
     text = "x" * 3000  # about a page a message
     written = 0
@@ -200,8 +200,8 @@ async def test_the_wal_restarts_after_every_checkpoint_and_stays_bounded_under_s
 @pytest.mark.parametrize("microsecond", [0, 1, 123456])
 def test_times_are_written_as_sqlalchemy_writes_them(microsecond: int) -> None:
     value = datetime(2026, 12, 4, 13, 5, 9, microsecond, tzinfo=timezone(timedelta(hours=2)))
-    assert _hot._sqlite_time(value) == value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
-    assert _hot._sqlite_datetime(_hot._sqlite_time(value)) == value
+    assert _sqlite._sqlite_time(value) == value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
+    assert _sqlite._sqlite_datetime(_sqlite._sqlite_time(value)) == value
 
 
 async def test_history_read_again_is_the_same_and_a_changed_row_is_read_afresh(tmp_path: Path) -> None:
@@ -222,8 +222,8 @@ async def test_history_read_again_is_the_same_and_a_changed_row_is_read_afresh(t
 
 
 def test_the_decoded_message_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_hot, "MESSAGE_CACHE_SIZE", 3)
-    cache = _hot._MessageCache()
+    monkeypatch.setattr(_sqlite, "MESSAGE_CACHE_SIZE", 3)
+    cache = _sqlite._MessageCache()
     row = (1, "c1", "2026-12-04 13:00:00.000000", "user", "hi", *([None] * 5), "message", "ok",
            *([None] * 6), 0.0, None, None)  # fmt: skip
     rows = [(i, *row[1:]) for i in range(10)]

@@ -1,22 +1,14 @@
-"""The store's hot path, run on the database drivers themselves.
+"""The SQLite backend: every statement the store runs on SQLite's own driver, one transaction each.
 
 Every turn stores the customer's message and reads what the turn needs, then stores one or two
-batches of messages. Through SQLAlchemy's asyncio layer each of those cost 0.4-1 ms of CPU:
-aiosqlite makes a thread hop per cursor call (cursor, execute, fetch, close, commit), and
-asyncpg pays a round trip each for BEGIN, every statement and COMMIT. Here:
+batches of messages; channels add, mark and look up their rows per message. Through SQLAlchemy's
+asyncio layer each of those cost 0.4-1 ms of CPU: aiosqlite makes a thread hop per cursor call
+(cursor, execute, fetch, close, commit). Here each operation is one short transaction on the event
+loop's thread (see ``SQLiteBackend`` for why that is safe, and what goes to a worker thread instead).
+What is not per message (tickets, review, leases) stays on SQLAlchemy Core in the store's mixins;
+this module also owns SQLite's part of those (``Dialect``).
 
-* SQLite: each operation is one short transaction on the event loop's thread (see
-  ``SQLiteHotPath`` for why that is safe, and what goes to aiosqlite's worker thread instead).
-* PostgreSQL: one statement in autocommit mode; ``add_messages`` is a single ``WITH … UPDATE …
-  INSERT … SELECT FROM unnest(…)`` statement, atomic by itself (with an outbox row to queue, the
-  messages' INSERT becomes a CTE and the outbox INSERT follows it, still one statement).
-
-Besides the turn's own calls, the per-message calls of channels run here: the inbox, the
-conversation's key and address, and counting and marking a delivery.
-
-Connections come from the store's SQLAlchemy pool (so the PRAGMAs, codecs and ``search_path``
-are the same). Values are cleaned and encoded the way the SQLAlchemy column types do it, so
-rows written here read back identically through SQLAlchemy and vice versa.
+Connections come from the store's SQLAlchemy pool (so the PRAGMAs and codecs are the same).
 """
 
 from __future__ import annotations
@@ -31,9 +23,38 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sqlalchemy import ColumnElement, Select, func
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from supportbot._json import loads
-from supportbot.messages import ImagePart, ToolCall, Usage
+from supportbot.messages import Usage
+from supportbot.store._common import (
+    ADDRESS,
+    CONV_COLS,
+    CONVERSATION_FOR_KEY,
+    CUSTOMER_COLS,
+    INSERT_COLS,
+    INSERT_CUSTOMER,
+    INSERT_INBOX,
+    INSERT_TOKEN,
+    MSG_COLS,
+    OUTBOX_ATTEMPT,
+    OUTBOX_SENT,
+    SET_ADDRESS,
+    SET_INBOX_STATUS,
+    TAKEN,
+    TOKEN_CONVERSATION,
+    Started,
+    conversation,
+    customer,
+    decode_images,
+    decode_tool_calls,
+    message_values,
+    totals,
+)
 from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
+from supportbot.store._locks import KeyedLocks
 from supportbot.store.base import (
     Conversation,
     ConversationAddress,
@@ -43,131 +64,11 @@ from supportbot.store.base import (
     Outgoing,
     StoredMessage,
 )
-from supportbot.store.models import clean_text, json_dumps
+from supportbot.store.models import json_dumps
 
-__all__ = ["PostgresHotPath", "SQLiteHotPath", "conversation", "customer", "message", "message_values"]
+__all__ = ["SQLiteBackend"]
 
 logger = logging.getLogger("supportbot.store")
-
-CUSTOMER_COLS = "id, email, name, external_id, verified, created_at"
-CONV_COLS = (
-    "id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, cost_usd, created_at, updated_at"
-)
-MSG_COLS = (
-    "id, conversation_id, created_at, role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, "
-    "status, flow, model, input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms, "
-    "author"
-)
-_INSERT_COLS = (
-    "conversation_id, role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, status, flow, model, "
-    "input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms, author, created_at"
-)
-
-
-def _clean(value: str | None) -> str | None:
-    return None if value is None else clean_text(value)
-
-
-def message_values(m: NewMessage) -> tuple[Any, ...]:
-    """The columns of a new message from ``role`` to ``author``, cleaned and JSON-encoded."""
-    usage = m.usage
-    return (
-        m.role,
-        _clean(m.content),
-        # Empty lists/dicts are stored as NULL: nothing to serialize or parse for most messages.
-        json_dumps([{"url": i.url, "detail": i.detail} for i in m.images]) if m.images else None,
-        json_dumps([{"id": c.id, "name": c.name, "arguments": c.arguments, "extra": c.extra} for c in m.tool_calls])
-        if m.tool_calls
-        else None,
-        _clean(m.tool_call_id),
-        _clean(m.tool_name),
-        json_dumps(m.extra) if m.extra else None,
-        m.kind,
-        m.status,
-        _clean(m.flow),
-        _clean(m.model),
-        usage.input_tokens if usage else None,
-        usage.output_tokens if usage else None,
-        usage.audio_input_tokens if usage else None,
-        usage.reasoning_tokens if usage else None,
-        float(m.cost_usd),
-        m.latency_ms,
-        _clean(m.author),
-    )
-
-
-Started = tuple[int, Conversation, Customer, list[StoredMessage]]
-"""What ``begin_turn`` found: the new message's id, the conversation, the customer, the history."""
-
-
-def customer(row: Sequence[Any]) -> Customer:
-    return Customer(id=row[0], email=row[1], name=row[2], external_id=row[3], verified=bool(row[4]),
-                    created_at=row[5])  # fmt: skip
-
-
-def conversation(row: Sequence[Any]) -> Conversation:
-    return Conversation(
-        id=row[0], customer_id=row[1], channel=row[2], flow=row[3], status=row[4], turns=row[5],
-        input_tokens=row[6], output_tokens=row[7], cost_usd=row[8], created_at=row[9], updated_at=row[10],
-    )  # fmt: skip
-
-
-def _image_parts(images: list[dict[str, Any]]) -> tuple[ImagePart, ...]:
-    return tuple(ImagePart(url=i["url"], detail=i.get("detail", "auto")) for i in images)
-
-
-def _tool_calls(calls: list[dict[str, Any]]) -> tuple[ToolCall, ...]:
-    return tuple(
-        ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"], extra=c.get("extra") or {}) for c in calls
-    )
-
-
-def message(row: Sequence[Any]) -> StoredMessage:
-    """A message from its ``MSG_COLS`` row, with timestamps and JSON already decoded."""
-    images, tool_calls, extra, input_tokens = row[5], row[6], row[9], row[14]
-    return StoredMessage(
-        id=row[0],
-        conversation_id=row[1],
-        created_at=row[2],
-        role=row[3],
-        content=row[4],
-        images=_image_parts(images) if images else (),
-        tool_calls=_tool_calls(tool_calls) if tool_calls else (),
-        tool_call_id=row[7],
-        tool_name=row[8],
-        extra=extra or {},
-        kind=row[10],
-        status=row[11],
-        flow=row[12],
-        model=row[13],
-        usage=None
-        if input_tokens is None
-        else Usage(
-            input_tokens=input_tokens,
-            output_tokens=row[15] or 0,
-            audio_input_tokens=row[16] or 0,
-            reasoning_tokens=row[17] or 0,
-        ),
-        cost_usd=row[18],
-        latency_ms=row[19],
-        author=row[20],
-    )
-
-
-def totals(messages: Sequence[NewMessage]) -> tuple[int, int, int, float]:
-    """What a batch adds to its conversation: turns (user messages), input and output tokens, cost."""
-    turns = input_tokens = output_tokens = 0
-    cost = 0.0
-    for m in messages:
-        turns += m.role == "user"
-        if m.usage is not None:
-            input_tokens += m.usage.input_tokens
-            output_tokens += m.usage.output_tokens
-        cost += m.cost_usd
-    return turns, input_tokens, output_tokens, cost
-
-
-# -- SQLite ---------------------------------------------------------------------------------------
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -243,8 +144,8 @@ def _sqlite_message(row: Sequence[Any]) -> StoredMessage:
         created_at=_sqlite_datetime(created_at),
         role=role,
         content=content,
-        images=_image_parts(images) if images else (),
-        tool_calls=_tool_calls(tool_calls) if tool_calls else (),
+        images=decode_images(images) if images else (),
+        tool_calls=decode_tool_calls(tool_calls) if tool_calls else (),
         tool_call_id=tool_call_id,
         tool_name=tool_name,
         extra=extra or {},
@@ -334,7 +235,7 @@ def _database_file(db: sqlite3.Connection) -> str:
     return str(next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), ""))
 
 
-class SQLiteHotPath:
+class SQLiteBackend:
     """Each method takes the aiosqlite connection and runs one transaction, on the event loop's thread.
 
     A hop to aiosqlite's worker thread costs about 90 µs of CPU here, several times the SQL of a
@@ -355,6 +256,14 @@ class SQLiteHotPath:
       and go on waking one by one (an event loop round each) long after the checkpoint.
     """
 
+    name = "sqlite"
+    hot_connections = 1
+    """Its worker thread runs one transaction at a time anyway."""
+    discard_broken = False
+    """A refused or interrupted transaction leaves an aiosqlite connection usable (it was rolled back)."""
+    insert = staticmethod(sqlite_insert)
+    """SQLAlchemy's ``INSERT … ON CONFLICT`` construct, for the mixins' statements."""
+
     def __init__(self, pool: Lender) -> None:
         self._pool = pool
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -362,6 +271,32 @@ class SQLiteHotPath:
         self._file = ""
         self._checkpoint: asyncio.Task[None] | None = None
         self._decoded = _MessageCache()
+        self._locks = KeyedLocks()
+
+    # -- SQLite's part of the mixins' SQLAlchemy transactions -------------------------------------
+
+    async def begin_write(self, connection: AsyncConnection) -> None:
+        """Take the write lock up front (``BEGIN IMMEDIATE``), for a transaction that reads and then writes.
+
+        Otherwise upgrading its read snapshot fails with "database is locked" when another writer
+        changed the database meanwhile.
+        """
+        await connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    async def hold_row(self, connection: AsyncConnection, query: Select[Any]) -> None:
+        """Nothing: ``begin_write`` already made the transaction the only writer."""
+
+    def for_update(self, query: Select[Any]) -> Select[Any]:
+        """``query`` as it is: a ``begin_write`` transaction is the only writer already."""
+        return query
+
+    def day(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The UTC day of a ``UTCDateTime`` column as ``'YYYY-MM-DD'`` text (``date()`` reads its naive UTC text)."""
+        return func.date(column)
+
+    def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
+        """One turn at a time per conversation: SQLite serves one process, so its asyncio lock is the whole lock."""
+        return self._locks.hold(conversation_id)
 
     async def _run(self, driver: Any, work: Any, *args: Any) -> Any:
         db = driver._conn
@@ -412,7 +347,7 @@ class SQLiteHotPath:
             sleep = min(sleep * 2, BUSY_MAX_SLEEP)
 
     async def close(self) -> None:
-        """Wait for a checkpoint still running."""
+        """Wait for a checkpoint still running (call before the connections close)."""
         if self._checkpoint is not None:
             await self._checkpoint
             self._checkpoint = None
@@ -518,7 +453,7 @@ class SQLiteHotPath:
 
     async def create_customer(self, driver: Any, new: Customer) -> None:
         """Insert a customer (fields already cleaned); a taken email or external id raises IntegrityError."""
-        await self._run(driver, _fetch, _INSERT_CUSTOMER, (new.id, new.email, new.external_id, new.name,
+        await self._run(driver, _fetch, INSERT_CUSTOMER, (new.id, new.email, new.external_id, new.name,
                         int(new.verified), _sqlite_time(new.created_at or datetime.now(UTC))))  # fmt: skip
 
     async def inbox_add(
@@ -526,42 +461,42 @@ class SQLiteHotPath:
         now: datetime, lane: str | None = None,
     ) -> int | None:  # fmt: skip
         """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
-        rows = await self._run(driver, _fetch, _INSERT_INBOX,
+        rows = await self._run(driver, _fetch, INSERT_INBOX,
                                (channel, external_id, conversation_id, payload, _sqlite_time(now), lane))  # fmt: skip
         return int(rows[0][0]) if rows else None
 
     async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
-        await self._run(driver, _fetch, _SET_INBOX_STATUS, (status, conversation_id, inbox_id))
+        await self._run(driver, _fetch, SET_INBOX_STATUS, (status, conversation_id, inbox_id))
 
     async def add_conversation_token(self, driver: Any, conversation_id: str, token_hash: str, now: datetime) -> None:
-        await self._run(driver, _fetch, _INSERT_TOKEN, (token_hash, conversation_id, _sqlite_time(now)))
+        await self._run(driver, _fetch, INSERT_TOKEN, (token_hash, conversation_id, _sqlite_time(now)))
 
     async def conversation_for_token(self, driver: Any, token_hash: str) -> str | None:
-        rows = await self._run(driver, _fetch, _TOKEN_CONVERSATION, (token_hash,))
+        rows = await self._run(driver, _fetch, TOKEN_CONVERSATION, (token_hash,))
         return str(rows[0][0]) if rows else None
 
     async def outbox_attempt(
         self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
     ) -> int | None:
-        rows = await self._run(driver, _fetch, _OUTBOX_ATTEMPT,
+        rows = await self._run(driver, _fetch, OUTBOX_ATTEMPT,
                                (owner, _sqlite_time(until), outbox_id, _sqlite_time(now)))  # fmt: skip
         return int(rows[0][0]) if rows else None
 
     async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
-        return await self._run(driver, _changed, _OUTBOX_SENT, (external_id, _sqlite_time(now), outbox_id))  # type: ignore[no-any-return]
+        return await self._run(driver, _changed, OUTBOX_SENT, (external_id, _sqlite_time(now), outbox_id))  # type: ignore[no-any-return]
 
     async def set_conversation_address(
         self, driver: Any, conversation_id: str, channel: str, key: str | None, address: str, now: datetime
     ) -> None:
         """Bind the conversation to its key and address (JSON-encoded); a missing one raises IntegrityError."""
-        await self._run(driver, _fetch, _SET_ADDRESS, (conversation_id, channel, key, address, _sqlite_time(now)))
+        await self._run(driver, _fetch, SET_ADDRESS, (conversation_id, channel, key, address, _sqlite_time(now)))
 
     async def conversation_for_key(self, driver: Any, channel: str, key: str) -> str | None:
-        rows = await self._run(driver, _fetch, _CONVERSATION_FOR_KEY, (channel, key))
+        rows = await self._run(driver, _fetch, CONVERSATION_FOR_KEY, (channel, key))
         return str(rows[0][0]) if rows else None
 
     async def conversation_address(self, driver: Any, conversation_id: str) -> ConversationAddress | None:
-        rows = await self._run(driver, _fetch, _ADDRESS, (conversation_id,))
+        rows = await self._run(driver, _fetch, ADDRESS, (conversation_id,))
         if not rows:
             return None
         conversation_id, channel, key, address = rows[0]
@@ -577,56 +512,13 @@ def _changed(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> bool:
     return db.execute(sql, args).rowcount == 1
 
 
-def _numbered(sql: str) -> str:
-    """The statement with PostgreSQL's ``$1, $2, …`` for SQLite's ``?`` placeholders (none may be in a literal)."""
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
-
-
-# The channels' per-message statements, written once for both databases (SQLite's placeholders).
-# A pending row nobody holds (no lease, or an expired one, or a backoff that has passed): of two workers
-# racing for it, one gets it.
-_OUTBOX_ATTEMPT = (
-    "UPDATE outbox SET attempts = attempts + 1, lease_owner = ?, lease_until = ? "
-    "WHERE id = ? AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?) RETURNING attempts"
-)
-# Only a pending row can become sent: of two workers racing to mark one reply, one wins.
-_OUTBOX_SENT = (
-    "UPDATE outbox SET status = 'sent', external_id = ?, sent_at = ?, lease_owner = NULL, lease_until = NULL "
-    "WHERE id = ? AND status = 'pending'"
-)
-_SET_ADDRESS = (
-    "INSERT INTO conversation_addresses (conversation_id, channel, key, address, updated_at) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (conversation_id) DO UPDATE SET channel = excluded.channel, key = excluded.key, "
-    "address = excluded.address, updated_at = excluded.updated_at"
-)
-# Newest by creation; the id (random) only breaks a tie, so the answer is the same on every call.
-_CONVERSATION_FOR_KEY = (
-    "SELECT a.conversation_id FROM conversation_addresses a JOIN conversations c ON c.id = a.conversation_id "
-    "WHERE a.channel = ? AND a.key = ? ORDER BY c.created_at DESC, c.id DESC LIMIT 1"
-)
-_ADDRESS = "SELECT conversation_id, channel, key, address FROM conversation_addresses WHERE conversation_id = ?"
-
-
-_INSERT_CUSTOMER = (
-    "INSERT INTO customers (id, email, external_id, name, verified, created_at) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_INSERT_INBOX = (
-    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at, lane) "
-    "VALUES (?, ?, ?, ?, 'received', ?, ?) ON CONFLICT DO NOTHING RETURNING id"
-)
-_SET_INBOX_STATUS = "UPDATE inbox SET status = ?, conversation_id = coalesce(?, conversation_id) WHERE id = ?"
 # Only a row nobody took yet: a worker that lost its lane (another answered the message) stores nothing.
 _MARK_INBOX_STORED = "UPDATE inbox SET status = 'stored' WHERE id = ? AND status = 'received'"
-TAKEN = "taken"
-"""``begin_turn``'s answer when its inbox row was taken by another worker (no longer ``received``)."""
-_INSERT_TOKEN = "INSERT INTO conversation_tokens (token_hash, conversation_id, created_at) VALUES (?, ?, ?)"
-_TOKEN_CONVERSATION = "SELECT conversation_id FROM conversation_tokens WHERE token_hash = ?"
 _INSERT_CONVERSATION = (
     "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
     "cost_usd, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0.0, ?, ?)"
 )
-_SQLITE_INSERT = f"INSERT INTO messages ({_INSERT_COLS}) VALUES ({', '.join('?' * 20)})"
+_SQLITE_INSERT = f"INSERT INTO messages ({INSERT_COLS}) VALUES ({', '.join('?' * 20)})"
 _SQLITE_COUNT = (
     "UPDATE conversations SET turns = turns + ?, input_tokens = input_tokens + ?, "
     "output_tokens = output_tokens + ?, cost_usd = cost_usd + ?, updated_at = ? WHERE id = ?"
@@ -723,255 +615,3 @@ def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: st
         (conversation_id, tool_call_id, now),
     )
     return cursor.rowcount == 1
-
-
-# -- PostgreSQL -----------------------------------------------------------------------------------
-
-_PG_CONV = """
-WITH conv AS (
-    UPDATE conversations SET turns = turns + $2, input_tokens = input_tokens + $3,
-        output_tokens = output_tokens + $4, cost_usd = cost_usd + $5, updated_at = $6
-    WHERE id = $1 RETURNING id
-)"""
-_PG_INSERT_MESSAGES = f"""
-INSERT INTO messages ({_INSERT_COLS})
-SELECT conv.id, v.role, v.content, v.images::json, v.tool_calls::json, v.tool_call_id, v.tool_name, v.extra::json,
-       v.kind, v.status, v.flow, v.model, v.input_tokens, v.output_tokens, v.audio_input_tokens, v.reasoning_tokens,
-       v.cost_usd, v.latency_ms, v.author, $6
-FROM conv, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                  $14::text[], $15::text[], $16::text[], $17::text[], $18::int[], $19::int[], $20::int[], $21::int[],
-                  $22::float8[], $23::float8[], $24::text[])
-     WITH ORDINALITY AS v(role, content, images, tool_calls, tool_call_id, tool_name, extra, kind, status, flow, model,
-                          input_tokens, output_tokens, audio_input_tokens, reasoning_tokens, cost_usd, latency_ms,
-                          author, ord)
-ORDER BY v.ord
-RETURNING id
-"""
-_PG_ADD = _PG_CONV + _PG_INSERT_MESSAGES
-# begin_turn's: also marks the message's inbox row stored, in the same statement (so the same transaction),
-# and stores nothing when the row was taken by another worker already (no longer 'received').
-_PG_ADD_MARKING = (
-    "WITH marked AS (UPDATE inbox SET status = 'stored' WHERE id = $25 AND status = 'received' AND EXISTS ("
-    "SELECT FROM conversations WHERE id = $1) RETURNING id),"
-    + _PG_CONV.replace("WITH conv AS (", " conv AS (", 1).replace(
-        "WHERE id = $1 RETURNING id", "WHERE id = $1 AND EXISTS (SELECT FROM marked) RETURNING id", 1
-    )
-    + _PG_INSERT_MESSAGES
-)
-# With a reply to queue: the outbox row names the last message (ids are drawn in batch order), and
-# is written only when the messages were (no conversation, no messages, no row).
-_PG_ADD_QUEUEING = f"""{_PG_CONV}, added AS ({_PG_INSERT_MESSAGES}), queued AS (
-    INSERT INTO outbox (channel, conversation_id, message_id, payload, status, attempts, created_at)
-    SELECT $25, $1, max(id), $26::text::json, 'pending', 0, $6 FROM added HAVING count(*) > 0
-)
-SELECT id FROM added
-"""
-# A new conversation with its first messages (a greeting), in one statement.
-_PG_CREATE_WITH_MESSAGES = (
-    """
-WITH conv AS (
-    INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, cost_usd,
-                               created_at, updated_at)
-    VALUES ($1, $25, $26, $27, $28, $2, $3, $4, $5, $6, $6) RETURNING id
-)"""
-    + _PG_INSERT_MESSAGES
-)
-_PG_INSERT_INBOX = (
-    "INSERT INTO inbox (channel, external_id, conversation_id, payload, status, created_at, lane) "
-    "VALUES ($1, $2, $3, $4, 'received', $5, $6) ON CONFLICT DO NOTHING RETURNING id"
-)
-
-
-class PostgresHotPath:
-    """Each method takes the asyncpg connection and makes one round trip (autocommit)."""
-
-    async def get_customer(self, driver: Any, customer_id: str) -> Customer | None:
-        row = await driver.fetchrow(f"SELECT {CUSTOMER_COLS} FROM customers WHERE id = $1", customer_id)
-        return None if row is None else customer(row)
-
-    async def get_conversation(self, driver: Any, conversation_id: str) -> Conversation | None:
-        row = await driver.fetchrow(f"SELECT {CONV_COLS} FROM conversations WHERE id = $1", conversation_id)
-        return None if row is None else conversation(row)
-
-    async def update_conversation(
-        self,
-        driver: Any,
-        conversation_id: str,
-        flow: str | None,
-        status: ConversationStatus | None,
-        turns: int,
-        now: datetime,
-    ) -> Conversation | None:
-        row = await driver.fetchrow(
-            "UPDATE conversations SET flow = coalesce($1, flow), status = coalesce($2, status), turns = turns + $3, "
-            f"updated_at = $4 WHERE id = $5 RETURNING {CONV_COLS}",
-            flow, status, turns, now, conversation_id,
-        )  # fmt: skip
-        return None if row is None else conversation(row)
-
-    async def list_messages(self, driver: Any, conversation_id: str, last: int | None) -> list[StoredMessage]:
-        if last is None:
-            rows = await driver.fetch(f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 ORDER BY id",
-                                      conversation_id)  # fmt: skip
-        else:
-            rows = await driver.fetch(
-                f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2",
-                conversation_id, last,
-            )  # fmt: skip
-            rows.reverse()
-        return [message(row) for row in rows]
-
-    async def add_messages(
-        self,
-        driver: Any,
-        conversation_id: str,
-        messages: Sequence[NewMessage],
-        now: datetime,
-        outgoing: Outgoing | None = None,
-        *,
-        inbox_id: int | None = None,
-    ) -> list[int] | None:
-        """Insert, add to the totals, queue ``outgoing``, in one statement; None without the conversation."""
-        columns = list(zip(*(message_values(m) for m in messages), strict=True))
-        if outgoing is not None:
-            rows = await driver.fetch(_PG_ADD_QUEUEING, conversation_id, *totals(messages), now, *columns,
-                                      outgoing.channel, json_dumps(outgoing.payload))  # fmt: skip
-        elif inbox_id is None:
-            rows = await driver.fetch(_PG_ADD, conversation_id, *totals(messages), now, *columns)
-        else:
-            rows = await driver.fetch(_PG_ADD_MARKING, conversation_id, *totals(messages), now, *columns, inbox_id)
-        if not rows:
-            return None
-        return sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
-
-    async def find_customer(
-        self, driver: Any, email: str | None, external_id: str | None, verified: bool
-    ) -> Customer | None:
-        row = None
-        if external_id:
-            row = await driver.fetchrow(
-                f"SELECT {CUSTOMER_COLS} FROM customers WHERE external_id = $1 AND verified = $2", external_id, verified
-            )
-        if row is None and email:
-            row = await driver.fetchrow(
-                f"SELECT {CUSTOMER_COLS} FROM customers WHERE email = $1 AND verified = $2", email, verified
-            )
-        return None if row is None else customer(row)
-
-    async def create_conversation(self, driver: Any, conv: Conversation, messages: Sequence[NewMessage] = ()) -> None:
-        """Insert a new conversation and its first ``messages``; a missing customer raises a foreign-key error."""
-        now = conv.created_at or datetime.now(UTC)
-        if messages:
-            columns = list(zip(*(message_values(m) for m in messages), strict=True))
-            await driver.fetch(_PG_CREATE_WITH_MESSAGES, conv.id, *totals(messages), now, *columns,
-                               conv.customer_id, conv.channel, conv.flow, conv.status)  # fmt: skip
-            return
-        await driver.execute(
-            "INSERT INTO conversations (id, customer_id, channel, flow, status, turns, input_tokens, output_tokens, "
-            "cost_usd, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0.0, $6, $6)",
-            conv.id, conv.customer_id, conv.channel, conv.flow, conv.status, now,
-        )  # fmt: skip
-
-    async def begin_turn(
-        self,
-        driver: Any,
-        conversation_id: str,
-        new: NewMessage,
-        history: int,
-        now: datetime,
-        inbox_id: int | None = None,
-    ) -> Started | str | None:
-        """Store the message and mark its inbox row (one statement), then read the conversation, customer, history.
-
-        ``TAKEN`` when the inbox row was taken by another worker already; None without the conversation.
-        """
-        ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id=inbox_id)
-        if ids is None:
-            if inbox_id is None:
-                return None
-            status = await driver.fetchval("SELECT status FROM inbox WHERE id = $1", inbox_id)
-            return TAKEN if status not in (None, "received") else None
-        conv = await self.get_conversation(driver, conversation_id)
-        assert conv is not None  # it was just updated, and conversations are never deleted
-        cust = await self.get_customer(driver, conv.customer_id)
-        assert cust is not None  # a foreign key guarantees it
-        rows = await driver.fetch(
-            f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-            conversation_id, ids[0], history,
-        )  # fmt: skip
-        rows.reverse()
-        return ids[0], conv, cust, [message(row) for row in rows]
-
-    async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
-        status = await driver.execute(
-            "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING",
-            conversation_id, tool_call_id, now,
-        )  # fmt: skip
-        return bool(status == "INSERT 0 1")
-
-    async def create_customer(self, driver: Any, new: Customer) -> None:
-        """Insert a customer (fields already cleaned); a taken email or external id raises a unique violation."""
-        await driver.execute(
-            "INSERT INTO customers (id, email, external_id, name, verified, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
-            new.id, new.email, new.external_id, new.name, new.verified, new.created_at or datetime.now(UTC),
-        )  # fmt: skip
-
-    async def inbox_add(
-        self, driver: Any, channel: str, external_id: str, payload: str | None, conversation_id: str | None,
-        now: datetime, lane: str | None = None,
-    ) -> int | None:  # fmt: skip
-        """Insert an inbox row (``payload`` JSON-encoded); None when the channel's message is stored already."""
-        inbox_id = await driver.fetchval(_PG_INSERT_INBOX, channel, external_id, conversation_id, payload, now, lane)
-        return None if inbox_id is None else int(inbox_id)
-
-    async def inbox_set_status(self, driver: Any, inbox_id: int, status: str, conversation_id: str | None) -> None:
-        await driver.execute(
-            "UPDATE inbox SET status = $1, conversation_id = coalesce($2, conversation_id) WHERE id = $3",
-            status, conversation_id, inbox_id,
-        )  # fmt: skip
-
-    async def add_conversation_token(self, driver: Any, conversation_id: str, token_hash: str, now: datetime) -> None:
-        await driver.execute(
-            "INSERT INTO conversation_tokens (token_hash, conversation_id, created_at) VALUES ($1, $2, $3)",
-            token_hash, conversation_id, now,
-        )  # fmt: skip
-
-    async def conversation_for_token(self, driver: Any, token_hash: str) -> str | None:
-        found = await driver.fetchval(
-            "SELECT conversation_id FROM conversation_tokens WHERE token_hash = $1", token_hash
-        )
-        return None if found is None else str(found)
-
-    async def outbox_attempt(
-        self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
-    ) -> int | None:
-        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, owner, until, outbox_id, now)
-        return None if attempts is None else int(attempts)
-
-    async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
-        return bool(await driver.execute(_PG_OUTBOX_SENT, external_id, now, outbox_id) == "UPDATE 1")
-
-    async def set_conversation_address(
-        self, driver: Any, conversation_id: str, channel: str, key: str | None, address: str, now: datetime
-    ) -> None:
-        """Bind the conversation to its key and address (``address`` JSON-encoded); a missing one raises a violation."""
-        await driver.execute(_PG_SET_ADDRESS, conversation_id, channel, key, address, now)
-
-    async def conversation_for_key(self, driver: Any, channel: str, key: str) -> str | None:
-        found = await driver.fetchval(_PG_CONVERSATION_FOR_KEY, channel, key)
-        return None if found is None else str(found)
-
-    async def conversation_address(self, driver: Any, conversation_id: str) -> ConversationAddress | None:
-        row = await driver.fetchrow(_PG_ADDRESS, conversation_id)
-        if row is None:
-            return None
-        return ConversationAddress(conversation_id=row[0], channel=row[1], key=row[2], address=row[3] or {})
-
-
-_PG_OUTBOX_ATTEMPT = _numbered(_OUTBOX_ATTEMPT)
-_PG_OUTBOX_SENT = _numbered(_OUTBOX_SENT)
-_PG_SET_ADDRESS = _numbered(_SET_ADDRESS)
-_PG_CONVERSATION_FOR_KEY = _numbered(_CONVERSATION_FOR_KEY)
-_PG_ADDRESS = _numbered(_ADDRESS)

@@ -42,7 +42,8 @@ from supportbot.dispatch import Dispatcher
 from supportbot.errors import StorageError
 from supportbot.metrics import Metrics
 from supportbot.operators import HANDBACK_TEXT, OperatorError, Operators, OperatorStore
-from supportbot.store.base import ChannelState, Mailboxes, OutboxItem, Ticket
+from supportbot.store.base import Ticket
+from supportbot.store.mailboxes import ChannelState, Leases, Mailboxes, OutboxItem
 
 __all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
 
@@ -69,7 +70,7 @@ runs them: when that worker dies, another takes over after this long."""
 _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
 
 
-class DeliveryStore(OperatorStore, Mailboxes, Protocol):
+class DeliveryStore(OperatorStore, Mailboxes, Leases, Protocol):
     """What delivery needs of storage (``SQLStore``)."""
 
 

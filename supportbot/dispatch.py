@@ -71,7 +71,8 @@ from supportbot.llm.breaker import GuardedLLM
 from supportbot.messages import ImagePart
 from supportbot.metrics import Metrics
 from supportbot.store._leases import LANE_LEASE_PREFIX
-from supportbot.store.base import Conversation, Customer, InboxItem
+from supportbot.store.base import Conversation, Customer
+from supportbot.store.mailboxes import InboxItem
 
 __all__ = [
     "Accepted",

@@ -8,6 +8,7 @@ writes read back identically through SQLAlchemy and vice versa.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from supportbot.messages import ImagePart, ToolCall, Usage
@@ -117,6 +118,16 @@ def message(row: Sequence[Any]) -> StoredMessage:
         latency_ms=row[19],
         author=row[20],
     )
+
+
+def stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
+    """The record of ``m`` as stored: its text cleaned (``clean``), as every backend stores it."""
+    return StoredMessage(
+        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=clean(m.content),
+        images=m.images, tool_calls=m.tool_calls, tool_call_id=clean(m.tool_call_id), tool_name=clean(m.tool_name),
+        extra=m.extra, kind=m.kind, status=m.status, flow=clean(m.flow), model=clean(m.model), usage=m.usage,
+        cost_usd=m.cost_usd, latency_ms=m.latency_ms, author=clean(m.author),
+    )  # fmt: skip
 
 
 def totals(messages: Sequence[NewMessage]) -> tuple[int, int, int, float]:

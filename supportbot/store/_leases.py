@@ -24,7 +24,7 @@ from supportbot.errors import StorageError
 from supportbot.store._engine import make_engine, storage_error
 from supportbot.store._mailbox import _INBOX_COLS, _inbox_item
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.base import InboxItem
+from supportbot.store.mailboxes import InboxItem
 from supportbot.store.models import inbox as _i
 from supportbot.store.models import leases as _l
 from supportbot.store.models import outbox as _o

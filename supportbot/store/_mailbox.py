@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.base import ChannelState, ConversationAddress, InboxItem, OutboxItem
+from supportbot.store.mailboxes import ChannelState, ConversationAddress, InboxItem, OutboxItem
 from supportbot.store.models import OUTBOX_FAILED, clean_text, json_dumps
 from supportbot.store.models import channel_state as _s
 from supportbot.store.models import inbox as _i

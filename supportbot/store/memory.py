@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from supportbot.errors import StorageError
+from supportbot.store._common import stored as _stored
 from supportbot.store._common import totals
 from supportbot.store._locks import KeyedLocks
 from supportbot.store.base import (
@@ -41,15 +42,6 @@ _OPEN = ("open", "pending")
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
-    return StoredMessage(
-        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=m.content,
-        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
-        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms, author=m.author,
-    )  # fmt: skip
 
 
 class MemoryStore:
@@ -133,6 +125,11 @@ class MemoryStore:
         conversation_id: str | None = None,
         messages: Sequence[NewMessage] = (),
     ) -> Conversation:
+        if customer_id not in self._customers:
+            raise StorageError(
+                f"cannot create a conversation for customer {customer_id!r}: no such customer; "
+                "create it with get_or_create_customer first"
+            )
         now = _now()
         conv = Conversation(
             id=conversation_id or uuid.uuid4().hex, customer_id=customer_id, channel=channel, flow=flow,
@@ -156,7 +153,7 @@ class MemoryStore:
         status: ConversationStatus | None = None,
         count_turn: bool = False,
     ) -> Conversation:
-        conv = self._conversation(conversation_id)
+        conv = self._conversation(conversation_id, "no conversation {id} to update; create it with create_conversation")
         conv = dataclasses.replace(
             conv,
             flow=flow or conv.flow,
@@ -176,7 +173,7 @@ class MemoryStore:
     ) -> list[StoredMessage]:
         if outgoing is not None and not messages:
             raise ValueError("add_messages: outgoing names the last of the messages, but there are none")
-        conv = self._conversation(conversation_id)
+        conv = self._conversation(conversation_id, "cannot store messages in conversation {id}: no such conversation")
         now = _now()
         # Spelled out rather than ``dataclasses.replace``/``**fields``: this runs several times a turn.
         stored = [_stored(m, next(self._ids), conversation_id, now) for m in messages]
@@ -196,9 +193,10 @@ class MemoryStore:
         self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
     ) -> TurnStart:
         del inbox_id  # no inbox here: nothing outlives the process, so nothing is resumed
-        before = self._messages.get(conversation_id, [])[-history:] if history > 0 else []
+        self._conversation(conversation_id, "cannot store a message in conversation {id}: no such conversation")
+        before = self._messages[conversation_id][-history:] if history > 0 else []
         (stored,) = await self.add_messages(conversation_id, [message])
-        conversation = self._conversation(conversation_id)
+        conversation = self._conversations[conversation_id]
         customer = self._customers.get(conversation.customer_id)
         if customer is None:
             raise StorageError(f"conversation {conversation_id!r} names a missing customer")
@@ -206,7 +204,9 @@ class MemoryStore:
 
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
         messages = self._messages.get(conversation_id, [])
-        return list(messages[-last:] if last else messages)
+        if last is None:
+            return list(messages)
+        return messages[-last:] if last > 0 else []
 
     async def set_message_status(self, message_id: int, status: MessageStatus) -> None:
         for messages in self._messages.values():
@@ -390,35 +390,39 @@ class MemoryStore:
                     f"ticket #{ticket_id} cannot be reopened: its conversation already has an open handoff "
                     f"ticket, #{other.id}; add to that one instead"
                 )
-        changes = {k: v for k, v in {"status": status, "priority": priority, "assignee": assignee}.items() if v}
-        ticket = dataclasses.replace(ticket, **changes, updated_at=_now())  # type: ignore[arg-type]
+        # As SQLStore: only what changes is logged (``assignee=""`` unassigns), and nothing changes without events.
+        changes: dict[str, str | None] = {
+            key: value or None
+            for key, value in (("status", status), ("priority", priority), ("assignee", assignee))
+            if value is not None and (value or None) != getattr(ticket, key)
+        }
+        at = _now()
+        events = [(key, value or "") for key, value in changes.items()] + ([("note", note)] if note else [])
+        if not events:
+            return ticket
+        ticket = dataclasses.replace(ticket, **changes, updated_at=at)  # type: ignore[arg-type]
         self._tickets[ticket_id] = ticket
-        for key, value in changes.items():
-            self._events[ticket_id].append(
-                TicketEvent(
-                    id=next(self._ids),
-                    ticket_id=ticket_id,
-                    actor=actor,
-                    action=key,
-                    detail=str(value),
-                    created_at=_now(),
-                )
-            )
-        if note:
-            self._events[ticket_id].append(
-                TicketEvent(
-                    id=next(self._ids), ticket_id=ticket_id, actor=actor, action="note", detail=note, created_at=_now()
-                )
-            )
+        self._events[ticket_id].extend(
+            TicketEvent(id=next(self._ids), ticket_id=ticket_id, actor=actor, action=action, detail=detail,
+                        created_at=at)
+            for action, detail in events
+        )  # fmt: skip
         return ticket
 
     async def ticket_events(self, ticket_id: int) -> list[TicketEvent]:
         return list(self._events.get(ticket_id, []))
 
-    def _conversation(self, conversation_id: str) -> Conversation:
+    async def tickets_after(self, ticket_id: int, *, limit: int = 100) -> list[Ticket]:
+        return [t for tid, t in sorted(self._tickets.items()) if tid > ticket_id][:limit]
+
+    async def last_ticket_id(self) -> int:
+        return max(self._tickets, default=0)
+
+    def _conversation(self, conversation_id: str, missing: str) -> Conversation:
+        """The conversation; ``StorageError(missing)`` with ``{id}`` filled in, as ``SQLStore`` says it, without."""
         conv = self._conversations.get(conversation_id)
         if conv is None:
-            raise StorageError(f"no conversation {conversation_id!r}")
+            raise StorageError(missing.format(id=repr(conversation_id)))
         return conv
 
     # -- daily spending (the cost caps in ``limits``; ``supportbot.store.spending.SpendingStore``) --

@@ -21,7 +21,6 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from supportbot.errors import StorageError, TurnTaken
 from supportbot.store._common import conversation as _conversation
 from supportbot.store._common import customer as _customer
+from supportbot.store._common import stored as _stored
 from supportbot.store._common import totals
 from supportbot.store._engine import make_engine, masked, parse_url
 from supportbot.store._leases import LeaseMixin
@@ -98,15 +98,6 @@ def _clean(text: str | None) -> str | None:
 def _is_integrity_error(exc: BaseException | None) -> bool:
     """A constraint refused the write (SQLite's IntegrityError, asyncpg's integrity violations)."""
     return isinstance(exc, IntegrityError | sqlite3.IntegrityError) or type(exc).__name__.endswith("ViolationError")
-
-
-def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
-    return StoredMessage(
-        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=_clean(m.content),
-        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
-        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms, author=m.author,
-    )  # fmt: skip
 
 
 class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, SpendingMixin):

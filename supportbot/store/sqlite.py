@@ -55,15 +55,8 @@ from supportbot.store._common import (
 )
 from supportbot.store._engine import SQLITE_BUSY_TIMEOUT_MS
 from supportbot.store._locks import KeyedLocks
-from supportbot.store.base import (
-    Conversation,
-    ConversationAddress,
-    ConversationStatus,
-    Customer,
-    NewMessage,
-    Outgoing,
-    StoredMessage,
-)
+from supportbot.store.base import Conversation, ConversationStatus, Customer, NewMessage, Outgoing, StoredMessage
+from supportbot.store.mailboxes import ConversationAddress
 from supportbot.store.models import json_dumps
 
 __all__ = ["SQLiteBackend"]

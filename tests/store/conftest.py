@@ -33,7 +33,13 @@ async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         await opened.close()
 
 
-# The hot path writes with the drivers' own SQL; tests compare its rows, as stored, with SQLAlchemy's.
+async def new_conversation(store: Store, email: str = "ana@example.com") -> str:
+    """A new conversation of a new (verified) customer; its id."""
+    customer = await store.get_or_create_customer(email=email, verified=True)
+    return (await store.create_conversation(customer_id=customer.id, channel="web", flow="general")).id
+
+
+# The backends write with the drivers' own SQL; tests compare their rows, as stored, with SQLAlchemy's.
 
 
 async def raw_row(store: SQLStore, table: Table, key: str, value: object) -> dict[str, Any]:

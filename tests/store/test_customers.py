@@ -7,6 +7,9 @@ claimed one, and a proven email is the one a channel proved last for that extern
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC
+
 from supportbot.store.base import Store
 
 
@@ -61,3 +64,43 @@ async def test_an_unverified_call_keeps_the_first_claimed_email(any_store: Store
     first = await any_store.get_or_create_customer(email="a@example.com", external_id="web:9", verified=False)
     again = await any_store.get_or_create_customer(email="b@example.com", external_id="web:9", verified=False)
     assert again.id == first.id and again.email == "a@example.com"
+
+
+async def test_customer_is_found_by_email_case_insensitively(any_store: Store) -> None:
+    first = await any_store.get_or_create_customer(email="Ana@Example.COM", name="Ana Lima", verified=True)
+    again = await any_store.get_or_create_customer(email=" ana@example.com", verified=True)
+    assert again.id == first.id
+    assert again.email == "ana@example.com"
+    assert again.name == "Ana Lima"
+    assert again.created_at is not None and again.created_at.tzinfo is UTC
+    assert await any_store.get_customer(first.id) == first
+
+
+async def test_customer_is_found_by_external_id_and_missing_fields_are_filled(any_store: Store) -> None:
+    first = await any_store.get_or_create_customer(external_id="slack:T1:U1", verified=True)
+    again = await any_store.get_or_create_customer(
+        external_id="slack:T1:U1", email="Ben@Example.com", name="Ben", verified=True
+    )
+    assert again.id == first.id
+    assert (again.email, again.name, again.external_id) == ("ben@example.com", "Ben", "slack:T1:U1")
+    assert (await any_store.get_or_create_customer(email="ben@example.com", verified=True)).id == first.id
+
+
+async def test_unverified_identity_never_gets_the_verified_record(any_store: Store) -> None:
+    verified = await any_store.get_or_create_customer(email="ana@example.com", verified=True)
+    claimed = await any_store.get_or_create_customer(email="ANA@example.com", verified=False)
+    assert claimed.id != verified.id
+    assert claimed.verified is False
+    assert (await any_store.get_or_create_customer(email="ana@example.com", verified=False)).id == claimed.id
+    assert (await any_store.get_or_create_customer(email="ana@example.com", verified=True)).id == verified.id
+
+
+async def test_concurrent_get_or_create_makes_one_customer(any_store: Store) -> None:
+    found = await asyncio.gather(
+        *(any_store.get_or_create_customer(email="c@example.com", verified=True) for _ in range(5))
+    )
+    assert len({c.id for c in found}) == 1
+
+
+async def test_missing_customer_is_none(any_store: Store) -> None:
+    assert await any_store.get_customer("nope") is None

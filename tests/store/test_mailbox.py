@@ -16,7 +16,8 @@ import pytest
 from supportbot.errors import StorageError
 from supportbot.store import _mailbox, _tokens
 from supportbot.store import sql as sql_module
-from supportbot.store.base import ChannelState, ConversationAddress, NewMessage, Outgoing, Store
+from supportbot.store.base import NewMessage, Outgoing, Store
+from supportbot.store.mailboxes import ChannelState, ConversationAddress
 from supportbot.store.memory import MemoryStore
 from supportbot.store.models import conversation_addresses, outbox
 from supportbot.store.sql import SQLStore

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from supportbot.errors import StorageError
 from supportbot.store.base import Store
 from supportbot.store.sql import SQLStore
+from tests.store.conftest import new_conversation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,3 +224,56 @@ async def test_a_cap_per_conversation_counts_one_conversation_atomically(any_sto
     assert other.created and other.ticket.conversation_id == theirs
     with pytest.raises(ValueError, match="needs conversation_id"):
         await any_store.create_ticket_capped(cap=3, subject="never", customer_id=claimed.id, per="conversation")
+
+
+async def test_ticket_lifecycle_with_events(any_store: Store) -> None:
+    cid = await new_conversation(any_store)
+    ticket = await any_store.create_ticket(
+        subject="Parcel lost",
+        description="A1001 never came",
+        kind="handoff",
+        priority="high",
+        conversation_id=cid,
+        channel="web",
+        flow="general",
+    )
+    assert (ticket.id, ticket.status, ticket.priority, ticket.kind) == (ticket.id, "open", "high", "handoff")
+    assert ticket.created_at is not None and ticket.created_at.tzinfo is UTC
+    assert await any_store.get_ticket(ticket.id) == ticket
+
+    updated = await any_store.update_ticket(
+        ticket.id,
+        actor="ops@acme.example",
+        status="pending",
+        assignee="ops",
+        priority="high",
+        note="called the carrier",
+    )
+    assert (updated.status, updated.assignee, updated.priority) == ("pending", "ops", "high")
+    events = await any_store.ticket_events(ticket.id)
+    assert [(e.action, e.detail, e.actor) for e in events] == [
+        ("created", "handoff", "bot"),
+        ("status", "pending", "ops@acme.example"),
+        ("assignee", "ops", "ops@acme.example"),
+        ("note", "called the carrier", "ops@acme.example"),
+    ]
+    assert all(e.ticket_id == ticket.id for e in events)
+    same = await any_store.update_ticket(ticket.id, actor="ops", status="pending")
+    assert same == updated and len(await any_store.ticket_events(ticket.id)) == 4
+
+    with pytest.raises(StorageError, match="no ticket #999999"):
+        await any_store.update_ticket(999999, actor="ops", status="closed")
+    assert await any_store.get_ticket(999999) is None
+
+
+async def test_list_tickets_filters_by_status_and_conversation(any_store: Store) -> None:
+    cid = await new_conversation(any_store)
+    first = await any_store.create_ticket(subject="one", conversation_id=cid)
+    second = await any_store.create_ticket(subject="two")
+    third = await any_store.create_ticket(subject="three", conversation_id=cid)
+    await any_store.update_ticket(third.id, actor="ops", status="solved")
+    assert [t.id for t in await any_store.list_tickets()] == [third.id, second.id, first.id]
+    assert [t.id for t in await any_store.list_tickets(status="open")] == [second.id, first.id]
+    assert [t.id for t in await any_store.list_tickets(conversation_id=cid)] == [third.id, first.id]
+    assert [t.id for t in await any_store.list_tickets(conversation_id=cid, status="open")] == [first.id]
+    assert len(await any_store.list_tickets(limit=1)) == 1

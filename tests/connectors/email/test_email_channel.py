@@ -190,7 +190,7 @@ async def test_the_cap_counts_plus_addresses_as_one_sender(smtp_sink: SmtpSink) 
 
 @pytest.mark.postgres
 async def test_the_cap_holds_when_several_workers_reply_to_one_sender_at_once(pg_url: str) -> None:
-    from supportbot.store.base import ChannelState
+    from supportbot.store.mailboxes import ChannelState
     from supportbot.store.sql import SQLStore
 
     store = await SQLStore.open(pg_url)

@@ -27,7 +27,7 @@ import pytest
 from connectors.email.testing import Dovecot, SentMail, SmtpSink
 from supportbot.config import load_config
 from supportbot.server import serve
-from supportbot.store.base import ChannelState
+from supportbot.store.mailboxes import ChannelState
 from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import FakeLLMServer, Hang, Reply
 from tests.server_process import free_port, start_server, stop_server

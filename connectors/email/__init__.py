@@ -19,7 +19,7 @@ from connectors.email.receive import CHANNEL
 from connectors.email.settings import EmailSettings
 from connectors.email.state import Keeper
 from supportbot.channels import Connector
-from supportbot.store.base import ChannelState, Mailboxes
+from supportbot.store.mailboxes import ChannelState, Mailboxes
 
 __all__ = ["CONNECTOR", "EmailChannel", "EmailSettings", "setup"]
 

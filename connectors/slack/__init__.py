@@ -26,7 +26,7 @@ from connectors.slack.routes import OPENAPI, add_routes
 from connectors.slack.settings import SlackSettings
 from connectors.slack.socket_mode import SocketMode
 from supportbot.channels import Connector
-from supportbot.store.base import ChannelState, Mailboxes
+from supportbot.store.mailboxes import ChannelState, Mailboxes
 
 __all__ = ["CONNECTOR", "SlackChannel", "SlackSettings", "setup"]
 

@@ -40,7 +40,8 @@ from supportbot.errors import ConfigError, MessageTooLarge
 from supportbot.messages import ImagePart
 from supportbot.runtime import Runtime
 from supportbot.server import client_ip, max_message_bytes
-from supportbot.store.base import ConversationTokens, Mailboxes, Store
+from supportbot.store.base import Store
+from supportbot.store.mailboxes import ConversationTokens, Mailboxes
 
 __all__ = ["CHANNEL", "Refused", "WebChannel"]
 

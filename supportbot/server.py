@@ -251,6 +251,13 @@ def build_app(runtime: Runtime, *, metrics: Metrics | None = None) -> web.Applic
     relay = Relay(dispatcher, bus, wake=hub.wake, channels=hub.workers)
     if shared:  # one worker alone (SQLite) has nobody to tell
         hub.announce_queued = relay.queued
+        new_tickets = app.get(admin.NEW_TICKETS)
+        if new_tickets is not None:  # the admin page's live lists, whichever worker opened the ticket
+            app[admin.OPERATORS].store.on_ticket_opened(
+                lambda ticket_id: bus.publish_nowait("tickets", {"id": ticket_id})
+            )
+            bus.on("tickets", lambda data: new_tickets.opened())
+            bus.on_resync(new_tickets.opened)
         for worker in hub.workers.values():
             worker.poll_s = BUS_POLL_S  # a notice wakes it; the poll is for one that was missed
 

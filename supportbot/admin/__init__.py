@@ -15,15 +15,18 @@ from aiohttp import web
 
 from supportbot.admin.api import AdminAPI
 from supportbot.admin.auth import Auth
+from supportbot.admin.live import NewTickets
 from supportbot.admin.openapi import ADMIN_OPENAPI
 from supportbot.admin.views import AdminPages
 from supportbot.llm.demo import DemoLLM
 from supportbot.operators import Operators, OperatorStore
 from supportbot.webapp import INTAKE, NOTICES, RUNTIME, add_openapi
 
-__all__ = ["OPERATORS", "setup"]
+__all__ = ["NEW_TICKETS", "OPERATORS", "setup"]
 
 OPERATORS = web.AppKey("operators", Operators)
+NEW_TICKETS = web.AppKey("new_tickets", NewTickets)
+"""Wakes the live ticket lists; the server also feeds it what other workers announce over the bus."""
 STATIC = Path(__file__).parent / "static"
 
 
@@ -41,7 +44,14 @@ def setup(app: web.Application) -> None:
     operators = app[INTAKE].operators
     auth = Auth(settings, store, extra_token=demo_token, behind_proxy=runtime.config.server.trust_forwarded_for)
     app[OPERATORS] = operators
-    AdminPages(auth, operators, flows=lambda: sorted(runtime.flows)).add_routes(app.router)
+    new_tickets = app[NEW_TICKETS] = NewTickets()
+    store.on_ticket_opened(new_tickets.opened)
+
+    async def end_live_lists(app: web.Application) -> None:
+        new_tickets.close()
+
+    app.on_shutdown.append(end_live_lists)
+    AdminPages(auth, operators, flows=lambda: sorted(runtime.flows), new_tickets=new_tickets).add_routes(app.router)
     AdminAPI(auth, operators).add_routes(app.router)
     add_openapi(app, ADMIN_OPENAPI)
     app.router.add_static("/admin/static", STATIC, append_version=False)

@@ -8,6 +8,7 @@ Every state change is a POST carrying the session's CSRF token and coming from t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -21,7 +22,9 @@ from aiohttp import web
 from markupsafe import Markup
 from multidict import MultiDict
 
+from supportbot._json import dumps_bytes
 from supportbot.admin.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, Auth
+from supportbot.admin.live import NewTickets
 from supportbot.admin.params import (
     CONVERSATION_STATUSES,
     PRIORITIES,
@@ -91,12 +94,16 @@ def _next_path(value: str | None) -> str:
 class AdminPages:
     """Route handlers of the admin page; ``add_routes`` puts them on an application."""
 
-    def __init__(self, auth: Auth, operators: Operators, *, flows: Callable[[], list[str]]) -> None:
-        """``flows`` gives the names of the flows loaded now (a reload may change them)."""
+    def __init__(
+        self, auth: Auth, operators: Operators, *, flows: Callable[[], list[str]], new_tickets: NewTickets | None = None
+    ) -> None:
+        """``flows`` gives the names of the flows loaded now (a reload may change them); ``new_tickets`` wakes the
+        live lists (without it they read every ``HEARTBEAT_S`` seconds)."""
         self.auth = auth
         self.operators = operators
         self.store: OperatorStore = operators.store
         self.flows = flows
+        self.new_tickets = new_tickets or NewTickets()
         self.env = _env()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -107,6 +114,7 @@ class AdminPages:
         router.add_post("/admin/logout", self.page(self.logout, post=True))
         router.add_get("/admin/tickets", self.page(self.tickets))
         router.add_get("/admin/tickets/live", self.page(self.tickets_live))
+        router.add_get("/admin/tickets/stream", self.page(self.tickets_stream))
         router.add_get(r"/admin/tickets/{id:\d+}", self.page(self.ticket))
         for action in ("reply", "note", "update", "handback"):
             router.add_post(rf"/admin/tickets/{{id:\d+}}/{action}", self.page(self.ticket_action, post=True))
@@ -137,7 +145,7 @@ class AdminPages:
         async def guarded(request: web.Request) -> web.StreamResponse:
             session = await self.auth.session(request)
             if session is None:
-                if post or request.path.endswith("/live"):
+                if post or request.path.endswith(("/live", "/stream")):
                     return self.error(401, "Signed out", "Your session has ended; sign in again.")
                 raise web.HTTPSeeOther(f"/admin/login?{query_string({}, next=request.path_qs)}", headers=_HEADERS)
             if post:
@@ -255,6 +263,33 @@ class AdminPages:
             return error_response(400, "bad_parameter", str(exc))
         found = await self.store.search_tickets(query)
         return web.json_response({"tickets": [ticket_json(t) for t in found.tickets]}, headers=_HEADERS)
+
+    async def tickets_stream(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
+        """The live list as server-sent events: ``tickets`` with the tickets above ``after`` as they are opened
+        (``{"tickets": [...]}``, newest first), ``signed-out`` when the session ended; comments in between."""
+        try:
+            query = ticket_query(request.query)
+        except ParamError as exc:
+            return error_response(400, "bad_parameter", str(exc))
+        response = web.StreamResponse(headers={
+            **_HEADERS, "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
+        })  # fmt: skip
+        await response.prepare(request)
+        new = self.new_tickets
+        while not new.closed:
+            seen = new.count
+            if await self.auth.session(request) is None:
+                await response.write(b"event: signed-out\ndata: {}\n\n")
+                break
+            found = await self.store.search_tickets(query)
+            if found.tickets:
+                query = dataclasses.replace(query, after_id=max(t.id for t in found.tickets))
+                data = dumps_bytes({"tickets": [ticket_json(t) for t in found.tickets]})
+                await response.write(b"event: tickets\ndata: " + data + b"\n\n")
+            else:
+                await response.write(b": waiting for new tickets\n\n")
+            await new.wait(seen)
+        return response
 
     async def ticket(self, request: web.Request, session: AdminSession) -> web.StreamResponse:
         ticket = await self.store.get_ticket(int(request.match_info["id"]))

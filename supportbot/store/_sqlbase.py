@@ -55,6 +55,7 @@ class SQLBase:
             PostgresBackend(url) if kind is PostgresBackend else SQLiteBackend(self._hot_pool)
         )
         self._insert: Callable[..., Any] = self._backend.insert
+        self._ticket_opened: list[Callable[[int], None]] = []  # see ``TicketMixin.on_ticket_opened``
 
     @asynccontextmanager
     async def _begin(self, doing: str, *, write_first: bool = False) -> AsyncIterator[AsyncConnection]:

@@ -12,7 +12,8 @@ The two rules on opening tickets hold in the database, for any number of process
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,8 @@ from supportbot.store.models import ticket_events as _e
 from supportbot.store.models import tickets as _t
 
 __all__ = ["TicketMixin"]
+
+logger = logging.getLogger("supportbot.store")
 
 _TICKET_COLS = (
     _t.c.id, _t.c.subject, _t.c.description, _t.c.status, _t.c.priority, _t.c.kind, _t.c.conversation_id,
@@ -70,6 +73,19 @@ def _event(row: Sequence[Any]) -> TicketEvent:
 class TicketMixin(SQLBase):
     """Ticket methods of the ``Store`` protocol. Every change is logged as a ``TicketEvent`` in the same transaction."""
 
+    def on_ticket_opened(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with a new ticket's id once the transaction that opened it has committed (the admin
+        page's live list); it runs on the event loop and must not block or raise."""
+        self._ticket_opened.append(callback)
+
+    def _opened(self, ticket: Ticket) -> Ticket:
+        for callback in self._ticket_opened:
+            try:
+                callback(ticket.id)
+            except Exception:
+                logger.exception("a listener of new tickets failed")
+        return ticket
+
     async def create_ticket(
         self,
         *,
@@ -87,7 +103,8 @@ class TicketMixin(SQLBase):
         values = _values(subject, description, kind, priority, conversation_id, customer_id, channel, flow)
         async with self._begin("creating a ticket") as connection:
             ticket_id = (await connection.execute(_TICKET_INSERT, values)).scalar_one()
-            return await _created(connection, ticket_id, actor, kind)
+            ticket = await _created(connection, ticket_id, actor, kind)
+        return self._opened(ticket)
 
     async def create_ticket_capped(
         self,
@@ -126,7 +143,8 @@ class TicketMixin(SQLBase):
                 row = (await connection.execute(_TICKET_BY_ID, {"tid": latest})).one()
                 return TicketOutcome(ticket=_ticket(row), created=False)
             ticket_id = (await connection.execute(_TICKET_INSERT, values)).scalar_one()
-            return TicketOutcome(ticket=await _created(connection, ticket_id, actor, kind), created=True)
+            ticket = await _created(connection, ticket_id, actor, kind)
+        return TicketOutcome(ticket=self._opened(ticket), created=True)
 
     async def open_handoff_ticket(
         self,
@@ -152,20 +170,25 @@ class TicketMixin(SQLBase):
             async with self._begin("opening a handoff ticket", write_first=True) as connection:
                 ticket_id = (await connection.execute(insert)).scalar_one_or_none()
                 if ticket_id is not None:
-                    return TicketOutcome(ticket=await _created(connection, ticket_id, actor, "handoff"), created=True)
-                # PostgreSQL waited for the other insert to commit; this statement's snapshot sees it.
-                row = (await connection.execute(_OPEN_HANDOFF_OF, {"cid": conversation_id})).first()
-                if row is None:
-                    continue  # it was closed in between: try the insert again
-                ticket_id = row[0]
-                at = now()
-                await connection.execute(_t.update().where(_t.c.id == ticket_id).values(updated_at=at))
-                await connection.execute(
-                    _e.insert(),
-                    {"ticket_id": ticket_id, "actor": actor, "action": "note", "detail": note, "created_at": at},
-                )
-                row = (await connection.execute(_TICKET_BY_ID, {"tid": ticket_id})).one()
-                return TicketOutcome(ticket=_ticket(row), created=False)
+                    opened = await _created(connection, ticket_id, actor, "handoff")
+                    outcome = TicketOutcome(ticket=opened, created=True)
+                else:
+                    # PostgreSQL waited for the other insert to commit; this statement's snapshot sees it.
+                    row = (await connection.execute(_OPEN_HANDOFF_OF, {"cid": conversation_id})).first()
+                    if row is None:
+                        continue  # it was closed in between: try the insert again
+                    ticket_id = row[0]
+                    at = now()
+                    await connection.execute(_t.update().where(_t.c.id == ticket_id).values(updated_at=at))
+                    await connection.execute(
+                        _e.insert(),
+                        {"ticket_id": ticket_id, "actor": actor, "action": "note", "detail": note, "created_at": at},
+                    )
+                    row = (await connection.execute(_TICKET_BY_ID, {"tid": ticket_id})).one()
+                    outcome = TicketOutcome(ticket=_ticket(row), created=False)
+            if outcome.created:
+                self._opened(outcome.ticket)
+            return outcome
         raise StorageError(
             f"opening a handoff ticket for conversation {conversation_id} kept colliding with one being closed; "
             "try again"

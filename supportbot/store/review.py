@@ -6,6 +6,7 @@ accounts and sessions. ``SQLStore`` implements ``Review``; the engine never uses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal, Protocol
@@ -136,6 +137,10 @@ class Review(Protocol):
     """Storage for operators. Every method is atomic and raises ``StorageError`` when the database fails."""
 
     async def search_tickets(self, query: TicketQuery) -> TicketPage: ...
+    def on_ticket_opened(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with each new ticket's id once it is committed (the live ticket list)."""
+        ...
+
     async def search_conversations(self, query: ConversationQuery) -> ConversationPage: ...
     async def add_ticket_event(self, ticket_id: int, *, actor: str, action: str, detail: str = "") -> TicketEvent:
         """Record something done about a ticket that is not a field change (``reply``, ``handback``)."""

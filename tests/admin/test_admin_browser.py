@@ -77,10 +77,12 @@ async def test_an_operator_finds_the_ticket_reads_the_log_and_replies_into_the_w
             "asked a colleague to join", timeout=10_000
         )
 
-        # The new ticket shows up in the open list without a reload.
+        # The new ticket shows up in the open list without a reload, pushed over the list's event stream.
         row = admin.locator("#tickets tbody tr.new")
         await expect(row).to_have_count(1, timeout=10_000)
         await expect(row).to_contain_text("the customer asked for a person")
+        asked = [url for url in admin_seen["requests"] if "/admin/tickets/" in url]
+        assert any("/admin/tickets/stream?" in url for url in asked) and not any("/live?" in url for url in asked)
         await row.get_by_role("link").first.click()
         await expect(admin.locator("h1")).to_contain_text("#1")
 

@@ -9,7 +9,8 @@
     if (question && !window.confirm(question)) event.preventDefault();
   });
 
-  // The ticket list gains new tickets as they are opened, without a reload.
+  // The ticket list gains new tickets as they are opened, without a reload: pushed by the server
+  // (server-sent events), or, where that fails, asked for every 3 seconds.
   var table = document.getElementById('tickets');
   if (!table || !table.dataset.live) return;
   var body = table.tBodies[0];
@@ -53,21 +54,30 @@
     cell(row, when(t.updated_at));
   }
 
+  function show(tickets) {
+    tickets.slice().reverse().forEach(add);
+    var top = tickets.reduce(function (m, t) { return Math.max(m, t.id); }, Number(url.searchParams.get('after') || 0));
+    url.searchParams.set('after', String(top));
+    document.title = document.title.replace(/^\(\d+ new\) /, '');
+    var fresh = body.querySelectorAll('tr.new').length;
+    if (fresh) document.title = '(' + fresh + ' new) ' + document.title;
+  }
+
   function poll() {
     fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (data) {
-        if (!data) return;
-        var tickets = data.tickets || [];
-        tickets.slice().reverse().forEach(add);
-        var top = tickets.reduce(function (m, t) { return Math.max(m, t.id); }, Number(url.searchParams.get('after') || 0));
-        url.searchParams.set('after', String(top));
-        document.title = document.title.replace(/^\(\d+ new\) /, '');
-        var fresh = body.querySelectorAll('tr.new').length;
-        if (fresh) document.title = '(' + fresh + ' new) ' + document.title;
-      })
+      .then(function (data) { if (data) show(data.tickets || []); })
       .catch(function () { /* offline for a moment: try again next time */ })
       .finally(function () { setTimeout(poll, 3000); });
   }
-  setTimeout(poll, 3000);
+
+  if (table.dataset.stream && window.EventSource) {
+    // The browser reconnects a dropped stream by itself; a refused one (signed out) ends it.
+    var stream = new EventSource(table.dataset.stream);
+    stream.addEventListener('tickets', function (event) { show(JSON.parse(event.data).tickets || []); });
+    stream.addEventListener('signed-out', function () { stream.close(); });
+    stream.onerror = function () {
+      if (stream.readyState === EventSource.CLOSED) setTimeout(poll, 3000);
+    };
+  } else setTimeout(poll, 3000);
 })();

@@ -289,13 +289,13 @@ class PostgresBackend:
         rows.reverse()
         return ids[0], conv, cust, [message(row) for row in rows]
 
-    async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
-        status = await driver.execute(
-            "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING",
-            conversation_id, tool_call_id, now,
-        )  # fmt: skip
-        return bool(status == "INSERT 0 1")
+    async def claim_tool_runs(
+        self, driver: Any, conversation_id: str, tool_call_ids: Sequence[str], now: datetime, approve: int | None
+    ) -> set[str]:
+        """Claim the runs of ``tool_call_ids`` (and mark the message ``approve`` ``ok``), in one statement; the ids
+        claimed now."""
+        rows = await driver.fetch(_PG_CLAIM, conversation_id, list(tool_call_ids), now, approve)
+        return {row[0] for row in rows}
 
     async def create_customer(self, driver: Any, new: Customer) -> None:
         """Insert a customer (fields already cleaned); a taken email or external id raises a unique violation."""
@@ -348,6 +348,14 @@ class PostgresBackend:
         return ConversationAddress(conversation_id=row[0], channel=row[1], key=row[2], address=row[3] or {})
 
 
+# The approval is a CTE of the same statement, so it happens with the claims or not at all.
+_PG_CLAIM = """
+WITH approved AS (UPDATE messages SET status = 'ok' WHERE id = $4::bigint)
+INSERT INTO tool_runs (conversation_id, tool_call_id, created_at)
+SELECT $1, call_id, $3 FROM unnest($2::text[]) AS call_id
+ON CONFLICT DO NOTHING
+RETURNING tool_call_id
+"""
 _PG_OUTBOX_ATTEMPT = numbered(OUTBOX_ATTEMPT)
 _PG_OUTBOX_SENT = numbered(OUTBOX_SENT)
 _PG_SET_ADDRESS = numbered(SET_ADDRESS)

@@ -57,7 +57,6 @@ from supportbot.store.models import conversations as _co
 from supportbot.store.models import customers as _cu
 from supportbot.store.models import messages as _m
 from supportbot.store.models import orders as _o
-from supportbot.store.models import tool_runs as _tr
 
 __all__ = ["SQLStore"]
 
@@ -372,22 +371,13 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
     async def claim_tool_run(self, conversation_id: str, tool_call_id: str) -> bool:
         """Record that a tool call is about to run; False if it was claimed before (never run it twice)."""
         async with self._driver("claiming a tool run") as driver:
-            return await self._backend.claim_tool_run(driver, conversation_id, tool_call_id, _now())
+            return bool(await self._backend.claim_tool_runs(driver, conversation_id, (tool_call_id,), _now(), None))
 
     async def approve_tool_calls(self, message_id: int, conversation_id: str, tool_call_ids: Sequence[str]) -> set[str]:
         """Mark the pending tool-call message ``ok`` and claim its calls, in one transaction; the ids claimed now."""
-        claimed = set()
-        now = _now()
-        async with self._begin("approving tool calls", write_first=True) as connection:
-            await connection.execute(_MSG_SET_STATUS, {"mid": message_id, "new_status": "ok"})
-            for call_id in dict.fromkeys(tool_call_ids):
-                claim = self._insert(_tr).values(conversation_id=conversation_id, tool_call_id=call_id, created_at=now)
-                result = await connection.execute(claim.on_conflict_do_nothing())
-                if result.rowcount == 1:
-                    claimed.add(call_id)
-        return claimed
-
-    # -- locks -----------------------------------------------------------------------------------
+        calls = list(dict.fromkeys(tool_call_ids))
+        async with self._driver("approving tool calls") as driver:
+            return await self._backend.claim_tool_runs(driver, conversation_id, calls, _now(), message_id)
 
     def lock(self, conversation_id: str) -> AbstractAsyncContextManager[None]:
         """Hold while a turn runs: one turn at a time per conversation (across workers on PostgreSQL)."""

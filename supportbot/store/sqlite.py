@@ -399,8 +399,12 @@ class SQLiteBackend:
         queued = None if outgoing is None else (outgoing.channel, json_dumps(outgoing.payload))
         return await self._run(driver, _sqlite_add, conversation_id, totals(messages), rows, _sqlite_time(now), queued)  # type: ignore[no-any-return]
 
-    async def claim_tool_run(self, driver: Any, conversation_id: str, tool_call_id: str, now: datetime) -> bool:
-        return await self._run(driver, _sqlite_claim, conversation_id, tool_call_id, _sqlite_time(now))  # type: ignore[no-any-return]
+    async def claim_tool_runs(
+        self, driver: Any, conversation_id: str, tool_call_ids: Sequence[str], now: datetime, approve: int | None
+    ) -> set[str]:
+        """Claim the runs of ``tool_call_ids`` (and first mark the message ``approve`` ``ok``), in one transaction;
+        the ids claimed now."""
+        return await self._run(driver, _sqlite_claim, conversation_id, tool_call_ids, _sqlite_time(now), approve)  # type: ignore[no-any-return]
 
     async def find_customer(
         self, driver: Any, email: str | None, external_id: str | None, verified: bool
@@ -602,9 +606,18 @@ def _sqlite_begin(
     return message_id, conv, cust, rows
 
 
-def _sqlite_claim(db: sqlite3.Connection, conversation_id: str, tool_call_id: str, now: str) -> bool:
-    cursor = db.execute(
-        "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        (conversation_id, tool_call_id, now),
-    )
-    return cursor.rowcount == 1
+def _sqlite_claim(
+    db: sqlite3.Connection, conversation_id: str, tool_call_ids: Sequence[str], now: str, approve: int | None
+) -> set[str]:
+    cursor = db.cursor()
+    if approve is not None:
+        cursor.execute("UPDATE messages SET status = 'ok' WHERE id = ?", (approve,))
+    claimed = set()
+    for call_id in tool_call_ids:
+        cursor.execute(_CLAIM, (conversation_id, call_id, now))
+        if cursor.rowcount == 1:
+            claimed.add(call_id)
+    return claimed
+
+
+_CLAIM = "INSERT INTO tool_runs (conversation_id, tool_call_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-__all__ = ["HEARTBEAT_S", "NewTickets"]
+__all__ = ["GATHER_S", "HEARTBEAT_S", "NewTickets"]
 
 HEARTBEAT_S = 15.0
 """Seconds between two reads of a quiet live list (each also sends a comment, so proxies keep the stream open)."""
+GATHER_S = 0.25
+"""Seconds a list waits after a wake before it reads: a burst of tickets (an outage escalating many
+conversations) costs each open list a few reads a second, not one per ticket."""
 
 
 class NewTickets:
@@ -40,8 +43,10 @@ class NewTickets:
         self.opened()
 
     async def wait(self, seen: int, within: float = HEARTBEAT_S) -> None:
-        """Return once ``count`` differs from ``seen`` (at once if it does already), or after ``within`` seconds."""
-        if self.count != seen:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), within)
+        """Return ``GATHER_S`` after ``count`` differs from ``seen`` (gathering a burst), or after ``within`` seconds
+        without a change; at once when the server stops."""
+        if self.count == seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), within)
+        if self.count != seen and not self.closed:
+            await asyncio.sleep(GATHER_S)

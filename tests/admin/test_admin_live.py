@@ -17,7 +17,7 @@ from aiohttp import web
 
 from supportbot._json import loads
 from supportbot.admin import OPERATORS
-from supportbot.admin.live import HEARTBEAT_S
+from supportbot.admin.live import GATHER_S, HEARTBEAT_S, NewTickets
 from supportbot.runtime import open_runtime
 from supportbot.server import DISPATCHER, build_app
 from supportbot.testing.fake_llm import FakeLLMServer
@@ -77,6 +77,24 @@ async def test_a_new_ticket_is_pushed_to_an_open_list_at_once(server: WebServer,
         assert await _pushed_within(response, ticket_id, HEARTBEAT_S / 3) < 1.0
     finally:
         response.close()
+
+
+async def test_a_burst_of_tickets_wakes_a_list_once() -> None:
+    new = NewTickets()
+    seen = new.count
+    waiter = asyncio.create_task(new.wait(seen))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    for ticket_id in range(50):
+        new.opened(ticket_id)
+    await waiter
+    # One read for the burst, after it gathered: not fifty.
+    assert GATHER_S <= time.monotonic() - started < HEARTBEAT_S and new.count == seen + 50
+    closing = asyncio.create_task(new.wait(new.count))
+    await asyncio.sleep(0)
+    new.close()
+    async with asyncio.timeout(GATHER_S / 2):
+        await closing
 
 
 async def test_the_stream_needs_a_session_and_ends_when_it_does(server: WebServer, browserish: Any) -> None:

@@ -32,7 +32,8 @@ when there is none or it is closed. While a turn runs, its events also go to the
 Inbox statuses: ``received`` (stored, the engine has not taken it), ``stored`` (the engine stored
 the customer's message; ``Engine.run_turn`` sets it in the message's own transaction), ``done``,
 ``ignored`` (the channel's ``prepare`` declined it: another bot, a deleted user), ``failed`` (its turn
-failed ``len(RETRY_AFTER_S) + 1`` times, or the row is unreadable). ``start`` resumes what a stopped
+failed ``len(RETRY_AFTER_S) + 1`` times, counted in the row's ``attempts`` over every worker and restart, or
+the row is unreadable). ``start`` resumes what a stopped
 server left; ``drain`` lets running turns finish within a grace period and hands the rest back.
 """
 
@@ -127,6 +128,7 @@ class _Inbox(Protocol):
     async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]: ...
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None: ...
     async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None: ...
+    async def inbox_turn_failed(self, inbox_id: int) -> int: ...
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool: ...
     async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]: ...
     async def release_lease(self, name: str, owner: str) -> None: ...
@@ -356,7 +358,6 @@ class Dispatcher:
         self._resting: dict[str, asyncio.TimerHandle] = {}  # the only worker: lanes resting after a failed turn
         self._queues: dict[str, deque[InboxItem]] = {}  # the only worker: each lane's unanswered messages
         self._accepting = True
-        self._failures: dict[int, int] = {}  # inbox id → how often its turn failed here
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -653,24 +654,27 @@ class Dispatcher:
 
     async def _back_off(self, lane: str, item: InboxItem) -> None:
         """A turn failed (the database away, a bug): hold the lane untouched for a while, then any worker
-        tries again; after ``len(RETRY_AFTER_S)`` failures the message is marked failed and the lane goes on."""
+        tries again; after ``len(RETRY_AFTER_S)`` retries the message is marked failed and the lane goes on.
+
+        The failures are counted in the inbox row (``inbox_turn_failed``), so they add up over every worker that
+        ran the turn and over restarts."""
         inbox_id = item.id
-        tries = self._failures.get(inbox_id, 0)
+        failures = await self.inbox.inbox_turn_failed(inbox_id)
         lease = LANE_LEASE_PREFIX + lane
-        if tries >= len(RETRY_AFTER_S):
-            self._failures.pop(inbox_id, None)
-            await self._give_up(item, tries + 1)
+        if failures > len(RETRY_AFTER_S):
+            await self._give_up(item, failures)
             self._forget(lane, item)
             self.kick(lane)
             return
-        self._failures[inbox_id] = tries + 1
-        log.warning("turn %d failed; trying it again in %.0f s", inbox_id, RETRY_AFTER_S[tries])
+        wait = RETRY_AFTER_S[max(failures, 1) - 1]
+        log.warning("turn %d failed (%d of %d tries); trying it again in %.0f s", inbox_id, failures,
+                    len(RETRY_AFTER_S) + 1, wait)  # fmt: skip
         if not self.shared:
-            self._rest(lane, RETRY_AFTER_S[tries])
+            self._rest(lane, wait)
             return
         # The lease passes to a waiting owner nobody renews: the lane stays untouched until it expires.
         self._held.pop(lane, None)
-        await self.inbox.pass_lease(lease, self.worker_id, f"{self.worker_id}/wait", RETRY_AFTER_S[tries])
+        await self.inbox.pass_lease(lease, self.worker_id, f"{self.worker_id}/wait", wait)
 
     async def _give_up(self, item: InboxItem, tries: int) -> None:
         """Mark a message whose turn keeps failing ``failed``, and open an escalation ticket so a person answers."""
@@ -833,7 +837,6 @@ class Dispatcher:
                     if channel is not None:
                         _render(channel, info, event)
             await self.inbox.inbox_set_status(inbox_id, "done")
-            self._failures.pop(inbox_id, None)
             if self.turn_ended is not None:
                 self.turn_ended(message.channel)
             return True

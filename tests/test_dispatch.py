@@ -29,6 +29,7 @@ from supportbot.metrics import Metrics
 from supportbot.runtime import Runtime, open_runtime
 from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import Fail, FakeLLMServer, Hang, Reply
+from tests.echo_model import until
 
 
 @pytest.fixture
@@ -377,3 +378,34 @@ async def test_an_image_passes_intake_exactly_when_the_engine_takes_it(runtime: 
     assert passed == (runtime.engine._refusal("look", [image]) is None)
     assert passed == (size <= 4_999_998)  # base64 padding counts as content: 4,999,999 reads as 5,000,001
     assert data_url_bytes("https://example.com/x.png") == 0
+
+
+async def test_the_failures_of_a_turn_are_counted_in_the_database_so_a_restart_does_not_reset_them(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two failures, then a rest longer than the test; the restarted server's first failure is the third: give up.
+    monkeypatch.setattr("supportbot.dispatch.RETRY_AFTER_S", (0.05, 60.0))
+    tries: list[str] = []
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        tries.append("try")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runtime.engine.store, "begin_turn", failing)
+    conversation_id = await conversation(runtime)
+    first = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    await first.start()
+    await first.submit(inbound(conversation_id, "hello"))
+    await until(lambda: len(tries) == 2 and first.running == 0, 10, "two failed tries")
+    await first.drain(1)  # stopped while its lane rests
+
+    second = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    assert await second.start() == 1
+    try:
+        await until(lambda: second.running == 0, 10, "the restarted server's try")
+    finally:
+        await second.drain(1)
+    assert len(tries) == 3
+    assert [i.id for i in await runtime.store.inbox_pending(statuses=("failed",))]  # type: ignore[attr-defined]
+    [ticket] = await runtime.store.list_tickets(conversation_id=conversation_id)
+    assert ticket.kind == "escalation" and "failed 3 times" in (ticket.description or "")

@@ -3,6 +3,7 @@ stopped worker's lane when its lease expires, and a worker that lost its lease s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -153,3 +154,46 @@ async def test_a_turn_that_failed_rests_its_lane_then_another_sweep_runs_it(
     assert time.monotonic() - failed_at >= 0.5  # the lane rested first
     await until(lambda: a.running == 0 and b.running == 0, 10, "the turn finishing")
     assert await answers(a, conversation_id) == ["Answer to hello."]
+
+
+async def test_the_failures_of_a_turn_add_up_over_the_workers_that_tried_it(
+    two: tuple[Dispatcher, Dispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = two
+    monkeypatch.setattr("supportbot.dispatch.RETRY_AFTER_S", (0.05, 0.05))  # the third failure is the last
+    conversation_id = await open_conversation(a)
+    lane = f"lane:{conversation_id}"
+    tries: list[str] = []
+    turn = ["a"]  # the workers take the lane in turns, each after the other's failure
+
+    def worker(name: str, dispatcher: Dispatcher, other: str) -> None:
+        store = dispatcher.inbox
+        assert isinstance(store, SQLStore)
+        take = store.take_lease
+
+        async def take_in_turn(lease: str, owner: str, seconds: float) -> bool:
+            if lease == lane and turn[0] != name:
+                return False
+            return await take(lease, owner, seconds)
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            tries.append(name)
+            turn[0] = other
+            raise StorageError("the disk is full")
+
+        monkeypatch.setattr(store, "take_lease", take_in_turn)
+        monkeypatch.setattr(dispatcher.engine.store, "begin_turn", failing)
+
+    worker("a", a, "b")
+    worker("b", b, "a")
+    store = a.inbox
+    assert isinstance(store, SQLStore)
+    await a.submit(message(conversation_id, "hello"))
+    deadline = time.monotonic() + 10
+    while not await store.inbox_pending(statuses=("failed",)):
+        assert time.monotonic() < deadline, "the message was not given up on within 10 s"
+        await asyncio.sleep(0.02)
+    await until(lambda: a.running == 0 and b.running == 0, 10, "both workers going idle")
+    assert tries == ["a", "b", "a"]
+    [ticket] = await store.list_tickets(conversation_id=conversation_id)
+    assert ticket.kind == "escalation" and "failed 3 times" in (ticket.description or "")

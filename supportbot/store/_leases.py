@@ -95,6 +95,9 @@ _BIND = (
     update(_i).where(_i.c.id == bindparam("iid"), _i.c.status == "received").values(conversation_id=bindparam("cid"))
 )
 _SET_LANE = update(_i).where(_i.c.id == bindparam("iid")).values(lane=bindparam("new_lane"))
+_FAILED_ONCE_MORE = (
+    update(_i).where(_i.c.id == bindparam("iid")).values(attempts=_i.c.attempts + 1).returning(_i.c.attempts)
+)
 
 
 class LeaseMixin(SQLBase):
@@ -238,6 +241,12 @@ class LeaseMixin(SQLBase):
         """Record the conversation a keyed message goes to, if its turn was not taken meanwhile."""
         async with self._begin("binding an inbound message to its conversation", write_first=True) as connection:
             await connection.execute(_BIND, {"iid": inbox_id, "cid": conversation_id})
+
+    async def inbox_turn_failed(self, inbox_id: int) -> int:
+        """Count one more failed turn of an inbound message (one statement: atomic, whichever worker ran it);
+        returns how often its turn failed so far, on any worker and across restarts (0: no such row)."""
+        async with self._begin("counting a failed turn", write_first=True) as connection:
+            return int((await connection.execute(_FAILED_ONCE_MORE, {"iid": inbox_id})).scalar() or 0)
 
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None:
         """Give inbox rows their lane (rows stored before lanes existed): ``(inbox id, lane)`` pairs."""

@@ -335,6 +335,8 @@ class InboxRow(Base):
     # key; one worker at a time runs a lane's turns, oldest first (``leases``). Null in rows from before
     # lanes existed: they are given their lane when read.
     lane: Mapped[str | None] = mapped_column(String(64))
+    # How often the message's turn failed, on any worker (``supportbot.dispatch`` gives up after a few).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 OUTBOX_FAILED = text("status = 'failed'")

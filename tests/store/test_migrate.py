@@ -22,7 +22,7 @@ async def test_new_database_is_created_at_head(db_url: str) -> None:
     assert await migrate.current_revision(db_url) is None
     store = await SQLStore.open(db_url)
     await store.close()
-    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0006"
+    assert await migrate.current_revision(db_url) == migrate.head_revision() == "0007"
 
 
 async def test_upgrade_is_idempotent(db_url: str) -> None:
@@ -49,7 +49,7 @@ async def test_database_behind_is_refused_with_the_fix(db_url: str) -> None:
     await migrate.upgrade(db_url, "0001")  # as left by an older supportbot
     with pytest.raises(StorageError) as caught:
         await SQLStore.open(db_url, create=False)
-    assert "is at revision 0001 but this supportbot needs 0006; run `supportbot db upgrade`" in str(caught.value)
+    assert "is at revision 0001 but this supportbot needs 0007; run `supportbot db upgrade`" in str(caught.value)
 
 
 async def test_database_from_a_newer_supportbot_is_refused(db_url: str) -> None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, delete, literal, or_, select, update
+from sqlalchemy import Interval, bindparam, delete, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,6 +29,7 @@ from supportbot.store._engine import make_engine, storage_error
 from supportbot.store._mailbox import _INBOX_COLS, _inbox_item
 from supportbot.store._sqlbase import SQLBase, now
 from supportbot.store.mailboxes import InboxItem
+from supportbot.store.models import UTCDateTime
 from supportbot.store.models import inbox as _i
 from supportbot.store.models import leases as _l
 from supportbot.store.models import outbox as _o
@@ -38,57 +43,95 @@ UNANSWERED = ("received", "stored")
 STALE_LEASE = timedelta(hours=1)
 """An expired lease is deleted this long after it expired (its work is done, or was taken over)."""
 
-_RENEW = (
-    update(_l)
-    .where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
-    .values(expires_at=bindparam("until"))
-    .returning(_l.c.name)
-)
-_RENEW_ALL = (
-    update(_l)
-    .where(_l.c.owner == bindparam("holder"), _l.c.name.in_(bindparam("names", expanding=True)))
-    .values(expires_at=bindparam("until"))
-    .returning(_l.c.name)
-)
 RENEW_TIMEOUT_S = 2.0
 """How long a renewal waits for its connection (a third of a lease is the most it may take)."""
 RENEW_CHUNK = 500
 """Leases renewed per statement."""
-# The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``).
-_RENEW_SENDS = (
-    update(_o)
-    .where(
-        _o.c.lease_owner == bindparam("holder"), _o.c.status == "pending",
-        _o.c.id.in_(bindparam("ids", expanding=True)),
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """The lease statements of one dialect, with the times they compare and set taken from its clock: on
+    PostgreSQL the database's (``statement_timestamp()``), so workers on hosts whose clocks disagree still
+    agree on when a lease expires; on SQLite, the one process's (``params``)."""
+
+    pg: bool
+    take: Callable[[str, str], Any]
+    renew: Any
+    renew_all: Any
+    renew_sends: Any
+    pass_: Any
+    drop_stale: Any
+    orphans: Any
+
+    def params(self, seconds: float = 0.0) -> dict[str, Any]:
+        """The times a statement needs: a lease of ``seconds`` from now."""
+        if self.pg:
+            return {"span": timedelta(seconds=seconds)}
+        at = now()
+        return {"now": at, "until": at + timedelta(seconds=seconds), "before": at - STALE_LEASE}
+
+
+def _sql(dialect: str) -> _Sql:
+    pg = dialect == "postgresql"
+    if pg:
+        db_now: Any = func.statement_timestamp(type_=UTCDateTime())
+        until: Any = db_now + bindparam("span", type_=Interval())
+        before: Any = db_now - literal(STALE_LEASE, Interval())
+    else:
+        db_now = bindparam("now", type_=UTCDateTime())
+        until = bindparam("until", type_=UTCDateTime())
+        before = bindparam("before", type_=UTCDateTime())
+    mine = (_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
+    named = (_l.c.owner == bindparam("holder"), _l.c.name.in_(bindparam("names", expanding=True)))
+    insert = pg_insert if pg else sqlite_insert
+
+    def take(name: str, owner: str) -> Any:
+        upsert = insert(_l).values(name=name, owner=owner, expires_at=until)
+        return upsert.on_conflict_do_update(
+            index_elements=[_l.c.name],
+            set_={"owner": upsert.excluded.owner, "expires_at": upsert.excluded.expires_at},
+            where=or_(_l.c.expires_at < db_now, _l.c.owner == upsert.excluded.owner),
+        ).returning(_l.c.name)
+
+    return _Sql(
+        pg=pg,
+        take=take,
+        renew=update(_l).where(*mine).values(expires_at=until).returning(_l.c.name),
+        renew_all=update(_l).where(*named).values(expires_at=until).returning(_l.c.name),
+        # The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``).
+        renew_sends=update(_o)
+        .where(
+            _o.c.lease_owner == bindparam("holder"),
+            _o.c.status == "pending",
+            _o.c.id.in_(bindparam("ids", expanding=True)),
+        )
+        .values(lease_until=until),
+        pass_=update(_l).where(*mine).values(owner=bindparam("new_owner"), expires_at=until).returning(_l.c.name),
+        drop_stale=delete(_l).where(_l.c.expires_at < before),
+        orphans=(
+            select(_i.c.lane)
+            .distinct()
+            .select_from(_i.outerjoin(_l, _l.c.name == literal(LANE_LEASE_PREFIX) + _i.c.lane))
+            .where(
+                _i.c.status.in_(UNANSWERED),
+                _i.c.lane.is_not(None),
+                or_(_l.c.name.is_(None), _l.c.expires_at < db_now),
+            )
+            .limit(bindparam("n"))
+        ),
     )
-    .values(lease_until=bindparam("until"))
-)  # fmt: skip
+
+
+_SQL = {"postgresql": _sql("postgresql"), "sqlite": _sql("sqlite")}
 _FREE_SENDS = (
     update(_o).where(_o.c.status == "pending", _o.c.lease_until.is_not(None)).values(lease_owner=None, lease_until=None)
 )
-_PASS = (
-    update(_l)
-    .where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
-    .values(owner=bindparam("new_owner"), expires_at=bindparam("until"))
-    .returning(_l.c.name)
-)
 _RELEASE = delete(_l).where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
-_DROP_STALE = delete(_l).where(_l.c.expires_at < bindparam("before"))
 _LANE = (
     select(*_INBOX_COLS)
     .where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED))
     .order_by(_i.c.id)
-    .limit(bindparam("n"))
-)
-_ORPHANS = (
-    select(_i.c.lane)
-    .distinct()
-    .select_from(_i.outerjoin(_l, _l.c.name == literal(LANE_LEASE_PREFIX) + _i.c.lane))
-    .where(
-        _i.c.status.in_(UNANSWERED),
-        _i.c.lane.is_not(None),
-        or_(_l.c.name.is_(None), _l.c.expires_at < bindparam("now")),
-    )
     .limit(bindparam("n"))
 )
 _BIND = (
@@ -105,26 +148,25 @@ class LeaseMixin(SQLBase):
 
     _renewals: AsyncEngine | None = None
 
+    @property
+    def _lease_sql(self) -> _Sql:
+        return _SQL["postgresql" if self._engine.dialect.name == "postgresql" else "sqlite"]
+
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take the lease ``name`` for ``seconds`` if nobody holds it, it expired, or ``owner`` holds it already.
 
         Returns whether ``owner`` holds it now.
         """
-        at = now()
-        insert = self._insert(_l).values(name=name, owner=owner, expires_at=at + timedelta(seconds=seconds))
-        upsert = insert.on_conflict_do_update(
-            index_elements=[_l.c.name],
-            set_={"owner": insert.excluded.owner, "expires_at": insert.excluded.expires_at},
-            where=or_(_l.c.expires_at < at, _l.c.owner == insert.excluded.owner),
-        ).returning(_l.c.name)
+        sql = self._lease_sql
         async with self._begin(f"taking the lease {name}", write_first=True) as connection:
-            return (await connection.execute(upsert)).first() is not None
+            return (await connection.execute(sql.take(name, owner), sql.params(seconds))).first() is not None
 
     async def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Extend ``owner``'s lease ``name`` by ``seconds`` from now; False when ``owner`` no longer holds it."""
-        values = {"lease": name, "holder": owner, "until": now() + timedelta(seconds=seconds)}
+        sql = self._lease_sql
+        values = {"lease": name, "holder": owner, **sql.params(seconds)}
         async with self._begin(f"renewing the lease {name}", write_first=True) as connection:
-            return (await connection.execute(_RENEW, values)).first() is not None
+            return (await connection.execute(sql.renew, values)).first() is not None
 
     @asynccontextmanager
     async def _renewing(self, doing: str) -> AsyncIterator[AsyncConnection]:
@@ -150,11 +192,12 @@ class LeaseMixin(SQLBase):
     async def renew_sends(self, owner: str, ids: Sequence[int], seconds: float) -> None:
         """Extend ``owner``'s leases of the outbox rows ``ids`` (those it is sending now) by ``seconds`` from now;
         a row it no longer sends is left to expire."""
-        until = now() + timedelta(seconds=seconds)
+        sql = self._lease_sql
+        times = sql.params(seconds)
         async with self._renewing("renewing this worker's sends") as connection:
             for start in range(0, len(ids), RENEW_CHUNK):
-                values = {"holder": owner, "until": until, "ids": list(ids[start : start + RENEW_CHUNK])}
-                await connection.execute(_RENEW_SENDS, values)
+                values = {"holder": owner, "ids": list(ids[start : start + RENEW_CHUNK]), **times}
+                await connection.execute(sql.renew_sends, values)
 
     async def renew_leases(self, owner: str, names: Sequence[str], seconds: float) -> set[str]:
         """Extend ``owner``'s leases of ``names`` (the work it is doing now) by ``seconds`` from now; the names
@@ -164,20 +207,22 @@ class LeaseMixin(SQLBase):
         ``owner`` not named is left to expire: work it no longer does (a lane it could not give back while the
         database was away) passes to another worker then.
         """
-        until = now() + timedelta(seconds=seconds)
+        sql = self._lease_sql
+        times = sql.params(seconds)
         held: set[str] = set()
         async with self._renewing("renewing this worker's leases") as connection:
             for start in range(0, len(names), RENEW_CHUNK):
-                values = {"holder": owner, "until": until, "names": list(names[start : start + RENEW_CHUNK])}
-                held.update(str(name) for (name,) in (await connection.execute(_RENEW_ALL, values)).all())
+                values = {"holder": owner, "names": list(names[start : start + RENEW_CHUNK]), **times}
+                held.update(str(name) for (name,) in (await connection.execute(sql.renew_all, values)).all())
         return held
 
     async def pass_lease(self, name: str, owner: str, to: str, seconds: float) -> bool:
         """Hand ``owner``'s lease to ``to`` for ``seconds`` from now (one statement: nobody can take it between);
         False when ``owner`` did not hold it."""
-        values = {"lease": name, "holder": owner, "new_owner": to, "until": now() + timedelta(seconds=seconds)}
+        sql = self._lease_sql
+        values = {"lease": name, "holder": owner, "new_owner": to, **sql.params(seconds)}
         async with self._begin(f"passing the lease {name}", write_first=True) as connection:
-            return (await connection.execute(_PASS, values)).first() is not None
+            return (await connection.execute(sql.pass_, values)).first() is not None
 
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease back (if ``owner`` holds it), so another worker may take it at once."""
@@ -186,8 +231,9 @@ class LeaseMixin(SQLBase):
 
     async def drop_stale_leases(self) -> int:
         """Delete leases that expired more than ``STALE_LEASE`` ago; returns how many."""
+        sql = self._lease_sql
         async with self._begin("deleting expired leases", write_first=True) as connection:
-            return (await connection.execute(_DROP_STALE, {"before": now() - STALE_LEASE})).rowcount or 0
+            return (await connection.execute(sql.drop_stale, sql.params())).rowcount or 0
 
     async def clear_leases(self) -> None:
         """Delete every lease and free every outbox row being sent or waiting out a backoff: for a server that
@@ -233,8 +279,9 @@ class LeaseMixin(SQLBase):
 
     async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]:
         """Lanes with unanswered messages that no worker holds (nobody took them, or their lease expired)."""
+        sql = self._lease_sql
         async with self._begin("looking for unanswered messages nobody holds") as connection:
-            rows = (await connection.execute(_ORPHANS, {"now": now(), "n": limit})).all()
+            rows = (await connection.execute(sql.orphans, {"n": limit, **sql.params()})).all()
         return [str(lane) for (lane,) in rows]
 
     async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None:

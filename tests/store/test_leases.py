@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from supportbot.store.sql import SQLStore
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[SQLStore]:
+    opened = await SQLStore.open(pg_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 async def test_a_lease_is_held_by_one_owner_until_it_expires_or_is_released(store: SQLStore) -> None:
@@ -154,3 +166,26 @@ async def test_a_turn_whose_inbox_row_another_worker_took_stores_nothing(store: 
     await store.inbox_bind(inbox_id, "someone-else")  # a late keyed binding does not reopen it either
     [row] = await store.inbox_pending(statuses=("done",))
     assert row.conversation_id == conversation.id
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_lease_times_come_from_the_database_clock_not_the_workers(
+    pg_store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def clock(skew: timedelta) -> None:
+        monkeypatch.setattr("supportbot.store._leases.now", lambda: datetime.now(UTC) + skew)
+
+    # A worker whose clock is an hour behind takes a lease, and one whose clock is an hour ahead looks at it.
+    await pg_store.inbox_add("web", "m1", {"text": "one"}, lane="c1")
+    clock(-timedelta(hours=1))
+    assert await pg_store.take_lease("lane:c1", "behind", 30)
+    assert await pg_store.renew_leases("behind", ["lane:c1"], 30) == {"lane:c1"}
+    clock(timedelta(hours=1))
+    assert not await pg_store.take_lease("lane:c1", "ahead", 30)
+    assert await pg_store.inbox_orphan_lanes() == []
+    assert await pg_store.drop_stale_leases() == 0
+    assert await pg_store.take_lease("receiver:email", "ahead", 30)
+    clock(-timedelta(hours=1))
+    assert not await pg_store.take_lease("receiver:email", "behind", 30)
+    assert await pg_store.pass_lease("receiver:email", "ahead", "ahead/wait", 30)
+    assert not await pg_store.take_lease("receiver:email", "behind", 30)

@@ -67,11 +67,19 @@ TICKET_CURSOR = "tickets_announced"
 LEAD_LEASE_S = 10.0
 """The lease on a channel's receiver or its ticket announcements, renewed every third of it by the worker that
 runs them: when that worker dies, another takes over after this long."""
+APPLY_LEASE_S = 30.0
+"""How long a worker holds an operator's reply it is storing (``inbox_claim``); if it dies meanwhile, the next
+start (or a redelivery) after this stores the reply."""
 _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
 
 
 class DeliveryStore(OperatorStore, Mailboxes, Leases, Protocol):
     """What delivery needs of storage (``SQLStore``)."""
+
+    async def inbox_claim(self, inbox_id: int, owner: str, seconds: float) -> bool:
+        """Hold an inbound row (an operator's reply) for ``seconds`` if it is still ``received`` and nobody else
+        holds it; whether ``owner`` holds it now."""
+        ...
 
 
 def reply_of(item: OutboxItem, *, attempt: int, address: Mapping[str, Any], key: str | None) -> Reply:
@@ -408,25 +416,38 @@ class Hub:
             return
         self._applying.add(inbox_id)
         try:
-            if since is not None and await self._stored_before(reply, since):
-                await self.store.inbox_set_status(inbox_id, "done")
+            # Of the workers that read the row (two starting at once, a redelivery meanwhile) one stores it.
+            if not await self.store.inbox_claim(inbox_id, self.owner, APPLY_LEASE_S):
+                log.info("an operator's reply (inbox row %d) is stored by another worker", inbox_id)
                 return
             try:
-                if reply.hand_back:
-                    await self.operators.hand_back(
-                        actor=reply.actor, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
-                    )
-                else:
-                    await self.operators.reply(actor=reply.actor, text=reply.text, ticket_id=reply.ticket_id,
-                                               conversation_id=reply.conversation_id)  # fmt: skip
-            except OperatorError:
-                await self.store.inbox_set_status(inbox_id, "failed")  # it can never be stored as asked
+                await self._store_reply(inbox_id, reply, since)
+            except BaseException:
+                # Not stored (the database away, or cancelled): a redelivery or the next start may try again now.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release_lease(f"inbox:{inbox_id}", self.owner))
                 raise
-            # Any other failure (the database away) leaves the row "received": a redelivery or the next
-            # start stores it.
-            await self.store.inbox_set_status(inbox_id, "done")
         finally:
             self._applying.discard(inbox_id)
+
+    async def _store_reply(self, inbox_id: int, reply: OperatorReply, since: datetime | None) -> None:
+        if since is not None and await self._stored_before(reply, since):
+            await self.store.inbox_set_status(inbox_id, "done")
+            return
+        try:
+            if reply.hand_back:
+                await self.operators.hand_back(
+                    actor=reply.actor, ticket_id=reply.ticket_id, conversation_id=reply.conversation_id
+                )
+            else:
+                await self.operators.reply(actor=reply.actor, text=reply.text, ticket_id=reply.ticket_id,
+                                           conversation_id=reply.conversation_id)  # fmt: skip
+        except OperatorError:
+            await self.store.inbox_set_status(inbox_id, "failed")  # it can never be stored as asked
+            raise
+        # Any other failure (the database away) leaves the row "received": a redelivery or the next
+        # start stores it.
+        await self.store.inbox_set_status(inbox_id, "done")
 
     async def _stored_before(self, reply: OperatorReply, since: datetime) -> bool:
         """Whether the reply (or the hand-back notice) is in its conversation already, stored at or after ``since``.

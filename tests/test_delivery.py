@@ -466,3 +466,33 @@ async def test_a_database_error_mid_send_gives_the_row_back(
     assert worker.sending == set()  # nothing left for the lease renewal to keep alive
     [pending] = await store.outbox_pending("chat")
     assert pending.id == row and pending.last_error is not None  # its lease given back, with a backoff
+
+
+@pytest.mark.postgres
+async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_stopped_server_once(
+    fake: FakeLLMServer, pg_url: str
+) -> None:
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
+    try:
+        store = store_of(runtimes[0])
+        customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
+        # Taken by a server that stopped before it stored it.
+        await store.inbox_add("chat", "C7:9.3", {"type": "operator", "actor": "Maria (chat)", "text": "On it.",
+                                                 "ticket_id": None, "conversation_id": conversation.id,
+                                                 "hand_back": False})  # fmt: skip
+        await asyncio.gather(*(hub.resume() for hub in hubs))
+        human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
+        assert [m.content for m in human] == ["On it."]
+        assert not await store.inbox_pending(statuses=("received",))
+    finally:
+        for hub in hubs:
+            await hub.dispatcher.drain(1)
+            await hub.stop()
+        for r in runtimes:
+            await r.aclose()

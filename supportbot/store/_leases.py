@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, delete, func, literal, or_, select, update
+from sqlalchemy import Interval, String, bindparam, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,6 +57,7 @@ class _Sql:
 
     pg: bool
     take: Callable[[str, str], Any]
+    claim: Callable[[str, str], Any]
     renew: Any
     renew_all: Any
     renew_sends: Any
@@ -94,9 +95,22 @@ def _sql(dialect: str) -> _Sql:
             where=or_(_l.c.expires_at < db_now, _l.c.owner == upsert.excluded.owner),
         ).returning(_l.c.name)
 
+    def claim(name: str, owner: str) -> Any:
+        # ``take``, but only while the inbox row is still ``received``: one statement, so a worker that read the
+        # row before another finished with it (and let its lease expire) cannot take it up again.
+        received = exists().where(_i.c.id == bindparam("iid"), _i.c.status == "received")
+        row = select(literal(name, String()), literal(owner, String()), until).where(received)
+        upsert = insert(_l).from_select([_l.c.name, _l.c.owner, _l.c.expires_at], row)
+        return upsert.on_conflict_do_update(
+            index_elements=[_l.c.name],
+            set_={"owner": upsert.excluded.owner, "expires_at": upsert.excluded.expires_at},
+            where=or_(_l.c.expires_at < db_now, _l.c.owner == upsert.excluded.owner),
+        ).returning(_l.c.name)
+
     return _Sql(
         pg=pg,
         take=take,
+        claim=claim,
         renew=update(_l).where(*mine).values(expires_at=until).returning(_l.c.name),
         renew_all=update(_l).where(*named).values(expires_at=until).returning(_l.c.name),
         # The outbox rows a worker is sending are leased to it as well (``outbox.lease_owner``).
@@ -294,6 +308,20 @@ class LeaseMixin(SQLBase):
         returns how often its turn failed so far, on any worker and across restarts (0: no such row)."""
         async with self._begin("counting a failed turn", write_first=True) as connection:
             return int((await connection.execute(_FAILED_ONCE_MORE, {"iid": inbox_id})).scalar() or 0)
+
+    async def inbox_claim(self, inbox_id: int, owner: str, seconds: float) -> bool:
+        """Take the lease ``inbox:<id>`` of an inbound row that is no customer's message (an operator's reply) for
+        ``seconds``, if the row is still ``received`` and nobody else holds it; whether ``owner`` holds it now.
+
+        The one that holds it stores the row's content; a holder that dies lets go when it expires. Left to
+        expire after success, so that another worker that read the row before cannot claim it again meanwhile
+        (by then the row is ``done``).
+        """
+        sql = self._lease_sql
+        values = {"iid": inbox_id, **sql.params(seconds)}
+        async with self._begin("claiming an inbound row", write_first=True) as connection:
+            found = (await connection.execute(sql.claim(f"inbox:{inbox_id}", owner), values)).first()
+        return found is not None
 
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None:
         """Give inbox rows their lane (rows stored before lanes existed): ``(inbox id, lane)`` pairs."""

@@ -189,3 +189,14 @@ async def test_on_postgresql_lease_times_come_from_the_database_clock_not_the_wo
     assert not await pg_store.take_lease("receiver:email", "behind", 30)
     assert await pg_store.pass_lease("receiver:email", "ahead", "ahead/wait", 30)
     assert not await pg_store.take_lease("receiver:email", "behind", 30)
+
+
+async def test_an_inbound_row_is_claimed_by_one_worker_and_not_again_once_done(store: SQLStore) -> None:
+    inbox_id = await store.inbox_add("chat", "op1", {"type": "operator", "text": "On it."})
+    assert inbox_id is not None
+    assert await store.inbox_claim(inbox_id, "w1", 0.05)
+    assert not await store.inbox_claim(inbox_id, "w2", 30)
+    assert await store.inbox_claim(inbox_id, "w1", 0.05)  # its holder, again
+    await store.inbox_set_status(inbox_id, "done")
+    await asyncio.sleep(0.1)
+    assert not await store.inbox_claim(inbox_id, "w2", 30)  # the claim expired, but the row is done

@@ -538,8 +538,13 @@ class Hub:
         await asyncio.gather(*(worker.stop(grace) for worker in self.workers.values()))
         await self.dispatcher.stop_loops()
 
-    async def announce_new_tickets(self, channel: ChannelBase) -> int:
-        """Queue the tickets opened since the channel's cursor as ``ticket`` replies; returns how many."""
+    async def announce_new_tickets(self, channel: ChannelBase, *, until: float | None = None) -> int:
+        """Queue the tickets opened since the channel's cursor as ``ticket`` replies; returns how many.
+
+        ``until``: a ``time.monotonic()`` after which no more is queued (the end of this worker's lease on the
+        announcements: past it another worker may read the cursor and announce the same tickets); the rest
+        waits for the next round.
+        """
         cursor = await self.store.channel_state(channel.name, TICKET_CURSOR)
         if cursor is None:
             # The first start announces what is new from now on, not the whole history.
@@ -552,15 +557,21 @@ class Hub:
             if ticket.created_at is not None and ticket.created_at.timestamp() > settled:
                 break  # too new to pass: a ticket with a lower id may still be committing
             tickets.append(ticket)
+        queued = 0
         for ticket in tickets:
+            data = await self._ticket_data(ticket)
+            if until is not None and time.monotonic() > until:
+                log.warning("announcing tickets on %s took too long; the rest waits for the next round", channel.name)
+                break
             await self.store.outbox_add(
                 channel.name,
-                {"kind": "ticket", "text": ticket.subject, "data": await self._ticket_data(ticket)},
+                {"kind": "ticket", "text": ticket.subject, "data": data},
                 state=ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(ticket.id)),
             )
-        if tickets:
+            queued += 1
+        if queued:
             self.wake(channel.name)
-        return len(tickets)
+        return queued
 
     async def _ticket_data(self, ticket: Ticket) -> dict[str, Any]:
         customer = await self.store.get_customer(ticket.customer_id) if ticket.customer_id else None
@@ -581,9 +592,15 @@ class Hub:
         lease = f"announce:{channel.name}"
         while True:
             try:
-                # Of several workers one announces (two would read one cursor and announce a ticket twice).
-                if not self.dispatcher.shared or await self.store.take_lease(lease, self.owner, LEAD_LEASE_S):
+                # Of several workers one announces (two would read one cursor and announce a ticket twice); a round
+                # stops halfway through the lease (taken again, so renewed, at the next round), so that a slow one
+                # never runs on while another worker takes the announcements over.
+                if not self.dispatcher.shared:
                     await self.announce_new_tickets(channel)
+                else:
+                    taking = time.monotonic()
+                    if await self.store.take_lease(lease, self.owner, LEAD_LEASE_S):
+                        await self.announce_new_tickets(channel, until=taking + LEAD_LEASE_S / 2)
             except Exception:
                 log.warning("could not announce new tickets on %s; retrying", channel.name, exc_info=True)
             await asyncio.sleep(TICKET_POLL_S)

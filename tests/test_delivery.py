@@ -25,6 +25,7 @@ from supportbot.dispatch import Dispatcher, encode_message
 from supportbot.errors import StorageError
 from supportbot.events import Event, TurnFinished
 from supportbot.runtime import Runtime, open_runtime
+from supportbot.store.mailboxes import ChannelState
 from supportbot.store.sql import SQLStore
 from supportbot.testing.fake_llm import FakeLLMServer
 from supportbot.testing.fake_llm import Reply as Say
@@ -496,3 +497,63 @@ async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_st
             await hub.stop()
         for r in runtimes:
             await r.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_slow_round_of_ticket_announcements_stops_before_another_worker_takes_them_over(
+    fake: FakeLLMServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("supportbot.delivery.LEAD_LEASE_S", 0.3)
+    monkeypatch.setattr("supportbot.delivery.TICKET_POLL_S", 0.05)
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    slow, fast = (Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+    store = store_of(runtimes[0])
+    await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
+    for subject in ("first", "second"):
+        await runtimes[0].store.create_ticket(subject=subject)
+    stuck, taken_over, slow_round_over = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    ticket_data = slow._ticket_data
+
+    async def slow_ticket_data(ticket: Any) -> dict[str, Any]:
+        stuck.set()
+        await taken_over.wait()  # the database slow for longer than the lease
+        return await ticket_data(ticket)
+
+    announce = slow.announce_new_tickets
+
+    async def slow_round(channel: ChannelBase, *, until: float | None = None) -> int:
+        try:
+            return await announce(channel, until=until)
+        finally:
+            if taken_over.is_set():
+                slow_round_over.set()
+
+    fast_add = fast.store.outbox_add
+
+    async def counted_add(*args: Any, **kwargs: Any) -> int:
+        added = await fast_add(*args, **kwargs)
+        if kwargs.get("state") is not None and kwargs["state"].value == "2":
+            taken_over.set()
+        return added
+
+    monkeypatch.setattr(slow, "_ticket_data", slow_ticket_data)
+    monkeypatch.setattr(slow, "announce_new_tickets", slow_round)
+    monkeypatch.setattr(fast.store, "outbox_add", counted_add)
+    feeds = [asyncio.create_task(slow._announce_tickets(Recorder("team", announces_tickets=True)))]
+    try:
+        async with asyncio.timeout(10):
+            await stuck.wait()
+            feeds.append(asyncio.create_task(fast._announce_tickets(Recorder("team", announces_tickets=True))))
+            await slow_round_over.wait()
+    finally:
+        for feed in feeds:
+            feed.cancel()
+        await asyncio.gather(*feeds, return_exceptions=True)
+        for r in runtimes:
+            await r.aclose()
+    announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
+    assert sorted(announced) == [1, 2]

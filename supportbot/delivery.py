@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,9 @@ runs them: when that worker dies, another takes over after this long."""
 APPLY_LEASE_S = 30.0
 """How long a worker holds an operator's reply it is storing (``inbox_claim``); if it dies meanwhile, the next
 start (or a redelivery) after this stores the reply."""
+LEAD_SAFE_PART = 0.9
+"""The part of a receiver's lease after which, unless renewed, this worker stops the receiver (the rest is for the
+receiver to stop, and for the clocks of the worker and the database)."""
 _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
 
 
@@ -618,25 +622,38 @@ class Hub:
 
     async def _lead(self, channel: ChannelBase) -> None:
         """Run the channel's receiver while this worker holds its lease; start it when the lease is won, stop it
-        when it is lost (another worker took over: this one was away longer than the lease)."""
+        when it is lost (another worker took over: this one was away longer than the lease), and stop it before
+        the lease runs out when it cannot be renewed (the database away or too slow to answer): by then another
+        worker may take it, and two receivers must never read one mailbox."""
         lease = f"receiver:{channel.name}"
+        loop = asyncio.get_running_loop()
         running = False
+        lease_ends = 0.0  # the loop time before which this worker surely holds the lease
         try:
             while True:
+                asked = loop.time()
                 try:
-                    held = await self.store.take_lease(lease, self.owner, LEAD_LEASE_S)
-                except Exception:
-                    log.warning("could not renew the %s receiver's lease; retrying", channel.name, exc_info=True)
-                    held = running
+                    async with asyncio.timeout_at(lease_ends if running else None):
+                        held = await self.store.take_lease(lease, self.owner, LEAD_LEASE_S)
+                    if held:
+                        lease_ends = asked + LEAD_LEASE_S * LEAD_SAFE_PART
+                except Exception:  # the database away, or no answer before the lease ends
+                    held = running and loop.time() < lease_ends
+                    log.warning("could not renew the %s receiver's lease; %s", channel.name,
+                                "retrying" if held else "stopping the receiver here until it is renewed",
+                                exc_info=not isinstance(sys.exc_info()[1], StorageError | TimeoutError))  # fmt: skip
                 if held and not running:
                     log.info("this worker now runs the %s receiver", channel.name)
                     await channel.start(self)
                     running = True
                 elif running and not held:
-                    log.warning("another worker took over the %s receiver; stopping it here", channel.name)
+                    log.warning("the %s receiver's lease is lost or ran out; stopping it here", channel.name)
                     await channel.stop()
                     running = False
-                await asyncio.sleep(LEAD_LEASE_S / 3)
+                pause = LEAD_LEASE_S / 3
+                if running:  # wake up in time to stop the receiver if the renewal keeps failing
+                    pause = min(pause, max(0.0, lease_ends - loop.time()))
+                await asyncio.sleep(pause)
         finally:
             if running:
                 with contextlib.suppress(Exception):

@@ -537,3 +537,52 @@ async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_ano
     finally:
         for r in runtimes:
             await r.aclose()
+
+
+class Reader(Recorder):
+    """A channel whose receiver one worker at a time may run (like the IMAP reader); it notes when it ran."""
+
+    def __init__(self) -> None:
+        super().__init__("mail")
+        self.exclusive_receiver = True
+        self.started_at: float | None = None
+        self.stopped = asyncio.Event()
+        self.stopped_at: float | None = None
+
+    async def start(self, intake: Any) -> None:
+        self.started_at = asyncio.get_running_loop().time()
+
+    async def stop(self) -> None:
+        self.stopped_at = asyncio.get_running_loop().time()
+        self.stopped.set()
+
+
+@pytest.mark.parametrize("outage", ["errors", "hangs"])
+async def test_a_receiver_whose_lease_cannot_be_renewed_stops_before_the_lease_runs_out(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, outage: str
+) -> None:
+    monkeypatch.setattr("supportbot.delivery.LEAD_LEASE_S", 0.6)
+    store = store_of(runtime)
+    hub = Hub(Dispatcher(runtime.engine, runtime.store, shared=True), store)  # type: ignore[arg-type]
+    reader = Reader()
+    taken: list[float] = []
+    take = store.take_lease
+
+    async def away_after_the_first(name: str, owner: str, seconds: float) -> bool:
+        if taken:  # the database went away after the lease was taken
+            if outage == "errors":
+                raise StorageError("the database is away")
+            await asyncio.Event().wait()
+        taken.append(asyncio.get_running_loop().time())
+        return await take(name, owner, seconds)
+
+    monkeypatch.setattr(store, "take_lease", away_after_the_first)
+    lead = asyncio.create_task(hub._lead(reader))
+    try:
+        async with asyncio.timeout(5):
+            await reader.stopped.wait()
+    finally:
+        lead.cancel()
+        await asyncio.gather(lead, return_exceptions=True)
+    assert reader.started_at is not None and reader.stopped_at is not None
+    assert reader.stopped_at - taken[0] < 0.6  # stopped before its lease could pass to another worker

@@ -124,8 +124,9 @@ class _Inbox(Protocol):
         self, channel: str | None = None, *, statuses: tuple[str, ...] = ("received",), limit: int = 100
     ) -> list[InboxItem]: ...
     async def inbox_next(self, lane: str) -> InboxItem | None: ...
-    async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]: ...
-    async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]: ...
+    async def inbox_lane(self, lane: str, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]: ...
+    async def inbox_unlaned(self, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]: ...
+    async def inbox_orphan_lanes(self, *, limit: int = 100, after: str | None = None) -> list[str]: ...
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None: ...
     async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None: ...
     async def inbox_turn_failed(self, inbox_id: int) -> int: ...
@@ -431,35 +432,43 @@ class Dispatcher:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
 
-    async def resume(self, *, limit: int = 1000) -> int:
+    async def resume(self, *, page: int = 1000) -> int:
         """Start the lanes that have unanswered messages and no worker; returns how many were started.
 
         With a database of its own (``shared`` false: SQLite), the leases a stopped server left are cleared
-        first. Rows stored before lanes existed are given theirs.
+        first. Rows stored before lanes existed are given theirs. Everything is read ``page`` rows (or lanes) at
+        a time, however much there is; on a shared database one page of lanes is started here, and the sweeps
+        start the rest.
         """
         if not self.shared:
             await self.inbox.clear_leases()
-        items = await self.inbox.inbox_pending(statuses=("received", "stored"), limit=limit)
-        unlaned: list[tuple[int, str]] = []
-        for item in items:
-            if item.lane is not None or not isinstance(item.payload, dict):
-                continue
-            if item.payload.get("type", "message") != "message":
-                continue  # an operator's reply: supportbot.delivery resumes those
-            message = decode_message(item)
-            if message is None:
-                await self.inbox.inbox_set_status(item.id, "failed")
-                continue
-            unlaned.append((item.id, lane_of(message)))
-        await self.inbox.inbox_set_lanes(unlaned)
-        lanes = await self.inbox.inbox_orphan_lanes(limit=limit)
-        for lane in lanes:
-            if not self.shared:
-                await self._reload(lane)
-            self.kick(lane)
-        if lanes:
-            log.info("resumed %d conversation(s) with unanswered messages", len(lanes))
-        return len(lanes)
+        after_id = 0
+        while items := await self.inbox.inbox_unlaned(limit=page, after_id=after_id):
+            after_id = items[-1].id
+            unlaned: list[tuple[int, str]] = []
+            for item in items:
+                if not isinstance(item.payload, dict) or item.payload.get("type", "message") != "message":
+                    continue  # an operator's reply: supportbot.delivery resumes those
+                message = decode_message(item)
+                if message is None:
+                    await self.inbox.inbox_set_status(item.id, "failed")
+                    continue
+                unlaned.append((item.id, lane_of(message)))
+            await self.inbox.inbox_set_lanes(unlaned)
+        started = 0
+        after = ""
+        while lanes := await self.inbox.inbox_orphan_lanes(limit=page, after=after):
+            after = lanes[-1]
+            for lane in lanes:
+                if not self.shared:
+                    await self._reload(lane, page=page)
+                self.kick(lane)
+            started += len(lanes)
+            if self.shared:
+                break  # the sweeps (here and on the other workers) start the rest, a few at a time
+        if started:
+            log.info("resumed %d conversation(s) with unanswered messages", started)
+        return started
 
     async def drain(self, grace: float) -> int:
         """Take no new messages, let running turns finish for up to ``grace`` seconds, hand back the rest.
@@ -591,13 +600,15 @@ class Dispatcher:
         if not queue:
             self._queues.pop(lane, None)
 
-    async def _reload(self, lane: str) -> None:
+    async def _reload(self, lane: str, *, page: int = 1000) -> None:
         """Read the lane's unanswered messages from the database into its queue (the only worker: at start,
-        and after a failed turn, whose row may have moved on, e.g. to ``stored``); messages queued meanwhile
-        are kept."""
-        rows = await self.inbox.inbox_lane(lane)
+        and after a failed turn, whose row may have moved on, e.g. to ``stored``), ``page`` at a time, all of
+        them; messages queued meanwhile are kept."""
         merged = {item.id: item for item in self._queues.get(lane, ())}
-        merged.update((item.id, item) for item in rows)
+        after_id = 0
+        while rows := await self.inbox.inbox_lane(lane, limit=page, after_id=after_id):
+            merged.update((item.id, item) for item in rows)
+            after_id = rows[-1].id
         self._queues[lane] = deque(merged[key] for key in sorted(merged))
 
     async def _run_lane(self, lane: str) -> None:

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from supportbot.dispatch import (
     Unavailable,
     check_size,
     data_url_bytes,
+    lane_of,
 )
 from supportbot.errors import MessageTooLarge
 from supportbot.events import TextDelta, TurnFailed, TurnFinished, TurnStarted
@@ -409,3 +411,42 @@ async def test_the_failures_of_a_turn_are_counted_in_the_database_so_a_restart_d
     assert [i.id for i in await runtime.store.inbox_pending(statuses=("failed",))]  # type: ignore[attr-defined]
     [ticket] = await runtime.store.list_tickets(conversation_id=conversation_id)
     assert ticket.kind == "escalation" and "failed 3 times" in (ticket.description or "")
+
+
+async def test_resume_reads_every_unanswered_message_a_page_at_a_time(
+    fake: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite, whose only worker keeps each lane's messages in memory (PostgreSQL's workers read them as they go).
+    from datetime import UTC, datetime
+
+    from supportbot.store._engine import make_engine
+    from supportbot.store.models import inbox
+
+    at = datetime.now(UTC)
+    row = {"status": "received", "conversation_id": None, "created_at": at}
+    rows = [row | {"channel": "web", "external_id": f"big{n}", "payload": {"text": f"m{n}", "key": "b"}, "lane": "big"}
+            for n in range(1001)]  # fmt: skip
+    rows += [row | {"channel": "web", "external_id": f"one{n}", "payload": {"text": "hi", "key": f"o{n}"},
+                    "lane": f"l{n:04}"} for n in range(1000)]  # fmt: skip
+    # Rows from before lanes existed: given theirs at start.
+    rows += [row | {"channel": "chat", "external_id": f"old{n}", "payload": {"text": "hi", "key": f"k{n}"},
+                    "lane": None} for n in range(1001)]  # fmt: skip
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+    runtime = await open_runtime(config(fake, db_url))
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(inbox.insert(), rows)
+    finally:
+        await engine.dispose()
+    old_lanes = {lane_of(InboundMessage(channel="chat", external_id="", text="", key=f"k{n}")) for n in range(1001)}
+
+    dispatcher = Dispatcher(runtime.engine, runtime.store)  # type: ignore[arg-type]
+    kicked: list[str] = []
+    monkeypatch.setattr(dispatcher, "kick", kicked.append)  # no turn runs: what would be started is noted
+    try:
+        assert await dispatcher.resume() == 2002  # pages of 1,000
+    finally:
+        await runtime.aclose()
+    assert sorted(kicked) == sorted({"big"} | {f"l{n:04}" for n in range(1000)} | old_lanes)
+    assert [item.payload["text"] for item in dispatcher._queues["big"]] == [f"m{n}" for n in range(1001)]

@@ -64,6 +64,7 @@ class _Sql:
     pass_: Any
     drop_stale: Any
     orphans: Any
+    orphans_after: Any
 
     def params(self, seconds: float = 0.0) -> dict[str, Any]:
         """The times a statement needs: a lease of ``seconds`` from now."""
@@ -107,6 +108,16 @@ def _sql(dialect: str) -> _Sql:
             where=or_(_l.c.expires_at < db_now, _l.c.owner == upsert.excluded.owner),
         ).returning(_l.c.name)
 
+    orphans = (
+        select(_i.c.lane)
+        .distinct()
+        .select_from(_i.outerjoin(_l, _l.c.name == literal(LANE_LEASE_PREFIX) + _i.c.lane))
+        .where(
+            _i.c.status.in_(UNANSWERED),
+            _i.c.lane.is_not(None),
+            or_(_l.c.name.is_(None), _l.c.expires_at < db_now),
+        )
+    )
     return _Sql(
         pg=pg,
         take=take,
@@ -123,17 +134,8 @@ def _sql(dialect: str) -> _Sql:
         .values(lease_until=until),
         pass_=update(_l).where(*mine).values(owner=bindparam("new_owner"), expires_at=until).returning(_l.c.name),
         drop_stale=delete(_l).where(_l.c.expires_at < before),
-        orphans=(
-            select(_i.c.lane)
-            .distinct()
-            .select_from(_i.outerjoin(_l, _l.c.name == literal(LANE_LEASE_PREFIX) + _i.c.lane))
-            .where(
-                _i.c.status.in_(UNANSWERED),
-                _i.c.lane.is_not(None),
-                or_(_l.c.name.is_(None), _l.c.expires_at < db_now),
-            )
-            .limit(bindparam("n"))
-        ),
+        orphans=orphans.limit(bindparam("n")),
+        orphans_after=orphans.where(_i.c.lane > bindparam("after")).order_by(_i.c.lane).limit(bindparam("n")),
     )
 
 
@@ -144,7 +146,13 @@ _FREE_SENDS = (
 _RELEASE = delete(_l).where(_l.c.name == bindparam("lease"), _l.c.owner == bindparam("holder"))
 _LANE = (
     select(*_INBOX_COLS)
-    .where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED))
+    .where(_i.c.lane == bindparam("lane"), _i.c.status.in_(UNANSWERED), _i.c.id > bindparam("after"))
+    .order_by(_i.c.id)
+    .limit(bindparam("n"))
+)
+_UNLANED = (
+    select(*_INBOX_COLS)
+    .where(_i.c.lane.is_(None), _i.c.status.in_(UNANSWERED), _i.c.id > bindparam("after"))
     .order_by(_i.c.id)
     .limit(bindparam("n"))
 )
@@ -285,17 +293,26 @@ class LeaseMixin(SQLBase):
         found = await self.inbox_lane(lane, limit=1)
         return found[0] if found else None
 
-    async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]:
-        """The messages of ``lane`` whose turns have not finished, oldest first."""
+    async def inbox_lane(self, lane: str, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]:
+        """The messages of ``lane`` whose turns have not finished, oldest first (those after ``after_id``: pages)."""
         async with self._begin("reading a conversation's unanswered messages") as connection:
-            rows = (await connection.execute(_LANE, {"lane": lane, "n": limit})).all()
+            rows = (await connection.execute(_LANE, {"lane": lane, "n": limit, "after": after_id})).all()
         return [_inbox_item(row) for row in rows]
 
-    async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]:
-        """Lanes with unanswered messages that no worker holds (nobody took them, or their lease expired)."""
+    async def inbox_unlaned(self, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]:
+        """Unanswered inbox rows without a lane (stored before lanes existed, or no customer's message: an
+        operator's reply), oldest first, those after ``after_id``."""
+        async with self._begin("reading inbound messages without a lane") as connection:
+            rows = (await connection.execute(_UNLANED, {"n": limit, "after": after_id})).all()
+        return [_inbox_item(row) for row in rows]
+
+    async def inbox_orphan_lanes(self, *, limit: int = 100, after: str | None = None) -> list[str]:
+        """Lanes with unanswered messages that no worker holds (nobody took them, or their lease expired); with
+        ``after``, those after it in the lanes' order (pages through them all)."""
         sql = self._lease_sql
+        statement, values = (sql.orphans, {}) if after is None else (sql.orphans_after, {"after": after})
         async with self._begin("looking for unanswered messages nobody holds") as connection:
-            rows = (await connection.execute(sql.orphans, {"n": limit, **sql.params()})).all()
+            rows = (await connection.execute(statement, {"n": limit, **values, **sql.params()})).all()
         return [str(lane) for (lane,) in rows]
 
     async def inbox_bind(self, inbox_id: int, conversation_id: str) -> None:

@@ -80,11 +80,6 @@ _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmatio
 class DeliveryStore(OperatorStore, Mailboxes, Leases, Protocol):
     """What delivery needs of storage (``SQLStore``)."""
 
-    async def inbox_claim(self, inbox_id: int, owner: str, seconds: float) -> bool:
-        """Hold an inbound row (an operator's reply) for ``seconds`` if it is still ``received`` and nobody else
-        holds it; whether ``owner`` holds it now."""
-        ...
-
 
 def reply_of(item: OutboxItem, *, attempt: int, address: Mapping[str, Any], key: str | None) -> Reply:
     """The ``Reply`` a channel is given for an outbox row."""

@@ -172,7 +172,7 @@ class LeaseMixin(SQLBase):
 
     @property
     def _lease_sql(self) -> _Sql:
-        return _SQL["postgresql" if self._engine.dialect.name == "postgresql" else "sqlite"]
+        return _SQL[self._backend.name]
 
     async def take_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take the lease ``name`` for ``seconds`` if nobody holds it, it expired, or ``owner`` holds it already.
@@ -194,7 +194,7 @@ class LeaseMixin(SQLBase):
     async def _renewing(self, doing: str) -> AsyncIterator[AsyncConnection]:
         """A transaction for renewals: on PostgreSQL on a connection of their own, so that a pool busy with
         turns never delays a renewal past its lease (another worker would take the work over meanwhile)."""
-        if self._engine.dialect.name != "postgresql":
+        if self._backend.name != "postgresql":
             async with self._begin(doing, write_first=True) as connection:
                 yield connection
             return

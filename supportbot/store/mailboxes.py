@@ -202,6 +202,11 @@ class Leases(Protocol):
         """Delete leases that expired a while ago; how many."""
         ...
 
+    async def inbox_claim(self, inbox_id: int, owner: str, seconds: float) -> bool:
+        """Hold an inbound row that is no customer's message (an operator's reply) for ``seconds`` if it is still
+        ``received`` and nobody else holds it; whether ``owner`` holds it now."""
+        ...
+
 
 class Lanes(Protocol):
     """The inbox in lanes: a conversation's messages (or a channel key's, before it has one) in arrival order."""
@@ -210,12 +215,20 @@ class Lanes(Protocol):
         """The oldest message of ``lane`` whose turn has not finished, or None."""
         ...
 
-    async def inbox_lane(self, lane: str, *, limit: int = 1000) -> list[InboxItem]:
-        """The messages of ``lane`` whose turns have not finished, oldest first."""
+    async def inbox_lane(self, lane: str, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]:
+        """The messages of ``lane`` whose turns have not finished, oldest first, those after ``after_id``."""
         ...
 
-    async def inbox_orphan_lanes(self, *, limit: int = 100) -> list[str]:
-        """Lanes with unanswered messages that no worker holds."""
+    async def inbox_unlaned(self, *, limit: int = 1000, after_id: int = 0) -> list[InboxItem]:
+        """Unanswered inbox rows without a lane, oldest first, those after ``after_id``."""
+        ...
+
+    async def inbox_orphan_lanes(self, *, limit: int = 100, after: str | None = None) -> list[str]:
+        """Lanes with unanswered messages that no worker holds; with ``after``, those after it (pages)."""
+        ...
+
+    async def inbox_turn_failed(self, inbox_id: int) -> int:
+        """Count one more failed turn of an inbound message, atomically; how often it failed so far, anywhere."""
         ...
 
     async def inbox_set_lanes(self, lanes: Sequence[tuple[int, str]]) -> None:

@@ -27,7 +27,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from supportbot.channels import (
@@ -62,6 +62,8 @@ PENDING_PAGE = 2000
 """Pending rows read per look (oldest first); rows waiting out a backoff are among them."""
 UNEXPECTED_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 300.0
+HELD_RECHECK_S = 1.0
+"""Seconds before a row another worker held (or had sent) is looked at again."""
 CONCURRENT_CONVERSATIONS = 32
 """Conversations a worker sends to at once (each one's rows in order)."""
 TICKET_CURSOR = "tickets_announced"
@@ -229,8 +231,8 @@ class DeliveryWorker:
                           exc_info=not isinstance(exc, StorageError))  # fmt: skip
                 self._retry_at[row.id] = time.monotonic() + UNEXPECTED_BACKOFF_S
                 with contextlib.suppress(Exception):  # give the row's lease back; if this fails too, it expires
-                    retry_at = _utcnow() + timedelta(seconds=UNEXPECTED_BACKOFF_S)
-                    await self.store.outbox_mark_failed(row.id, error=f"{type(exc).__name__}: {exc}", retry_at=retry_at)
+                    error = f"{type(exc).__name__}: {exc}"
+                    await self.store.outbox_mark_failed(row.id, error=error, retry_in=UNEXPECTED_BACKOFF_S)
                 return
             if not sent:
                 return  # it waits for a retry: the conversation's later rows wait behind it
@@ -240,7 +242,10 @@ class DeliveryWorker:
         later rows must wait (a retry, or another worker holds the row: it sends the rest in order)."""
         attempt = await self.store.outbox_attempt(row.id, owner=self.owner, lease_s=self.lease_s)
         if attempt is None:
-            self._retry_at.pop(row.id, None)
+            # Another worker holds it (or sent it): look again in a while. The lease's end that ``run_once``
+            # compares with this host's clock comes from the database's, so the two may disagree a little;
+            # waiting here keeps a host whose clock runs ahead from asking again and again meanwhile.
+            self._retry_at[row.id] = time.monotonic() + HELD_RECHECK_S
             return False
         self.sending.add(row.id)
         try:
@@ -287,8 +292,7 @@ class DeliveryWorker:
                     row.id, self.channel.name, reply.attempt, wait, error)  # fmt: skip
         self._retry_at[row.id] = time.monotonic() + wait
         # Other workers wait as long (a touch less: this one's own retry must find the row free).
-        retry_at = _utcnow() + timedelta(seconds=max(0.0, wait - 0.1))
-        await self.store.outbox_mark_failed(row.id, error=error, retry_at=retry_at)
+        await self.store.outbox_mark_failed(row.id, error=error, retry_in=max(0.0, wait - 0.1))
         self._count("retried")
         return False
 

@@ -9,16 +9,16 @@ Upserts are ``INSERT … ON CONFLICT DO UPDATE``, atomic on both databases howev
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Interval, bindparam, case, func, null, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
 from supportbot.store.mailboxes import ChannelState, ConversationAddress, InboxItem, OutboxItem
-from supportbot.store.models import OUTBOX_FAILED, clean_text, json_dumps
+from supportbot.store.models import OUTBOX_FAILED, UTCDateTime, clean_text, json_dumps
 from supportbot.store.models import channel_state as _s
 from supportbot.store.models import inbox as _i
 from supportbot.store.models import outbox as _o
@@ -62,15 +62,27 @@ _OUTBOX_BY_EXTERNAL_ID = select(*_OUTBOX_COLS).where(
 )
 # ``OUTBOX_FAILED`` as the condition, so PostgreSQL and SQLite use the partial index ``ix_outbox_failed``.
 _OUTBOX_FAILED_LIST = select(*_OUTBOX_COLS).where(OUTBOX_FAILED).order_by(_o.c.id.desc()).limit(bindparam("n"))
-_OUTBOX_FAILED = (
-    update(_o)
-    .where(_o.c.id == bindparam("oid"), _o.c.status == "pending")
-    .values(
-        status=bindparam("new_status"), last_error=bindparam("error"), lease_owner=None,
-        lease_until=bindparam("retry_at"),
+
+def _outbox_failed(retry_at: Any) -> Any:
+    return (
+        update(_o)
+        .where(_o.c.id == bindparam("oid"), _o.c.status == "pending")
+        .values(status=bindparam("new_status"), last_error=bindparam("error"), lease_owner=None, lease_until=retry_at)
+        .returning(_o.c.id)
     )
-    .returning(_o.c.id)
-)  # fmt: skip
+
+
+# A retry's backoff ends at a time of the database's clock on PostgreSQL (every worker compares it with that
+# clock), of the one process's on SQLite.
+_OUTBOX_FAILED = {
+    "sqlite": _outbox_failed(bindparam("retry_at", type_=UTCDateTime())),
+    "postgresql": _outbox_failed(
+        case(
+            (bindparam("retry_in", type_=Interval()).is_(None), null()),
+            else_=func.statement_timestamp(type_=UTCDateTime()) + bindparam("retry_in", type_=Interval()),
+        )
+    ),
+}
 _STATE_VALUE = select(_s.c.value).where(_s.c.channel == bindparam("channel"), _s.c.key == bindparam("key"))
 
 ERROR_LIMIT = 1000
@@ -202,14 +214,14 @@ class MailboxMixin(SQLBase):
         return None if row is None else _outbox_item(row)
 
     async def outbox_attempt(self, outbox_id: int, *, owner: str = "", lease_s: float = 10.0) -> int | None:
-        """Count an attempt and lease the row to ``owner`` for ``lease_s`` before sending it.
+        """Count an attempt and lease the row to ``owner`` for ``lease_s`` before sending it (on PostgreSQL
+        by the database's clock).
 
         Returns the attempts so far, this one included; None when the row is not ``owner``'s to send now:
         it is no longer pending, another worker is sending it, or it waits out a retry's backoff.
         """
-        at = now()
         async with self._driver(f"counting a delivery attempt of reply {outbox_id}") as driver:
-            return await self._backend.outbox_attempt(driver, outbox_id, owner, at + timedelta(seconds=lease_s), at)
+            return await self._backend.outbox_attempt(driver, outbox_id, owner, lease_s, now())
 
     async def outbox_mark_sent(self, outbox_id: int, external_id: str | None = None) -> bool:
         """Mark a reply delivered, with the channel's id for it; False if it was not pending any more.
@@ -221,21 +233,25 @@ class MailboxMixin(SQLBase):
             return await self._backend.outbox_mark_sent(driver, outbox_id, external_id, now())
 
     async def outbox_mark_failed(
-        self, outbox_id: int, *, error: str, give_up: bool = False, retry_at: datetime | None = None
+        self, outbox_id: int, *, error: str, give_up: bool = False, retry_in: float | None = None
     ) -> None:
         """Record why the last attempt failed (up to ``ERROR_LIMIT`` characters); ``give_up`` marks it ``failed``.
 
-        The row's lease ends; with ``retry_at``, no worker tries it again before then (the retry's backoff).
+        The row's lease ends; with ``retry_in``, no worker tries it again for that many seconds (the retry's
+        backoff; on PostgreSQL by the database's clock).
 
         Raises:
             StorageError: the reply does not exist or is no longer pending.
         """
         if len(error) > ERROR_LIMIT:
             error = error[: ERROR_LIMIT - 1] + "…"
+        values: dict[str, Any] = {"oid": outbox_id, "new_status": "failed" if give_up else "pending", "error": error}
+        if self._backend.name == "postgresql":
+            values["retry_in"] = None if retry_in is None else timedelta(seconds=retry_in)
+        else:
+            values["retry_at"] = None if retry_in is None else now() + timedelta(seconds=retry_in)
         async with self._begin(f"marking reply {outbox_id} failed") as connection:
-            values = {"oid": outbox_id, "new_status": "failed" if give_up else "pending", "error": error,
-                      "retry_at": retry_at}  # fmt: skip
-            found = (await connection.execute(_OUTBOX_FAILED, values)).scalar()
+            found = (await connection.execute(_OUTBOX_FAILED[self._backend.name], values)).scalar()
         if found is None:
             raise StorageError(
                 f"outbox reply {outbox_id} does not exist or is not pending (sent or given up on already); "

@@ -135,10 +135,10 @@ class Mailboxes(Protocol):
         ...
 
     async def outbox_mark_failed(
-        self, outbox_id: int, *, error: str, give_up: bool = False, retry_at: datetime | None = None
+        self, outbox_id: int, *, error: str, give_up: bool = False, retry_in: float | None = None
     ) -> None:
         """Record why the last attempt failed and end the row's lease; ``give_up`` marks the row ``failed`` for
-        good; ``retry_at``: no worker tries it again before then.
+        good; ``retry_in``: no worker tries it again for that many seconds.
 
         Raises:
             StorageError: the row does not exist or is no longer pending.

@@ -32,7 +32,6 @@ from supportbot.store._common import (
     INSERT_INBOX,
     INSERT_TOKEN,
     MSG_COLS,
-    OUTBOX_ATTEMPT,
     OUTBOX_SENT,
     SET_ADDRESS,
     SET_INBOX_STATUS,
@@ -323,9 +322,11 @@ class PostgresBackend:
         return None if found is None else str(found)
 
     async def outbox_attempt(
-        self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
+        self, driver: Any, outbox_id: int, owner: str, lease_s: float, now: datetime
     ) -> int | None:
-        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, owner, until, outbox_id, now)
+        """Lease the row by the database's clock (``now`` is unused): workers whose clocks disagree still agree."""
+        del now
+        attempts = await driver.fetchval(_PG_OUTBOX_ATTEMPT, owner, lease_s, outbox_id)
         return None if attempts is None else int(attempts)
 
     async def outbox_mark_sent(self, driver: Any, outbox_id: int, external_id: str | None, now: datetime) -> bool:
@@ -356,7 +357,13 @@ SELECT $1, call_id, $3 FROM unnest($2::text[]) AS call_id
 ON CONFLICT DO NOTHING
 RETURNING tool_call_id
 """
-_PG_OUTBOX_ATTEMPT = numbered(OUTBOX_ATTEMPT)
+# OUTBOX_ATTEMPT with the database's clock for the lease's end and for the check that it is free.
+_PG_OUTBOX_ATTEMPT = """
+UPDATE outbox SET attempts = attempts + 1, lease_owner = $1,
+    lease_until = statement_timestamp() + make_interval(secs => $2::float8)
+WHERE id = $3 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= statement_timestamp())
+RETURNING attempts
+"""
 _PG_OUTBOX_SENT = numbered(OUTBOX_SENT)
 _PG_SET_ADDRESS = numbered(SET_ADDRESS)
 _PG_CONVERSATION_FOR_KEY = numbered(CONVERSATION_FOR_KEY)

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Select, func
@@ -473,8 +473,9 @@ class SQLiteBackend:
         return str(rows[0][0]) if rows else None
 
     async def outbox_attempt(
-        self, driver: Any, outbox_id: int, owner: str, until: datetime, now: datetime
+        self, driver: Any, outbox_id: int, owner: str, lease_s: float, now: datetime
     ) -> int | None:
+        until = now + timedelta(seconds=lease_s)
         rows = await self._run(driver, _fetch, OUTBOX_ATTEMPT,
                                (owner, _sqlite_time(until), outbox_id, _sqlite_time(now)))  # fmt: skip
         return int(rows[0][0]) if rows else None

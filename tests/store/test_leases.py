@@ -84,9 +84,9 @@ async def test_an_outbox_row_is_sent_by_one_worker_and_a_backoff_holds_for_all(s
     assert {o.id for o in await store.outbox_pending("web")} == {row}
     [pending] = await store.outbox_pending("web")
     assert pending.lease_until is not None and pending.lease_until > datetime.now(UTC)
-    await store.outbox_mark_failed(row, error="503", retry_at=datetime.now(UTC) + timedelta(seconds=30))
+    await store.outbox_mark_failed(row, error="503", retry_in=30)
     assert await store.outbox_attempt(row, owner="w2", lease_s=30) is None  # waiting out w1's backoff
-    await store.outbox_mark_failed(row, error="503", retry_at=datetime.now(UTC) - timedelta(seconds=1))
+    await store.outbox_mark_failed(row, error="503", retry_in=-1)
     assert await store.outbox_attempt(row, owner="w2", lease_s=30) == 2
     assert await store.outbox_mark_sent(row, "x1")
     assert await store.outbox_attempt(row, owner="w1", lease_s=30) is None  # sent: nobody's to send
@@ -189,6 +189,25 @@ async def test_on_postgresql_lease_times_come_from_the_database_clock_not_the_wo
     assert not await pg_store.take_lease("receiver:email", "behind", 30)
     assert await pg_store.pass_lease("receiver:email", "ahead", "ahead/wait", 30)
     assert not await pg_store.take_lease("receiver:email", "behind", 30)
+
+
+async def test_on_postgresql_a_replys_send_lease_and_backoff_come_from_the_database_clock(
+    pg_store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def clock(skew: timedelta) -> None:
+        monkeypatch.setattr("supportbot.store._mailbox.now", lambda: datetime.now(UTC) + skew)
+
+    row = await pg_store.outbox_add("web", {"kind": "answer", "text": "hi"})
+    clock(-timedelta(hours=1))  # a worker an hour behind sends it, and sets a backoff when that fails
+    assert await pg_store.outbox_attempt(row, owner="behind", lease_s=30) == 1
+    clock(timedelta(hours=1))  # one an hour ahead must see both as running still
+    assert await pg_store.outbox_attempt(row, owner="ahead", lease_s=30) is None
+    clock(-timedelta(hours=1))
+    await pg_store.outbox_mark_failed(row, error="503", retry_in=30)
+    clock(timedelta(hours=1))
+    assert await pg_store.outbox_attempt(row, owner="ahead", lease_s=30) is None
+    [pending] = await pg_store.outbox_pending("web")
+    assert pending.lease_until is not None and 0 < (pending.lease_until - datetime.now(UTC)).total_seconds() <= 30
 
 
 async def test_an_inbound_row_is_claimed_by_one_worker_and_not_again_once_done(store: SQLStore) -> None:

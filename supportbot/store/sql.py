@@ -21,7 +21,6 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -98,15 +97,6 @@ def _clean(text: str | None) -> str | None:
 def _is_integrity_error(exc: BaseException | None) -> bool:
     """A constraint refused the write (SQLite's IntegrityError, asyncpg's integrity violations)."""
     return isinstance(exc, IntegrityError | sqlite3.IntegrityError) or type(exc).__name__.endswith("ViolationError")
-
-
-def _stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
-    return StoredMessage(
-        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=_clean(m.content),
-        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
-        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms, author=m.author,
-    )  # fmt: skip
 
 
 class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, SpendingMixin):
@@ -339,10 +329,10 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             return []
         now = _now()
         async with self._driver("storing messages") as driver:
-            ids = await self._backend.add_messages(driver, conversation_id, messages, now, outgoing)
-        if ids is None:
+            saved = await self._backend.add_messages(driver, conversation_id, messages, now, outgoing)
+        if saved is None:
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
-        return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
+        return saved
 
     async def begin_turn(
         self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
@@ -363,9 +353,8 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             raise TurnTaken(f"inbox row {inbox_id} was taken by another worker; this one answers nothing")
         if found is None:
             raise StorageError(f"cannot store a message in conversation {conversation_id!r}: no such conversation")
-        message_id, conversation, customer, messages = found
-        return TurnStart(conversation=conversation, customer=customer, history=messages,
-                         message=_stored(message, message_id, conversation_id, now))  # fmt: skip
+        saved, conversation, customer, messages = found
+        return TurnStart(conversation=conversation, customer=customer, history=messages, message=saved)
 
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
         """The conversation's messages in the order they were stored; with ``last``, only the newest ``last``."""

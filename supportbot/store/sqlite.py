@@ -285,8 +285,11 @@ def _in_transaction(db: sqlite3.Connection, work: Any, *args: Any) -> Any:
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is truncated to when it restarts after a complete checkpoint."""
 
-CHECKPOINT_EVERY = 256
-"""Commits of the hot path between two WAL checkpoints (run in a worker thread)."""
+CHECKPOINT_EVERY = 1024
+"""Commits of the hot path between two WAL checkpoints (run in a worker thread).
+
+A turn commits about 4 times, 5-8 pages each: the WAL grows to about 25 MB between checkpoints. With 256
+they cost about 0.015 ms of CPU a turn more (the same pages copied 4 times as often)."""
 
 
 BUSY_FIRST_SLEEP = 0.001

@@ -8,7 +8,8 @@ with ``\\n``; ``event:`` is kept, ``id:`` and ``retry:`` are accepted and ignore
 The decoder is on the hot path of every model response, so it works on whole byte strings:
 ``bytes.splitlines`` (which, unlike ``str.splitlines``, only splits on ``\\n``, ``\\r`` and
 ``\\r\\n``) does the line splitting in C, and data stays ``bytes`` because ``json.loads``
-takes UTF-8 bytes directly.
+takes UTF-8 bytes directly. Substrings are looked for with ``bytes.find``, not ``in``: ``b"x" in data``
+first tries ``b"x"`` as an integer, and raises, formats and clears a TypeError before it searches.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        elif not self._partial and not self._data and not self._event and chunk[-2:] == b"\n\n" and b"\r" not in chunk:
+        elif not (self._partial or self._data or self._event) and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
             return self._blocks(chunk)
         if self._partial:
             chunk = self._partial + chunk
@@ -96,7 +97,7 @@ class SSEDecoder:
         """
         events: list[SSEEvent] = []
         for block in chunk.split(b"\n\n"):
-            if block.startswith(_DATA) and b"\n" not in block:
+            if block.startswith(_DATA) and block.find(b"\n") < 0:
                 value = block[5:]
                 # tuple.__new__ skips the NamedTuple's Python-level __new__: one event per token.
                 events.append(_new(SSEEvent, ("message", value[1:] if value[:1] == b" " else value)))

@@ -43,6 +43,7 @@ from supportbot.store._common import (
     message,
     message_values,
     numbered,
+    stored,
     totals,
 )
 from supportbot.store._engine import make_engine
@@ -216,7 +217,7 @@ class PostgresBackend:
         outgoing: Outgoing | None = None,
         *,
         inbox_id: int | None = None,
-    ) -> list[int] | None:
+    ) -> list[StoredMessage] | None:
         """Insert, add to the totals, queue ``outgoing``, in one statement; None without the conversation."""
         columns = list(zip(*(message_values(m) for m in messages), strict=True))
         if outgoing is not None:
@@ -228,7 +229,8 @@ class PostgresBackend:
             rows = await driver.fetch(_PG_ADD_MARKING, conversation_id, *totals(messages), now, *columns, inbox_id)
         if not rows:
             return None
-        return sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
+        ids = sorted(row[0] for row in rows)  # ids are drawn in insertion (= batch) order
+        return [stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
 
     async def find_customer(
         self, driver: Any, email: str | None, external_id: str | None, verified: bool
@@ -271,8 +273,8 @@ class PostgresBackend:
 
         ``TAKEN`` when the inbox row was taken by another worker already; None without the conversation.
         """
-        ids = await self.add_messages(driver, conversation_id, (new,), now, inbox_id=inbox_id)
-        if ids is None:
+        saved = await self.add_messages(driver, conversation_id, (new,), now, inbox_id=inbox_id)
+        if saved is None:
             if inbox_id is None:
                 return None
             status = await driver.fetchval("SELECT status FROM inbox WHERE id = $1", inbox_id)
@@ -283,10 +285,10 @@ class PostgresBackend:
         assert cust is not None  # a foreign key guarantees it
         rows = await driver.fetch(
             f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
-            conversation_id, ids[0], history,
+            conversation_id, saved[0].id, history,
         )  # fmt: skip
         rows.reverse()
-        return ids[0], conv, cust, [message(row) for row in rows]
+        return saved[0], conv, cust, [message(row) for row in rows]
 
     async def claim_tool_runs(
         self, driver: Any, conversation_id: str, tool_call_ids: Sequence[str], now: datetime, approve: int | None

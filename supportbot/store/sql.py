@@ -329,10 +329,10 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             return []
         now = _now()
         async with self._driver("storing messages") as driver:
-            ids = await self._backend.add_messages(driver, conversation_id, messages, now, outgoing)
-        if ids is None:
+            saved = await self._backend.add_messages(driver, conversation_id, messages, now, outgoing)
+        if saved is None:
             raise StorageError(f"cannot store messages in conversation {conversation_id!r}: no such conversation")
-        return [_stored(m, mid, conversation_id, now) for mid, m in zip(ids, messages, strict=True)]
+        return saved
 
     async def begin_turn(
         self, conversation_id: str, message: NewMessage, *, history: int, inbox_id: int | None = None
@@ -353,9 +353,8 @@ class SQLStore(TicketMixin, MailboxMixin, LeaseMixin, TokenMixin, ReviewMixin, S
             raise TurnTaken(f"inbox row {inbox_id} was taken by another worker; this one answers nothing")
         if found is None:
             raise StorageError(f"cannot store a message in conversation {conversation_id!r}: no such conversation")
-        message_id, conversation, customer, messages = found
-        return TurnStart(conversation=conversation, customer=customer, history=messages,
-                         message=_stored(message, message_id, conversation_id, now))  # fmt: skip
+        saved, conversation, customer, messages = found
+        return TurnStart(conversation=conversation, customer=customer, history=messages, message=saved)
 
     async def list_messages(self, conversation_id: str, *, last: int | None = None) -> list[StoredMessage]:
         """The conversation's messages in the order they were stored; with ``last``, only the newest ``last``."""

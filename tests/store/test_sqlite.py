@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from supportbot.errors import StorageError
+from supportbot.messages import ToolCall, Usage
 from supportbot.store import sqlite as _sqlite
 from supportbot.store.base import NewMessage
 from supportbot.store.sql import SQLStore
@@ -231,3 +232,97 @@ def test_the_decoded_message_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch
     assert [m.id for m in decoded] == list(range(10))
     assert len(cache._messages) == 3
     assert [m.id for m in cache.decode(rows[-3:])] == [7, 8, 9]
+
+
+def _turn_messages(n: int) -> list[NewMessage]:
+    call = ToolCall(id=f"call_{n}", name="lookup_order", arguments='{"order_id": "A1001"}',
+                    extra={"extra_content": {"google": {"thought_signature": "c2ln"}}})  # fmt: skip
+    return [
+        NewMessage(role="assistant", tool_calls=(call,), extra={"reasoning_content": "look it up"}, model="m",
+                   usage=Usage(input_tokens=10, output_tokens=2), cost_usd=0.001, latency_ms=12),
+        NewMessage(role="tool", content='{"status": "shipped"}', tool_call_id=call.id, tool_name="lookup_order",
+                   latency_ms=0.5),
+        NewMessage(role="assistant", content=f"answer\x00 {n}", flow="general", latency_ms=3.25),
+    ]  # fmt: skip
+
+
+async def test_a_turns_history_is_what_a_read_returns_without_reading_it(tmp_path: Path) -> None:
+    store = await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    reader = await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")  # reads the rows, as another process
+    try:
+        customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+        greeting = NewMessage(role="assistant", content="Hi!", kind="greeting")
+        conversation = await store.create_conversation(customer_id=customer.id, channel="test", flow="general",
+                                                       messages=[greeting])  # fmt: skip
+        cid = conversation.id
+        written = []
+        for n in range(3):
+            start = await store.begin_turn(cid, NewMessage(role="user", content=f"question {n}"), history=400)
+            assert start.history == (await reader.list_messages(cid))[:-1]  # all but the message just stored
+            written.append(start.message)
+            written.extend(await store.add_messages(cid, _turn_messages(n)))
+        start = await store.begin_turn(cid, NewMessage(role="user", content="last"), history=400)
+        read = await reader.list_messages(cid)
+        assert start.history == read[:-1] and start.message == read[-1]
+        # The records handed out when they were stored are the history: nothing was read back.
+        assert all(kept is mine for kept, mine in zip(start.history[1:], written, strict=True))
+        assert [m.latency_ms for m in start.history[1:5]] == [None, 12.0, 0.5, 3.25]
+        assert type(start.history[2].latency_ms) is float  # as SQLite returns a REAL column
+        assert start.history[4].content == "answer 0"  # as stored: cleaned
+        short = await store.begin_turn(cid, NewMessage(role="user", content="again"), history=3)
+        assert short.history == (await reader.list_messages(cid))[-4:-1]
+    finally:
+        await reader.close()
+        await store.close()
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+async def test_a_turn_sees_what_other_connections_wrote_since_the_last_one(tmp_path: Path, where: str) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}" if where == "file" else "sqlite+aiosqlite://"
+    store = await SQLStore.open(url)
+    try:
+        customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+        cid = (await store.create_conversation(customer_id=customer.id, channel="test", flow="general")).id
+        await store.begin_turn(cid, NewMessage(role="user", content="one"), history=400)
+        call = (await store.add_messages(cid, _turn_messages(0)[:1]))[0]
+        # Through SQLAlchemy, on another connection (on the same one for an in-memory database).
+        await store.set_message_status(call.id, "declined")
+        start = await store.begin_turn(cid, NewMessage(role="user", content="two"), history=400)
+        assert [m.status for m in start.history] == ["ok", "declined"]
+        if where == "file":  # another process: an operator's reply written by the CLI
+            other = sqlite3.connect(tmp_path / "bot.db")
+            try:
+                other.execute(
+                    "INSERT INTO messages (conversation_id, role, content, kind, status, cost_usd, created_at) "
+                    "VALUES (?, 'assistant', 'from a person', 'human', 'ok', 0.0, '2026-12-04 13:00:00.000000')",
+                    (cid,),
+                )
+                other.commit()
+            finally:
+                other.close()
+            start = await store.begin_turn(cid, NewMessage(role="user", content="three"), history=400)
+            assert [m.content for m in start.history] == ["one", None, "two", "from a person"]
+    finally:
+        await store.close()
+
+
+async def test_kept_histories_stay_bounded_and_a_cut_one_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "HISTORY_CACHE_SIZE", 6)
+    monkeypatch.setattr(_sqlite, "HISTORY_KEEP", 4)
+    store = await SQLStore.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    try:
+        customer = await store.get_or_create_customer(email="ana@example.com", verified=True)
+        cids = [(await store.create_conversation(customer_id=customer.id, channel="test", flow="general")).id
+                for _ in range(3)]  # fmt: skip
+        for turn in range(3):
+            for cid in cids:
+                start = await store.begin_turn(cid, NewMessage(role="user", content=f"{cid} {turn}"), history=10)
+                assert start.history == (await store.list_messages(cid))[:-1]
+                await store.add_messages(cid, [NewMessage(role="assistant", content=f"answer {turn}")])
+        histories = store._backend._histories  # type: ignore[union-attr]
+        assert histories._size == sum(len(h.messages) for h in histories._entries.values()) <= 6
+        assert all(len(h.messages) <= 4 for h in histories._entries.values())
+    finally:
+        await store.close()

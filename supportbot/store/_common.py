@@ -66,16 +66,6 @@ Started = tuple[StoredMessage, Conversation, Customer, list[StoredMessage]]
 """What ``begin_turn`` found: the new message as stored, the conversation, the customer, the history."""
 
 
-def stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
-    """The record of a message just stored, its text as stored (see ``models.clean_text``)."""
-    return StoredMessage(
-        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=clean(m.content),
-        images=m.images, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, tool_name=m.tool_name, extra=m.extra,
-        kind=m.kind, status=m.status, flow=m.flow, model=m.model, usage=m.usage, cost_usd=m.cost_usd,
-        latency_ms=m.latency_ms, author=m.author,
-    )  # fmt: skip
-
-
 def customer(row: Sequence[Any]) -> Customer:
     return Customer(id=row[0], email=row[1], name=row[2], external_id=row[3], verified=bool(row[4]),
                     created_at=row[5])  # fmt: skip

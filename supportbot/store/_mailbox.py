@@ -63,6 +63,7 @@ _OUTBOX_BY_EXTERNAL_ID = select(*_OUTBOX_COLS).where(
 # ``OUTBOX_FAILED`` as the condition, so PostgreSQL and SQLite use the partial index ``ix_outbox_failed``.
 _OUTBOX_FAILED_LIST = select(*_OUTBOX_COLS).where(OUTBOX_FAILED).order_by(_o.c.id.desc()).limit(bindparam("n"))
 
+
 def _outbox_failed(retry_at: Any) -> Any:
     return (
         update(_o)

@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from supportbot.errors import StorageError, TurnTaken
 from supportbot.store._common import conversation as _conversation
 from supportbot.store._common import customer as _customer
-from supportbot.store._common import stored as _stored
 from supportbot.store._common import totals
 from supportbot.store._engine import make_engine, masked, parse_url
 from supportbot.store._leases import LeaseMixin

@@ -211,10 +211,14 @@ class _Histories:
         """Drop every entry if another connection committed since the last check (or the connection changed)."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version or db is not self._connection:
-            self._entries.clear()
-            self._size = 0
+            self.clear()
             self._version = version
             self._connection = db
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+        self._size = 0
 
     def get(self, conversation_id: str, last: int) -> list[StoredMessage] | None:
         """The newest ``last`` messages (a new list), or None when they are not all kept."""
@@ -237,6 +241,12 @@ class _Histories:
         self._entries[conversation_id] = _History(list(messages), complete)
         self._size += len(messages)
         self._trim(conversation_id)
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop the conversation's entry: one of its messages changed (its next history is read again)."""
+        entry = self._entries.pop(conversation_id, None)
+        if entry is not None:
+            self._size -= len(entry.messages)
 
     def append(self, conversation_id: str, messages: Sequence[StoredMessage]) -> None:
         """Add messages just stored to the conversation's entry, if it has one."""
@@ -514,7 +524,12 @@ class SQLiteBackend:
     ) -> set[str]:
         """Claim the runs of ``tool_call_ids`` (and first mark the message ``approve`` ``ok``), in one transaction;
         the ids claimed now."""
-        return await self._run(driver, _sqlite_claim, conversation_id, tool_call_ids, _sqlite_time(now), approve)  # type: ignore[no-any-return]
+        claimed: set[str] = await self._run(
+            driver, _sqlite_claim, conversation_id, tool_call_ids, _sqlite_time(now), approve
+        )
+        if approve is not None:  # a message's status changed on this connection, which data_version does not see
+            self._histories.forget(conversation_id)
+        return claimed
 
     async def find_customer(
         self, driver: Any, email: str | None, external_id: str | None, verified: bool

@@ -179,6 +179,17 @@ async def test_approving_tool_calls_marks_the_message_and_claims_its_calls_at_on
     assert await any_store.approve_tool_calls(pending.id, cid, ["call_a", "call_b"]) == set()
 
 
+async def test_a_turn_after_an_approval_sees_the_approved_message(any_store: Store) -> None:
+    cid = await new_conversation(any_store)
+    calls = (ToolCall(id="call_a", name="refund", arguments="{}"),)
+    await any_store.begin_turn(cid, NewMessage(role="user", content="refund please"), history=50)
+    (pending,) = await any_store.add_messages(cid, [NewMessage(role="assistant", tool_calls=calls, status="pending")])
+    await any_store.begin_turn(cid, NewMessage(role="user", content="wait"), history=50)  # history read (and kept)
+    await any_store.approve_tool_calls(pending.id, cid, ["call_a"])
+    start = await any_store.begin_turn(cid, NewMessage(role="user", content="yes"), history=50)
+    assert [(m.content, m.status) for m in start.history] == [("refund please", "ok"), (None, "ok"), ("wait", "ok")]
+
+
 async def test_lock_does_not_block_other_conversations(any_store: Store) -> None:
     inside_b = asyncio.Event()
     async with any_store.lock("conv-a"):

@@ -122,11 +122,16 @@ def message(row: Sequence[Any]) -> StoredMessage:
 
 def stored(m: NewMessage, message_id: int, conversation_id: str, created_at: datetime) -> StoredMessage:
     """The record of ``m`` as stored: its text cleaned (``clean``), as every backend stores it."""
+    # ``clean`` spelled out: this runs for every message a turn stores, most of whose text fields are None.
+    content, call_id, name, flow, model, author = m.content, m.tool_call_id, m.tool_name, m.flow, m.model, m.author
     return StoredMessage(
-        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role, content=clean(m.content),
-        images=m.images, tool_calls=m.tool_calls, tool_call_id=clean(m.tool_call_id), tool_name=clean(m.tool_name),
-        extra=m.extra, kind=m.kind, status=m.status, flow=clean(m.flow), model=clean(m.model), usage=m.usage,
-        cost_usd=m.cost_usd, latency_ms=m.latency_ms, author=clean(m.author),
+        id=message_id, conversation_id=conversation_id, created_at=created_at, role=m.role,
+        content=None if content is None else clean_text(content), images=m.images, tool_calls=m.tool_calls,
+        tool_call_id=None if call_id is None else clean_text(call_id),
+        tool_name=None if name is None else clean_text(name), extra=m.extra, kind=m.kind, status=m.status,
+        flow=None if flow is None else clean_text(flow), model=None if model is None else clean_text(model),
+        usage=m.usage, cost_usd=m.cost_usd, latency_ms=m.latency_ms,
+        author=None if author is None else clean_text(author),
     )  # fmt: skip
 
 

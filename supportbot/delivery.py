@@ -44,7 +44,7 @@ from supportbot.errors import StorageError
 from supportbot.metrics import Metrics
 from supportbot.operators import HANDBACK_TEXT, OperatorError, Operators, OperatorStore
 from supportbot.store.base import Ticket
-from supportbot.store.mailboxes import ChannelState, Leases, Mailboxes, OutboxItem
+from supportbot.store.mailboxes import ChannelState, Leases, Mailboxes, OutboxItem, StateChanged
 
 __all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
 
@@ -566,11 +566,17 @@ class Hub:
             if until is not None and time.monotonic() > until:
                 log.warning("announcing tickets on %s took too long; the rest waits for the next round", channel.name)
                 break
-            await self.store.outbox_add(
-                channel.name,
-                {"kind": "ticket", "text": ticket.subject, "data": data},
-                state=ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(ticket.id)),
-            )
+            # The cursor moves only from where this round found it: a write that stalled past the lease, while
+            # another worker announced the same tickets, is refused instead of announcing them again.
+            moved = ChannelState(channel=channel.name, key=TICKET_CURSOR, value=str(ticket.id), previous=cursor)
+            try:
+                await self.store.outbox_add(
+                    channel.name, {"kind": "ticket", "text": ticket.subject, "data": data}, state=moved
+                )
+            except StateChanged:
+                log.warning("another worker announced tickets on %s meanwhile; this round stops", channel.name)
+                break
+            cursor = moved.value
             queued += 1
         if queued:
             self.wake(channel.name)

@@ -539,6 +539,46 @@ async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_ano
             await r.aclose()
 
 
+@pytest.mark.postgres
+async def test_an_announcement_written_after_another_worker_took_over_is_refused_and_the_cursor_never_goes_back(
+    fake: FakeLLMServer, pg_url: str
+) -> None:
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    try:
+        slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+        store = store_of(runtimes[0])
+        await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
+        for subject in ("first", "second"):
+            await runtimes[0].store.create_ticket(subject=subject)
+        stuck, taken_over = asyncio.Event(), asyncio.Event()
+        real_add = store.outbox_add
+
+        async def slow_add(*args: Any, **kwargs: Any) -> int:
+            stuck.set()  # past the deadline check, the write waits (a busy pool, a lock) longer than the lease
+            await taken_over.wait()
+            return await real_add(*args, **kwargs)
+
+        store.outbox_add = slow_add  # type: ignore[method-assign]
+        round_ = asyncio.create_task(slow.announce_new_tickets(Recorder("team"), until=time.monotonic() + 0.05))
+        await stuck.wait()
+        await asyncio.sleep(0.1)
+        assert await fast.announce_new_tickets(Recorder("team")) == 2
+        taken_over.set()
+        assert await round_ == 0  # its write found the cursor moved: refused, nothing queued
+        store.outbox_add = real_add  # type: ignore[method-assign]
+        assert await store.channel_state("team", "tickets_announced") == "2"
+        assert await fast.announce_new_tickets(Recorder("team")) == 0
+        announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
+        assert sorted(announced) == [1, 2]
+    finally:
+        for r in runtimes:
+            await r.aclose()
+
+
 class Reader(Recorder):
     """A channel whose receiver one worker at a time may run (like the IMAP reader); it notes when it ran."""
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from supportbot.errors import StorageError
 from supportbot.store._sqlbase import SQLBase, now
-from supportbot.store.mailboxes import ChannelState, ConversationAddress, InboxItem, OutboxItem
+from supportbot.store.mailboxes import ChannelState, ConversationAddress, InboxItem, OutboxItem, StateChanged
 from supportbot.store.models import OUTBOX_FAILED, UTCDateTime, clean_text, json_dumps
 from supportbot.store.models import channel_state as _s
 from supportbot.store.models import inbox as _i
@@ -84,6 +84,17 @@ _OUTBOX_FAILED = {
         )
     ),
 }
+# Compare and set: under READ COMMITTED a concurrent writer's change is seen (the row is re-read), so of two
+# workers moving one cursor from the same value, one does.
+_STATE_SWAP = (
+    update(_s)
+    .where(
+        _s.c.channel == bindparam("state_channel"),
+        _s.c.key == bindparam("state_key"),
+        _s.c.value == bindparam("previous"),
+    )
+    .values(value=bindparam("new_value"), updated_at=bindparam("at"))
+)
 _STATE_VALUE = select(_s.c.value).where(_s.c.channel == bindparam("channel"), _s.c.key == bindparam("key"))
 
 ERROR_LIMIT = 1000
@@ -186,7 +197,18 @@ class MailboxMixin(SQLBase):
         """
         if state is not None:
             _check_key("the channel state key", state.key)
-        async with self._begin("queueing a reply") as connection:
+        async with self._begin("queueing a reply", write_first=state is not None) as connection:
+            if state is not None and state.previous is not None:
+                moved = await connection.execute(_STATE_SWAP, {
+                    "state_channel": state.channel, "state_key": state.key, "previous": state.previous,
+                    "new_value": state.value, "at": now(),
+                })  # fmt: skip
+                if moved.rowcount != 1:
+                    raise StateChanged(
+                        f"{state.channel}'s {state.key} is no longer {state.previous!r} (another worker moved it); "
+                        "nothing was queued"
+                    )
+                state = None
             outbox_id = int((await connection.execute(_OUTBOX_INSERT, {
                 "channel": channel, "conversation_id": conversation_id, "message_id": message_id,
                 "payload": payload, "status": "pending", "attempts": 0, "external_id": None, "created_at": now(),

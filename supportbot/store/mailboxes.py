@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from supportbot.errors import StorageError
+
 __all__ = [
     "ChannelState",
     "ConversationAddress",
@@ -21,6 +23,7 @@ __all__ = [
     "Mailboxes",
     "OutboxItem",
     "OutboxStatus",
+    "StateChanged",
 ]
 
 
@@ -66,11 +69,20 @@ class OutboxItem:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChannelState:
-    """A value a channel keeps between runs (a cursor), set in the same transaction as an outbox row."""
+    """A value a channel keeps between runs (a cursor), set in the same transaction as an outbox row.
+
+    With ``previous``, it is set only while the stored value is still ``previous`` (compare and set): otherwise
+    the whole write is refused with ``StateChanged`` (another worker moved the cursor meanwhile).
+    """
 
     channel: str
     key: str
     value: str
+    previous: str | None = None
+
+
+class StateChanged(StorageError):
+    """A channel state was not set: its value was no longer the ``previous`` the write expected."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,7 +121,11 @@ class Mailboxes(Protocol):
         message_id: int | None = None,
         state: ChannelState | None = None,
     ) -> int:
-        """Queue a reply; with ``state``, set that channel state in the same transaction. Returns the row's id."""
+        """Queue a reply; with ``state``, set that channel state in the same transaction. Returns the row's id.
+
+        Raises:
+            StateChanged: ``state.previous`` is set and the stored value differs; nothing was queued.
+        """
         ...
 
     async def outbox_pending(self, channel: str, limit: int = 100) -> list[OutboxItem]:

@@ -276,16 +276,20 @@ class AdminPages:
         })  # fmt: skip
         await response.prepare(request)
         new = self.new_tickets
-        while not new.closed:
+        # Oldest first, a page at a time, so that a burst of more tickets than a page holds reaches the list whole.
+        query = dataclasses.replace(query, sort="id", descending=False, offset=0, after_id=query.after_id or 0)
+        while not new.closed and request.transport is not None and not request.transport.is_closing():
             seen = new.count
             if await self.auth.session(request) is None:
                 await response.write(b"event: signed-out\ndata: {}\n\n")
                 break
-            found = await self.store.search_tickets(query)
-            if found.tickets:
-                query = dataclasses.replace(query, after_id=max(t.id for t in found.tickets))
-                data = dumps_bytes({"tickets": [ticket_json(t) for t in found.tickets]})
+            found = (await self.store.search_tickets(query)).tickets
+            if found:
+                query = dataclasses.replace(query, after_id=found[-1].id)
+                data = dumps_bytes({"tickets": [ticket_json(t) for t in reversed(found)]})  # newest first, as listed
                 await response.write(b"event: tickets\ndata: " + data + b"\n\n")
+                if len(found) == query.limit:
+                    continue  # more wait beyond this page
             else:
                 await response.write(b": waiting for new tickets\n\n")
             await new.wait(seen)

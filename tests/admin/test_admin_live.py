@@ -97,6 +97,23 @@ async def test_a_burst_of_tickets_wakes_a_list_once() -> None:
         await closing
 
 
+async def test_a_burst_of_more_tickets_than_a_page_reaches_the_list_whole(server: WebServer, browserish: Any) -> None:
+    await sign_in(server, browserish)
+    response = await _opened(browserish, server, 0)
+    try:
+        opened = set(await asyncio.gather(*(_new_ticket(server, f"outage {n}") for n in range(55))))
+        pushed: set[int] = set()
+        async with asyncio.timeout(10):
+            async for event, data in _events(response):
+                if event == "tickets":
+                    pushed |= {t["id"] for t in loads(data)["tickets"]}
+                    if pushed >= opened:
+                        break
+        assert pushed == opened
+    finally:
+        response.close()
+
+
 async def test_the_stream_needs_a_session_and_ends_when_it_does(server: WebServer, browserish: Any) -> None:
     async with server.http.get(f"{server.url}/admin/tickets/stream?after=0") as refused:
         assert refused.status == 401

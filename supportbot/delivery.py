@@ -27,7 +27,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from supportbot.channels import (
@@ -44,7 +44,7 @@ from supportbot.errors import StorageError
 from supportbot.metrics import Metrics
 from supportbot.operators import HANDBACK_TEXT, OperatorError, Operators, OperatorStore
 from supportbot.store.base import Ticket
-from supportbot.store.mailboxes import ChannelState, Leases, Mailboxes, OutboxItem, StateChanged
+from supportbot.store.mailboxes import ChannelState, Lanes, Leases, Mailboxes, OutboxItem, StateChanged
 
 __all__ = ["DeliveryStore", "DeliveryWorker", "Hub", "reply_of"]
 
@@ -62,6 +62,8 @@ PENDING_PAGE = 2000
 """Pending rows read per look (oldest first); rows waiting out a backoff are among them."""
 UNEXPECTED_BACKOFF_S = 5.0
 MAX_BACKOFF_S = 300.0
+REPLY_SWEEP_S = 10.0
+"""How often each worker of a shared database looks for operators' replies a dead worker took but did not store."""
 HELD_RECHECK_S = 1.0
 """Seconds before a row another worker held (or had sent) is looked at again."""
 CONCURRENT_CONVERSATIONS = 32
@@ -79,7 +81,7 @@ receiver to stop, and for the clocks of the worker and the database)."""
 _KINDS: frozenset[str] = frozenset({"answer", "fallback", "notice", "confirmation", "operator", "handback", "ticket"})
 
 
-class DeliveryStore(OperatorStore, Mailboxes, Leases, Protocol):
+class DeliveryStore(OperatorStore, Mailboxes, Lanes, Leases, Protocol):
     """What delivery needs of storage (``SQLStore``)."""
 
 
@@ -412,19 +414,20 @@ class Hub:
                 return True
         return False
 
-    async def _apply(self, inbox_id: int, reply: OperatorReply, *, since: datetime | None = None) -> None:
+    async def _apply(self, inbox_id: int, reply: OperatorReply, *, since: datetime | None = None) -> bool:
         """Store an operator's reply or hand-back; with ``since`` (the inbox row's time), first look whether an
-        earlier attempt stored it before a crash, so it is not stored (and sent) twice."""
+        earlier attempt stored it before a crash, so it is not stored (and sent) twice. Whether this call did."""
         if inbox_id in self._applying:
-            return
+            return False
         self._applying.add(inbox_id)
         try:
             # Of the workers that read the row (two starting at once, a redelivery meanwhile) one stores it.
             if not await self.store.inbox_claim(inbox_id, self.owner, APPLY_LEASE_S):
                 log.info("an operator's reply (inbox row %d) is stored by another worker", inbox_id)
-                return
+                return False
             try:
                 await self._store_reply(inbox_id, reply, since)
+                return True
             except BaseException:
                 # Not stored (the database away, or cancelled): a redelivery or the next start may try again now.
                 with contextlib.suppress(Exception):
@@ -484,21 +487,43 @@ class Hub:
 
     async def resume(self) -> int:
         """Apply operators' replies a stopped server took but did not store, then resume unanswered turns."""
-        pending = await self.store.inbox_pending(statuses=("received",), limit=1000)
-        for item in pending:
-            payload = item.payload
-            if not isinstance(payload, dict) or payload.get("type") != "operator":
-                continue
-            reply = OperatorReply(
-                channel=item.channel, external_id=item.external_id, actor=str(payload.get("actor") or "operator"),
-                text=str(payload.get("text") or ""), ticket_id=payload.get("ticket_id"),
-                conversation_id=payload.get("conversation_id"), hand_back=payload.get("hand_back") is True,
-            )  # fmt: skip
-            try:
-                await self._apply(item.id, reply, since=item.created_at)
-            except Exception:
-                log.exception("an operator's reply taken before the last stop could not be stored")
+        await self.apply_left_replies()
         return await self.dispatcher.start()
+
+    async def apply_left_replies(self, *, older_than_s: float = 0.0) -> int:
+        """Store the operators' replies taken (inbox rows ``received``) but not stored: by a server that stopped,
+        or by a worker that died meanwhile. ``older_than_s``: only rows at least that old (a live worker is
+        storing the newer ones itself). Returns how many this worker stored."""
+        applied, after_id = 0, 0
+        before = _utcnow() - timedelta(seconds=older_than_s)
+        # Operators' replies have no lane: they are among the unlaned rows, paged through by id (never capped).
+        while items := await self.store.inbox_unlaned(limit=1000, after_id=after_id):
+            after_id = items[-1].id
+            for item in items:
+                payload = item.payload
+                if item.status != "received" or not isinstance(payload, dict) or payload.get("type") != "operator":
+                    continue
+                if older_than_s and item.created_at is not None and item.created_at > before:
+                    continue
+                reply = OperatorReply(
+                    channel=item.channel, external_id=item.external_id, actor=str(payload.get("actor") or "operator"),
+                    text=str(payload.get("text") or ""), ticket_id=payload.get("ticket_id"),
+                    conversation_id=payload.get("conversation_id"), hand_back=payload.get("hand_back") is True,
+                )  # fmt: skip
+                try:
+                    applied += await self._apply(item.id, reply, since=item.created_at)
+                except Exception:
+                    log.exception("an operator's reply taken earlier (inbox row %d) could not be stored", item.id)
+        return applied
+
+    async def _sweep_left_replies(self) -> None:
+        """On a shared database: take over the operators' replies a worker took and then died before storing."""
+        while True:
+            await asyncio.sleep(REPLY_SWEEP_S)
+            try:
+                await self.apply_left_replies(older_than_s=REPLY_SWEEP_S)
+            except Exception as exc:
+                log.warning("could not look for operators' replies left unstored: %s", exc)
 
     async def start(self) -> None:
         """Resume what a stopped server left, then start the delivery workers, the ticket announcements and
@@ -513,6 +538,7 @@ class Hub:
             worker.start()
         if self.dispatcher.shared:
             self._feeds.append(asyncio.create_task(self._renew_sends(), name="supportbot-delivery-renew"))
+            self._feeds.append(asyncio.create_task(self._sweep_left_replies(), name="supportbot-delivery-replies"))
         for channel in self.channels.values():
             if channel.announces_tickets:
                 self._feeds.append(asyncio.create_task(self._announce_tickets(channel)))

@@ -500,6 +500,62 @@ async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_st
             await r.aclose()
 
 
+OPERATOR_REPLY = {"type": "operator", "actor": "Maria (chat)", "text": "On it.", "ticket_id": None, "hand_back": False}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_resume_finds_an_operator_reply_behind_more_than_a_thousand_older_rows(
+    fake: FakeLLMServer, db_url: str
+) -> None:
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=db_url),
+    )
+    runtime = await open_runtime(config)
+    try:
+        store = store_of(runtime)
+        customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+        for i in range(1001):  # rows of no customer's message, left unanswered (e.g. by an outage)
+            await store.inbox_add("chat", f"x{i}", {"type": "noise"})
+        await store.inbox_add("chat", "C7:9.3", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+        hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+        await hub.resume()
+        await hub.dispatcher.drain(1)
+        await hub.stop()
+        human = [m for m in await runtime.store.list_messages(conversation.id) if m.kind == "human"]
+        assert [m.content for m in human] == ["On it."]
+    finally:
+        await runtime.aclose()
+
+
+@pytest.mark.postgres
+async def test_an_operator_reply_a_dead_worker_took_is_stored_by_another_workers_sweep_once(
+    fake: FakeLLMServer, pg_url: str
+) -> None:
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
+    try:
+        store = store_of(runtimes[0])
+        customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
+        # Taken (acknowledged) by a worker that died before it stored it; the others are running.
+        await store.inbox_add("chat", "C7:9.4", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+        assert await hubs[0].apply_left_replies(older_than_s=60) == 0  # too fresh: its worker may be storing it
+        counts = await asyncio.gather(*(hub.apply_left_replies() for hub in hubs))
+        assert sorted(counts) == [0, 1]
+        assert await hubs[1].apply_left_replies() == 0
+        human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
+        assert [m.content for m in human] == ["On it."]
+    finally:
+        for r in runtimes:
+            await r.aclose()
+
+
 @pytest.mark.postgres
 async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_another_worker_announces_each_once(
     fake: FakeLLMServer, pg_url: str

@@ -425,6 +425,8 @@ class Hub:
             if not await self.store.inbox_claim(inbox_id, self.owner, APPLY_LEASE_S):
                 log.info("an operator's reply (inbox row %d) is stored by another worker", inbox_id)
                 return False
+            # Held while it is stored, however long that takes: another worker's sweep must not store it too.
+            keeping = asyncio.create_task(self._keep_claim(inbox_id))
             try:
                 await self._store_reply(inbox_id, reply, since)
                 return True
@@ -433,8 +435,19 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.release_lease(f"inbox:{inbox_id}", self.owner))
                 raise
+            finally:
+                keeping.cancel()
+                await asyncio.gather(keeping, return_exceptions=True)
         finally:
             self._applying.discard(inbox_id)
+
+    async def _keep_claim(self, inbox_id: int) -> None:
+        while True:
+            await asyncio.sleep(APPLY_LEASE_S / 3)
+            try:
+                await self.store.renew_lease(f"inbox:{inbox_id}", self.owner, APPLY_LEASE_S)
+            except Exception as exc:
+                log.warning("could not renew the claim on an operator's reply (inbox row %d): %s", inbox_id, exc)
 
     async def _store_reply(self, inbox_id: int, reply: OperatorReply, since: datetime | None) -> None:
         if since is not None and await self._stored_before(reply, since):

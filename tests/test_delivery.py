@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from supportbot import delivery
 from supportbot.channels import (
     ChannelBase,
     DeliveryError,
@@ -549,6 +550,43 @@ async def test_an_operator_reply_a_dead_worker_took_is_stored_by_another_workers
         counts = await asyncio.gather(*(hub.apply_left_replies() for hub in hubs))
         assert sorted(counts) == [0, 1]
         assert await hubs[1].apply_left_replies() == 0
+        human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
+        assert [m.content for m in human] == ["On it."]
+    finally:
+        for r in runtimes:
+            await r.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_reply_stored_slower_than_its_claim_is_not_stored_again_by_another_worker(
+    fake: FakeLLMServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "APPLY_LEASE_S", 0.3)
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    slow, other = (Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+    try:
+        store = store_of(runtimes[0])
+        customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
+        await store.inbox_add("chat", "C7:9.5", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+        storing = asyncio.Event()
+        reply = slow.operators.reply
+
+        async def slow_reply(**kwargs: Any) -> Any:
+            storing.set()
+            await asyncio.sleep(1.0)  # the database slow: longer than three claims
+            return await reply(**kwargs)
+
+        slow.operators.reply = slow_reply  # type: ignore[method-assign]
+        first = asyncio.create_task(slow.apply_left_replies())
+        await storing.wait()
+        await asyncio.sleep(0.6)  # the first claim would have run out twice by now
+        assert await other.apply_left_replies() == 0
+        assert await first == 1
         human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
         assert [m.content for m in human] == ["On it."]
     finally:

@@ -287,7 +287,7 @@ def report(results: dict[str, list[Result]], rss_after_round: list[float]) -> st
             f"{sum(r.wall_s for r in rounds):>8.1f}{sum(r.errors for r in rounds):>8}"
         )
     lines.append("resident memory (MB) after each round: " + " ".join(f"{x:.1f}" for x in rss_after_round))
-    lines.append("targets: engine + SQLite ratio <= 3, no persistence <= 1.5, memory flat round after round")
+    lines.append("targets: engine + SQLite ratio <= 2.0, no persistence <= 1.4, memory flat round after round")
     return "\n".join(lines)
 
 

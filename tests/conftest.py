@@ -157,9 +157,8 @@ def _require_postgres() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL of an empty PostgreSQL schema of its own, dropped after the test."""
+def _pg_schema() -> Iterator[str]:
+    """A URL of an empty PostgreSQL schema of its own, dropped when the generator ends."""
     from sqlalchemy.engine import make_url
 
     _require_postgres()
@@ -169,6 +168,18 @@ def pg_url() -> Iterator[str]:
         yield make_url(PG_URL).update_query_dict({"search_path": schema}).render_as_string(hide_password=False)
     finally:
         _run_in_thread(lambda: _pg_execute(f"SET lock_timeout = '10s'; DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of an empty PostgreSQL schema of its own, dropped after the test."""
+    yield from _pg_schema()
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """Like ``pg_url``, shared by the tests of one module (for server processes they share); dropped after them."""
+    yield from _pg_schema()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

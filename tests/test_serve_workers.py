@@ -1,4 +1,8 @@
-"""``supportbot serve --workers N``: N real processes on one port and one PostgreSQL schema, kept running."""
+"""``supportbot serve --workers N``: N real processes on one port and one PostgreSQL schema, kept running.
+
+The first two tests share one supervisor (``supervisor``): the SIGHUP test leaves it running, the next one kills
+a worker and stops it; started again when a test finds it stopped (e.g. when run alone in another order).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,6 +50,12 @@ def pids_answering(port: int, enough: Callable[[set[int]], bool], *, within_s: f
     return seen
 
 
+def flows_by_pid(port: int) -> tuple[int, str]:
+    """Which worker answered a new connection's ``GET /readyz``, and how many flows it says it has loaded."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+        return int(response.headers["X-Supportbot-Worker"]), str(json.load(response)["checks"]["flows"])
+
+
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rpartition(")")[2].split()[1])
@@ -67,13 +79,82 @@ def wait_dead(pid: int) -> None:
     raise AssertionError(f"pid {pid} did not exit within 10 s")
 
 
-async def test_two_workers_share_the_port_one_killed_is_replaced_and_sigterm_stops_all(
-    tmp_path: Path, pg_url: str
-) -> None:
-    port = free_port()
-    supervisor = spawn_server(write_config(tmp_path, pg_url), port, tmp_path, ["--workers", "2", "--demo"])
+@dataclass
+class Supervisor:
+    """``serve --workers 2 --demo`` on flows of its own directory (the examples, and what a test adds)."""
+
+    directory: Path
+    database_url: str
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+
+    def running(self) -> subprocess.Popen[str]:
+        """The supervisor, started (again) if it is not running, once its port answers."""
+        if self.process is None or self.process.poll() is not None:
+            flows = self.directory / "flows"
+            flows.mkdir(exist_ok=True)
+            for added in flows.iterdir():
+                added.unlink()
+            config = write_config(self.directory, self.database_url, flows={"dir": "flows", "include_examples": True})
+            self.port = free_port()
+            self.process = spawn_server(config, self.port, self.directory, ["--workers", "2", "--demo"])
+            wait_until_listening(self.process, self.port)
+        return self.process
+
+
+@pytest.fixture(scope="module")
+def shared_supervisor(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[Supervisor]:
+    shared = Supervisor(tmp_path_factory.mktemp("supervisor"), module_pg_url)
     try:
-        wait_until_listening(supervisor, port)
+        yield shared
+    finally:
+        if shared.process is not None and shared.process.poll() is None:
+            shared.process.send_signal(signal.SIGTERM)
+            try:
+                shared.process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                shared.process.kill()
+                shared.process.communicate()
+
+
+ANOTHER_FLOW = """\
+name: shipping
+description: Shipping costs and times
+system_prompt: You answer questions about shipping.
+"""
+
+
+def test_a_sighup_to_the_supervisor_reloads_the_flows_of_every_worker(shared_supervisor: Supervisor) -> None:
+    supervisor, port = shared_supervisor.running(), shared_supervisor.port
+    before: dict[int, str] = {}
+    deadline = time.monotonic() + 30
+    while len(before) < 2:
+        assert time.monotonic() < deadline, f"only workers {sorted(before)} answered within 30 s"
+        pid, flows = flows_by_pid(port)
+        before[pid] = flows
+    assert set(before.values()) == {"3 loaded"}, before  # the example flows
+    workers = set(before)
+    (shared_supervisor.directory / "flows" / "shipping.yaml").write_text(ANOTHER_FLOW)
+    supervisor.send_signal(signal.SIGHUP)
+    # Each worker reloads in place: the same pids (not new workers, which would load the new file at start)
+    # come to say 4 flows, and every request on the way works.
+    reloaded: set[int] = set()
+    deadline = time.monotonic() + 10
+    while reloaded != workers:
+        assert time.monotonic() < deadline, f"only workers {sorted(reloaded)} of {sorted(workers)} reloaded in 10 s"
+        pid, flows = flows_by_pid(port)
+        assert pid in workers, f"pid {pid} answered: a worker was restarted instead of reloaded"
+        assert flows in ("3 loaded", "4 loaded"), flows
+        if flows == "4 loaded":
+            reloaded.add(pid)
+    assert supervisor.poll() is None
+
+
+async def test_two_workers_share_the_port_one_killed_is_replaced_and_sigterm_stops_all(
+    shared_supervisor: Supervisor,
+) -> None:
+    supervisor, port = shared_supervisor.running(), shared_supervisor.port
+    try:
         first = pids_answering(port, lambda seen: len(seen) == 2)
         assert {parent_of(pid) for pid in first} == {supervisor.pid}, "the workers are the supervisor's children"
 

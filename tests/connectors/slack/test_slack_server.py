@@ -134,8 +134,14 @@ async def test_postmessage_rate_limited_twice_delivers_once(
 
 
 async def test_a_slow_model_is_acknowledged_at_once_and_answered_later(tmp_path: Path, slack: FakeSlack) -> None:
-    words = "Your order A1001 left our warehouse on Monday and arrives Thursday."
-    async with FakeLLMServer(token_delay=1.0) as slow, aiohttp.ClientSession() as http:  # ten words, ten seconds
+    words = (
+        "Your order A1001 left our warehouse on Monday, went through the sorting centre on Tuesday "
+        "and arrives at your door on Thursday before noon."
+    )
+    assert len(words.split()) == 24
+    # 24 words, one every 0.2 s: about 5 s, longer than Slack's 3 s for the ack, and 24 deltas where the live
+    # message may take one edit a second (update_interval_s: 1.0 at least).
+    async with FakeLLMServer(token_delay=0.2) as slow, aiohttp.ClientSession() as http:
         slow.script(Reply(text=words))
         server = await start(load_config(write_config(tmp_path, slow, slack), env={}), slack, slow, http)
         try:
@@ -146,9 +152,10 @@ async def test_a_slow_model_is_acknowledged_at_once_and_answered_later(tmp_path:
             await slack.wait_calls("chat.postMessage", timeout=10)  # shown while it is written
             await slack.wait_until(lambda: len(replies(slack, DM)) == 1, timeout=20)
             assert replies(slack, DM)[0]["text"] == words
-            assert time.monotonic() - started >= 9.0
+            answered_in = time.monotonic() - started
+            assert answered_in >= 4.4  # 23 pauses of 0.2 s
             live = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")]
-            assert len(live) <= 13  # about one edit a second, not one per word
+            assert len(live) <= answered_in + 3 < 24  # about one edit a second, not one per word
         finally:
             server.stop.set()
             await asyncio.wait_for(server.task, 20)

@@ -1,8 +1,4 @@
-"""``supportbot serve --workers N``: N real processes on one port and one PostgreSQL schema, kept running.
-
-The first two tests share one supervisor (``supervisor``): the SIGHUP test leaves it running, the next one kills
-a worker and stops it; started again when a test finds it stopped (e.g. when run alone in another order).
-"""
+"""``supportbot serve --workers N``: N real processes on one port and one PostgreSQL schema, kept running."""
 
 from __future__ import annotations
 
@@ -10,11 +6,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,82 +73,13 @@ def wait_dead(pid: int) -> None:
     raise AssertionError(f"pid {pid} did not exit within 10 s")
 
 
-@dataclass
-class Supervisor:
-    """``serve --workers 2 --demo`` on flows of its own directory (the examples, and what a test adds)."""
-
-    directory: Path
-    database_url: str
-    process: subprocess.Popen[str] | None = None
-    port: int = 0
-
-    def running(self) -> subprocess.Popen[str]:
-        """The supervisor, started (again) if it is not running, once its port answers."""
-        if self.process is None or self.process.poll() is not None:
-            flows = self.directory / "flows"
-            flows.mkdir(exist_ok=True)
-            for added in flows.iterdir():
-                added.unlink()
-            config = write_config(self.directory, self.database_url, flows={"dir": "flows", "include_examples": True})
-            self.port = free_port()
-            self.process = spawn_server(config, self.port, self.directory, ["--workers", "2", "--demo"])
-            wait_until_listening(self.process, self.port)
-        return self.process
-
-
-@pytest.fixture(scope="module")
-def shared_supervisor(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[Supervisor]:
-    shared = Supervisor(tmp_path_factory.mktemp("supervisor"), module_pg_url)
-    try:
-        yield shared
-    finally:
-        if shared.process is not None and shared.process.poll() is None:
-            shared.process.send_signal(signal.SIGTERM)
-            try:
-                shared.process.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                shared.process.kill()
-                shared.process.communicate()
-
-
-ANOTHER_FLOW = """\
-name: shipping
-description: Shipping costs and times
-system_prompt: You answer questions about shipping.
-"""
-
-
-def test_a_sighup_to_the_supervisor_reloads_the_flows_of_every_worker(shared_supervisor: Supervisor) -> None:
-    supervisor, port = shared_supervisor.running(), shared_supervisor.port
-    before: dict[int, str] = {}
-    deadline = time.monotonic() + 30
-    while len(before) < 2:
-        assert time.monotonic() < deadline, f"only workers {sorted(before)} answered within 30 s"
-        pid, flows = flows_by_pid(port)
-        before[pid] = flows
-    assert set(before.values()) == {"3 loaded"}, before  # the example flows
-    workers = set(before)
-    (shared_supervisor.directory / "flows" / "shipping.yaml").write_text(ANOTHER_FLOW)
-    supervisor.send_signal(signal.SIGHUP)
-    # Each worker reloads in place: the same pids (not new workers, which would load the new file at start)
-    # come to say 4 flows, and every request on the way works.
-    reloaded: set[int] = set()
-    deadline = time.monotonic() + 10
-    while reloaded != workers:
-        assert time.monotonic() < deadline, f"only workers {sorted(reloaded)} of {sorted(workers)} reloaded in 10 s"
-        pid, flows = flows_by_pid(port)
-        assert pid in workers, f"pid {pid} answered: a worker was restarted instead of reloaded"
-        assert flows in ("3 loaded", "4 loaded"), flows
-        if flows == "4 loaded":
-            reloaded.add(pid)
-    assert supervisor.poll() is None
-
-
 async def test_two_workers_share_the_port_one_killed_is_replaced_and_sigterm_stops_all(
-    shared_supervisor: Supervisor,
+    tmp_path: Path, pg_url: str
 ) -> None:
-    supervisor, port = shared_supervisor.running(), shared_supervisor.port
+    port = free_port()
+    supervisor = spawn_server(write_config(tmp_path, pg_url), port, tmp_path, ["--workers", "2", "--demo"])
     try:
+        wait_until_listening(supervisor, port)
         first = pids_answering(port, lambda seen: len(seen) == 2)
         assert {parent_of(pid) for pid in first} == {supervisor.pid}, "the workers are the supervisor's children"
 
@@ -174,6 +99,46 @@ async def test_two_workers_share_the_port_one_killed_is_replaced_and_sigterm_sto
             assert f"worker pid {pid} is serving on" in stderr
             assert not running(pid), f"worker {pid} outlived the supervisor"
         assert f"(pid {victim}) killed by SIGKILL" in stderr
+    finally:
+        await stop_server(supervisor)
+
+
+ANOTHER_FLOW = """\
+name: shipping
+description: Shipping costs and times
+system_prompt: You answer questions about shipping.
+"""
+
+
+async def test_a_sighup_to_the_supervisor_reloads_the_flows_of_every_worker(tmp_path: Path, pg_url: str) -> None:
+    (tmp_path / "flows").mkdir()
+    config = write_config(tmp_path, pg_url, flows={"dir": "flows", "include_examples": True})
+    port = free_port()
+    supervisor = spawn_server(config, port, tmp_path, ["--workers", "2", "--demo"])
+    try:
+        wait_until_listening(supervisor, port)
+        before: dict[int, str] = {}
+        deadline = time.monotonic() + 30
+        while len(before) < 2:
+            assert time.monotonic() < deadline, f"only workers {sorted(before)} answered within 30 s"
+            pid, flows = flows_by_pid(port)
+            before[pid] = flows
+        assert set(before.values()) == {"3 loaded"}, before  # the example flows
+        workers = set(before)
+        (tmp_path / "flows" / "shipping.yaml").write_text(ANOTHER_FLOW)
+        supervisor.send_signal(signal.SIGHUP)
+        # Each worker reloads in place: the same pids (not new workers, which would load the new file at start)
+        # come to say 4 flows, and every request on the way works.
+        reloaded: set[int] = set()
+        deadline = time.monotonic() + 10
+        while reloaded != workers:
+            assert time.monotonic() < deadline, f"only workers {sorted(reloaded)} of {sorted(workers)} reloaded in 10 s"
+            pid, flows = flows_by_pid(port)
+            assert pid in workers, f"pid {pid} answered: a worker was restarted instead of reloaded"
+            assert flows in ("3 loaded", "4 loaded"), flows
+            if flows == "4 loaded":
+                reloaded.add(pid)
+        assert supervisor.poll() is None
     finally:
         await stop_server(supervisor)
 

@@ -96,6 +96,21 @@ async def runtime(fake: FakeLLMServer, db_url: str) -> AsyncIterator[Runtime]:
 
 
 @pytest.fixture
+async def two_workers(fake: FakeLLMServer, pg_url: str) -> AsyncIterator[list[Runtime]]:
+    """Two runtimes (two workers) on one PostgreSQL schema, closed after the test."""
+    config = Config(
+        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
+        database=DatabaseSettings(url=pg_url),
+    )
+    runtimes = [await open_runtime(config), await open_runtime(config)]
+    try:
+        yield runtimes
+    finally:
+        for r in runtimes:
+            await r.aclose()
+
+
+@pytest.fixture
 async def channel() -> Recorder:
     return Recorder()
 
@@ -473,13 +488,9 @@ async def test_a_database_error_mid_send_gives_the_row_back(
 
 @pytest.mark.postgres
 async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_stopped_server_once(
-    fake: FakeLLMServer, pg_url: str
+    two_workers: list[Runtime],
 ) -> None:
-    config = Config(
-        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
-        database=DatabaseSettings(url=pg_url),
-    )
-    runtimes = [await open_runtime(config), await open_runtime(config)]
+    runtimes = two_workers
     hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
     try:
         store = store_of(runtimes[0])
@@ -497,8 +508,6 @@ async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_st
         for hub in hubs:
             await hub.dispatcher.drain(1)
             await hub.stop()
-        for r in runtimes:
-            await r.aclose()
 
 
 OPERATOR_REPLY = {"type": "operator", "actor": "Maria (chat)", "text": "On it.", "ticket_id": None, "hand_back": False}
@@ -532,145 +541,113 @@ async def test_resume_finds_an_operator_reply_behind_more_than_a_thousand_older_
 
 @pytest.mark.postgres
 async def test_an_operator_reply_a_dead_worker_took_is_stored_by_another_workers_sweep_once(
-    fake: FakeLLMServer, pg_url: str
+    two_workers: list[Runtime],
 ) -> None:
-    config = Config(
-        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
-        database=DatabaseSettings(url=pg_url),
-    )
-    runtimes = [await open_runtime(config), await open_runtime(config)]
+    runtimes = two_workers
     hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
-    try:
-        store = store_of(runtimes[0])
-        customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
-        conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
-        # Taken (acknowledged) by a worker that died before it stored it; the others are running.
-        await store.inbox_add("chat", "C7:9.4", {**OPERATOR_REPLY, "conversation_id": conversation.id})
-        assert await hubs[0].apply_left_replies(older_than_s=60) == 0  # too fresh: its worker may be storing it
-        counts = await asyncio.gather(*(hub.apply_left_replies() for hub in hubs))
-        assert sorted(counts) == [0, 1]
-        assert await hubs[1].apply_left_replies() == 0
-        human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
-        assert [m.content for m in human] == ["On it."]
-    finally:
-        for r in runtimes:
-            await r.aclose()
+    store = store_of(runtimes[0])
+    customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
+    conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
+    # Taken (acknowledged) by a worker that died before it stored it; the others are running.
+    await store.inbox_add("chat", "C7:9.4", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+    assert await hubs[0].apply_left_replies(older_than_s=60) == 0  # too fresh: its worker may be storing it
+    counts = await asyncio.gather(*(hub.apply_left_replies() for hub in hubs))
+    assert sorted(counts) == [0, 1]
+    assert await hubs[1].apply_left_replies() == 0
+    human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
+    assert [m.content for m in human] == ["On it."]
 
 
 @pytest.mark.postgres
 async def test_a_reply_stored_slower_than_its_claim_is_not_stored_again_by_another_worker(
-    fake: FakeLLMServer, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    two_workers: list[Runtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(delivery, "APPLY_LEASE_S", 0.3)
-    config = Config(
-        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
-        database=DatabaseSettings(url=pg_url),
-    )
-    runtimes = [await open_runtime(config), await open_runtime(config)]
+    runtimes = two_workers
     slow, other = (Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
-    try:
-        store = store_of(runtimes[0])
-        customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
-        conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
-        await store.inbox_add("chat", "C7:9.5", {**OPERATOR_REPLY, "conversation_id": conversation.id})
-        storing = asyncio.Event()
-        reply = slow.operators.reply
+    store = store_of(runtimes[0])
+    customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
+    conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
+    await store.inbox_add("chat", "C7:9.5", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+    storing = asyncio.Event()
+    reply = slow.operators.reply
 
-        async def slow_reply(**kwargs: Any) -> Any:
-            storing.set()
-            await asyncio.sleep(1.0)  # the database slow: longer than three claims
-            return await reply(**kwargs)
+    async def slow_reply(**kwargs: Any) -> Any:
+        storing.set()
+        await asyncio.sleep(1.0)  # the database slow: longer than three claims
+        return await reply(**kwargs)
 
-        slow.operators.reply = slow_reply  # type: ignore[method-assign]
-        first = asyncio.create_task(slow.apply_left_replies())
-        await storing.wait()
-        await asyncio.sleep(0.6)  # the first claim would have run out twice by now
-        assert await other.apply_left_replies() == 0
-        assert await first == 1
-        human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
-        assert [m.content for m in human] == ["On it."]
-    finally:
-        for r in runtimes:
-            await r.aclose()
+    slow.operators.reply = slow_reply  # type: ignore[method-assign]
+    first = asyncio.create_task(slow.apply_left_replies())
+    await storing.wait()
+    await asyncio.sleep(0.6)  # the first claim would have run out twice by now
+    assert await other.apply_left_replies() == 0
+    assert await first == 1
+    human = [m for m in await runtimes[0].store.list_messages(conversation.id) if m.kind == "human"]
+    assert [m.content for m in human] == ["On it."]
 
 
 @pytest.mark.postgres
 async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_another_worker_announces_each_once(
-    fake: FakeLLMServer, pg_url: str
+    two_workers: list[Runtime],
 ) -> None:
-    config = Config(
-        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
-        database=DatabaseSettings(url=pg_url),
-    )
-    runtimes = [await open_runtime(config), await open_runtime(config)]
-    try:
-        slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
-        store = store_of(runtimes[0])
-        await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
-        for subject in ("first", "second"):
-            await runtimes[0].store.create_ticket(subject=subject)
-        stuck, taken_over = asyncio.Event(), asyncio.Event()
-        ticket_data = slow._ticket_data
+    runtimes = two_workers
+    slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+    store = store_of(runtimes[0])
+    await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
+    for subject in ("first", "second"):
+        await runtimes[0].store.create_ticket(subject=subject)
+    stuck, taken_over = asyncio.Event(), asyncio.Event()
+    ticket_data = slow._ticket_data
 
-        async def slow_ticket_data(ticket: Any) -> dict[str, Any]:
-            stuck.set()
-            await taken_over.wait()  # the database slow for longer than the lease
-            return await ticket_data(ticket)
+    async def slow_ticket_data(ticket: Any) -> dict[str, Any]:
+        stuck.set()
+        await taken_over.wait()  # the database slow for longer than the lease
+        return await ticket_data(ticket)
 
-        slow._ticket_data = slow_ticket_data  # type: ignore[method-assign]
-        # The lease on the announcements is half over 0.05 s from now; the other worker takes them over after it.
-        round_ = asyncio.create_task(slow.announce_new_tickets(Recorder("team"), until=time.monotonic() + 0.05))
-        await stuck.wait()
-        await asyncio.sleep(0.05)  # the lease runs out while the slow round waits for the database
-        assert await fast.announce_new_tickets(Recorder("team")) == 2
-        taken_over.set()
-        assert await round_ == 0  # past its deadline: it queues nothing
-        announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
-        assert sorted(announced) == [1, 2]
-        assert await fast.announce_new_tickets(Recorder("team"), until=time.monotonic() + 10) == 0
-    finally:
-        for r in runtimes:
-            await r.aclose()
+    slow._ticket_data = slow_ticket_data  # type: ignore[method-assign]
+    # The lease on the announcements is half over 0.05 s from now; the other worker takes them over after it.
+    round_ = asyncio.create_task(slow.announce_new_tickets(Recorder("team"), until=time.monotonic() + 0.05))
+    await stuck.wait()
+    await asyncio.sleep(0.05)  # the lease runs out while the slow round waits for the database
+    assert await fast.announce_new_tickets(Recorder("team")) == 2
+    taken_over.set()
+    assert await round_ == 0  # past its deadline: it queues nothing
+    announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
+    assert sorted(announced) == [1, 2]
+    assert await fast.announce_new_tickets(Recorder("team"), until=time.monotonic() + 10) == 0
 
 
 @pytest.mark.postgres
 async def test_an_announcement_written_after_another_worker_took_over_is_refused_and_the_cursor_never_goes_back(
-    fake: FakeLLMServer, pg_url: str
+    two_workers: list[Runtime],
 ) -> None:
-    config = Config(
-        llm=LLMSettings(base_url=fake.base_url, api_key="k", retries=RetrySettings(max_retries=0)),
-        database=DatabaseSettings(url=pg_url),
-    )
-    runtimes = [await open_runtime(config), await open_runtime(config)]
-    try:
-        slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
-        store = store_of(runtimes[0])
-        await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
-        for subject in ("first", "second"):
-            await runtimes[0].store.create_ticket(subject=subject)
-        stuck, taken_over = asyncio.Event(), asyncio.Event()
-        real_add = store.outbox_add
+    runtimes = two_workers
+    slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+    store = store_of(runtimes[0])
+    await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
+    for subject in ("first", "second"):
+        await runtimes[0].store.create_ticket(subject=subject)
+    stuck, taken_over = asyncio.Event(), asyncio.Event()
+    real_add = store.outbox_add
 
-        async def slow_add(*args: Any, **kwargs: Any) -> int:
-            stuck.set()  # past the deadline check, the write waits (a busy pool, a lock) longer than the lease
-            await taken_over.wait()
-            return await real_add(*args, **kwargs)
+    async def slow_add(*args: Any, **kwargs: Any) -> int:
+        stuck.set()  # past the deadline check, the write waits (a busy pool, a lock) longer than the lease
+        await taken_over.wait()
+        return await real_add(*args, **kwargs)
 
-        store.outbox_add = slow_add  # type: ignore[method-assign]
-        round_ = asyncio.create_task(slow.announce_new_tickets(Recorder("team"), until=time.monotonic() + 0.05))
-        await stuck.wait()
-        await asyncio.sleep(0.1)
-        assert await fast.announce_new_tickets(Recorder("team")) == 2
-        taken_over.set()
-        assert await round_ == 0  # its write found the cursor moved: refused, nothing queued
-        store.outbox_add = real_add  # type: ignore[method-assign]
-        assert await store.channel_state("team", "tickets_announced") == "2"
-        assert await fast.announce_new_tickets(Recorder("team")) == 0
-        announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
-        assert sorted(announced) == [1, 2]
-    finally:
-        for r in runtimes:
-            await r.aclose()
+    store.outbox_add = slow_add  # type: ignore[method-assign]
+    round_ = asyncio.create_task(slow.announce_new_tickets(Recorder("team"), until=time.monotonic() + 0.05))
+    await stuck.wait()
+    await asyncio.sleep(0.1)
+    assert await fast.announce_new_tickets(Recorder("team")) == 2
+    taken_over.set()
+    assert await round_ == 0  # its write found the cursor moved: refused, nothing queued
+    store.outbox_add = real_add  # type: ignore[method-assign]
+    assert await store.channel_state("team", "tickets_announced") == "2"
+    assert await fast.announce_new_tickets(Recorder("team")) == 0
+    announced = [row.payload["data"]["ticket_id"] for row in await store.outbox_pending("team")]
+    assert sorted(announced) == [1, 2]
 
 
 class Reader(Recorder):

@@ -5,7 +5,8 @@ Each turn is what a support bot does most: the customer asks about an order, the
 process at zero latency, so this process's CPU time is the client side only: the engine's (SSE
 parsing, tool dispatch, history, persistence) or the bare client's.
 
-    python -m bench engine [--turns 10000] [--rounds 5] [--concurrency 1] [--turns-per-conversation 5]
+    python -m bench engine [--turns 10000] [--rounds 20] [--concurrency 1] [--turns-per-conversation 5]
+                           [--warm-up 2000]
 """
 
 from __future__ import annotations
@@ -260,11 +261,15 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[f
                 MODES[1]: lambda _i: engine_turns(sqlite, n, True),
                 MODES[2]: lambda _i: engine_turns(memory, n, True),
             }
+            # Until the caches (prompts, histories, decoded rows, SQLite's pages) are full, as in a server
+            # that has run a while: the first few thousand turns allocate more than the ones after.
             for work in workloads.values():
-                await drive("warm-up", 10 * n, n, args.concurrency, work)
-            for _ in range(args.rounds):
-                for mode, work in workloads.items():
-                    results[mode].append(await drive(mode, per_round, n, args.concurrency, work))
+                await drive("warm-up", args.warm_up, n, args.concurrency, work)
+            order = list(workloads)
+            for i in range(args.rounds):
+                # The order turns round by round: no mode always follows the same one.
+                for mode in order[i % len(order) :] + order[: i % len(order)]:
+                    results[mode].append(await drive(mode, per_round, n, args.concurrency, workloads[mode]))
                 rss_after_round.append(rss_mb())
         finally:
             await session.close()
@@ -273,17 +278,29 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[f
     return results, rss_after_round
 
 
-def report(results: dict[str, list[Result]], rss_after_round: list[float]) -> str:
-    def median_cpu(mode: str) -> float:
-        return statistics.median(r.cpu_ms_per_turn for r in results[mode])
+def ratios(results: dict[str, list[Result]], mode: str) -> list[float]:
+    """The mode's CPU per turn over the bare client's, round by round (the two ran seconds apart)."""
+    return [r.cpu_ms_per_turn / b.cpu_ms_per_turn for r, b in zip(results[mode], results[MODES[0]], strict=True)]
 
-    bare = median_cpu(MODES[0])
-    lines = [f"{'':24}{'turns':>7}{'CPU ms/turn: median (range)':>30}{'ratio':>7}{'wall s':>8}{'errors':>8}"]
+
+def report(results: dict[str, list[Result]], rss_after_round: list[float]) -> str:
+    """Per mode: the median CPU per turn and its range, and the median of the per-round ratios with its middle half.
+
+    The ratio is taken within each round, then the median over rounds: the machine's speed drifts by
+    ±15 % over minutes on a shared virtual machine, and a ratio of two medians taken over the whole
+    run would carry that drift.
+    """
+    lines = [
+        f"{'':24}{'turns':>7}{'CPU ms/turn: median (range)':>30}{'ratio (middle half)':>22}{'wall s':>8}{'errors':>8}"
+    ]
     for mode, rounds in results.items():
-        cpu = median_cpu(mode)
+        cpu = statistics.median(r.cpu_ms_per_turn for r in rounds)
         spread = f"{min(r.cpu_ms_per_turn for r in rounds):.3f}-{max(r.cpu_ms_per_turn for r in rounds):.3f}"
+        per_round = ratios(results, mode)
+        quarters = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+        ratio = f"{statistics.median(per_round):.2f} ({quarters[0]:.2f}-{quarters[2]:.2f})"
         lines.append(
-            f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>16.3f} ({spread}){cpu / bare:>7.2f}"
+            f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>16.3f} ({spread}){ratio:>22}"
             f"{sum(r.wall_s for r in rounds):>8.1f}{sum(r.errors for r in rounds):>8}"
         )
     lines.append("resident memory (MB) after each round: " + " ".join(f"{x:.1f}" for x in rss_after_round))
@@ -296,8 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--turns", type=int, default=10_000, help="turns per mode, over all rounds")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds; a ratio is taken in each")
     parser.add_argument("--turns-per-conversation", type=int, default=5)
+    parser.add_argument("--warm-up", type=int, default=2000, help="turns per mode before the measured rounds")
     parser.add_argument("--concurrency", type=int, default=1, help="conversations running at once")
     args = parser.parse_args(argv)
     print(

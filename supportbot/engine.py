@@ -160,6 +160,8 @@ class _Turn:
     text: str = ""  # everything the customer was sent this turn
     round_text: str = ""  # what the current model response streamed, not stored yet
     inbox_id: int | None = None  # the customer message this turn answers (its delivery names it)
+    # A round of read-only calls and their results, stored with what the turn stores next (``Engine._store``).
+    unsaved: list[NewMessage] = field(default_factory=list)
 
     def reply(self, kind: str, text: str) -> Outgoing:
         """The outbox row that delivers this turn's reply on the conversation's channel."""
@@ -433,9 +435,7 @@ class Engine:
                 latency_ms=latency_ms,
             )
             if not message.tool_calls:
-                saved = await self.store.add_messages(
-                    turn.conversation.id, [record], outgoing=turn.reply("answer", turn.text)
-                )
+                saved = await self._store(turn, [record], outgoing=turn.reply("answer", turn.text))
                 yield TurnFinished(
                     text=turn.text,
                     message_id=saved[0].id,
@@ -456,18 +456,24 @@ class Engine:
             held = [c for c in runnable if c.name in turn.flow.confirm and not self._refused_unverified(turn, c)]
             if held:
                 record = dataclasses.replace(record, status="pending")
-            # Stored before any tool runs: a crash in the middle leaves the calls on record.
-            await self.store.add_messages(turn.conversation.id, [record])
+            # Stored before any tool runs: a crash in the middle leaves the calls on record. Calls that
+            # change nothing are the exception: stored with what follows them (a crash loses only reads).
+            read_only = not held and self._read_only(turn, runnable)
+            if read_only:
+                turn.unsaved.append(record)
+            else:
+                await self._store(turn, [record])
             turn.round_text = ""  # stored with the calls; the next round starts afresh
             turn.history.append(message)
             not_run = message.tool_calls[len(runnable) :]
-            async for event in self._run_calls(turn, [c for c in runnable if c not in held], not_run=not_run):
+            calls = [c for c in runnable if c not in held]
+            async for event in self._run_calls(turn, calls, not_run=not_run, defer=read_only):
                 yield event
             if held:
                 prompt = confirmation_prompt(held, turn.snapshot.tools)
                 delta = self._delta(turn, prompt, starts_block=True)
-                saved = await self.store.add_messages(
-                    turn.conversation.id,
+                saved = await self._store(
+                    turn,
                     [NewMessage(role="assistant", content=prompt, kind="confirmation", flow=turn.flow.name)],
                     outgoing=turn.reply("confirmation", turn.text),
                 )
@@ -500,6 +506,7 @@ class Engine:
         *,
         not_run: Sequence[ToolCall] = (),
         claimed: Collection[str] | None = None,
+        defer: bool = False,
     ) -> AsyncIterator[Event]:
         """Run a round's tool calls concurrently, store their results, and apply handoffs and transfers.
 
@@ -507,6 +514,8 @@ class Engine:
         error result saying so, and no events (every call of a response must have its result, or
         the provider refuses the next request). ``claimed``: the confirm-listed calls were claimed
         already (``Store.approve_tool_calls``), and those not in it may not run; None claims each here.
+        ``defer``: the calls are read-only and their message is not stored yet; the results wait with it
+        (``_store``), unless one asks for a handoff, which changes the conversation: then both are stored now.
         """
         if not_run:
             limit = turn.flow.limits.max_tool_calls_per_response
@@ -533,8 +542,10 @@ class Engine:
                 )
             )
             turn.history.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=result.content))
-        if records:
-            await self.store.add_messages(turn.conversation.id, records)
+        if defer and not any(r.handoff is not None for r in results):
+            turn.unsaved.extend(records)
+        elif records or turn.unsaved:
+            await self._store(turn, records)
         for call, result in zip(calls, results, strict=True):
             yield ToolCallFinished(
                 call_id=call.id,
@@ -547,6 +558,30 @@ class Engine:
                 handoff = await self._apply_handoff(turn, call, result)
                 if handoff is not None:
                     yield handoff
+
+    @staticmethod
+    def _read_only(turn: _Turn, calls: Sequence[ToolCall]) -> bool:
+        """Whether every one of ``calls`` is of a tool declared ``read_only`` that this flow offers."""
+        tools = turn.snapshot.tools
+        for call in calls:
+            tool = tools.get(call.name)
+            if tool is None or not tool.read_only or call.name not in turn.flow.tools:
+                return False
+        return True
+
+    async def _store(
+        self, turn: _Turn, records: Sequence[NewMessage], *, outgoing: Outgoing | None = None
+    ) -> list[StoredMessage]:
+        """Store ``records``, after the turn's unsaved read-only round if any, in one transaction.
+
+        Returns ``records`` as stored (without the round's).
+        """
+        unsaved = turn.unsaved
+        if not unsaved:
+            return await self.store.add_messages(turn.conversation.id, records, outgoing=outgoing)
+        saved = await self.store.add_messages(turn.conversation.id, [*unsaved, *records], outgoing=outgoing)
+        turn.unsaved = []
+        return saved[len(unsaved) :]
 
     def _refused_unverified(self, turn: _Turn, call: ToolCall) -> bool:
         """Whether the call is of a ``requires_verified`` tool and the customer is not verified."""
@@ -678,7 +713,7 @@ class Engine:
                 cost_usd=cost_usd(usage, self.config.llm.pricing) if usage is not None else 0.0,
             )
         )  # fmt: skip
-        saved = await self.store.add_messages(turn.conversation.id, records, outgoing=turn.reply("fallback", fallback))
+        saved = await self._store(turn, records, outgoing=turn.reply("fallback", fallback))
         yield TurnFailed(reason=reason, fallback_text=fallback, ticket_id=ticket, message_id=saved[-1].id)
 
     async def _escalate_to_human(self, turn: _Turn, reason: str, billed: Usage | None = None) -> AsyncIterator[Event]:
@@ -700,7 +735,7 @@ class Engine:
                 cost_usd=cost_usd(billed, self.config.llm.pricing) if billed is not None else 0.0,
             )
         )  # fmt: skip
-        saved = await self.store.add_messages(turn.conversation.id, records, outgoing=turn.reply("notice", text))
+        saved = await self._store(turn, records, outgoing=turn.reply("notice", text))
         yield Handoff(target="human", reason=reason, ticket_id=ticket)
         yield TextDelta(text=text, seq=turn.seq)
         yield TurnFinished(text=text, message_id=saved[-1].id)

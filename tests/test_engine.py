@@ -46,7 +46,7 @@ MAIN_FLOW = """\
 name: main
 description: Orders and general questions
 tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere,
-        cancel_order]
+        cancel_order, peek_until_released]
 confirm: [create_ticket, cancel_order]
 handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
@@ -106,6 +106,18 @@ async def hold_until_released() -> str:
 async def hand_to_nowhere() -> Handoff:
     """Asks for a transfer this flow may not make."""
     return Handoff(target="nowhere", message="moved")
+
+
+peeking = asyncio.Event()
+stop_peeking = asyncio.Event()
+
+
+@tool(read_only=True)
+async def peek_until_released() -> str:
+    """Looks something up, and takes until the test releases it."""
+    peeking.set()
+    await asyncio.wait_for(stop_peeking.wait(), 5)
+    return "seen"
 
 
 cancelled = []
@@ -703,6 +715,82 @@ async def test_the_tool_call_is_on_record_while_the_tool_runs(
     tools.release.set()
     events = await task
     assert isinstance(events[-1], TurnFinished)
+
+
+async def test_a_read_only_round_is_stored_with_the_answer_in_one_transaction(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    tools = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("peek_until_released", {})]), Reply(text="done"))
+    task = asyncio.create_task(turn(runtime, cid, "go"))
+    await asyncio.wait_for(tools.peeking.wait(), 5)
+    assert [m.role for m in await runtime.store.list_messages(cid)] == ["assistant", "user"]  # greeting, question
+    tools.stop_peeking.set()
+    events = await task
+    assert isinstance(events[-1], TurnFinished)
+    stored = (await runtime.store.list_messages(cid))[2:]
+    assert [(m.role, m.content) for m in stored] == [("assistant", None), ("tool", "seen"), ("assistant", "done")]
+    assert [c.name for c in stored[0].tool_calls] == ["peek_until_released"]
+    assert events[-1].message_id == stored[-1].id
+    assert len({m.created_at for m in stored}) == 1  # one add_messages call
+
+
+async def test_a_turn_cut_off_in_a_read_only_round_leaves_no_half_round_and_resumes(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    tools = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("peek_until_released", {})]))
+    task = asyncio.create_task(turn(runtime, cid, "go"))
+    await asyncio.wait_for(tools.peeking.wait(), 5)
+    task.cancel()  # what a stop does to a running turn
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [m.role for m in await runtime.store.list_messages(cid)] == ["assistant", "user"]
+    # Resumed, the model is asked again from the question: no call is left without its result.
+    tools.stop_peeking.set()
+    fake.script(Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})]), Reply(text="It shipped."))
+    events = [e async for e in runtime.engine.resume_turn(cid)]
+    assert isinstance(events[-1], TurnFinished) and events[-1].text == "It shipped."
+    stored = await runtime.store.list_messages(cid)
+    assert [m.role for m in stored] == ["assistant", "user", "assistant", "tool", "assistant"]
+    assert [c.name for c in stored[2].tool_calls] == ["lookup_order"]
+
+
+async def test_a_failure_after_a_read_only_round_stores_the_round_with_the_fallback(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("lookup_order", {"order_id": "A1001"})], usage=(100, 10)), Fail(401))
+    events = await turn(runtime, cid, "where is A1001?")
+    assert isinstance(events[-1], TurnFailed)
+    stored = (await runtime.store.list_messages(cid))[2:]
+    assert [(m.role, m.kind) for m in stored] == [
+        ("assistant", "normal"), ("tool", "normal"), ("assistant", "fallback"),
+    ]  # fmt: skip
+    assert "shipped" in (stored[1].content or "")
+    conversation = await runtime.store.get_conversation(cid)
+    assert conversation is not None and conversation.input_tokens == 100  # the round's usage is counted
+
+
+async def test_a_round_with_any_call_that_is_not_read_only_is_on_record_before_it_runs(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    runtime = await make_runtime()
+    tools = sys.modules[os.environ["ENGINE_TEST_TOOLS"]]
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("peek_until_released", {}), ("hold_until_released", {})]), Reply(text="done"))
+    task = asyncio.create_task(turn(runtime, cid, "go"))
+    await asyncio.wait_for(tools.entered.wait(), 5)
+    calls = [m for m in await runtime.store.list_messages(cid) if m.tool_calls]
+    assert [c.name for m in calls for c in m.tool_calls] == ["peek_until_released", "hold_until_released"]
+    tools.stop_peeking.set()
+    tools.release.set()
+    assert isinstance((await task)[-1], TurnFinished)
 
 
 async def test_a_handoff_to_a_flow_not_in_handoffs_is_ignored(

@@ -25,7 +25,7 @@ ORDER_FIELDS = (
 """What ``lookup_order`` shows the model; everything else in the order (email, address) stays out."""
 
 
-@tool(timeout=10, requires_verified=True)
+@tool(timeout=10, requires_verified=True, read_only=True)
 async def lookup_order(ctx: ToolContext, order_id: str) -> dict[str, Any] | str:
     """Look up one of the customer's orders: its status, items, delivery estimate and tracking link.
 

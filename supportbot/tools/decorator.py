@@ -47,6 +47,8 @@ class Tool(Generic[P, R]):
             under ``confirm``; ``{argument}`` placeholders are filled with the call's arguments.
         requires_verified: offered to the model, and run, only for a customer whose identity the
             channel verified (``ToolContext.customer.verified``).
+        read_only: the tool changes nothing (a lookup), so a round of such calls may be stored with
+            what follows it (see ``tool``).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Tool(Generic[P, R]):
     is_async: bool = False
     confirm: str | None = None
     requires_verified: bool = False
+    read_only: bool = False
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.function(*args, **kwargs)
@@ -88,6 +91,7 @@ def tool(
     timeout: float | None = None,
     confirm: str | None = None,
     requires_verified: bool = False,
+    read_only: bool = False,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
@@ -100,6 +104,7 @@ def tool(
     timeout: float | None = None,
     confirm: str | None = None,
     requires_verified: bool = False,
+    read_only: bool = False,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a tool; use as ``@tool`` or ``@tool(name=..., description=..., timeout=...)``.
 
@@ -116,6 +121,12 @@ def tool(
             lookup, an address change). For an unverified customer the engine does not offer it to
             the model at all, and refuses a call of it with an error result before it runs; the tool
             should still check ``ctx.customer.verified`` itself, as the built-in ``lookup_order`` does.
+        read_only: the tool changes nothing anywhere (it only looks things up). A model response whose
+            calls are all of read-only tools is then stored together with what follows it (the next
+            response, or the answer) instead of before the calls run: one database transaction a
+            turn fewer. A crash in between loses only those lookups, which the resumed turn makes
+            again. Leave it off for anything that writes, sends or changes state: such calls are on
+            record before they run.
 
     Returns:
         A ``Tool`` (or, with keyword arguments only, a decorator that makes one).
@@ -132,6 +143,7 @@ def tool(
             timeout=timeout,
             confirm=confirm,
             requires_verified=requires_verified,
+            read_only=read_only,
         )
 
     if fn is not None:
@@ -147,6 +159,7 @@ def make_tool(
     timeout: float | None = None,
     confirm: str | None = None,
     requires_verified: bool = False,
+    read_only: bool = False,
 ) -> Tool[P, R]:
     """Build a ``Tool`` from a function; what ``@tool`` does. See ``tool`` for the arguments."""
     if isinstance(function, Tool):
@@ -171,6 +184,7 @@ def make_tool(
         is_async=inspect.iscoroutinefunction(function),
         confirm=confirm,
         requires_verified=requires_verified,
+        read_only=read_only,
     )
 
 

@@ -236,6 +236,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
         "hold_until_released",
         "hand_to_nowhere",
         "cancel_order",
+        "peek_until_released",
         "transfer_to_returns",
     }
 

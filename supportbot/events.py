@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from supportbot._frozen import fast_init
 from supportbot.messages import Usage
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TurnStarted:
     conversation_id: str
@@ -22,6 +24,7 @@ class TurnStarted:
     type: Literal["turn_started"] = "turn_started"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TextDelta:
     """A piece of the reply. ``seq`` counts the deltas of the turn from 0, so a channel can de-duplicate."""
@@ -31,6 +34,7 @@ class TextDelta:
     type: Literal["text_delta"] = "text_delta"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallStarted:
     call_id: str
@@ -39,6 +43,7 @@ class ToolCallStarted:
     type: Literal["tool_call_started"] = "tool_call_started"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallFinished:
     call_id: str
@@ -49,6 +54,7 @@ class ToolCallFinished:
     type: Literal["tool_call_finished"] = "tool_call_finished"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Handoff:
     """The conversation moved: ``target`` is ``"human"`` or the name of the flow it was transferred to."""
@@ -59,6 +65,7 @@ class Handoff:
     type: Literal["handoff"] = "handoff"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TurnFinished:
     """The turn's reply is complete and stored. ``text`` is the whole reply (empty when a human took over)."""
@@ -72,6 +79,7 @@ class TurnFinished:
     type: Literal["turn_finished"] = "turn_finished"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TurnFailed:
     """The model could not answer; ``fallback_text`` was stored and must be shown, ``ticket_id`` escalates it."""

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 from jinja2 import Template, TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from supportbot._frozen import fast_init
 from supportbot._yaml import (
     Problems,
     YamlDocument,
@@ -73,6 +74,7 @@ class FlowInfo:
     description: str
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TemplateContext:
     """The data a flow template renders with. Customer text is only ever data here, never template source.

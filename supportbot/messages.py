@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from supportbot._frozen import fast_init
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCall:
     """One function call the model asked for.
@@ -29,6 +32,7 @@ class ToolCall:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ImagePart:
     """An image attached to a user message, sent to the model as an ``image_url`` part.
@@ -42,6 +46,7 @@ class ImagePart:
     detail: str = "auto"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChatMessage:
     """One message of the chat-completions ``messages`` array.
@@ -66,6 +71,7 @@ class ChatMessage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Usage:
     """Token counts of one model response.

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from supportbot._frozen import fast_init
 from supportbot.hints import DemoHint
 from supportbot.messages import ChatMessage, Usage
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LLMRequest:
     """One chat-completions request.
@@ -34,6 +36,7 @@ class LLMRequest:
     hints: Sequence[DemoHint] = ()
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TextChunk:
     """A piece of answer text, as it streams."""
@@ -41,6 +44,7 @@ class TextChunk:
     text: str
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Completion:
     """The end of one model response.

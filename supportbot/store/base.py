@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from supportbot._frozen import fast_init
 from supportbot.messages import ImagePart, Role, ToolCall, Usage
 
 ConversationStatus = Literal["bot", "human", "closed"]
@@ -41,6 +42,7 @@ CapScope = Literal["customer", "conversation"]
 """What a ticket cap counts: a customer's tickets, or one conversation's."""
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Customer:
     """A person who writes to support. ``verified`` is true only when the channel proved who they are."""
@@ -61,6 +63,7 @@ class Customer:
         return self.name.split()[0] if self.name and self.name.split() else None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Conversation:
     id: str
@@ -76,6 +79,7 @@ class Conversation:
     updated_at: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NewMessage:
     """A message to store. ``usage``, ``cost_usd`` and ``latency_ms`` belong to assistant messages."""
@@ -97,6 +101,7 @@ class NewMessage:
     author: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoredMessage(NewMessage):
     id: int
@@ -104,6 +109,7 @@ class StoredMessage(NewMessage):
     created_at: datetime
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Outgoing:
     """A reply to queue in the outbox together with the messages that hold it (one transaction).
@@ -159,6 +165,7 @@ class TicketEvent:
     created_at: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TurnStart:
     """What a turn starts from, read in the same operation that stored the customer's message.

@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from supportbot._frozen import fast_init
 from supportbot.config import Config
 from supportbot.store.base import Conversation, Customer, Store
 from supportbot.tools.orders import OrderSource
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolContext:
     """The turn a tool call belongs to.

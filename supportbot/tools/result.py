@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from supportbot._frozen import fast_init
 from supportbot._json import dumps_compact
 
 
@@ -29,6 +30,7 @@ class Handoff:
     data: Any = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ToolResult:
     """The outcome of one tool call, as the model and the engine see it.

@@ -540,6 +540,30 @@ async def test_resume_finds_an_operator_reply_behind_more_than_a_thousand_older_
 
 
 @pytest.mark.postgres
+async def test_each_worker_sweeps_for_left_operator_replies_by_itself(
+    two_workers: list[Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop as ``serve`` runs it on a shared database, at 0.3 s instead of 10 s.
+    monkeypatch.setattr(delivery, "REPLY_SWEEP_S", 0.3)
+    runtime = two_workers[0]
+    hub = Hub(Dispatcher(runtime.engine, runtime.store, shared=True), store_of(runtime))  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        customer = await runtime.store.get_or_create_customer(email="ana@example.com")
+        conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+        # Taken by a worker that died before storing it, after this one had started.
+        await store_of(runtime).inbox_add("chat", "C7:9.5", {**OPERATOR_REPLY, "conversation_id": conversation.id})
+        started = time.monotonic()
+        while not [m for m in await runtime.store.list_messages(conversation.id) if m.kind == "human"]:
+            assert time.monotonic() - started < 5, "the sweep never stored the reply"
+            await asyncio.sleep(0.05)
+        # Left alone for one sweep (its own worker may still be storing it), taken by the next: within two.
+        assert 0.25 <= time.monotonic() - started < 0.3 * 2 + 1
+    finally:
+        await hub.stop()
+
+
+@pytest.mark.postgres
 async def test_an_operator_reply_a_dead_worker_took_is_stored_by_another_workers_sweep_once(
     two_workers: list[Runtime],
 ) -> None:

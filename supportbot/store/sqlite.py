@@ -291,8 +291,9 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CHECKPOINT_EVERY = 1024
 """Commits of the hot path between two WAL checkpoints (run in a worker thread).
 
-A turn commits about 4 times, 5-8 pages each: the WAL grows to about 25 MB between checkpoints. With 256
-they cost about 0.015 ms of CPU a turn more (the same pages copied 4 times as often)."""
+A turn commits 2-4 times (2 when its tool calls are read-only), 5-8 pages each: the WAL grows to 15-25 MB
+between checkpoints. With 256 they cost about 0.015 ms of CPU a turn more (the same pages copied 4 times
+as often)."""
 
 
 BUSY_FIRST_SLEEP = 0.001

@@ -264,7 +264,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, list[Result]], list[f
             # Until the caches (prompts, histories, decoded rows, SQLite's pages) are full, as in a server
             # that has run a while: the first few thousand turns allocate more than the ones after.
             for work in workloads.values():
-                await drive("warm-up", args.warm_up, n, args.concurrency, work)
+                if args.warm_up:
+                    await drive("warm-up", args.warm_up, n, args.concurrency, work)
             order = list(workloads)
             for i in range(args.rounds):
                 # The order turns round by round: no mode always follows the same one.
@@ -297,7 +298,8 @@ def report(results: dict[str, list[Result]], rss_after_round: list[float]) -> st
         cpu = statistics.median(r.cpu_ms_per_turn for r in rounds)
         spread = f"{min(r.cpu_ms_per_turn for r in rounds):.3f}-{max(r.cpu_ms_per_turn for r in rounds):.3f}"
         per_round = ratios(results, mode)
-        quarters = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+        # "inclusive": the quarters lie within the rounds measured (the default extrapolates past them).
+        quarters = statistics.quantiles(per_round, n=4, method="inclusive") if len(per_round) > 1 else per_round * 3
         ratio = f"{statistics.median(per_round):.2f} ({quarters[0]:.2f}-{quarters[2]:.2f})"
         lines.append(
             f"{mode:24}{sum(r.turns for r in rounds):>7}{cpu:>16.3f} ({spread}){ratio:>22}"
@@ -318,6 +320,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm-up", type=int, default=2000, help="turns per mode before the measured rounds")
     parser.add_argument("--concurrency", type=int, default=1, help="conversations running at once")
     args = parser.parse_args(argv)
+    per = args.turns_per_conversation
+    if args.rounds < 1 or per < 1:
+        parser.error("--rounds and --turns-per-conversation must be at least 1")
+    if args.turns // args.rounds < per:
+        parser.error(f"--turns {args.turns} in {args.rounds} rounds leaves less than one conversation of {per} turns "
+                     "a round; give more turns or fewer rounds")  # fmt: skip
+    if 0 < args.warm_up < per:
+        parser.error(f"--warm-up {args.warm_up} is less than one conversation of {per} turns; give 0 or at least {per}")
     print(
         f"pid {os.getpid()}: {args.turns} turns per mode in {args.rounds} interleaved rounds, "
         f"{args.turns_per_conversation} per conversation, {args.concurrency} at a time",

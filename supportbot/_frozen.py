@@ -28,11 +28,22 @@ def fast_init(cls: type[T]) -> type[T]:
     Apply it above the ``@dataclass`` decorator.
 
     Raises:
-        TypeError: ``cls`` is not such a dataclass, or has a field that is not set by ``__init__``.
+        TypeError: ``cls`` is not such a dataclass, has an ``__init__`` of its own or ``InitVar`` fields, or
+            has a field that is not set by ``__init__``.
     """
     params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or "__slots__" not in cls.__dict__:
+    if params is None or not params.frozen or not params.init or "__slots__" not in cls.__dict__:
         raise TypeError(f"fast_init needs a @dataclass(frozen=True, kw_only=True, slots=True), not {cls!r}")
+    if getattr(cls.__init__, "__code__", None) is None or cls.__init__.__code__.co_filename != "<string>":
+        # ``dataclasses`` writes its ``__init__`` with ``exec``; one from the class body is kept there.
+        raise TypeError(f"fast_init: {cls.__qualname__} has an __init__ of its own, which it would replace")
+    declared: dict[str, Any] = getattr(cls, "__dataclass_fields__", {})
+    initvar = getattr(dataclasses, "_FIELD_INITVAR", None)  # an InitVar is in no ``fields()``, only here
+    pseudo = [name for name, f in declared.items() if getattr(f, "_field_type", None) is initvar]
+    if pseudo:
+        raise TypeError(
+            f"fast_init: {cls.__qualname__} has InitVar fields ({', '.join(pseudo)}), which it does not pass on"
+        )
     namespace: dict[str, Any] = {"_UNSET": _UNSET}
     signature: list[str] = []
     body: list[str] = []

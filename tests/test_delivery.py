@@ -543,22 +543,36 @@ async def test_resume_finds_an_operator_reply_behind_more_than_a_thousand_older_
 async def test_each_worker_sweeps_for_left_operator_replies_by_itself(
     two_workers: list[Runtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The loop as ``serve`` runs it on a shared database, at 0.3 s instead of 10 s.
-    monkeypatch.setattr(delivery, "REPLY_SWEEP_S", 0.3)
+    # The loop as ``serve`` runs it on a shared database, at 0.5 s instead of 10 s.
+    monkeypatch.setattr(delivery, "REPLY_SWEEP_S", 0.5)
     runtime = two_workers[0]
     hub = Hub(Dispatcher(runtime.engine, runtime.store, shared=True), store_of(runtime))  # type: ignore[arg-type]
+    sweeps: list[tuple[float, int]] = []  # when each sweep began, and how many replies it stored
+    apply = hub.apply_left_replies
+
+    async def counted(*, older_than_s: float = 0.0) -> int:
+        began = time.monotonic()
+        stored = await apply(older_than_s=older_than_s)
+        sweeps.append((began, stored))
+        return stored
+
+    monkeypatch.setattr(hub, "apply_left_replies", counted)
     await hub.start()
     try:
         customer = await runtime.store.get_or_create_customer(email="ana@example.com")
         conversation, _ = await runtime.engine.start_conversation(customer, channel="chat")
+        assert sweeps  # the look at start (``resume``); the loop's first comes 0.5 s after ``start``
+        await asyncio.sleep(0.25 - (time.monotonic() - sweeps[0][0]))  # halfway between two sweeps
         # Taken by a worker that died before storing it, after this one had started.
+        added = time.monotonic()
         await store_of(runtime).inbox_add("chat", "C7:9.5", {**OPERATOR_REPLY, "conversation_id": conversation.id})
-        started = time.monotonic()
         while not [m for m in await runtime.store.list_messages(conversation.id) if m.kind == "human"]:
-            assert time.monotonic() - started < 5, "the sweep never stored the reply"
+            assert time.monotonic() - added < 5, f"no sweep stored the reply: {sweeps}"
             await asyncio.sleep(0.05)
-        # Left alone for one sweep (its own worker may still be storing it), taken by the next: within two.
-        assert 0.25 <= time.monotonic() - started < 0.3 * 2 + 1
+        # The first sweep after it (0.25 s old) left it alone, as its own worker might still be storing it;
+        # the next (0.75 s old) took it.
+        after = [stored for began, stored in sweeps if began >= added]
+        assert after[:2] == [0, 1], sweeps
     finally:
         await hub.stop()
 

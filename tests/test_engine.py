@@ -46,7 +46,7 @@ MAIN_FLOW = """\
 name: main
 description: Orders and general questions
 tools: [lookup_order, create_ticket, handoff_to_human, wait_for_both, hold_until_released, hand_to_nowhere,
-        cancel_order, peek_until_released]
+        cancel_order, peek_until_released, look_and_transfer]
 confirm: [create_ticket, cancel_order]
 handoffs: [returns]
 greeting: "Hi {{ customer.first_name or 'there' }}!"
@@ -118,6 +118,12 @@ async def peek_until_released() -> str:
     peeking.set()
     await asyncio.wait_for(stop_peeking.wait(), 5)
     return "seen"
+
+
+@tool(read_only=True)
+async def look_and_transfer() -> Handoff:
+    """Looks at the request and hands it to the returns team."""
+    return Handoff(target="returns", message="moved to returns")
 
 
 cancelled = []
@@ -237,6 +243,7 @@ async def test_text_reply_streams_and_everything_is_stored(make_runtime: Runtime
         "hand_to_nowhere",
         "cancel_order",
         "peek_until_released",
+        "look_and_transfer",
         "transfer_to_returns",
     }
 
@@ -776,6 +783,24 @@ async def test_a_failure_after_a_read_only_round_stores_the_round_with_the_fallb
     assert "shipped" in (stored[1].content or "")
     conversation = await runtime.store.get_conversation(cid)
     assert conversation is not None and conversation.input_tokens == 100  # the round's usage is counted
+
+
+async def test_a_read_only_call_that_hands_over_is_on_record_with_the_move(
+    make_runtime: RuntimeFactory, fake: FakeLLMServer
+) -> None:
+    # The transfer changes the conversation's flow at once: the call that moved it is stored with it.
+    runtime = await make_runtime(timeouts={"first_byte_s": 30})
+    cid = await start(runtime)
+    fake.script(Reply(tool_calls=[("look_and_transfer", {})]), Hang(30))
+    task = asyncio.create_task(turn(runtime, cid, "I want to return my tent"))
+    await fake.wait_for_requests(2)
+    conversation = await runtime.store.get_conversation(cid)
+    assert conversation is not None and conversation.flow == "returns"
+    stored = (await runtime.store.list_messages(cid))[2:]
+    assert [(m.role, m.content) for m in stored] == [("assistant", None), ("tool", "moved to returns")]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_a_round_with_any_call_that_is_not_read_only_is_on_record_before_it_runs(

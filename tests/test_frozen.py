@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import pytest
@@ -103,3 +103,31 @@ def test_only_frozen_slotted_dataclasses() -> None:
 
     with pytest.raises(TypeError, match="'y'"):
         fast_init(Hidden)
+
+    @dataclass(frozen=True, kw_only=True, slots=True, init=False)
+    class NoInit:
+        x: int = 0
+
+    with pytest.raises(TypeError, match="frozen"):
+        fast_init(NoInit)
+
+    @dataclass(frozen=True, kw_only=True, slots=True)
+    class OwnInit:
+        x: int = 0
+
+        def __init__(self, value: int) -> None:
+            object.__setattr__(self, "x", value)
+
+    with pytest.raises(TypeError, match="of its own"):
+        fast_init(OwnInit)
+
+    @dataclass(frozen=True, kw_only=True, slots=True)
+    class WithInitVar:
+        x: int = 0
+        scale: InitVar[int] = 1
+
+        def __post_init__(self, scale: int) -> None:
+            object.__setattr__(self, "x", self.x * scale)
+
+    with pytest.raises(TypeError, match="InitVar fields \\(scale\\)"):
+        fast_init(WithInitVar)

@@ -3,10 +3,11 @@
 A frozen dataclass's generated ``__init__`` sets each field with ``object.__setattr__``, looked up
 afresh for every field (a global, then an attribute) and called through the generic attribute
 machinery. A turn builds some fifty of these objects (usage counts, messages, events, requests),
-and that lookup was about half of building one. ``fast_init`` generates the same ``__init__``
-(keyword-only, the same defaults and default factories, ``__post_init__`` called) that sets
-each field through its slot's own descriptor, bound once when the class is made. The class stays
-exactly as frozen: assigning a field afterwards still raises ``FrozenInstanceError``.
+and that was a third or more of building one (a ``StoredMessage``: 2.7 µs, 1.7 µs with this).
+``fast_init`` generates the same ``__init__`` (keyword-only, the same defaults and default
+factories, ``__post_init__`` called) that sets each field through its slot's own descriptor, bound
+once when the class is made. The class stays exactly as frozen: assigning a field afterwards still
+raises ``FrozenInstanceError``.
 """
 
 from __future__ import annotations

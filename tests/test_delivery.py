@@ -130,6 +130,11 @@ def store_of(runtime: Runtime) -> DeliveryStore:
     return runtime.store  # type: ignore[return-value]
 
 
+def hub_of(runtime: Runtime, *, shared: bool = False, **settings: Any) -> Hub:
+    """A delivery hub on the runtime's engine and store; ``shared``: as on a database that several workers use."""
+    return Hub(Dispatcher(runtime.engine, runtime.store, shared=shared), store_of(runtime), **settings)  # type: ignore[arg-type]
+
+
 def message(text: str, *, key: str = "T1/C1/1700.1", external_id: str | None = None, **extra: Any) -> InboundMessage:
     identity = Identity(external_id="T1/U1", name="Ana")
     return InboundMessage(channel="chat", external_id=external_id or text, text=text, key=key, identity=identity,
@@ -235,7 +240,7 @@ async def test_replies_left_pending_by_a_stopped_server_are_sent_at_start_flagge
     unsent = await store.outbox_add("chat", {"kind": "answer", "text": "queued"}, conversation_id=conversation.id)
     maybe = await store.outbox_add("chat", {"kind": "answer", "text": "tried"}, conversation_id=conversation.id)
     await store.outbox_attempt(maybe)  # a crash came between the attempt and its outcome
-    hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+    hub = hub_of(runtime)
     hub.register(channel)
     await hub.start()
     try:
@@ -265,7 +270,7 @@ async def test_an_operator_reply_from_a_channel_is_taken_once_and_reaches_the_cu
     runtime: Runtime, channel: Recorder, fake: FakeLLMServer
 ) -> None:
     web = Recorder("web")
-    hub = Hub(Dispatcher(runtime.engine, runtime.store), store_of(runtime))  # type: ignore[arg-type]
+    hub = hub_of(runtime)
     hub.register(channel)
     hub.register(web)
     await hub.start()
@@ -292,10 +297,9 @@ async def test_an_operator_reply_from_a_channel_is_taken_once_and_reaches_the_cu
 
 
 async def test_new_tickets_are_announced_once_to_a_channel_that_asks(runtime: Runtime) -> None:
-    store = store_of(runtime)
     old = await runtime.store.create_ticket(subject="Before the channel existed")
     announcer = Recorder("team", announces_tickets=True)
-    hub = Hub(Dispatcher(runtime.engine, runtime.store), store, admin_url="https://support.acme.example/")  # type: ignore[arg-type]
+    hub = hub_of(runtime, admin_url="https://support.acme.example/")
     hub.register(announcer)
     assert await hub.announce_new_tickets(announcer) == 0  # the first run starts from now
     customer = await runtime.store.get_or_create_customer(email="ana@example.com", name="Ana", verified=True)
@@ -317,7 +321,7 @@ async def test_new_tickets_are_announced_once_to_a_channel_that_asks(runtime: Ru
 async def test_a_ticket_is_announced_only_once_settled_so_a_slower_commit_is_not_passed(runtime: Runtime) -> None:
     store = store_of(runtime)
     announcer = Recorder("team", announces_tickets=True)
-    hub = Hub(Dispatcher(runtime.engine, runtime.store), store, ticket_settle_s=60)  # type: ignore[arg-type]
+    hub = hub_of(runtime, ticket_settle_s=60)
     assert await hub.announce_new_tickets(announcer) == 0
     await runtime.store.create_ticket(subject="Just opened")
     assert await hub.announce_new_tickets(announcer) == 0  # too new: a lower id may still be committing
@@ -388,7 +392,7 @@ async def test_an_operator_reply_stored_before_a_crash_is_not_stored_again_at_st
     from supportbot.operators import Operators
 
     await Operators(store).reply(actor=said.actor, text=said.text, conversation_id=conversation.id)
-    hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+    hub = hub_of(runtime)
     hub.register(channel)
     await hub.start()
     try:
@@ -491,7 +495,7 @@ async def test_two_workers_starting_at_once_store_an_operator_reply_left_by_a_st
     two_workers: list[Runtime],
 ) -> None:
     runtimes = two_workers
-    hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
+    hubs = [hub_of(r, shared=True) for r in runtimes]
     try:
         store = store_of(runtimes[0])
         customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
@@ -529,7 +533,7 @@ async def test_resume_finds_an_operator_reply_behind_more_than_a_thousand_older_
         for i in range(1001):  # rows of no customer's message, left unanswered (e.g. by an outage)
             await store.inbox_add("chat", f"x{i}", {"type": "noise"})
         await store.inbox_add("chat", "C7:9.3", {**OPERATOR_REPLY, "conversation_id": conversation.id})
-        hub = Hub(Dispatcher(runtime.engine, runtime.store), store)  # type: ignore[arg-type]
+        hub = hub_of(runtime)
         await hub.resume()
         await hub.dispatcher.drain(1)
         await hub.stop()
@@ -546,7 +550,7 @@ async def test_each_worker_sweeps_for_left_operator_replies_by_itself(
     # The loop as ``serve`` runs it on a shared database, at 0.5 s instead of 10 s.
     monkeypatch.setattr(delivery, "REPLY_SWEEP_S", 0.5)
     runtime = two_workers[0]
-    hub = Hub(Dispatcher(runtime.engine, runtime.store, shared=True), store_of(runtime))  # type: ignore[arg-type]
+    hub = hub_of(runtime, shared=True)
     sweeps: list[tuple[float, int]] = []  # when each sweep began, and how many replies it stored
     apply = hub.apply_left_replies
 
@@ -582,7 +586,7 @@ async def test_an_operator_reply_a_dead_worker_took_is_stored_by_another_workers
     two_workers: list[Runtime],
 ) -> None:
     runtimes = two_workers
-    hubs = [Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes]  # type: ignore[arg-type]
+    hubs = [hub_of(r, shared=True) for r in runtimes]
     store = store_of(runtimes[0])
     customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
     conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
@@ -602,7 +606,7 @@ async def test_a_reply_stored_slower_than_its_claim_is_not_stored_again_by_anoth
 ) -> None:
     monkeypatch.setattr(delivery, "APPLY_LEASE_S", 0.3)
     runtimes = two_workers
-    slow, other = (Hub(Dispatcher(r.engine, r.store, shared=True), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+    slow, other = (hub_of(r, shared=True) for r in runtimes)
     store = store_of(runtimes[0])
     customer = await runtimes[0].store.get_or_create_customer(email="ana@example.com")
     conversation, _ = await runtimes[0].engine.start_conversation(customer, channel="chat")
@@ -625,16 +629,21 @@ async def test_a_reply_stored_slower_than_its_claim_is_not_stored_again_by_anoth
     assert [m.content for m in human] == ["On it."]
 
 
-@pytest.mark.postgres
-async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_another_worker_announces_each_once(
-    two_workers: list[Runtime],
-) -> None:
-    runtimes = two_workers
-    slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
+async def two_announcers(runtimes: list[Runtime]) -> tuple[Hub, Hub, DeliveryStore]:
+    """Two workers' hubs, the "team" channel's announcements at the start, and two tickets to announce."""
     store = store_of(runtimes[0])
     await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
     for subject in ("first", "second"):
         await runtimes[0].store.create_ticket(subject=subject)
+    slow, fast = (hub_of(r) for r in runtimes)
+    return slow, fast, store
+
+
+@pytest.mark.postgres
+async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_another_worker_announces_each_once(
+    two_workers: list[Runtime],
+) -> None:
+    slow, fast, store = await two_announcers(two_workers)
     stuck, taken_over = asyncio.Event(), asyncio.Event()
     ticket_data = slow._ticket_data
 
@@ -660,12 +669,7 @@ async def test_a_slow_round_of_ticket_announcements_stops_at_its_deadline_so_ano
 async def test_an_announcement_written_after_another_worker_took_over_is_refused_and_the_cursor_never_goes_back(
     two_workers: list[Runtime],
 ) -> None:
-    runtimes = two_workers
-    slow, fast = (Hub(Dispatcher(r.engine, r.store), store_of(r)) for r in runtimes)  # type: ignore[arg-type]
-    store = store_of(runtimes[0])
-    await store.set_channel_state(ChannelState(channel="team", key="tickets_announced", value="0"))
-    for subject in ("first", "second"):
-        await runtimes[0].store.create_ticket(subject=subject)
+    slow, fast, store = await two_announcers(two_workers)
     stuck, taken_over = asyncio.Event(), asyncio.Event()
     real_add = store.outbox_add
 
@@ -712,7 +716,7 @@ async def test_a_receiver_whose_lease_cannot_be_renewed_stops_before_the_lease_r
 ) -> None:
     monkeypatch.setattr("supportbot.delivery.LEAD_LEASE_S", 0.6)
     store = store_of(runtime)
-    hub = Hub(Dispatcher(runtime.engine, runtime.store, shared=True), store)  # type: ignore[arg-type]
+    hub = hub_of(runtime, shared=True)
     reader = Reader()
     taken: list[float] = []
     take = store.take_lease

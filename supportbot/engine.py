@@ -544,7 +544,7 @@ class Engine:
             turn.history.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=result.content))
         if defer and not any(r.handoff is not None for r in results):
             turn.unsaved.extend(records)
-        elif records or turn.unsaved:
+        elif records:
             await self._store(turn, records)
         for call, result in zip(calls, results, strict=True):
             yield ToolCallFinished(
